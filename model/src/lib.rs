@@ -1,0 +1,11 @@
+//! pinion's shared vocabulary, with no I/O: image references as Docker parses them,
+//! and the target and current state documents exchanged by server and agent.
+
+pub mod duration;
+mod error;
+pub mod reference;
+pub mod state;
+
+pub use error::Error;
+pub use reference::Reference;
+pub use state::{Apps, CurrentState, ImageResolution, ResolutionStatus, Service, TargetState};

@@ -1,0 +1,113 @@
+//! Who is calling: the operator (admin token), a device (its own key), an agent about to
+//! register (a provisioning key), or nobody. Secrets are compared as SHA-256 hashes, the
+//! admin token in constant time; each route then says which callers it takes.
+
+use super::http::Request;
+use super::Api;
+use crate::keys::{constant_time_eq, hash_secret};
+use crate::store::ProvisioningKey;
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Caller {
+    /// No credentials at all.
+    Anonymous,
+    /// Credentials that match nothing we know.
+    Unrecognized,
+    Admin,
+    Device(String),
+    Provisioning(ProvisioningKey),
+}
+
+/// Identifies the caller from `X-Device-API-Key` or `Authorization: Bearer`.
+pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
+    if let Some(key) = request.header("x-device-api-key") {
+        return Ok(match api.store.device_by_key_hash(&hash_secret(key.trim()))? {
+            Some(uuid) => Caller::Device(uuid),
+            None => Caller::Unrecognized,
+        });
+    }
+    let Some(authorization) = request.header("authorization") else {
+        return Ok(Caller::Anonymous);
+    };
+    let Some(token) = bearer_token(authorization) else {
+        return Ok(Caller::Unrecognized);
+    };
+    let hash = hash_secret(token);
+    if constant_time_eq(hash.as_bytes(), api.admin_token_hash.as_bytes()) {
+        return Ok(Caller::Admin);
+    }
+    if let Some(uuid) = api.store.device_by_key_hash(&hash)? {
+        return Ok(Caller::Device(uuid));
+    }
+    if let Some(key) = api.store.provisioning_key_by_hash(&hash)? {
+        return Ok(Caller::Provisioning(key));
+    }
+    Ok(Caller::Unrecognized)
+}
+
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl Caller {
+    fn refused(&self, needed: &str) -> Error {
+        match self {
+            Caller::Anonymous => Error::Unauthorized { reason: format!("this route needs {needed}") },
+            Caller::Unrecognized => Error::Unauthorized { reason: "the credentials given are not valid".into() },
+            _ => Error::Forbidden { reason: format!("this route needs {needed}") },
+        }
+    }
+
+    /// Operator routes.
+    pub fn require_admin(&self) -> Result<(), Error> {
+        match self {
+            Caller::Admin => Ok(()),
+            other => Err(other.refused("the admin token")),
+        }
+    }
+
+    /// Routes of one device: only that device's key.
+    pub fn require_device(&self, uuid: &str) -> Result<(), Error> {
+        match self {
+            Caller::Device(own) if own == uuid => Ok(()),
+            Caller::Device(own) => {
+                Err(Error::Forbidden { reason: format!("the key of device {own} does not reach device {uuid}") })
+            }
+            other => Err(other.refused("the device's own key")),
+        }
+    }
+
+    /// The device routes that take the device from the body: any device key.
+    pub fn device(&self) -> Result<&str, Error> {
+        match self {
+            Caller::Device(own) => Ok(own),
+            other => Err(other.refused("a device key")),
+        }
+    }
+
+    /// Registration: a provisioning key (or the operator, who may register by hand).
+    pub fn require_provisioning(&self) -> Result<Option<&ProvisioningKey>, Error> {
+        match self {
+            Caller::Provisioning(key) => Ok(Some(key)),
+            Caller::Admin => Ok(None),
+            other => Err(other.refused("a provisioning key")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! The server's own small view of an HTTP exchange, independent of the HTTP library, so
+//! that every handler can be tested as a plain function call.
+
+use crate::Error;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query string, percent-decoding not applied.
+    pub path: String,
+    pub query: Option<String>,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, String)>,
+    /// The body, already gunzipped when it came with `Content-Encoding: gzip`.
+    pub body: Vec<u8>,
+    /// The client's address, for logs.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON of type `T`; a clear 400 when it is not.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        if self.body.is_empty() {
+            return Err(Error::BadRequest { reason: "the request needs a JSON body".into() });
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::BadRequest { reason: format!("the body is not valid JSON for this route: {e}") })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Response {
+        // Serializing our own response types cannot fail (string keys, no non-finite floats).
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Response::raw_json(status, body)
+    }
+
+    /// A body that is already JSON (a stored poll answer).
+    pub fn raw_json(status: u16, body: Vec<u8>) -> Response {
+        Response { status, headers: vec![("Content-Type".into(), "application/json".into())], body }
+    }
+
+    pub fn empty(status: u16) -> Response {
+        Response { status, headers: vec![], body: vec![] }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Response {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// True when an `If-None-Match` header names `etag` (quoted or not, weak or not, or `*`).
+pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    let bare = |s: &str| s.trim().trim_start_matches("W/").trim_matches('"').to_string();
+    let etag = bare(etag);
+    if_none_match.split(',').any(|candidate| {
+        let candidate = candidate.trim();
+        candidate == "*" || bare(candidate) == etag
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_matches;
+
+    #[test]
+    fn etags_match_quoted_unquoted_weak_and_in_lists() {
+        assert!(etag_matches("\"abc\"", "\"abc\""));
+        assert!(etag_matches("abc", "\"abc\""));
+        assert!(etag_matches("W/\"abc\"", "\"abc\""));
+        assert!(etag_matches("\"x\", \"abc\"", "\"abc\""));
+        assert!(etag_matches("*", "\"abc\""));
+        assert!(!etag_matches("\"abd\"", "\"abc\""));
+        assert!(!etag_matches("", "\"abc\""));
+    }
+}

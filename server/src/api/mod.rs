@@ -1,0 +1,131 @@
+//! The HTTP API of DESIGN.md's wire contract, under `/api/v1`: device routes (poll,
+//! report, register) and operator routes (target state, devices, provisioning keys).
+//! `handle` is a plain function from `Request` to `Response`; `serve` puts it on a
+//! socket.
+
+mod auth;
+mod device;
+pub mod http;
+mod operator;
+mod response;
+mod serve;
+
+pub use http::{Request, Response};
+pub use response::status_of;
+pub use serve::serve;
+
+use crate::pinning::ResolveDigests;
+use crate::store::Store;
+use crate::Error;
+use auth::authenticate;
+use response::error_response;
+use std::time::Duration;
+
+/// Everything a request handler needs.
+pub struct Api {
+    pub store: Box<dyn Store>,
+    pub resolver: Box<dyn ResolveDigests + Send + Sync>,
+    /// SHA-256 (hex) of the admin token.
+    pub admin_token_hash: String,
+    /// How long one target-state request may spend asking registries.
+    pub resolve_deadline: Duration,
+}
+
+/// The routes, by path shape; the method is checked by each route.
+enum Route<'a> {
+    Health,
+    DeviceState(&'a str),
+    DeviceReport,
+    DeviceRegister,
+    Devices,
+    Device(&'a str),
+    TargetState(&'a str),
+    CurrentState(&'a str),
+    ProvisioningKeys,
+    ProvisioningKey(&'a str),
+}
+
+impl Route<'_> {
+    fn methods(&self) -> &'static [&'static str] {
+        match self {
+            Route::Health | Route::DeviceState(_) | Route::Devices | Route::Device(_) | Route::CurrentState(_) => {
+                &["GET"]
+            }
+            Route::DeviceReport => &["PATCH"],
+            Route::DeviceRegister => &["POST"],
+            Route::TargetState(_) => &["GET", "POST", "PUT", "DELETE"],
+            Route::ProvisioningKeys => &["GET", "POST"],
+            Route::ProvisioningKey(_) => &["DELETE"],
+        }
+    }
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_prefix("/api/v1/")?;
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    Some(match parts.as_slice() {
+        ["health"] => Route::Health,
+        ["device", uuid, "state"] => Route::DeviceState(uuid),
+        ["device", "state"] => Route::DeviceReport,
+        ["device", "register"] => Route::DeviceRegister,
+        ["devices"] => Route::Devices,
+        ["devices", uuid] => Route::Device(uuid),
+        ["devices", uuid, "target-state"] => Route::TargetState(uuid),
+        ["devices", uuid, "current-state"] => Route::CurrentState(uuid),
+        ["provisioning-keys"] => Route::ProvisioningKeys,
+        ["provisioning-keys", id] => Route::ProvisioningKey(id),
+        _ => return None,
+    })
+}
+
+/// Answers one request. Every failure becomes a JSON error; nothing here panics on input.
+pub fn handle(api: &Api, request: &Request) -> Response {
+    let Some(route) = route(&request.path) else {
+        return error_response(&Error::NotFound { what: format!("route {}", request.path) });
+    };
+    let methods = route.methods();
+    if !methods.contains(&request.method.as_str()) {
+        let error = Error::MethodNotAllowed { method: request.method.clone(), path: request.path.clone() };
+        return error_response(&error).with_header("Allow", methods.join(", "));
+    }
+    match dispatch(api, request, route) {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, Error> {
+    if let Route::Health = route {
+        return Ok(Response::json(200, &serde_json::json!({"status": "ok"})));
+    }
+    let caller = authenticate(api, request)?;
+    let method = request.method.as_str();
+    match route {
+        Route::Health => unreachable!("answered above"),
+        Route::DeviceState(uuid) => device::poll(api, &caller, request, uuid),
+        Route::DeviceReport => device::report(api, &caller, request),
+        Route::DeviceRegister => device::register(api, &caller, request),
+        Route::Devices => operator::list_devices(api, &caller),
+        Route::Device(uuid) => operator::get_device(api, &caller, uuid),
+        Route::TargetState(uuid) => match method {
+            "GET" => operator::get_target(api, &caller, uuid),
+            "DELETE" => operator::delete_target(api, &caller, uuid),
+            _ => operator::set_target(api, &caller, request, uuid),
+        },
+        Route::CurrentState(uuid) => operator::get_current(api, &caller, uuid),
+        Route::ProvisioningKeys => match method {
+            "GET" => operator::list_provisioning_keys(api, &caller),
+            _ => operator::create_provisioning_key(api, &caller, request),
+        },
+        Route::ProvisioningKey(id) => operator::revoke_provisioning_key(api, &caller, id),
+    }
+}
+
+/// A device id from a path or body, checked against `[A-Za-z0-9._-]{1,64}`.
+fn device_id(id: &str) -> Result<&str, Error> {
+    if crate::keys::is_valid_device_id(id) {
+        Ok(id)
+    } else {
+        Err(Error::InvalidDeviceId { id: id.chars().take(80).collect() })
+    }
+}

@@ -1,0 +1,182 @@
+//! The routes an operator calls with the admin token: set, read and clear a device's
+//! target state (setting pins every tag), list devices, read what a device reported,
+//! and manage provisioning keys.
+
+use super::auth::Caller;
+use super::device::poll_answer;
+use super::http::{Request, Response};
+use super::{device_id, Api};
+use crate::keys::{hash_secret, new_id, new_secret};
+use crate::pinning::pin_target_state;
+use crate::store::{DeviceRecord, ProvisioningKey};
+use crate::timefmt::rfc3339_now;
+use crate::Error;
+use pinion_model::TargetState;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// `POST|PUT /devices/{uuid}/target-state`: pins, stores a new version, answers with it.
+pub(super) fn set_target(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let uuid = device_id(uuid)?;
+    let mut state: TargetState = request.json()?;
+    let summary = pin_target_state(&mut state, api.resolver.as_ref(), api.resolve_deadline, &rfc3339_now())?;
+    for warning in &summary.warnings {
+        log::warn!("device {uuid}: {warning}");
+    }
+    let stored = serde_json::to_string(&state).unwrap_or_default();
+    let version = api.store.set_target(uuid, &stored, &poll_answer(uuid, &state))?;
+    log::info!(
+        "device {uuid}: target version {version} ({} resolved, {} pinned, {} fallback)",
+        summary.resolved,
+        summary.pinned,
+        summary.fallback
+    );
+    let mut answer = state_object(&state);
+    answer.insert("status".into(), "ok".into());
+    answer.insert("uuid".into(), uuid.into());
+    answer.insert("version".into(), version.into());
+    answer.insert("resolution".into(), serde_json::to_value(&summary).unwrap_or_default());
+    Ok(Response::json(200, &answer))
+}
+
+/// `GET /devices/{uuid}/target-state`: the stored (pinned) state and its version.
+pub(super) fn get_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let uuid = device_id(uuid)?;
+    let device = known_device(api, uuid)?;
+    let mut answer = match api.store.target(uuid)? {
+        Some(target) => {
+            let state: TargetState = serde_json::from_str(&target.state).map_err(|e| Error::Store {
+                op: "reading a target state",
+                reason: format!("stored state of {uuid} v{} is not valid: {e}", target.version),
+            })?;
+            let mut answer = state_object(&state);
+            answer.insert("updatedAt".into(), target.created_at.into());
+            answer
+        }
+        None => state_object(&TargetState::default()),
+    };
+    answer.insert("uuid".into(), uuid.into());
+    answer.insert("version".into(), device.target_version.into());
+    Ok(Response::json(200, &answer))
+}
+
+/// `DELETE /devices/{uuid}/target-state`: a new, empty version; the device removes its apps.
+pub(super) fn delete_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let uuid = device_id(uuid)?;
+    known_device(api, uuid)?;
+    let empty = TargetState::default();
+    let stored = serde_json::to_string(&empty).unwrap_or_default();
+    let version = api.store.set_target(uuid, &stored, &poll_answer(uuid, &empty))?;
+    log::info!("device {uuid}: target cleared (version {version})");
+    Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "version": version})))
+}
+
+/// `GET /devices/{uuid}/current-state`: the device's last report, as it sent it.
+pub(super) fn get_current(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let uuid = device_id(uuid)?;
+    known_device(api, uuid)?;
+    let mut answer = match api.store.current_state(uuid)? {
+        Some((state, reported_at)) => {
+            let mut answer: Map<String, Value> = serde_json::from_str(&state).unwrap_or_default();
+            answer.insert("reportedAt".into(), reported_at.into());
+            answer
+        }
+        None => {
+            let mut answer = state_object(&TargetState::default());
+            answer.insert("reportedAt".into(), Value::Null);
+            answer
+        }
+    };
+    answer.insert("uuid".into(), uuid.into());
+    Ok(Response::json(200, &answer))
+}
+
+pub(super) fn list_devices(api: &Api, caller: &Caller) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let devices: Vec<Value> = api.store.devices()?.iter().map(device_json).collect();
+    Ok(Response::json(200, &json!({"devices": devices})))
+}
+
+pub(super) fn get_device(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let uuid = device_id(uuid)?;
+    Ok(Response::json(200, &device_json(&known_device(api, uuid)?)))
+}
+
+#[derive(Deserialize, Default)]
+struct NewProvisioningKey {
+    description: Option<String>,
+}
+
+/// `POST /provisioning-keys`: the secret is in this answer and nowhere else, ever.
+pub(super) fn create_provisioning_key(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let wanted: NewProvisioningKey = if request.body.is_empty() { Default::default() } else { request.json()? };
+    let secret = new_secret();
+    let key = ProvisioningKey {
+        id: new_id(),
+        description: wanted.description,
+        created_at: rfc3339_now(),
+        revoked_at: None,
+        devices_registered: 0,
+    };
+    api.store.create_provisioning_key(&key, &hash_secret(&secret))?;
+    log::info!("provisioning key {} created", key.id);
+    let mut answer = key_json(&key);
+    answer["key"] = secret.into();
+    Ok(Response::json(201, &answer))
+}
+
+pub(super) fn list_provisioning_keys(api: &Api, caller: &Caller) -> Result<Response, Error> {
+    caller.require_admin()?;
+    let keys: Vec<Value> = api.store.provisioning_keys()?.iter().map(key_json).collect();
+    Ok(Response::json(200, &json!({"provisioningKeys": keys})))
+}
+
+pub(super) fn revoke_provisioning_key(api: &Api, caller: &Caller, id: &str) -> Result<Response, Error> {
+    caller.require_admin()?;
+    if !api.store.revoke_provisioning_key(id)? {
+        return Err(Error::NotFound { what: format!("provisioning key {id}") });
+    }
+    log::info!("provisioning key {id} revoked");
+    Ok(Response::json(200, &json!({"status": "ok", "id": id})))
+}
+
+fn known_device(api: &Api, uuid: &str) -> Result<DeviceRecord, Error> {
+    api.store.device(uuid)?.ok_or_else(|| Error::NotFound { what: format!("device {uuid}") })
+}
+
+/// A target state as a JSON object, its unknown fields included.
+fn state_object(state: &TargetState) -> Map<String, Value> {
+    match serde_json::to_value(state) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+fn device_json(device: &DeviceRecord) -> Value {
+    json!({
+        "uuid": device.uuid,
+        "deviceName": device.device_name,
+        "deviceType": device.device_type,
+        "registered": device.registered,
+        "createdAt": device.created_at,
+        "registeredAt": device.registered_at,
+        "targetVersion": device.target_version,
+        "lastReportAt": device.last_report_at,
+    })
+}
+
+fn key_json(key: &ProvisioningKey) -> Value {
+    json!({
+        "id": key.id,
+        "description": key.description,
+        "createdAt": key.created_at,
+        "revokedAt": key.revoked_at,
+        "devicesRegistered": key.devices_registered,
+    })
+}

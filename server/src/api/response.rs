@@ -1,0 +1,44 @@
+//! The one place where errors become HTTP answers: `{"error": "<code>", "message": "…"}`
+//! with the status that fits.
+
+use super::http::Response;
+use crate::Error;
+use serde_json::json;
+
+/// The HTTP status and stable error code for every error.
+pub fn status_of(error: &Error) -> (u16, &'static str) {
+    use Error::*;
+    match error {
+        BadRequest { .. } | Usage { .. } => (400, "bad_request"),
+        InvalidImage { .. } => (400, "invalid_image"),
+        InvalidDeviceId { .. } => (400, "invalid_device_id"),
+        Unauthorized { .. } => (401, "unauthorized"),
+        Forbidden { .. } => (403, "forbidden"),
+        NotFound { .. } => (404, "not_found"),
+        MethodNotAllowed { .. } => (405, "method_not_allowed"),
+        Conflict { .. } => (409, "conflict"),
+        PayloadTooLarge { .. } => (413, "payload_too_large"),
+        RateLimited { .. } => (503, "registry_rate_limited"),
+        ResolutionDeadline { .. } | RegistryTimeout { .. } => (504, "registry_timeout"),
+        RegistryUnreachable { .. }
+        | ManifestUnknown { .. }
+        | RegistryUnauthorized { .. }
+        | RegistryStatus { .. }
+        | RegistryProtocol { .. }
+        | RegistryCredentials { .. } => (502, "registry_error"),
+        Store { .. } => (500, "store_error"),
+        Io { .. } => (500, "internal_error"),
+    }
+}
+
+pub fn error_response(error: &Error) -> Response {
+    let (status, code) = status_of(error);
+    if status >= 500 {
+        log::error!("{error}");
+    }
+    let response = Response::json(status, &json!({"error": code, "message": error.to_string()}));
+    match error {
+        Error::Unauthorized { .. } => response.with_header("WWW-Authenticate", "Bearer realm=\"pinion\""),
+        _ => response,
+    }
+}

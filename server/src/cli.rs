@@ -1,0 +1,194 @@
+//! The `pinion-server` command line: `serve`, `image parse`, `image resolve`.
+
+use crate::api::{self, Api};
+use crate::registry::{Credentials, Resolver, ResolverConfig};
+use crate::store::SqliteStore;
+use crate::{admin_token, Error};
+use lexopt::prelude::*;
+use pinion_model::duration::parse_duration;
+use pinion_model::Reference;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+pinion-server — pins image tags to registry digests and serves device target state
+
+USAGE:
+    pinion-server serve [OPTIONS]
+    pinion-server image parse REF
+    pinion-server image resolve REF [REGISTRY OPTIONS] [--timeout DURATION]
+
+SERVE OPTIONS:
+    --listen ADDR              address to listen on [env PINION_LISTEN, default 0.0.0.0:3002]
+    --db PATH                  SQLite database [env PINION_DB, default ./pinion-server.db]
+    --resolve-deadline DUR     time one target-state request may spend on registries [default 15s]
+    --workers N                HTTP worker threads [default 16]
+    --max-body BYTES           largest request body accepted [default 1048576]
+
+REGISTRY OPTIONS:
+    --registry-auth FILE       Docker config.json with registry credentials (auths)
+    --insecure-registry HOST   speak plain http to HOST[:PORT] (loopback registries always are)
+    --registry-timeout DUR     timeout of each registry request [default 10s]
+
+Durations are whole seconds or a number with s, m or h (30s, 15m, 2h).
+The admin token comes from PINION_ADMIN_TOKEN, or is made on first start and saved
+beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for more.
+
+    -h, --help       print this help
+    -V, --version    print the version
+";
+
+/// Runs the command line and turns errors into an exit code: 2 for usage and invalid
+/// references, 1 for everything else.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    match run(std::env::args_os().skip(1).collect()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("pinion-server: {error}");
+            match error {
+                Error::Usage { .. } => {
+                    eprintln!("Try 'pinion-server --help'.");
+                    ExitCode::from(2)
+                }
+                Error::BadRequest { .. } => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn usage(reason: impl ToString) -> Error {
+    Error::Usage { reason: reason.to_string() }
+}
+
+fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut words: Vec<String> = Vec::new();
+    let mut options = Options::default();
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Short('V') | Long("version") => {
+                println!("pinion-server {}", env!("CARGO_PKG_VERSION"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long(name) => {
+                let name = name.to_string();
+                let value = parser.value().map_err(usage)?.string().map_err(usage)?;
+                options.set(&name, value)?;
+            }
+            Value(word) => words.push(word.string().map_err(usage)?),
+            Short(c) => return Err(usage(format!("unknown option -{c}"))),
+        }
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["serve"] => serve(options),
+        ["image", "parse", reference] => image_parse(reference),
+        ["image", "resolve", reference] => image_resolve(reference, options),
+        [] => Err(usage("no command given")),
+        _ => Err(usage(format!("unknown command: {}", words.join(" ")))),
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    listen: Option<String>,
+    db: Option<PathBuf>,
+    resolve_deadline: Option<Duration>,
+    workers: Option<usize>,
+    max_body: Option<usize>,
+    registry_auth: Option<PathBuf>,
+    insecure_registries: Vec<String>,
+    registry_timeout: Option<Duration>,
+}
+
+impl Options {
+    fn set(&mut self, name: &str, value: String) -> Result<(), Error> {
+        let duration = |v: &str| parse_duration(v).map_err(|e| usage(format!("--{name}: {e}")));
+        let number = |v: &str| v.parse::<usize>().map_err(|_| usage(format!("--{name}: {v:?} is not a number")));
+        match name {
+            "listen" => self.listen = Some(value),
+            "db" => self.db = Some(value.into()),
+            "resolve-deadline" => self.resolve_deadline = Some(duration(&value)?),
+            "workers" => self.workers = Some(number(&value)?),
+            "max-body" => self.max_body = Some(number(&value)?),
+            "registry-auth" => self.registry_auth = Some(value.into()),
+            "insecure-registry" => self.insecure_registries.push(value),
+            "registry-timeout" | "timeout" => self.registry_timeout = Some(duration(&value)?),
+            _ => return Err(usage(format!("unknown option --{name}"))),
+        }
+        Ok(())
+    }
+
+    fn resolver(&self) -> Result<Resolver, Error> {
+        let credentials = match &self.registry_auth {
+            Some(path) => Credentials::from_docker_config(path)?,
+            None => Credentials::default(),
+        };
+        Ok(Resolver::new(ResolverConfig {
+            credentials,
+            insecure_registries: self.insecure_registries.clone(),
+            request_timeout: self.registry_timeout.unwrap_or(Duration::from_secs(10)),
+        }))
+    }
+}
+
+fn serve(options: Options) -> Result<ExitCode, Error> {
+    let listen = options.listen.clone().or_else(|| std::env::var("PINION_LISTEN").ok());
+    let listen = listen.unwrap_or_else(|| "0.0.0.0:3002".into());
+    let db = options.db.clone().or_else(|| std::env::var_os("PINION_DB").map(PathBuf::from));
+    let db = db.unwrap_or_else(|| PathBuf::from("pinion-server.db"));
+    let store = SqliteStore::open(&db)?;
+    let api = Api {
+        store: Box::new(store),
+        resolver: Box::new(options.resolver()?),
+        admin_token_hash: admin_token::load_or_create(&db)?,
+        resolve_deadline: options.resolve_deadline.unwrap_or(Duration::from_secs(15)),
+    };
+    let server = tiny_http::Server::http(&listen)
+        .map_err(|e| Error::Io { path: listen.clone().into(), source: std::io::Error::other(e.to_string()) })?;
+    log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
+    api::serve(server, api, options.workers.unwrap_or(16), options.max_body.unwrap_or(1 << 20));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_reference(input: &str) -> Result<Reference, Error> {
+    Reference::parse(input).map_err(|e| Error::BadRequest { reason: e.to_string() })
+}
+
+fn image_parse(input: &str) -> Result<ExitCode, Error> {
+    let reference = parse_reference(input)?;
+    let line = json!({
+        "name": reference.name(),
+        "domain": reference.domain(),
+        "path": reference.path(),
+        "tag": reference.tag(),
+        "digest": reference.digest(),
+        "familiar": reference.familiar_name(),
+        "canonical": reference.canonical(),
+    });
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn image_resolve(input: &str, options: Options) -> Result<ExitCode, Error> {
+    let reference = parse_reference(input)?;
+    let resolved = options.resolver()?.resolve(&reference)?;
+    let line = json!({
+        "requested": input,
+        "digest": resolved.digest,
+        "mediaType": resolved.media_type,
+        "pinned": reference.pinned(&resolved.digest),
+    });
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,116 @@
+//! The one error type of `pinion-server`. Each variant is one failed operation and names
+//! what it failed on (a path, a reference, a device); `api::response` maps them to HTTP
+//! statuses in one `match`, and the CLI prints them.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum Error {
+    // --- registries (the resolver) ---
+    /// Connecting to or talking with the registry failed below HTTP (DNS, TCP, TLS, reset).
+    RegistryUnreachable { registry: String, reason: String },
+    /// A single request to the registry took longer than its timeout.
+    RegistryTimeout { registry: String, reference: String },
+    /// The overall deadline for resolving a reference passed before it was answered.
+    ResolutionDeadline { reference: String, seconds: u64 },
+    /// `404`: the registry has no such tag (or cannot serve it for the media types asked).
+    ManifestUnknown { reference: String, reason: String },
+    /// `401`/`403` after following the challenge: missing or refused credentials.
+    RegistryUnauthorized { registry: String, reference: String, reason: String },
+    /// `429`: the registry asks us to slow down, for `retry_after` seconds if it said.
+    RateLimited { registry: String, reference: String, retry_after: Option<u64> },
+    /// Any other unexpected HTTP status.
+    RegistryStatus { registry: String, reference: String, status: u16 },
+    /// The registry answered something we cannot use (bad challenge, schema1 manifest,
+    /// body not matching its digest, malformed token response).
+    RegistryProtocol { registry: String, reference: String, reason: String },
+    /// A Docker `config.json` credentials file that cannot be read or parsed.
+    RegistryCredentials { path: PathBuf, reason: String },
+
+    // --- requests ---
+    /// A request body or parameter that is not acceptable; `reason` says what to fix.
+    BadRequest { reason: String },
+    /// An image reference in a target state that Docker would refuse.
+    InvalidImage { app: String, service: String, source: pinion_model::Error },
+    /// A device id that is not `[A-Za-z0-9._-]{1,64}`.
+    InvalidDeviceId { id: String },
+    /// No credentials, or credentials that match nothing.
+    Unauthorized { reason: String },
+    /// Valid credentials that may not do this.
+    Forbidden { reason: String },
+    /// The named thing does not exist.
+    NotFound { what: String },
+    /// A route that exists, asked with a method it does not take.
+    MethodNotAllowed { method: String, path: String },
+    /// A body over the configured size limit.
+    PayloadTooLarge { limit: usize },
+    /// The request conflicts with what is stored (e.g. a device already registered).
+    Conflict { reason: String },
+
+    // --- local resources ---
+    /// The store (SQLite) failed; `op` says what it was doing.
+    Store { op: &'static str, reason: String },
+    /// A file the server reads or writes.
+    Io { path: PathBuf, source: std::io::Error },
+    /// Bad command-line usage; printed with a hint to `--help`.
+    Usage { reason: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        match self {
+            RegistryUnreachable { registry, reason } => {
+                write!(f, "registry {registry} unreachable: {reason}")
+            }
+            RegistryTimeout { registry, reference } => {
+                write!(f, "registry {registry} timed out answering for {reference}")
+            }
+            ResolutionDeadline { reference, seconds } => {
+                write!(f, "resolving {reference} did not finish within {seconds} s")
+            }
+            ManifestUnknown { reference, reason } => {
+                write!(f, "manifest unknown for {reference}: {reason}")
+            }
+            RegistryUnauthorized { registry, reference, reason } => {
+                write!(f, "registry {registry} refused access to {reference}: {reason}")
+            }
+            RateLimited { registry, reference, retry_after } => match retry_after {
+                Some(s) => write!(
+                    f,
+                    "registry {registry} rate-limited the request for {reference}; retry after {s} s"
+                ),
+                None => write!(f, "registry {registry} rate-limited the request for {reference}"),
+            },
+            RegistryStatus { registry, reference, status } => {
+                write!(f, "registry {registry} answered HTTP {status} for {reference}")
+            }
+            RegistryProtocol { registry, reference, reason } => {
+                write!(f, "registry {registry} gave an unusable answer for {reference}: {reason}")
+            }
+            RegistryCredentials { path, reason } => {
+                write!(f, "registry credentials {}: {reason}", path.display())
+            }
+            BadRequest { reason } => write!(f, "{reason}"),
+            InvalidImage { app, service, source } => {
+                write!(f, "app {app}, service {service}: {source}")
+            }
+            InvalidDeviceId { id } => write!(
+                f,
+                "invalid device id {id:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -"
+            ),
+            Unauthorized { reason } => write!(f, "{reason}"),
+            Forbidden { reason } => write!(f, "{reason}"),
+            NotFound { what } => write!(f, "{what} not found"),
+            MethodNotAllowed { method, path } => write!(f, "{method} is not allowed on {path}"),
+            PayloadTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
+            Conflict { reason } => write!(f, "{reason}"),
+            Store { op, reason } => write!(f, "database error while {op}: {reason}"),
+            Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Usage { reason } => write!(f, "{reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

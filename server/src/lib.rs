@@ -1,0 +1,15 @@
+//! pinion-server: pins floating image tags to registry digests and serves each device
+//! its target state. The data path: operator → `api` → `registry` (resolver) →
+//! `store` → device poll (ETag) → device report → `store`.
+
+pub mod admin_token;
+pub mod api;
+pub mod cli;
+mod error;
+pub mod keys;
+pub mod pinning;
+pub mod registry;
+pub mod store;
+pub mod timefmt;
+
+pub use error::Error;

@@ -1,0 +1,90 @@
+//! Where the server keeps devices, their target-state versions, their reports and the
+//! provisioning keys. A small trait, so that the SQLite store of a one-machine server
+//! and a PostgreSQL store for several replicas answer the API the same way.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::Error;
+
+/// One device as the operator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub uuid: String,
+    pub device_name: Option<String>,
+    pub device_type: Option<String>,
+    /// Whether an agent has registered (a device key exists).
+    pub registered: bool,
+    pub created_at: String,
+    pub registered_at: Option<String>,
+    /// 0 until a target state is set.
+    pub target_version: u64,
+    pub last_report_at: Option<String>,
+}
+
+/// One stored version of a device's target state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTarget {
+    pub version: u64,
+    /// The pinned `TargetState` as JSON.
+    pub state: String,
+    pub created_at: String,
+}
+
+/// What a device poll answers: the body serialized once, when the target was written,
+/// and its strong ETag, so a poll never parses or serializes the state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollAnswer {
+    pub etag: String,
+    pub body: String,
+}
+
+/// A registration accepted by the API, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewRegistration {
+    pub uuid: String,
+    pub device_name: Option<String>,
+    pub device_type: Option<String>,
+    pub key_hash: String,
+    pub provisioning_key_id: String,
+}
+
+/// A provisioning key without its secret (only the hash is ever stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisioningKey {
+    pub id: String,
+    pub description: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub devices_registered: u64,
+}
+
+pub trait Store: Send + Sync {
+    fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
+    fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
+    /// The stored hash of a device's key, `None` if it has none (or does not exist).
+    fn device_key_hash(&self, uuid: &str) -> Result<Option<String>, Error>;
+    /// The device whose key hashes to `key_hash`, if any.
+    fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<String>, Error>;
+    /// Registers a device, creating it or completing one the operator prepared.
+    /// `Error::Conflict` if it already has a key.
+    fn register_device(&self, registration: &NewRegistration) -> Result<DeviceRecord, Error>;
+
+    /// Stores a new target-state version (creating the device if needed) with the poll
+    /// answer derived from it; returns the new version number.
+    fn set_target(&self, uuid: &str, state: &str, poll: &PollAnswer) -> Result<u64, Error>;
+    fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error>;
+    fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error>;
+
+    fn set_current_state(&self, uuid: &str, state: &str) -> Result<(), Error>;
+    /// The last report (JSON) and when it came.
+    fn current_state(&self, uuid: &str) -> Result<Option<(String, String)>, Error>;
+
+    fn create_provisioning_key(&self, key: &ProvisioningKey, key_hash: &str) -> Result<(), Error>;
+    /// A key that is not revoked, by the hash of its secret.
+    fn provisioning_key_by_hash(&self, key_hash: &str) -> Result<Option<ProvisioningKey>, Error>;
+    fn provisioning_keys(&self) -> Result<Vec<ProvisioningKey>, Error>;
+    /// Revokes a key; `false` if there is no such key.
+    fn revoke_provisioning_key(&self, id: &str) -> Result<bool, Error>;
+}

@@ -1,0 +1,369 @@
+//! The SQLite store: one file, WAL mode, every write in a transaction. Enough for a
+//! fleet that one machine serves; `Store` keeps the door open for PostgreSQL.
+
+use super::{DeviceRecord, NewRegistration, PollAnswer, ProvisioningKey, Store, StoredTarget};
+use crate::timefmt::rfc3339_now;
+use crate::Error;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS devices (
+    uuid            TEXT PRIMARY KEY,
+    device_name     TEXT,
+    device_type     TEXT,
+    api_key_hash    TEXT UNIQUE,
+    provisioned_by  TEXT,
+    created_at      TEXT NOT NULL,
+    registered_at   TEXT,
+    target_version  INTEGER NOT NULL DEFAULT 0,
+    poll_etag       TEXT,
+    poll_body       TEXT,
+    current_state   TEXT,
+    reported_at     TEXT
+);
+CREATE TABLE IF NOT EXISTS target_states (
+    device_uuid  TEXT NOT NULL REFERENCES devices(uuid) ON DELETE CASCADE,
+    version      INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (device_uuid, version)
+);
+CREATE TABLE IF NOT EXISTS provisioning_keys (
+    id                  TEXT PRIMARY KEY,
+    key_hash            TEXT NOT NULL UNIQUE,
+    description         TEXT,
+    created_at          TEXT NOT NULL,
+    revoked_at          TEXT,
+    devices_registered  INTEGER NOT NULL DEFAULT 0
+);
+";
+
+const DEVICE_COLUMNS: &str = "uuid, device_name, device_type, api_key_hash IS NOT NULL, created_at, \
+                              registered_at, target_version, reported_at";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, Error> {
+        let conn = Connection::open(path).map_err(|e| Error::Store {
+            op: "opening the database",
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<SqliteStore, Error> {
+        Self::init(Connection::open_in_memory().map_err(db("opening the database"))?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, Error> {
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db("configuring the database"))?;
+        // WAL: readers never wait for the writer. FULL: an acknowledged target survives power loss.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db("configuring the database"))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db("configuring the database"))?;
+        let version: i64 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db("reading the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Store {
+                op: "opening the database",
+                reason: format!("schema version {version} is newer than this server ({SCHEMA_VERSION}); upgrade pinion-server"),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back), so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::Store { op, reason: e.to_string() }
+}
+
+fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        uuid: row.get(0)?,
+        device_name: row.get(1)?,
+        device_type: row.get(2)?,
+        registered: row.get(3)?,
+        created_at: row.get(4)?,
+        registered_at: row.get(5)?,
+        target_version: row.get::<_, i64>(6)? as u64,
+        last_report_at: row.get(7)?,
+    })
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ProvisioningKey> {
+    Ok(ProvisioningKey {
+        id: row.get(0)?,
+        description: row.get(1)?,
+        created_at: row.get(2)?,
+        revoked_at: row.get(3)?,
+        devices_registered: row.get::<_, i64>(4)? as u64,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, description, created_at, revoked_at, devices_registered";
+
+impl Store for SqliteStore {
+    fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error> {
+        self.conn()
+            .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?1"), [uuid], device_from_row)
+            .optional()
+            .map_err(db("reading a device"))
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY uuid"))
+            .map_err(db("listing devices"))?;
+        let rows = stmt.query_map([], device_from_row).map_err(db("listing devices"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing devices"))
+    }
+
+    fn device_key_hash(&self, uuid: &str) -> Result<Option<String>, Error> {
+        self.conn()
+            .query_row("SELECT api_key_hash FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+            .map_err(db("reading a device key"))
+    }
+
+    fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<String>, Error> {
+        self.conn()
+            .query_row("SELECT uuid FROM devices WHERE api_key_hash = ?1", [key_hash], |r| r.get(0))
+            .optional()
+            .map_err(db("looking up a device key"))
+    }
+
+    fn register_device(&self, reg: &NewRegistration) -> Result<DeviceRecord, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("registering a device"))?;
+        let existing: Option<bool> = tx
+            .query_row("SELECT api_key_hash IS NOT NULL FROM devices WHERE uuid = ?1", [&reg.uuid], |r| r.get(0))
+            .optional()
+            .map_err(db("registering a device"))?;
+        let now = rfc3339_now();
+        match existing {
+            Some(true) => {
+                return Err(Error::Conflict { reason: format!("device {} is already registered", reg.uuid) })
+            }
+            Some(false) => tx.execute(
+                "UPDATE devices SET device_name = COALESCE(?2, device_name), device_type = COALESCE(?3, device_type),
+                     api_key_hash = ?4, provisioned_by = ?5, registered_at = ?6 WHERE uuid = ?1",
+                params![reg.uuid, reg.device_name, reg.device_type, reg.key_hash, reg.provisioning_key_id, now],
+            ),
+            None => tx.execute(
+                "INSERT INTO devices (uuid, device_name, device_type, api_key_hash, provisioned_by, created_at, registered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![reg.uuid, reg.device_name, reg.device_type, reg.key_hash, reg.provisioning_key_id, now],
+            ),
+        }
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Error::Conflict { reason: "this device key is already in use".into() }
+            }
+            e => Error::Store { op: "registering a device", reason: e.to_string() },
+        })?;
+        tx.execute(
+            "UPDATE provisioning_keys SET devices_registered = devices_registered + 1 WHERE id = ?1",
+            [&reg.provisioning_key_id],
+        )
+        .map_err(db("registering a device"))?;
+        let record = tx
+            .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?1"), [&reg.uuid], device_from_row)
+            .map_err(db("registering a device"))?;
+        tx.commit().map_err(db("registering a device"))?;
+        Ok(record)
+    }
+
+    fn set_target(&self, uuid: &str, state: &str, poll: &PollAnswer) -> Result<u64, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("storing a target state"))?;
+        let now = rfc3339_now();
+        tx.execute("INSERT OR IGNORE INTO devices (uuid, created_at) VALUES (?1, ?2)", params![uuid, now])
+            .map_err(db("storing a target state"))?;
+        let version: i64 = tx
+            .query_row(
+                "UPDATE devices SET target_version = target_version + 1, poll_etag = ?2, poll_body = ?3
+                 WHERE uuid = ?1 RETURNING target_version",
+                params![uuid, poll.etag, poll.body],
+                |r| r.get(0),
+            )
+            .map_err(db("storing a target state"))?;
+        tx.execute(
+            "INSERT INTO target_states (device_uuid, version, state, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![uuid, version, state, now],
+        )
+        .map_err(db("storing a target state"))?;
+        tx.commit().map_err(db("storing a target state"))?;
+        Ok(version as u64)
+    }
+
+    fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error> {
+        self.conn()
+            .query_row(
+                "SELECT t.version, t.state, t.created_at FROM target_states t
+                 JOIN devices d ON d.uuid = t.device_uuid AND d.target_version = t.version WHERE d.uuid = ?1",
+                [uuid],
+                |r| Ok(StoredTarget { version: r.get::<_, i64>(0)? as u64, state: r.get(1)?, created_at: r.get(2)? }),
+            )
+            .optional()
+            .map_err(db("reading a target state"))
+    }
+
+    fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .conn()
+            .query_row("SELECT poll_etag, poll_body FROM devices WHERE uuid = ?1", [uuid], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(db("reading a device's target state"))?;
+        Ok(match row {
+            Some((Some(etag), Some(body))) => Some(PollAnswer { etag, body }),
+            _ => None,
+        })
+    }
+
+    fn set_current_state(&self, uuid: &str, state: &str) -> Result<(), Error> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE devices SET current_state = ?2, reported_at = ?3 WHERE uuid = ?1",
+                params![uuid, state, rfc3339_now()],
+            )
+            .map_err(db("storing a device report"))?;
+        if changed == 0 {
+            return Err(Error::NotFound { what: format!("device {uuid}") });
+        }
+        Ok(())
+    }
+
+    fn current_state(&self, uuid: &str) -> Result<Option<(String, String)>, Error> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .conn()
+            .query_row("SELECT current_state, reported_at FROM devices WHERE uuid = ?1", [uuid], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(db("reading a device report"))?;
+        Ok(match row {
+            Some((Some(state), Some(at))) => Some((state, at)),
+            _ => None,
+        })
+    }
+
+    fn create_provisioning_key(&self, key: &ProvisioningKey, key_hash: &str) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO provisioning_keys (id, key_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key.id, key_hash, key.description, key.created_at],
+            )
+            .map_err(db("creating a provisioning key"))?;
+        Ok(())
+    }
+
+    fn provisioning_key_by_hash(&self, key_hash: &str) -> Result<Option<ProvisioningKey>, Error> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE key_hash = ?1 AND revoked_at IS NULL"),
+                [key_hash],
+                key_from_row,
+            )
+            .optional()
+            .map_err(db("reading a provisioning key"))
+    }
+
+    fn provisioning_keys(&self) -> Result<Vec<ProvisioningKey>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {KEY_COLUMNS} FROM provisioning_keys ORDER BY created_at, id"))
+            .map_err(db("listing provisioning keys"))?;
+        let rows = stmt.query_map([], key_from_row).map_err(db("listing provisioning keys"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing provisioning keys"))
+    }
+
+    fn revoke_provisioning_key(&self, id: &str) -> Result<bool, Error> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE provisioning_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                params![id, rfc3339_now()],
+            )
+            .map_err(db("revoking a provisioning key"))?;
+        Ok(changed > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll(n: u32) -> PollAnswer {
+        PollAnswer { etag: format!("\"e{n}\""), body: format!("{{\"n\":{n}}}") }
+    }
+
+    #[test]
+    fn target_versions_count_up_and_poll_follows_the_latest() {
+        let store = SqliteStore::in_memory().unwrap();
+        assert_eq!(store.poll("d1").unwrap(), None);
+        assert_eq!(store.set_target("d1", "{\"a\":1}", &poll(1)).unwrap(), 1);
+        assert_eq!(store.set_target("d1", "{\"a\":2}", &poll(2)).unwrap(), 2);
+        assert_eq!(store.target("d1").unwrap().unwrap().state, "{\"a\":2}");
+        assert_eq!(store.poll("d1").unwrap(), Some(poll(2)));
+        let device = store.device("d1").unwrap().unwrap();
+        assert_eq!((device.target_version, device.registered), (2, false));
+    }
+
+    #[test]
+    fn registration_completes_a_prepared_device_once() {
+        let store = SqliteStore::in_memory().unwrap();
+        let key = ProvisioningKey {
+            id: "k1".into(),
+            description: None,
+            created_at: rfc3339_now(),
+            revoked_at: None,
+            devices_registered: 0,
+        };
+        store.create_provisioning_key(&key, "hash-k1").unwrap();
+        store.set_target("d1", "{}", &poll(1)).unwrap();
+        let reg = NewRegistration {
+            uuid: "d1".into(),
+            device_name: Some("gw".into()),
+            device_type: None,
+            key_hash: "hash-d1".into(),
+            provisioning_key_id: "k1".into(),
+        };
+        let device = store.register_device(&reg).unwrap();
+        assert!(device.registered);
+        assert_eq!(device.target_version, 1, "the prepared target is kept");
+        assert_eq!(store.device_key_hash("d1").unwrap().as_deref(), Some("hash-d1"));
+        assert!(matches!(store.register_device(&reg), Err(Error::Conflict { .. })));
+        assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap().unwrap().devices_registered, 1);
+        assert!(store.revoke_provisioning_key("k1").unwrap());
+        assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_report_for_an_unknown_device_is_not_found() {
+        let store = SqliteStore::in_memory().unwrap();
+        assert!(matches!(store.set_current_state("nope", "{}"), Err(Error::NotFound { .. })));
+    }
+}

@@ -1,0 +1,351 @@
+//! The wire contract, route by route, through `api::handle` with an in-memory SQLite
+//! store and a table of digests standing in for the registry (the real registry is
+//! exercised end to end in `tests/`).
+
+use pinion_model::Reference;
+use pinion_server::api::{handle, Api, Request, Response};
+use pinion_server::keys::hash_secret;
+use pinion_server::pinning::ResolveDigests;
+use pinion_server::registry::Resolved;
+use pinion_server::store::SqliteStore;
+use pinion_server::Error;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+const DIGEST_V1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const DIGEST_V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Stand-in registry: `nginx:latest` moves when `latest` is swapped; others are unknown.
+struct Digests(std::sync::Mutex<&'static str>);
+
+impl ResolveDigests for Digests {
+    fn resolve_all(&self, refs: &[Reference], _: Duration) -> HashMap<Reference, Result<Resolved, Error>> {
+        let latest = *self.0.lock().unwrap();
+        refs.iter()
+            .map(|r| {
+                let answer = if r.canonical() == "docker.io/library/nginx:latest" {
+                    Ok(Resolved { digest: latest.into(), media_type: "application/vnd.oci.image.index.v1+json".into() })
+                } else {
+                    Err(Error::RegistryUnreachable { registry: r.domain().into(), reason: "connection refused".into() })
+                };
+                (r.clone(), answer)
+            })
+            .collect()
+    }
+}
+
+struct Fixture {
+    api: Api,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            api: Api {
+                store: Box::new(SqliteStore::in_memory().unwrap()),
+                resolver: Box::new(Digests(std::sync::Mutex::new(DIGEST_V1))),
+                admin_token_hash: hash_secret(ADMIN),
+                resolve_deadline: Duration::from_secs(1),
+            },
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<Value>) -> Response {
+        self.call_with(method, path, auth.map(|a| ("authorization", format!("Bearer {a}"))), body)
+    }
+
+    fn call_with(&self, method: &str, path: &str, header: Option<(&str, String)>, body: Option<Value>) -> Response {
+        let request = Request {
+            method: method.into(),
+            path: path.into(),
+            headers: header.map(|(n, v)| vec![(n.to_string(), v)]).unwrap_or_default(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            ..Default::default()
+        };
+        handle(&self.api, &request)
+    }
+
+    fn set_target(&self, uuid: &str, body: Value) -> Value {
+        let response = self.call("POST", &format!("/api/v1/devices/{uuid}/target-state"), Some(ADMIN), Some(body));
+        assert_eq!(response.status, 200, "{}", text(&response));
+        json_of(&response)
+    }
+
+    /// A provisioning key, then a registered device with `device_key`.
+    fn register(&self, uuid: &str, device_key: &str) {
+        let key = json_of(&self.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), None))["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = json!({"uuid": uuid, "deviceName": "gw", "deviceType": "raspberrypi4-64", "deviceApiKey": device_key});
+        let response = self.call("POST", "/api/v1/device/register", Some(&key), Some(body));
+        assert_eq!(response.status, 201, "{}", text(&response));
+    }
+}
+
+fn text(response: &Response) -> String {
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+fn json_of(response: &Response) -> Value {
+    serde_json::from_slice(&response.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(response)))
+}
+
+fn guide_target(image: &str) -> Value {
+    json!({"apps": {"1001": {"appId": 1001, "appName": "web", "services": [
+        {"serviceId": 1, "serviceName": "nginx", "imageName": image,
+         "config": {"image": image, "ports": ["80:80"]}, "dashboardNote": "keep me"}]}},
+        "config": {"POLL": "60"}})
+}
+
+const KEY_A: &str = "device-key-a-0123456789abcdef0123456789";
+const KEY_B: &str = "device-key-b-0123456789abcdef0123456789";
+
+#[test]
+fn setting_a_target_pins_tags_and_bumps_versions() {
+    let f = Fixture::new();
+    let first = f.set_target("test-device-123", guide_target("nginx:latest"));
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["status"], "ok");
+    let service = &first["apps"]["1001"]["services"][0];
+    assert_eq!(service["imageName"], format!("nginx@{DIGEST_V1}"));
+    assert_eq!(service["config"]["image"], format!("nginx@{DIGEST_V1}"));
+    assert_eq!(service["imageResolution"]["status"], "resolved");
+    assert_eq!(service["dashboardNote"], "keep me");
+    assert_eq!(first["resolution"]["resolved"], 1);
+
+    *f_digests(&f) = DIGEST_V2;
+    let second = f.set_target("test-device-123", guide_target("nginx:latest"));
+    assert_eq!(second["version"], 2);
+    assert_eq!(second["apps"]["1001"]["services"][0]["imageName"], format!("nginx@{DIGEST_V2}"));
+
+    let read = json_of(&f.call("GET", "/api/v1/devices/test-device-123/target-state", Some(ADMIN), None));
+    assert_eq!(read["version"], 2);
+    assert_eq!(read["config"], json!({"POLL": "60"}));
+    assert_eq!(read["apps"]["1001"]["services"][0]["imageName"], format!("nginx@{DIGEST_V2}"));
+}
+
+fn f_digests(f: &Fixture) -> std::sync::MutexGuard<'_, &'static str> {
+    // The resolver is ours; reach it through a raw pointer-free downcast of the Box.
+    let any = &*f.api.resolver as *const (dyn ResolveDigests + Send + Sync) as *const Digests;
+    // SAFETY: every Fixture is built with a `Digests` resolver.
+    unsafe { (*any).0.lock().unwrap() }
+}
+
+#[test]
+fn apps_as_an_array_stay_an_array_and_unknown_fields_are_kept() {
+    let f = Fixture::new();
+    let body = json!({"apps": [{"appId": 7, "appName": "a", "color": "red",
+        "services": [{"serviceName": "s", "imageName": "nginx:latest"}]}], "config": {}, "fleet": "eu"});
+    let answer = f.set_target("dev-1", body);
+    assert!(answer["apps"].is_array());
+    assert_eq!(answer["apps"][0]["color"], "red");
+    assert_eq!(answer["fleet"], "eu");
+    assert_eq!(answer["apps"][0]["services"][0]["imageName"], format!("nginx@{DIGEST_V1}"));
+}
+
+#[test]
+fn an_unreachable_registry_keeps_the_tag_as_fallback() {
+    let f = Fixture::new();
+    let answer = f.set_target("dev-1", guide_target("registry.example:5000/app:v1"));
+    let service = &answer["apps"]["1001"]["services"][0];
+    assert_eq!(service["imageName"], "registry.example:5000/app:v1");
+    assert_eq!(service["imageResolution"]["status"], "fallback");
+    assert!(service["imageResolution"]["error"].as_str().unwrap().contains("connection refused"));
+    assert_eq!(answer["resolution"]["fallback"], 1);
+    assert_eq!(answer["resolution"]["warnings"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_invalid_reference_is_a_400_naming_app_and_service_and_nothing_is_stored() {
+    let f = Fixture::new();
+    f.set_target("dev-1", guide_target("nginx:latest"));
+    for bad in ["Nginx:latest", "nginx:bad tag", "nginx\r\nX-Injected: 1", "nginx\0", &"a".repeat(300)] {
+        let response =
+            f.call("PUT", "/api/v1/devices/dev-1/target-state", Some(ADMIN), Some(guide_target(bad)));
+        assert_eq!(response.status, 400, "{bad:?}: {}", text(&response));
+        let error = json_of(&response);
+        assert_eq!(error["error"], "invalid_image");
+        assert!(error["message"].as_str().unwrap().starts_with("app web, service nginx:"), "{error}");
+    }
+    let read = json_of(&f.call("GET", "/api/v1/devices/dev-1/target-state", Some(ADMIN), None));
+    assert_eq!(read["version"], 1);
+}
+
+#[test]
+fn the_device_poll_answers_304_for_its_etag_quoted_or_not() {
+    let f = Fixture::new();
+    f.register("dev-1", KEY_A);
+    let poll = |inm: Option<&str>| {
+        let mut request = Request {
+            method: "GET".into(),
+            path: "/api/v1/device/dev-1/state".into(),
+            headers: vec![("x-device-api-key".into(), KEY_A.into())],
+            ..Default::default()
+        };
+        if let Some(inm) = inm {
+            request.headers.push(("if-none-match".into(), inm.into()));
+        }
+        handle(&f.api, &request)
+    };
+    let empty = poll(None);
+    assert_eq!(empty.status, 200);
+    assert_eq!(json_of(&empty), json!({"dev-1": {"apps": {}, "config": {}}}));
+
+    f.set_target("dev-1", guide_target("nginx:latest"));
+    let full = poll(None);
+    assert_eq!(full.status, 200);
+    let etag = full.header("etag").unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong etag: {etag}");
+    assert_ne!(Some(etag.as_str()), empty.header("etag"));
+    let body = json_of(&full);
+    assert_eq!(body["dev-1"]["apps"]["1001"]["services"][0]["imageName"], format!("nginx@{DIGEST_V1}"));
+
+    let quoted = poll(Some(&etag));
+    assert_eq!((quoted.status, quoted.body.len()), (304, 0));
+    assert_eq!(poll(Some(etag.trim_matches('"'))).status, 304);
+    assert_eq!(poll(Some("\"something-else\"")).status, 200);
+
+    f.set_target("dev-1", guide_target("nginx:latest"));
+    assert_eq!(poll(Some(&etag)).status, 200, "a new version has a new etag");
+}
+
+#[test]
+fn auth_matrix() {
+    let f = Fixture::new();
+    f.register("dev-a", KEY_A);
+    f.register("dev-b", KEY_B);
+    let bearer = |t: &str| Some(("authorization", format!("Bearer {t}")));
+    let device_header = |k: &str| Some(("x-device-api-key", k.to_string()));
+    let cases: Vec<(&str, &str, Option<(&str, String)>, u16)> = vec![
+        ("GET", "/api/v1/device/dev-a/state", None, 401),
+        ("GET", "/api/v1/device/dev-a/state", device_header("wrong-key"), 401),
+        ("GET", "/api/v1/device/dev-a/state", device_header(KEY_A), 200),
+        ("GET", "/api/v1/device/dev-a/state", bearer(KEY_A), 200),
+        ("GET", "/api/v1/device/dev-a/state", device_header(KEY_B), 403),
+        ("GET", "/api/v1/device/dev-a/state", bearer(ADMIN), 403),
+        ("GET", "/api/v1/devices", None, 401),
+        ("GET", "/api/v1/devices", bearer("not-a-token"), 401),
+        ("GET", "/api/v1/devices", device_header(KEY_A), 403),
+        ("GET", "/api/v1/devices", bearer(KEY_A), 403),
+        ("GET", "/api/v1/devices", bearer(ADMIN), 200),
+        ("GET", "/api/v1/devices/dev-a/target-state", bearer(KEY_A), 403),
+        ("GET", "/api/v1/devices/dev-a/current-state", bearer(KEY_A), 403),
+        ("GET", "/api/v1/provisioning-keys", bearer(KEY_A), 403),
+        ("GET", "/api/v1/health", None, 200),
+    ];
+    for (method, path, header, expected) in cases {
+        let response = f.call_with(method, path, header.clone(), None);
+        assert_eq!(response.status, expected, "{method} {path} with {header:?}: {}", text(&response));
+        if expected >= 400 {
+            let error = json_of(&response);
+            assert!(error["error"].is_string() && error["message"].is_string(), "{error}");
+        }
+    }
+    let report = json!({"dev-a": {"apps": {}, "config": {}}});
+    assert_eq!(f.call("PATCH", "/api/v1/device/state", Some(KEY_B), Some(report.clone())).status, 403);
+    assert_eq!(f.call("PATCH", "/api/v1/device/state", None, Some(report.clone())).status, 401);
+    assert_eq!(f.call("PATCH", "/api/v1/device/state", Some(KEY_A), Some(report)).status, 200);
+    let target = guide_target("nginx:latest");
+    assert_eq!(f.call("POST", "/api/v1/devices/dev-a/target-state", Some(KEY_A), Some(target)).status, 403);
+}
+
+#[test]
+fn registration_needs_a_provisioning_key_and_happens_once() {
+    let f = Fixture::new();
+    let body = json!({"uuid": "dev-1", "deviceApiKey": KEY_A});
+    assert_eq!(f.call("POST", "/api/v1/device/register", None, Some(body.clone())).status, 401);
+    assert_eq!(f.call("POST", "/api/v1/device/register", Some("guess"), Some(body.clone())).status, 401);
+    f.register("dev-1", KEY_A);
+    let created = json_of(&f.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), Some(json!({"description": "line 2"}))));
+    let key = created["key"].as_str().unwrap();
+    assert_eq!(key.len(), 64);
+    let again = f.call("POST", "/api/v1/device/register", Some(key), Some(body));
+    assert_eq!(again.status, 409, "{}", text(&again));
+    let short = json!({"uuid": "dev-2", "deviceApiKey": "short"});
+    assert_eq!(f.call("POST", "/api/v1/device/register", Some(key), Some(short)).status, 400);
+
+    let listed = json_of(&f.call("GET", "/api/v1/provisioning-keys", Some(ADMIN), None));
+    assert!(!listed.to_string().contains(key), "a secret is never listed");
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(f.call("DELETE", &format!("/api/v1/provisioning-keys/{id}"), Some(ADMIN), None).status, 200);
+    let revoked = json!({"uuid": "dev-3", "deviceApiKey": KEY_B});
+    assert_eq!(f.call("POST", "/api/v1/device/register", Some(key), Some(revoked)).status, 401);
+}
+
+#[test]
+fn a_target_prepared_before_registration_is_served_after_it() {
+    let f = Fixture::new();
+    f.set_target("dev-1", guide_target("nginx:latest"));
+    f.register("dev-1", KEY_A);
+    let poll = f.call("GET", "/api/v1/device/dev-1/state", Some(KEY_A), None);
+    assert_eq!(json_of(&poll)["dev-1"]["apps"]["1001"]["services"][0]["imageName"], format!("nginx@{DIGEST_V1}"));
+    let device = json_of(&f.call("GET", "/api/v1/devices/dev-1", Some(ADMIN), None));
+    assert_eq!((device["registered"].clone(), device["targetVersion"].clone()), (json!(true), json!(1)));
+}
+
+#[test]
+fn reports_are_kept_as_sent() {
+    let f = Fixture::new();
+    f.register("dev-1", KEY_A);
+    let report = json!({"dev-1": {"apps": {"1001": {"services": {"1": {"status": "running"}}}}, "config": {},
+        "os_version": "Debian 12", "agent_version": "0.1.0", "local_ip": "10.0.0.2"}});
+    assert_eq!(f.call("PATCH", "/api/v1/device/state", Some(KEY_A), Some(report)).status, 200);
+    let current = json_of(&f.call("GET", "/api/v1/devices/dev-1/current-state", Some(ADMIN), None));
+    assert_eq!(current["os_version"], "Debian 12");
+    assert_eq!(current["apps"]["1001"]["services"]["1"]["status"], "running");
+    assert!(current["reportedAt"].is_string());
+}
+
+#[test]
+fn delete_clears_the_target_with_a_new_version() {
+    let f = Fixture::new();
+    f.set_target("dev-1", guide_target("nginx:latest"));
+    let deleted = json_of(&f.call("DELETE", "/api/v1/devices/dev-1/target-state", Some(ADMIN), None));
+    assert_eq!(deleted["version"], 2);
+    let read = json_of(&f.call("GET", "/api/v1/devices/dev-1/target-state", Some(ADMIN), None));
+    assert_eq!((read["apps"].clone(), read["version"].clone()), (json!({}), json!(2)));
+    assert_eq!(f.call("DELETE", "/api/v1/devices/nobody/target-state", Some(ADMIN), None).status, 404);
+}
+
+#[test]
+fn bad_requests_get_json_errors() {
+    let f = Fixture::new();
+    let raw = |method: &str, path: &str, body: &[u8]| {
+        handle(
+            &f.api,
+            &Request {
+                method: method.into(),
+                path: path.into(),
+                headers: vec![("authorization".into(), format!("Bearer {ADMIN}"))],
+                body: body.to_vec(),
+                ..Default::default()
+            },
+        )
+    };
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        ("POST", "/api/v1/devices/dev-1/target-state", b"{not json".to_vec(), 400),
+        ("POST", "/api/v1/devices/dev-1/target-state", b"".to_vec(), 400),
+        ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": "web"}"#.to_vec(), 400),
+        ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": {"1": {"services": [{"imageName": 5}]}}}"#.to_vec(), 400),
+        ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": {"1": {"services": [{"serviceName": "x"}]}}}"#.to_vec(), 400),
+        ("POST", "/api/v1/devices/dev-1/target-state", format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(), 400),
+        ("POST", "/api/v1/devices/bad%20id/target-state", br#"{"apps": {}}"#.to_vec(), 400),
+        ("POST", &format!("/api/v1/devices/{}/target-state", "x".repeat(65)), br#"{"apps": {}}"#.to_vec(), 400),
+        ("GET", "/api/v1/nothing-here", vec![], 404),
+        ("GET", "/elsewhere", vec![], 404),
+        ("PATCH", "/api/v1/devices/dev-1/target-state", vec![], 405),
+        ("DELETE", "/api/v1/devices", vec![], 405),
+        ("GET", "/api/v1/devices/unknown-device", vec![], 404),
+    ];
+    for (method, path, body, expected) in cases {
+        let response = raw(method, path, &body);
+        assert_eq!(response.status, expected, "{method} {path}: {}", text(&response));
+        let error = json_of(&response);
+        assert!(error["error"].is_string() && error["message"].is_string(), "{error}");
+    }
+    let not_allowed = raw("PATCH", "/api/v1/devices/dev-1/target-state", b"");
+    assert_eq!(not_allowed.header("allow"), Some("GET, POST, PUT, DELETE"));
+}

@@ -1,0 +1,245 @@
+//! The real Debian `docker-registry` (distribution 2.8.2) as a child process on a free
+//! loopback port, one temp dir per instance, anonymous or behind htpasswd (bcrypt file
+//! from `htpasswd -nbB`) or token auth (the harness's `TokenServer`). It is what users
+//! run on their own networks, so resolver tests see real headers, real challenges and
+//! real content negotiation. Killed and cleaned up on drop.
+
+use crate::token::{TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
+use crate::util::{docker_config_json, free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long a registry may take to answer `GET /v2/` after it was spawned.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Attempts with a fresh port when the chosen one was taken in the meantime.
+const PORT_ATTEMPTS: usize = 5;
+
+/// How a `Registry` guards its API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No `auth` section: everyone may pull and push.
+    Anonymous,
+    /// `auth.htpasswd` with a bcrypt file holding one user.
+    Htpasswd { user: String, password: String },
+    /// `auth.token` with the harness's token server, which knows one user.
+    Token { user: String, password: String },
+}
+
+impl Auth {
+    pub fn htpasswd(user: &str, password: &str) -> Auth {
+        Auth::Htpasswd { user: user.into(), password: password.into() }
+    }
+
+    pub fn token(user: &str, password: &str) -> Auth {
+        Auth::Token { user: user.into(), password: password.into() }
+    }
+
+    /// The user and password the registry accepts, if it asks for any.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        match self {
+            Auth::Anonymous => None,
+            Auth::Htpasswd { user, password } | Auth::Token { user, password } => {
+                Some((user.as_str(), password.as_str()))
+            }
+        }
+    }
+}
+
+/// A running `docker-registry serve <config.yml>`.
+pub struct Registry {
+    child: Child,
+    port: u16,
+    auth: Auth,
+    log_path: PathBuf,
+    // Dropped after the child is killed (see `Drop`), in this order.
+    token: Option<TokenServer>,
+    dir: TempDir,
+}
+
+impl Registry {
+    /// Spawns a registry and returns once `GET /v2/` answers. Panics (with the registry's
+    /// log) if it cannot be started; panics with an install hint if `docker-registry`
+    /// (or, for the auth modes, `htpasswd`/`openssl`) is missing.
+    pub fn start(auth: Auth) -> Registry {
+        let binary = require_tool("docker-registry", "docker-registry");
+        let dir = TempDir::new("registry");
+        let auth_yaml = match &auth {
+            Auth::Anonymous => (String::new(), None),
+            Auth::Htpasswd { user, password } => {
+                let file = write_htpasswd(&dir, user, password);
+                (
+                    format!(
+                        "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                        yaml_str(&file.display().to_string())
+                    ),
+                    None,
+                )
+            }
+            Auth::Token { user, password } => {
+                let token = TokenServer::start(&dir, user, password);
+                (
+                    format!(
+                        "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                        yaml_str(&token.realm()),
+                        yaml_str(TOKEN_SERVICE),
+                        yaml_str(TOKEN_ISSUER),
+                        yaml_str(&token.cert_path().display().to_string())
+                    ),
+                    Some(token),
+                )
+            }
+        };
+        let (auth_section, token) = auth_yaml;
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("creating the registry data dir");
+
+        let mut last_log = String::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let config = format!(
+                "version: 0.1\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: {}\n\
+                 {auth_section}",
+                yaml_str(&data.display().to_string()),
+                random_hex(16),
+            );
+            let config_path = dir.write(&format!("config-{attempt}.yml"), &config);
+            let log_path = dir.join(&format!("registry-{attempt}.log"));
+            let log = File::create(&log_path).expect("creating the registry log");
+            let mut child = Command::new(&binary)
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("cloning the log handle"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+
+            let agent = probe_agent();
+            let url = format!("http://127.0.0.1:{port}/v2/");
+            let outcome = wait_for(STARTUP_DEADLINE, || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(format!("exited with {status}")));
+                }
+                match agent.get(&url).call() {
+                    Ok(resp) if [200, 401].contains(&resp.status().as_u16()) => Some(Ok(())),
+                    _ => None,
+                }
+            });
+            match outcome {
+                Some(Ok(())) => {
+                    return Registry { child, port, auth, log_path, token, dir };
+                }
+                Some(Err(why)) => {
+                    last_log = tail_of_file(&log_path, 4000);
+                    if last_log.contains("address already in use") {
+                        continue;
+                    }
+                    panic!("docker-registry {why} during startup; its log:\n{last_log}\nconfig:\n{config}");
+                }
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "docker-registry did not answer GET {url} within {STARTUP_DEADLINE:?}; its log:\n{}",
+                        tail_of_file(&log_path, 4000)
+                    );
+                }
+            }
+        }
+        panic!("docker-registry could not bind a free port in {PORT_ATTEMPTS} attempts; last log:\n{last_log}");
+    }
+
+    /// `127.0.0.1:PORT`: the registry part of image references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// The token server of an `Auth::Token` registry.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token.as_ref()
+    }
+
+    /// Requests the token server has seen so far (0 for the other auth modes). Take a
+    /// reading before and after the operation under test: pushing asks for tokens too.
+    pub fn token_requests(&self) -> usize {
+        self.token.as_ref().map_or(0, TokenServer::requests)
+    }
+
+    /// The registry's own log so far (warnings and errors), for failure messages.
+    pub fn log(&self) -> String {
+        tail_of_file(&self.log_path, 8000)
+    }
+
+    /// A Docker `config.json` entry for this registry with its own credentials.
+    pub fn docker_config(&self) -> String {
+        match self.auth.credentials() {
+            Some((u, p)) => docker_config_json(&[(&self.host(), u, p)]),
+            None => docker_config_json(&[]),
+        }
+    }
+
+    /// Like `docker_config`, but with another password (to test refused credentials).
+    pub fn docker_config_with_password(&self, password: &str) -> String {
+        let user = self.auth.credentials().map_or("nobody", |(u, _)| u);
+        docker_config_json(&[(&self.host(), user, password)])
+    }
+
+    /// The registry's temp dir (data, config, logs).
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bcrypt htpasswd file for one user, made by apache2-utils' `htpasswd`.
+fn write_htpasswd(dir: &TempDir, user: &str, password: &str) -> PathBuf {
+    let htpasswd = require_tool("htpasswd", "apache2-utils");
+    let out = Command::new(htpasswd)
+        .args(["-nbB", user, password])
+        .output()
+        .expect("running htpasswd");
+    assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+    let entry = String::from_utf8(out.stdout).expect("htpasswd prints ASCII");
+    let line = entry.lines().next().unwrap_or_default().trim().to_string();
+    assert!(line.starts_with(&format!("{user}:$2")), "htpasswd did not print a bcrypt entry: {entry:?}");
+    // A FILE, never a directory: the Debian default config points `path` at a directory,
+    // which makes every request with credentials fail with 400 (registry-protocol §10).
+    dir.write("htpasswd", format!("{line}\n"))
+}
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+fn probe_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .new_agent()
+}
