@@ -11,6 +11,7 @@ use pinion_server::store::SqliteStore;
 use pinion_server::Error;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ADMIN: &str = "admin-token-for-tests-0123456789";
@@ -18,7 +19,7 @@ const DIGEST_V1: &str = "sha256:111111111111111111111111111111111111111111111111
 const DIGEST_V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 /// Stand-in registry: `nginx:latest` moves when `latest` is swapped; others are unknown.
-struct Digests(std::sync::Mutex<&'static str>);
+struct Digests(Arc<Mutex<&'static str>>);
 
 impl ResolveDigests for Digests {
     fn resolve_all(&self, refs: &[Reference], _: Duration) -> HashMap<Reference, Result<Resolved, Error>> {
@@ -38,14 +39,18 @@ impl ResolveDigests for Digests {
 
 struct Fixture {
     api: Api,
+    /// What `nginx:latest` resolves to; tests move the tag by writing here.
+    latest: Arc<Mutex<&'static str>>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
+        let latest = Arc::new(Mutex::new(DIGEST_V1));
         Fixture {
+            latest: Arc::clone(&latest),
             api: Api {
                 store: Box::new(SqliteStore::in_memory().unwrap()),
-                resolver: Box::new(Digests(std::sync::Mutex::new(DIGEST_V1))),
+                resolver: Box::new(Digests(latest)),
                 admin_token_hash: hash_secret(ADMIN),
                 resolve_deadline: Duration::from_secs(1),
             },
@@ -116,7 +121,7 @@ fn setting_a_target_pins_tags_and_bumps_versions() {
     assert_eq!(service["dashboardNote"], "keep me");
     assert_eq!(first["resolution"]["resolved"], 1);
 
-    *f_digests(&f) = DIGEST_V2;
+    *f.latest.lock().unwrap() = DIGEST_V2;
     let second = f.set_target("test-device-123", guide_target("nginx:latest"));
     assert_eq!(second["version"], 2);
     assert_eq!(second["apps"]["1001"]["services"][0]["imageName"], format!("nginx@{DIGEST_V2}"));
@@ -125,13 +130,6 @@ fn setting_a_target_pins_tags_and_bumps_versions() {
     assert_eq!(read["version"], 2);
     assert_eq!(read["config"], json!({"POLL": "60"}));
     assert_eq!(read["apps"]["1001"]["services"][0]["imageName"], format!("nginx@{DIGEST_V2}"));
-}
-
-fn f_digests(f: &Fixture) -> std::sync::MutexGuard<'_, &'static str> {
-    // The resolver is ours; reach it through a raw pointer-free downcast of the Box.
-    let any = &*f.api.resolver as *const (dyn ResolveDigests + Send + Sync) as *const Digests;
-    // SAFETY: every Fixture is built with a `Digests` resolver.
-    unsafe { (*any).0.lock().unwrap() }
 }
 
 #[test]
@@ -208,8 +206,11 @@ fn the_device_poll_answers_304_for_its_etag_quoted_or_not() {
     assert_eq!(poll(Some(etag.trim_matches('"'))).status, 304);
     assert_eq!(poll(Some("\"something-else\"")).status, 200);
 
+    *f.latest.lock().unwrap() = DIGEST_V2;
     f.set_target("dev-1", guide_target("nginx:latest"));
-    assert_eq!(poll(Some(&etag)).status, 200, "a new version has a new etag");
+    let moved = poll(Some(&etag));
+    assert_eq!(moved.status, 200, "a moved tag is a new body with a new etag");
+    assert_ne!(moved.header("etag"), Some(etag.as_str()));
 }
 
 #[test]
@@ -325,6 +326,7 @@ fn bad_requests_get_json_errors() {
             },
         )
     };
+    let long_id_path = format!("/api/v1/devices/{}/target-state", "x".repeat(65));
     let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
         ("POST", "/api/v1/devices/dev-1/target-state", b"{not json".to_vec(), 400),
         ("POST", "/api/v1/devices/dev-1/target-state", b"".to_vec(), 400),
@@ -333,7 +335,7 @@ fn bad_requests_get_json_errors() {
         ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": {"1": {"services": [{"serviceName": "x"}]}}}"#.to_vec(), 400),
         ("POST", "/api/v1/devices/dev-1/target-state", format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(), 400),
         ("POST", "/api/v1/devices/bad%20id/target-state", br#"{"apps": {}}"#.to_vec(), 400),
-        ("POST", &format!("/api/v1/devices/{}/target-state", "x".repeat(65)), br#"{"apps": {}}"#.to_vec(), 400),
+        ("POST", &long_id_path, br#"{"apps": {}}"#.to_vec(), 400),
         ("GET", "/api/v1/nothing-here", vec![], 404),
         ("GET", "/elsewhere", vec![], 404),
         ("PATCH", "/api/v1/devices/dev-1/target-state", vec![], 405),

@@ -15,7 +15,10 @@ pub(crate) struct Challenge {
 impl Challenge {
     /// The value of a parameter (name case-insensitive), the first if repeated.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The `scope` entries: one value holds several, separated by spaces.
@@ -37,7 +40,10 @@ pub(crate) fn parse_all<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<C
 
 /// The challenges in one `WWW-Authenticate` header value.
 pub(crate) fn parse(header: &str) -> Vec<Challenge> {
-    let mut cur = Cursor { s: header.as_bytes(), i: 0 };
+    let mut cur = Cursor {
+        s: header.as_bytes(),
+        i: 0,
+    };
     let mut out = Vec::new();
     let mut next_scheme: Option<String> = None;
     loop {
@@ -57,7 +63,10 @@ pub(crate) fn parse(header: &str) -> Vec<Challenge> {
                 t
             }
         };
-        let mut challenge = Challenge { scheme: scheme.to_ascii_lowercase(), params: Vec::new() };
+        let mut challenge = Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params: Vec::new(),
+        };
         let mut seen_comma = false;
         loop {
             cur.skip_while(is_ws);
@@ -80,7 +89,11 @@ pub(crate) fn parse(header: &str) -> Vec<Challenge> {
             if cur.peek() == Some(b'=') {
                 cur.i += 1;
                 cur.skip_while(is_ws);
-                let value = if cur.peek() == Some(b'"') { cur.quoted() } else { cur.bare_value() };
+                let value = if cur.peek() == Some(b'"') {
+                    cur.quoted()
+                } else {
+                    cur.bare_value()
+                };
                 challenge.params.push((name.to_ascii_lowercase(), value));
                 cur.skip_while(is_ws);
                 if !cur.at_end() && cur.peek() != Some(b',') {
@@ -177,13 +190,18 @@ mod tests {
     }
 
     fn params(c: &Challenge) -> Vec<(&str, &str)> {
-        c.params.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+        c.params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect()
     }
 
     // The exact strings of registry-protocol.md §4.4.
     #[test]
     fn docker_hub_with_two_actions_in_scope() {
-        let c = one(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#);
+        let c = one(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#,
+        );
         assert_eq!(c.scheme, "bearer");
         assert_eq!(
             params(&c),
@@ -207,24 +225,54 @@ mod tests {
     #[test]
     fn public_registries_bearer_challenges() {
         let cases = [
-            (r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:user/image:pull""#,
-             "https://ghcr.io/token", "ghcr.io", Some("repository:user/image:pull")),
-            (r#"Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
-             "https://quay.io/v2/auth", "quay.io", None),
-            (r#"Bearer realm="https://gcr.io/v2/token",service="gcr.io""#,
-             "https://gcr.io/v2/token", "gcr.io", None),
-            (r#"Bearer realm="https://us-central1-docker.pkg.dev/v2/token",service="us-central1-docker.pkg.dev",scope="repository:my-project/my-repo/my-image:pull""#,
-             "https://us-central1-docker.pkg.dev/v2/token", "us-central1-docker.pkg.dev",
-             Some("repository:my-project/my-repo/my-image:pull")),
-            (r#"Bearer realm="https://public.ecr.aws/token/",service="public.ecr.aws""#,
-             "https://public.ecr.aws/token/", "public.ecr.aws", None),
-            (r#"Bearer realm="https://myreg.azurecr.io/oauth2/token",service="myreg.azurecr.io",scope="repository:library/hello-world:metadata_read""#,
-             "https://myreg.azurecr.io/oauth2/token", "myreg.azurecr.io",
-             Some("repository:library/hello-world:metadata_read")),
-            (r#"Bearer realm="https://gitlab.com/jwt/auth",service="container_registry",scope="repository:gitlab-org/cli:pull""#,
-             "https://gitlab.com/jwt/auth", "container_registry", Some("repository:gitlab-org/cli:pull")),
-            (r#"Bearer realm="https://harbor.example.com/service/token",service="harbor-registry""#,
-             "https://harbor.example.com/service/token", "harbor-registry", None),
+            (
+                r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:user/image:pull""#,
+                "https://ghcr.io/token",
+                "ghcr.io",
+                Some("repository:user/image:pull"),
+            ),
+            (
+                r#"Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
+                "https://quay.io/v2/auth",
+                "quay.io",
+                None,
+            ),
+            (
+                r#"Bearer realm="https://gcr.io/v2/token",service="gcr.io""#,
+                "https://gcr.io/v2/token",
+                "gcr.io",
+                None,
+            ),
+            (
+                r#"Bearer realm="https://us-central1-docker.pkg.dev/v2/token",service="us-central1-docker.pkg.dev",scope="repository:my-project/my-repo/my-image:pull""#,
+                "https://us-central1-docker.pkg.dev/v2/token",
+                "us-central1-docker.pkg.dev",
+                Some("repository:my-project/my-repo/my-image:pull"),
+            ),
+            (
+                r#"Bearer realm="https://public.ecr.aws/token/",service="public.ecr.aws""#,
+                "https://public.ecr.aws/token/",
+                "public.ecr.aws",
+                None,
+            ),
+            (
+                r#"Bearer realm="https://myreg.azurecr.io/oauth2/token",service="myreg.azurecr.io",scope="repository:library/hello-world:metadata_read""#,
+                "https://myreg.azurecr.io/oauth2/token",
+                "myreg.azurecr.io",
+                Some("repository:library/hello-world:metadata_read"),
+            ),
+            (
+                r#"Bearer realm="https://gitlab.com/jwt/auth",service="container_registry",scope="repository:gitlab-org/cli:pull""#,
+                "https://gitlab.com/jwt/auth",
+                "container_registry",
+                Some("repository:gitlab-org/cli:pull"),
+            ),
+            (
+                r#"Bearer realm="https://harbor.example.com/service/token",service="harbor-registry""#,
+                "https://harbor.example.com/service/token",
+                "harbor-registry",
+                None,
+            ),
         ];
         for (header, realm, service, scope) in cases {
             let c = one(header);
@@ -237,15 +285,22 @@ mod tests {
 
     #[test]
     fn azure_invalid_token_error_param() {
-        let c = one(r#"Bearer realm="https://myreg.azurecr.io/oauth2/token",service="myreg.azurecr.io",scope="repository:library/hello-world:metadata_read",error="invalid_token""#);
+        let c = one(
+            r#"Bearer realm="https://myreg.azurecr.io/oauth2/token",service="myreg.azurecr.io",scope="repository:library/hello-world:metadata_read",error="invalid_token""#,
+        );
         assert_eq!(c.param("error"), Some("invalid_token"));
     }
 
     #[test]
     fn basic_challenges_of_ecr_and_htpasswd() {
-        let c = one(r#"Basic realm="https://123456789.dkr.ecr.eu-central-1.amazonaws.com/",service="ecr.amazonaws.com""#);
+        let c = one(
+            r#"Basic realm="https://123456789.dkr.ecr.eu-central-1.amazonaws.com/",service="ecr.amazonaws.com""#,
+        );
         assert_eq!(c.scheme, "basic");
-        assert_eq!(c.param("realm"), Some("https://123456789.dkr.ecr.eu-central-1.amazonaws.com/"));
+        assert_eq!(
+            c.param("realm"),
+            Some("https://123456789.dkr.ecr.eu-central-1.amazonaws.com/")
+        );
         assert_eq!(c.param("service"), Some("ecr.amazonaws.com"));
         let c = one(r#"Basic realm="basic-realm""#);
         assert_eq!(params(&c), [("realm", "basic-realm")]);
@@ -253,7 +308,9 @@ mod tests {
 
     #[test]
     fn local_token_registry_insufficient_scope() {
-        let c = one(r#"Bearer realm="http://127.0.0.1:5060/token",service="local-registry",scope="repository:demo/app:pull,push",error="insufficient_scope""#);
+        let c = one(
+            r#"Bearer realm="http://127.0.0.1:5060/token",service="local-registry",scope="repository:demo/app:pull,push",error="insufficient_scope""#,
+        );
         assert_eq!(c.param("realm"), Some("http://127.0.0.1:5060/token"));
         assert_eq!(c.scopes(), ["repository:demo/app:pull,push"]);
         assert_eq!(c.param("error"), Some("insufficient_scope"));
@@ -262,22 +319,39 @@ mod tests {
     #[test]
     fn space_separated_scopes_and_empty_params() {
         // containerd core/remotes/docker/auth/parse_test.go
-        let c = one(r#"Bearer realm="https://auth.example.io/token",empty="",service="registry.example.io",scope="repository:foo/bar:pull,push repository:foo/baz:pull""#);
+        let c = one(
+            r#"Bearer realm="https://auth.example.io/token",empty="",service="registry.example.io",scope="repository:foo/bar:pull,push repository:foo/baz:pull""#,
+        );
         assert_eq!(c.param("empty"), Some(""));
-        assert_eq!(c.scopes(), ["repository:foo/bar:pull,push", "repository:foo/baz:pull"]);
+        assert_eq!(
+            c.scopes(),
+            ["repository:foo/bar:pull,push", "repository:foo/baz:pull"]
+        );
     }
 
     #[test]
     fn several_challenges_in_one_header_and_in_several_headers() {
         // RFC 7235 §4.1 example.
-        let all = parse(r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple""#);
+        let all = parse(
+            r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple""#,
+        );
         assert_eq!(all.len(), 2);
-        assert_eq!(params(&all[0]), [("realm", "apps"), ("type", "1"), ("title", r#"Login to "apps""#)]);
+        assert_eq!(
+            params(&all[0]),
+            [
+                ("realm", "apps"),
+                ("type", "1"),
+                ("title", r#"Login to "apps""#)
+            ]
+        );
         assert_eq!(all[1].scheme, "basic");
         assert_eq!(all[1].param("realm"), Some("simple"));
 
         let all = parse(r#"Basic, Bearer realm="r""#);
-        assert_eq!(all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(), ["basic", "bearer"]);
+        assert_eq!(
+            all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(),
+            ["basic", "bearer"]
+        );
         assert_eq!(all[1].param("realm"), Some("r"));
 
         let all = parse_all([r#"Basic realm="a""#, r#"BEARER Realm="b", Service="s""#]);
@@ -306,13 +380,30 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for s in [
-            "", ",", "=", "\"", "Bearer realm=\"unterminated", "Bearer realm=\"a\\", "Bearer ==,,==",
-            "é", "Bearer réalm=\"ü\"", "\u{0}\u{1}", "Bearer realm=", ",,Basic", "Bearer realm=\"x\" junk, scope=\"y\"",
+            "",
+            ",",
+            "=",
+            "\"",
+            "Bearer realm=\"unterminated",
+            "Bearer realm=\"a\\",
+            "Bearer ==,,==",
+            "é",
+            "Bearer réalm=\"ü\"",
+            "\u{0}\u{1}",
+            "Bearer realm=",
+            ",,Basic",
+            "Bearer realm=\"x\" junk, scope=\"y\"",
         ] {
             let _ = parse(s);
         }
         assert!(parse("").is_empty());
-        assert_eq!(one("Bearer realm=\"unterminated").param("realm"), Some("unterminated"));
-        assert_eq!(one("Bearer realm=\"x\" junk, scope=\"y\"").param("scope"), Some("y"));
+        assert_eq!(
+            one("Bearer realm=\"unterminated").param("realm"),
+            Some("unterminated")
+        );
+        assert_eq!(
+            one("Bearer realm=\"x\" junk, scope=\"y\"").param("scope"),
+            Some("y")
+        );
     }
 }

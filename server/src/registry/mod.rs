@@ -3,5 +3,190 @@
 //!
 //! `Resolver::resolve` answers one reference; `Resolver::resolve_all` answers many,
 //! distinct references concurrently, within one overall deadline.
+//!
+//! The path of one resolution: `transport` picks the URL and scheme, `manifest` sends
+//! `HEAD` (then `GET` if needed) through `auth`, which follows `401` challenges
+//! (`challenge`) with tokens (`token`) or Basic credentials (`credentials`).
 
-// Filled in by the resolver work: challenge.rs, credentials.rs, resolver.rs, ...
+mod auth;
+mod base64;
+mod challenge;
+mod credentials;
+mod fanout;
+mod manifest;
+mod status;
+mod token;
+mod transport;
+
+#[cfg(test)]
+mod fake_registry;
+#[cfg(test)]
+mod resolve_tests;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinion_model::Reference;
+
+pub use credentials::Credentials;
+
+use crate::Error;
+
+/// How the resolver reaches registries.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// User and password per registry host.
+    pub credentials: Credentials,
+    /// Registries (`host` or `host:port`) reached over plain http, like dockerd's
+    /// `--insecure-registry`. Loopback registries always are.
+    pub insecure_registries: Vec<String>,
+    /// Timeout of each HTTP request (connect to last byte).
+    pub request_timeout: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            credentials: Credentials::default(),
+            insecure_registries: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A manifest's digest and media type, as the registry serves them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// `sha256:<64 hex>` (or the digest asked for, when resolving by digest).
+    pub digest: String,
+    /// `Content-Type` without parameters, e.g. `application/vnd.oci.image.index.v1+json`.
+    pub media_type: String,
+}
+
+/// Resolves references to digests. Cheap to clone; clones share the HTTP agent (and its
+/// connection pool) and the token cache.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+/// What all clones of a resolver share.
+struct Inner {
+    agent: ureq::Agent,
+    credentials: Credentials,
+    insecure_registries: Vec<String>,
+    tokens: token::TokenCache,
+    plans: auth::Plans,
+}
+
+/// One manifest to ask a registry for, with everything the request path needs.
+struct Target {
+    /// The registry as in the reference (`docker.io`, `127.0.0.1:5000`).
+    domain: String,
+    /// Repository path (`library/nginx`).
+    path: String,
+    /// The tag or digest put in the URL.
+    reference: String,
+    /// The digest written in the reference, which the answer must match.
+    wanted_digest: Option<String>,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// The reference as shown in errors and logs.
+    display: String,
+}
+
+impl Resolver {
+    pub fn new(config: ResolverConfig) -> Resolver {
+        Resolver {
+            inner: Arc::new(Inner {
+                agent: transport::agent(config.request_timeout),
+                credentials: config.credentials,
+                insecure_registries: config.insecure_registries,
+                tokens: token::TokenCache::default(),
+                plans: auth::Plans::default(),
+            }),
+        }
+    }
+
+    /// The digest `reference` points at. A reference with a digest is checked to exist
+    /// (`HEAD` by digest) and answers with that digest.
+    pub fn resolve(&self, reference: &Reference) -> Result<Resolved, Error> {
+        let target = self.target(reference);
+        log::debug!(
+            "resolving {} at {}",
+            target.display,
+            transport::api_host(&target.domain)
+        );
+        let result = manifest::resolve(&self.inner, &target);
+        match &result {
+            Ok(resolved) => log::debug!(
+                "{} -> {} ({})",
+                target.display,
+                resolved.digest,
+                resolved.media_type
+            ),
+            Err(e) => log::warn!("{e}"),
+        }
+        result
+    }
+
+    /// Resolves the distinct `refs` concurrently (one thread each). Every reference gets an
+    /// answer within `deadline`; one not resolved in time gets `ResolutionDeadline`.
+    /// Threads still running then are left to finish on their own.
+    pub fn resolve_all(
+        &self,
+        refs: &[Reference],
+        deadline: Duration,
+    ) -> HashMap<Reference, Result<Resolved, Error>> {
+        let mut seen = HashSet::new();
+        let distinct: Vec<Reference> = refs.iter().filter(|r| seen.insert(*r)).cloned().collect();
+        let resolver = self.clone();
+        let outcomes = fanout::run_with_deadline(distinct, deadline, move |r| resolver.resolve(r));
+        outcomes
+            .into_iter()
+            .map(|(reference, outcome)| {
+                let result = match outcome {
+                    fanout::Outcome::Done(result) => result,
+                    fanout::Outcome::Late => {
+                        let display = reference.canonical();
+                        log::warn!("resolving {display} did not finish within {deadline:?}");
+                        Err(Error::ResolutionDeadline {
+                            reference: display,
+                            seconds: deadline.as_secs_f64().ceil() as u64,
+                        })
+                    }
+                    fanout::Outcome::NotStarted(reason) => Err(Error::RegistryUnreachable {
+                        registry: reference.domain().to_string(),
+                        reason: format!("could not start a resolver thread: {reason}"),
+                    }),
+                };
+                (reference, result)
+            })
+            .collect()
+    }
+
+    fn target(&self, reference: &Reference) -> Target {
+        let domain = reference.domain().to_string();
+        Target {
+            scheme: transport::scheme(&domain, &self.inner.insecure_registries),
+            path: reference.path().to_string(),
+            reference: reference
+                .digest()
+                .unwrap_or(reference.tag_or_latest())
+                .to_string(),
+            wanted_digest: reference.digest().map(str::to_string),
+            display: reference.canonical(),
+            domain,
+        }
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("credentials", &self.inner.credentials)
+            .field("insecure_registries", &self.inner.insecure_registries)
+            .finish_non_exhaustive()
+    }
+}

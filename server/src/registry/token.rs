@@ -57,7 +57,13 @@ impl TokenCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         entries.retain(|_, c| now < c.usable_until);
-        entries.insert(key, CachedToken { token, usable_until });
+        entries.insert(
+            key,
+            CachedToken {
+                token,
+                usable_until,
+            },
+        );
     }
 
     /// Drops `token` for `key` (the registry refused it), unless another one replaced it.
@@ -105,7 +111,15 @@ pub(crate) fn fetch(
     }
 
     let url = token_url(&key.realm, key.service.as_deref(), &key.scopes);
-    log::debug!("token request {url} for {} ({})", asker.reference, if credentials.is_some() { "with credentials" } else { "anonymous" });
+    log::debug!(
+        "token request {url} for {} ({})",
+        asker.reference,
+        if credentials.is_some() {
+            "with credentials"
+        } else {
+            "anonymous"
+        }
+    );
     let mut request = agent.get(&url).header("Accept", "application/json");
     if let Some((user, password)) = credentials {
         request = request.header("Authorization", basic_authorization(user, password));
@@ -118,7 +132,10 @@ pub(crate) fn fetch(
         200 => {}
         401 | 403 => {
             let reason = match credentials {
-                Some(_) => format!("credentials for {} were refused by token service {}", asker.domain, key.realm),
+                Some(_) => format!(
+                    "credentials for {} were refused by token service {}",
+                    asker.domain, key.realm
+                ),
                 None => format!(
                     "no credentials configured for {}; token service {} requires them",
                     asker.domain, key.realm
@@ -154,7 +171,11 @@ pub(crate) fn fetch(
     };
     let body = transport::read_body(&mut response, MAX_TOKEN_RESPONSE_BYTES)
         .map_err(failure)?
-        .ok_or_else(|| protocol(format!("token response larger than {MAX_TOKEN_RESPONSE_BYTES} bytes")))?;
+        .ok_or_else(|| {
+            protocol(format!(
+                "token response larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+            ))
+        })?;
     let (token, lifetime) =
         parse_token_response(&body).map_err(|r| protocol(format!("token response: {r}")))?;
     cache.put(key.clone(), token.clone(), obtained_at, lifetime);
@@ -163,7 +184,10 @@ pub(crate) fn fetch(
 
 /// `Basic base64(user:password)`.
 pub(crate) fn basic_authorization(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::encode(format!("{user}:{password}").as_bytes()))
+    format!(
+        "Basic {}",
+        base64::encode(format!("{user}:{password}").as_bytes())
+    )
 }
 
 /// `<realm>[?|&]service=<service>&scope=<s1>&scope=<s2>`: the realm's own query kept, one
@@ -172,7 +196,11 @@ pub(crate) fn token_url(realm: &str, service: Option<&str>, scopes: &[String]) -
     let realm = realm.split('#').next().unwrap_or(realm);
     let mut url = realm.to_string();
     let mut separator = if realm.contains('?') {
-        if realm.ends_with('?') || realm.ends_with('&') { "" } else { "&" }
+        if realm.ends_with('?') || realm.ends_with('&') {
+            ""
+        } else {
+            "&"
+        }
     } else {
         "?"
     };
@@ -195,7 +223,11 @@ pub(crate) fn token_url(realm: &str, service: Option<&str>, scopes: &[String]) -
 /// Credentials go to an https realm, or to a plain-http realm only on loopback or on the
 /// very host of a registry that is itself reached over plain http (an insecure registry
 /// whose token service sits beside it). Never in clear text to another host.
-pub(crate) fn may_send_credentials(realm_scheme: &str, realm_authority: &str, asker: &Asker) -> bool {
+pub(crate) fn may_send_credentials(
+    realm_scheme: &str,
+    realm_authority: &str,
+    asker: &Asker,
+) -> bool {
     if realm_scheme == "https" {
         return true;
     }
@@ -210,8 +242,13 @@ pub(crate) fn may_send_credentials(realm_scheme: &str, realm_authority: &str, as
 /// from when the request was sent, which is never later than issuance and immune to clock
 /// skew between us and the token service.
 pub(crate) fn parse_token_response(body: &[u8]) -> Result<(String, Duration), String> {
-    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let text = |name: &str| doc.get(name).and_then(|v| v.as_str()).filter(|t| !t.is_empty());
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |name: &str| {
+        doc.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|t| !t.is_empty())
+    };
     let token = text("token")
         .or_else(|| text("access_token"))
         .ok_or("neither `token` nor `access_token` is set")?;
@@ -220,7 +257,13 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<(String, Duration), St
     }
     let expires_in = doc
         .get("expires_in")
-        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f > 0.0).map(|f| f as u64)))
+        .and_then(|v| {
+            v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .map(|f| f as u64)
+            })
+        })
         .unwrap_or(MIN_LIFETIME_SECS)
         .max(MIN_LIFETIME_SECS);
     Ok((token.to_string(), Duration::from_secs(expires_in)))
@@ -231,12 +274,20 @@ mod tests {
     use super::*;
 
     fn key(realm: &str) -> TokenKey {
-        TokenKey { realm: realm.into(), service: Some("svc".into()), scopes: vec!["repository:a:pull".into()], user: None }
+        TokenKey {
+            realm: realm.into(),
+            service: Some("svc".into()),
+            scopes: vec!["repository:a:pull".into()],
+            user: None,
+        }
     }
 
     #[test]
     fn token_url_keeps_realm_query_and_repeats_scope() {
-        let scopes = vec!["repository:foo/bar:pull,push".to_string(), "repository:foo/baz:pull".to_string()];
+        let scopes = vec![
+            "repository:foo/bar:pull,push".to_string(),
+            "repository:foo/baz:pull".to_string(),
+        ];
         assert_eq!(
             token_url("https://auth.docker.io/token", Some("registry.docker.io"), &scopes[..1]),
             "https://auth.docker.io/token?service=registry.docker.io&scope=repository%3Afoo%2Fbar%3Apull%2Cpush"
@@ -245,22 +296,59 @@ mod tests {
             token_url("https://r.example/token?client=x", Some("svc"), &scopes),
             "https://r.example/token?client=x&service=svc&scope=repository%3Afoo%2Fbar%3Apull%2Cpush&scope=repository%3Afoo%2Fbaz%3Apull"
         );
-        assert_eq!(token_url("https://ghcr.io/token", None, &scopes[1..]), "https://ghcr.io/token?scope=repository%3Afoo%2Fbaz%3Apull");
-        assert_eq!(token_url("https://quay.io/v2/auth", Some(""), &[]), "https://quay.io/v2/auth");
-        assert_eq!(token_url("https://a/t?", Some("s"), &[]), "https://a/t?service=s");
+        assert_eq!(
+            token_url("https://ghcr.io/token", None, &scopes[1..]),
+            "https://ghcr.io/token?scope=repository%3Afoo%2Fbaz%3Apull"
+        );
+        assert_eq!(
+            token_url("https://quay.io/v2/auth", Some(""), &[]),
+            "https://quay.io/v2/auth"
+        );
+        assert_eq!(
+            token_url("https://a/t?", Some("s"), &[]),
+            "https://a/t?service=s"
+        );
     }
 
     #[test]
     fn token_response_fields_and_lifetime() {
         let hub = br#"{"token":"t1","access_token":"t1","expires_in":300,"issued_at":"2020-08-19T20:38:43Z"}"#;
-        assert_eq!(parse_token_response(hub), Ok(("t1".into(), Duration::from_secs(300))));
-        assert_eq!(parse_token_response(br#"{"token":"q"}"#), Ok(("q".into(), Duration::from_secs(60))));
-        assert_eq!(parse_token_response(br#"{"access_token":"a","expires_in":5}"#), Ok(("a".into(), Duration::from_secs(60))));
-        assert_eq!(parse_token_response(br#"{"token":"","access_token":"a"}"#).map(|t| t.0), Ok("a".into()));
-        assert_eq!(parse_token_response(br#"{"token":"t","expires_in":43200.5}"#).map(|t| t.1), Ok(Duration::from_secs(43200)));
-        assert_eq!(parse_token_response(br#"{"token":"t","expires_in":"soon"}"#).map(|t| t.1), Ok(Duration::from_secs(60)));
-        for bad in [&b"true"[..], b"{}", br#"{"token":3}"#, b"<html>", br#"{"token":"a\nb"}"#] {
-            assert!(parse_token_response(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            parse_token_response(hub),
+            Ok(("t1".into(), Duration::from_secs(300)))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"token":"q"}"#),
+            Ok(("q".into(), Duration::from_secs(60)))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"access_token":"a","expires_in":5}"#),
+            Ok(("a".into(), Duration::from_secs(60)))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"token":"","access_token":"a"}"#).map(|t| t.0),
+            Ok("a".into())
+        );
+        assert_eq!(
+            parse_token_response(br#"{"token":"t","expires_in":43200.5}"#).map(|t| t.1),
+            Ok(Duration::from_secs(43200))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"token":"t","expires_in":"soon"}"#).map(|t| t.1),
+            Ok(Duration::from_secs(60))
+        );
+        for bad in [
+            &b"true"[..],
+            b"{}",
+            br#"{"token":3}"#,
+            b"<html>",
+            br#"{"token":"a\nb"}"#,
+        ] {
+            assert!(
+                parse_token_response(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -268,9 +356,17 @@ mod tests {
     fn cache_returns_until_expiry_margin_and_forgets_refused_tokens() {
         let cache = TokenCache::default();
         let k = key("https://r/token");
-        cache.put(k.clone(), "tok".into(), Instant::now(), Duration::from_secs(60));
+        cache.put(
+            k.clone(),
+            "tok".into(),
+            Instant::now(),
+            Duration::from_secs(60),
+        );
         assert_eq!(cache.get(&k).as_deref(), Some("tok"));
-        let other_user = TokenKey { user: Some("u".into()), ..k.clone() };
+        let other_user = TokenKey {
+            user: Some("u".into()),
+            ..k.clone()
+        };
         assert_eq!(cache.get(&other_user), None);
         cache.forget(&k, "not-this-one");
         assert_eq!(cache.get(&k).as_deref(), Some("tok"));
@@ -283,15 +379,43 @@ mod tests {
 
     #[test]
     fn credentials_never_go_in_clear_text_to_another_host() {
-        let remote_http = Asker { domain: "registry.lan:5000", scheme: "http", reference: "r" };
-        let remote_https = Asker { domain: "registry.lan", scheme: "https", reference: "r" };
-        let local = Asker { domain: "127.0.0.1:5001", scheme: "http", reference: "r" };
-        assert!(may_send_credentials("https", "auth.example.com", &remote_https));
-        assert!(may_send_credentials("http", "registry.lan:5060", &remote_http));
-        assert!(!may_send_credentials("http", "auth.example.com", &remote_http));
+        let remote_http = Asker {
+            domain: "registry.lan:5000",
+            scheme: "http",
+            reference: "r",
+        };
+        let remote_https = Asker {
+            domain: "registry.lan",
+            scheme: "https",
+            reference: "r",
+        };
+        let local = Asker {
+            domain: "127.0.0.1:5001",
+            scheme: "http",
+            reference: "r",
+        };
+        assert!(may_send_credentials(
+            "https",
+            "auth.example.com",
+            &remote_https
+        ));
+        assert!(may_send_credentials(
+            "http",
+            "registry.lan:5060",
+            &remote_http
+        ));
+        assert!(!may_send_credentials(
+            "http",
+            "auth.example.com",
+            &remote_http
+        ));
         assert!(!may_send_credentials("http", "registry.lan", &remote_https));
         assert!(may_send_credentials("http", "127.0.0.1:5060", &local));
-        assert!(may_send_credentials("http", "localhost:5060", &remote_https));
+        assert!(may_send_credentials(
+            "http",
+            "localhost:5060",
+            &remote_https
+        ));
         assert!(!may_send_credentials("http", "10.1.1.1:5060", &local));
     }
 }

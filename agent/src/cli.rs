@@ -1,0 +1,142 @@
+//! The `pinion-agent` command line: `run` the agent, or print its `status` from SQLite.
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::spec::desired_services;
+use crate::store::AgentStore;
+use crate::Error;
+use lexopt::prelude::*;
+use pinion_model::TargetState;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+pinion-agent — keeps this device's containers at the target state its server sets
+
+USAGE:
+    pinion-agent run    [--config FILE]
+    pinion-agent status [--config FILE]
+
+    --config FILE    settings file [default /etc/pinion/agent.toml; optional unless given]
+    -h, --help       print this help
+    -V, --version    print the version
+
+SETTINGS (file key = environment variable):
+    server           PINION_SERVER            the server's base URL
+    uuid             PINION_UUID              this device's id (made when registering if unset)
+    device_key       PINION_DEVICE_KEY        this device's key, or:
+    provisioning_key PINION_PROVISIONING_KEY  key to register with
+    device_name      PINION_DEVICE_NAME
+    device_type      PINION_DEVICE_TYPE
+    poll_interval    PINION_POLL_INTERVAL     default 60s (with jitter)
+    report_interval  PINION_REPORT_INTERVAL   heartbeat, default 5m
+    docker_socket    PINION_DOCKER_SOCKET     default /var/run/docker.sock
+    db               PINION_DB                default /var/lib/pinion/agent.db
+Durations are whole seconds or a number with s, m or h. Logs: RUST_LOG=debug for more.
+";
+
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp(None)
+        .init();
+    match run_cli(std::env::args_os().skip(1).collect()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("pinion-agent: {error}");
+            if let Error::Usage { .. } = error {
+                eprintln!("Try 'pinion-agent --help'.");
+                return ExitCode::from(2);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(reason: impl ToString) -> Error {
+    Error::Usage { reason: reason.to_string() }
+}
+
+fn run_cli(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut command: Option<String> = None;
+    let mut config_path: Option<PathBuf> = None;
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Short('V') | Long("version") => {
+                println!("pinion-agent {}", env!("CARGO_PKG_VERSION"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Short('c') | Long("config") => config_path = Some(parser.value().map_err(usage)?.into()),
+            Value(word) if command.is_none() => command = Some(word.string().map_err(usage)?),
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let required = config_path.is_some();
+    let path = config_path.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+    let load = || Config::load(&path, required, &|var| std::env::var(var).ok());
+    match command.as_deref() {
+        Some("run") => crate::run::run(load()?).map(|()| ExitCode::SUCCESS),
+        Some("status") => status(&load()?),
+        Some(other) => Err(usage(format!("unknown command {other:?}"))),
+        None => Err(usage("no command given")),
+    }
+}
+
+/// What the agent runs and why, from its database, as JSON.
+fn status(config: &Config) -> Result<ExitCode, Error> {
+    if !config.db.exists() {
+        return Err(Error::Store {
+            op: "reading the status",
+            reason: format!("{} does not exist; has the agent run yet?", config.db.display()),
+        });
+    }
+    let store = AgentStore::open(&config.db)?;
+    let identity = store.identity()?;
+    let target = store.target()?;
+    let state: TargetState = target.as_ref().and_then(|t| serde_json::from_str(&t.state).ok()).unwrap_or_default();
+    let (desired, invalid) = desired_services(&state);
+    let records = store.services()?;
+    let services: Vec<_> = desired
+        .iter()
+        .map(|d| {
+            let record = records.iter().find(|r| r.key == d.key);
+            json!({
+                "app": d.key.app_id,
+                "service": d.key.service_name,
+                "image": d.image,
+                "container": d.container_name,
+                "deployedImage": record.map(|r| r.image.clone()),
+                "containerId": record.and_then(|r| r.container_id.clone()),
+                "upToDate": record.is_some_and(|r| r.config_hash == d.config_hash && r.last_error.is_none()),
+                "failures": record.map(|r| r.failures).unwrap_or(0),
+                "lastError": record.and_then(|r| r.last_error.clone()),
+                "warnings": d.warnings,
+            })
+        })
+        .collect();
+    let invalid: Vec<_> = invalid
+        .iter()
+        .map(|(key, e)| json!({"app": key.app_id, "service": key.service_name, "error": e.to_string()}))
+        .collect();
+    let events: Vec<_> = store
+        .recent_events(20)?
+        .into_iter()
+        .map(|e| json!({"at": e.at, "level": e.level, "message": e.message}))
+        .collect();
+    let answer = json!({
+        "uuid": identity.as_ref().map(|i| i.uuid.clone()),
+        "registered": identity.as_ref().is_some_and(|i| i.registered),
+        "server": config.server,
+        "target": target.as_ref().map(|t| json!({"etag": t.etag, "fetchedAt": t.fetched_at})),
+        "services": services,
+        "invalidServices": invalid,
+        "pendingReport": store.pending_report()?.is_some(),
+        "recentEvents": events,
+    });
+    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}

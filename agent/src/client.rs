@@ -1,0 +1,122 @@
+//! The agent's side of the wire contract: register with a provisioning key, poll the
+//! target state with `If-None-Match`, and report the current state.
+
+use crate::Error;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The largest poll answer accepted.
+const MAX_TARGET_BYTES: u64 = 4 << 20;
+
+/// The answer to a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Poll {
+    /// 304: the target is the one stored.
+    NotModified,
+    /// A target: its ETag and the device's state object as JSON text.
+    Changed { etag: Option<String>, state: String },
+}
+
+pub struct ServerClient {
+    base: String,
+    http: ureq::Agent,
+}
+
+impl ServerClient {
+    pub fn new(base: &str, timeout: Duration) -> ServerClient {
+        let http = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .user_agent(format!("pinion-agent/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        ServerClient { base: base.trim_end_matches('/').to_string(), http }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    /// `POST /device/register` with the provisioning key and the key this agent made.
+    pub fn register(
+        &self,
+        provisioning_key: &str,
+        uuid: &str,
+        device_key: &str,
+        name: Option<&str>,
+        device_type: Option<&str>,
+    ) -> Result<(), Error> {
+        let url = self.url("/device/register");
+        let body = json!({"uuid": uuid, "deviceApiKey": device_key, "deviceName": name, "deviceType": device_type});
+        let response = self
+            .http
+            .post(&url)
+            .header("Authorization", format!("Bearer {provisioning_key}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| unreachable(&url, e))?;
+        expect_success(&url, response).map(|_| ())
+    }
+
+    /// `GET /device/{uuid}/state`, conditional on the stored ETag.
+    pub fn poll(&self, uuid: &str, device_key: &str, etag: Option<&str>) -> Result<Poll, Error> {
+        let url = self.url(&format!("/device/{uuid}/state"));
+        let mut request = self.http.get(&url).header("X-Device-API-Key", device_key);
+        if let Some(etag) = etag {
+            request = request.header("If-None-Match", etag);
+        }
+        let response = request.call().map_err(|e| unreachable(&url, e))?;
+        if response.status().as_u16() == 304 {
+            return Ok(Poll::NotModified);
+        }
+        let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = expect_success(&url, response)?;
+        let mut answer: Value = serde_json::from_str(&body)
+            .map_err(|e| Error::ServerProtocol { url: url.clone(), reason: format!("target state is not JSON: {e}") })?;
+        let state = answer.get_mut(uuid).map(Value::take).ok_or_else(|| Error::ServerProtocol {
+            url: url.clone(),
+            reason: format!("the answer has no state for {uuid}"),
+        })?;
+        Ok(Poll::Changed { etag, state: state.to_string() })
+    }
+
+    /// `PATCH /device/state` with a report body (`{"<uuid>": {…}}`).
+    pub fn report(&self, device_key: &str, body: &str) -> Result<(), Error> {
+        let url = self.url("/device/state");
+        let response = self
+            .http
+            .patch(&url)
+            .header("X-Device-API-Key", device_key)
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| unreachable(&url, e))?;
+        expect_success(&url, response).map(|_| ())
+    }
+}
+
+fn unreachable(url: &str, error: ureq::Error) -> Error {
+    let reason = match error {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        other => other.to_string(),
+    };
+    Error::ServerUnreachable { url: url.to_string(), reason }
+}
+
+/// The body of a 2xx answer; otherwise the server's `message` in an error.
+fn expect_success(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<String, Error> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_TARGET_BYTES)
+        .read_to_string()
+        .map_err(|e| unreachable(url, e))?;
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    Err(Error::ServerStatus { url: url.to_string(), status, message })
+}

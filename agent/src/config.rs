@@ -1,0 +1,234 @@
+//! The agent's settings: `/etc/pinion/agent.toml` (flat `key = value` TOML), each key
+//! overridable by a `PINION_*` environment variable. Durations take plain seconds or an
+//! `s`/`m`/`h` suffix.
+
+use crate::Error;
+use pinion_model::duration::parse_duration;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pinion/agent.toml";
+pub const DEFAULT_DB_PATH: &str = "/var/lib/pinion/agent.db";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The server's base URL (`https://pinion.example.com`).
+    pub server: Option<String>,
+    pub uuid: Option<String>,
+    pub device_key: Option<String>,
+    pub provisioning_key: Option<String>,
+    pub device_name: Option<String>,
+    pub device_type: Option<String>,
+    pub poll_interval: Duration,
+    /// Heartbeat: a report goes out at least this often, changed or not.
+    pub report_interval: Duration,
+    pub docker_socket: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: None,
+            uuid: None,
+            device_key: None,
+            provisioning_key: None,
+            device_name: None,
+            device_type: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            report_interval: DEFAULT_REPORT_INTERVAL,
+            docker_socket: DEFAULT_DOCKER_SOCKET.into(),
+            db: DEFAULT_DB_PATH.into(),
+        }
+    }
+}
+
+/// Every key, with the environment variable that overrides it.
+const KEYS: &[(&str, &str)] = &[
+    ("server", "PINION_SERVER"),
+    ("uuid", "PINION_UUID"),
+    ("device_key", "PINION_DEVICE_KEY"),
+    ("provisioning_key", "PINION_PROVISIONING_KEY"),
+    ("device_name", "PINION_DEVICE_NAME"),
+    ("device_type", "PINION_DEVICE_TYPE"),
+    ("poll_interval", "PINION_POLL_INTERVAL"),
+    ("report_interval", "PINION_REPORT_INTERVAL"),
+    ("docker_socket", "PINION_DOCKER_SOCKET"),
+    ("db", "PINION_DB"),
+];
+
+impl Config {
+    /// Reads `path` (when `required` is false a missing file is fine), then applies the
+    /// environment through `env` (a function so tests need not touch the process's).
+    pub fn load(path: &Path, required: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let mut config = Config::default();
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for (line, key, value) in parse_flat_toml(&text).map_err(|reason| Error::Config {
+                    source_name: path.display().to_string(),
+                    reason,
+                })? {
+                    config.set(&key, &value).map_err(|reason| Error::Config {
+                        source_name: format!("{}:{line}", path.display()),
+                        reason,
+                    })?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+            Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+        }
+        for (key, var) in KEYS {
+            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+                config.set(key, &value).map_err(|reason| Error::Config { source_name: var.to_string(), reason })?;
+            }
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let duration = |v: &str| parse_duration(v).and_then(|d| positive(key, d));
+        match key {
+            "server" => self.server = Some(value.trim_end_matches('/').to_string()),
+            "uuid" => self.uuid = Some(value.to_string()),
+            "device_key" => self.device_key = Some(value.to_string()),
+            "provisioning_key" => self.provisioning_key = Some(value.to_string()),
+            "device_name" => self.device_name = Some(value.to_string()),
+            "device_type" => self.device_type = Some(value.to_string()),
+            "poll_interval" => self.poll_interval = duration(value)?,
+            "report_interval" => self.report_interval = duration(value)?,
+            "docker_socket" => self.docker_socket = value.into(),
+            "db" => self.db = value.into(),
+            _ => {
+                let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(format!("unknown key {key:?} (known: {})", known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err(format!("{key} must be more than 0 seconds"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// The flat subset of TOML the agent's file uses: `key = "string"`, `key = 'literal'`,
+/// `key = 60`, `key = true`, comments and blank lines. Tables and arrays are refused
+/// with a message rather than misread. Returns (line number, key, value as text).
+pub fn parse_flat_toml(text: &str) -> Result<Vec<(usize, String, String)>, String> {
+    let mut entries = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            return Err(format!("line {line_no}: tables are not used in this file; write flat `key = value` lines"));
+        }
+        let (key, rest) = line.split_once('=').ok_or_else(|| format!("line {line_no}: expected `key = value`"))?;
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(format!("line {line_no}: invalid key {key:?}"));
+        }
+        let value = parse_value(rest.trim()).map_err(|e| format!("line {line_no}: {e}"))?;
+        if entries.iter().any(|(_, k, _): &(usize, String, String)| k == key) {
+            return Err(format!("line {line_no}: {key} is set twice"));
+        }
+        entries.push((line_no, key.to_string(), value));
+    }
+    Ok(entries)
+}
+
+fn parse_value(text: &str) -> Result<String, String> {
+    let (value, rest) = if let Some(body) = text.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = body.char_indices();
+        loop {
+            match chars.next() {
+                None => return Err("unterminated string".into()),
+                Some((i, '"')) => break (out, &body[i + 1..]),
+                Some((_, '\\')) => match chars.next().map(|(_, c)| c) {
+                    Some('"') => out.push('"'),
+                    Some('\\') => out.push('\\'),
+                    Some('n') => out.push('\n'),
+                    Some('t') => out.push('\t'),
+                    other => return Err(format!("unsupported escape \\{}", other.unwrap_or(' '))),
+                },
+                Some((_, c)) => out.push(c),
+            }
+        }
+    } else if let Some(body) = text.strip_prefix('\'') {
+        let end = body.find('\'').ok_or("unterminated string")?;
+        (body[..end].to_string(), &body[end + 1..])
+    } else {
+        let end = text.find('#').unwrap_or(text.len());
+        let bare = text[..end].trim();
+        let is_number = !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit());
+        if !is_number && bare != "true" && bare != "false" {
+            return Err(format!("value {bare:?} must be a quoted string, a whole number, true or false"));
+        }
+        (bare.to_string(), "")
+    };
+    let rest = rest.trim();
+    if !rest.is_empty() && !rest.starts_with('#') {
+        return Err(format!("unexpected text after the value: {rest:?}"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
+        let dir = std::env::temp_dir().join(format!("pinion-config-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let result = Config::load(&path, true, &|var| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let config = load(
+            "# pinion agent\nserver = \"http://127.0.0.1:3002/\"\npoll_interval = 30 # seconds\nreport_interval = '5m'\n",
+            &[("PINION_POLL_INTERVAL", "2m"), ("PINION_UUID", "gw-1")],
+        )
+        .unwrap();
+        assert_eq!(config.server.as_deref(), Some("http://127.0.0.1:3002"));
+        assert_eq!(config.poll_interval, Duration::from_secs(120));
+        assert_eq!(config.report_interval, Duration::from_secs(300));
+        assert_eq!(config.uuid.as_deref(), Some("gw-1"));
+        assert_eq!(config.db, PathBuf::from(DEFAULT_DB_PATH));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(err("pol_interval = 5").contains("unknown key \"pol_interval\""), "{}", err("pol_interval = 5"));
+        assert!(err("[agent]\nserver = \"x\"").contains("tables are not used"));
+        assert!(err("server = http://x").contains("must be a quoted string"));
+        assert!(err("server = \"x").contains("unterminated"));
+        assert!(err("poll_interval = \"soon\"").contains("invalid duration"));
+        assert!(err("poll_interval = 0").contains("more than 0"));
+        assert!(err("uuid = \"a\"\nuuid = \"b\"").contains("set twice"));
+        assert!(err("uuid = \"a\" b").contains("unexpected text"));
+    }
+
+    #[test]
+    fn a_missing_optional_file_gives_defaults() {
+        let config = Config::load(Path::new("/nonexistent/agent.toml"), false, &|_| None).unwrap();
+        assert_eq!(config, Config::default());
+        assert!(Config::load(Path::new("/nonexistent/agent.toml"), true, &|_| None).is_err());
+    }
+}

@@ -1,0 +1,424 @@
+//! The real `Engine`: the Docker Engine API over Docker's unix socket, spoken with ureq
+//! and the connector in `unix.rs`. `connect` negotiates the API version once; every call
+//! after it goes to `/v<version>/…`, and Docker's `{"message": …}` errors become
+//! `Error::Docker` naming the operation and its object.
+
+use super::unix::{NoResolver, UnixConnector};
+use super::{pull, Container, Engine, PullProgress};
+use crate::Error;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use ureq::http::{Request, Response};
+use ureq::RequestExt as _;
+
+/// The oldest Engine API the agent speaks (Docker 19.03).
+const API_OLDEST: (u32, u32) = (1, 40);
+/// The newest Engine API the agent asks for; newer engines answer it too.
+const API_NEWEST: (u32, u32) = (1, 43);
+/// Every call but a pull, including Docker's own work (a stop adds its grace period).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pull may take as long as it needs, but not sit this long without a byte.
+const PULL_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Replies other than a pull's are small; a bigger one is refused rather than held.
+const MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A Docker engine reached over its unix socket.
+#[derive(Debug)]
+pub struct DockerEngine {
+    socket: PathBuf,
+    http: ureq::Agent,
+    /// `1.41`: what every path is prefixed with (`/v1.41/…`).
+    api_version: String,
+    /// Docker's own version (`20.10.24+dfsg1`), for logs.
+    engine_version: String,
+}
+
+/// How long a request may take.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// The whole exchange, body included.
+    Within(Duration),
+    /// No overall limit, but no read may wait longer than this.
+    IdleFor(Duration),
+}
+
+/// A whole (small) reply.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// Docker refused `op`: its `{"message"}`, else whatever text it sent.
+    fn refused(&self, op: impl Into<String>) -> Error {
+        Error::Docker { op: op.into(), status: self.status, message: docker_message(&self.body) }
+    }
+}
+
+fn docker_message(body: &[u8]) -> String {
+    if let Some(message) = serde_json::from_slice::<Value>(body).ok().and_then(|v| v["message"].as_str().map(String::from)) {
+        return message;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(500) {
+        _ if text.is_empty() => "(no message)".to_string(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Percent-encodes all but RFC 3986 unreserved characters and those in `keep`.
+fn encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A path segment (container id or name, network, volume).
+fn segment(text: &str) -> String {
+    encode(text, b"")
+}
+
+/// An image reference in a path: Docker routes `/images/{name:.*}/…`, so `/:@` stay.
+fn image_path(image: &str) -> String {
+    encode(image, b"/:@")
+}
+
+fn api_version_number(version: &str) -> Option<(u32, u32)> {
+    let (major, minor) = version.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+impl DockerEngine {
+    /// Connects to the engine at `socket` and settles on an API version:
+    /// min(engine's, 1.43), refusing engines older than 1.40.
+    pub fn connect(socket: &Path) -> Result<DockerEngine, Error> {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_redirects(0)
+            .user_agent(concat!("pinion-agent/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let http = ureq::Agent::with_parts(config, UnixConnector { path: socket.to_path_buf() }, NoResolver);
+        let mut engine = DockerEngine {
+            socket: socket.to_path_buf(),
+            http,
+            api_version: String::new(),
+            engine_version: String::new(),
+        };
+        let reply = engine.call("version", "GET", "/version", None)?;
+        if reply.status != 200 {
+            return Err(reply.refused("version"));
+        }
+        let version = reply.json();
+        let offered = version["ApiVersion"].as_str().unwrap_or_default();
+        let Some(number) = api_version_number(offered) else {
+            let message = format!("the engine's ApiVersion {offered:?} is not a version number");
+            return Err(Error::Docker { op: "version".into(), status: 200, message });
+        };
+        if number < API_OLDEST {
+            let message = format!("Docker engine API {offered} is older than {}.{}", API_OLDEST.0, API_OLDEST.1);
+            return Err(Error::Docker { op: "version".into(), status: 200, message });
+        }
+        let (major, minor) = number.min(API_NEWEST);
+        engine.api_version = format!("{major}.{minor}");
+        engine.engine_version = version["Version"].as_str().unwrap_or("unknown").to_string();
+        log::debug!("Docker {} at {}, API {}", engine.engine_version, socket.display(), engine.api_version);
+        Ok(engine)
+    }
+
+    /// Docker's own version, e.g. `20.10.24+dfsg1`.
+    pub fn engine_version(&self) -> &str {
+        &self.engine_version
+    }
+
+    /// The negotiated Engine API version, e.g. `1.41`.
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Docker's full `GET /containers/{id}/json` (exit code, health, …); `None` if gone.
+    pub fn inspect_container(&self, id: &str) -> Result<Option<Value>, Error> {
+        let op = format!("inspect {id}");
+        let reply = self.call(&op, "GET", &format!("/containers/{}/json", segment(id)), None)?;
+        match reply.status {
+            200 => Ok(Some(reply.json())),
+            404 => Ok(None),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn unreachable(&self, op: &str, reason: impl std::fmt::Display) -> Error {
+        Error::DockerUnreachable { socket: self.socket.clone(), reason: format!("{op}: {reason}") }
+    }
+
+    /// Sends one request; `path` is unversioned (`/containers/json`) once a version is set.
+    fn send(
+        &self,
+        op: &str,
+        method: &str,
+        path: &str,
+        json: Option<&Value>,
+        headers: &[(&str, &str)],
+        deadline: Deadline,
+    ) -> Result<Response<ureq::Body>, Error> {
+        let uri = match self.api_version.as_str() {
+            "" => format!("http://docker{path}"),
+            version => format!("http://docker/v{version}{path}"),
+        };
+        let mut request = Request::builder().method(method).uri(&uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match json {
+            Some(value) => {
+                request = request.header("Content-Type", "application/json");
+                serde_json::to_vec(value).map_err(|e| self.unreachable(op, e))?
+            }
+            None => Vec::new(),
+        };
+        let request = request.body(body).map_err(|e| self.unreachable(op, format!("cannot build {uri}: {e}")))?;
+        let configured = request.with_agent(&self.http).configure();
+        let configured = match deadline {
+            Deadline::Within(limit) => configured.timeout_global(Some(limit)),
+            Deadline::IdleFor(limit) => configured.timeout_global(None).timeout_per_read(Some(limit)),
+        };
+        configured.run().map_err(|e| self.unreachable(op, e))
+    }
+
+    /// A request whose whole reply is read.
+    fn call_within(&self, op: &str, method: &str, path: &str, json: Option<&Value>, limit: Duration) -> Result<Reply, Error> {
+        let mut response = self.send(op, method, path, json, &[], Deadline::Within(limit))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY_BYTES)
+            .read_to_vec()
+            .map_err(|e| self.unreachable(op, e))?;
+        Ok(Reply { status, body })
+    }
+
+    fn call(&self, op: &str, method: &str, path: &str, json: Option<&Value>) -> Result<Reply, Error> {
+        self.call_within(op, method, path, json, CALL_TIMEOUT)
+    }
+
+    /// The network named exactly `name` (Docker also matches id prefixes), as `(id, json)`.
+    fn find_network(&self, op: &str, name: &str) -> Result<Option<String>, Error> {
+        let reply = self.call(op, "GET", &format!("/networks/{}", segment(name)), None)?;
+        match reply.status {
+            200 => {
+                let found = reply.json();
+                let exact = found["Name"].as_str() == Some(name);
+                Ok(exact.then(|| found["Id"].as_str().unwrap_or(name).to_string()))
+            }
+            404 => Ok(None),
+            _ => Err(reply.refused(op)),
+        }
+    }
+}
+
+/// A listed container, or `None` for an entry without an id.
+fn container_from_listing(item: &Value) -> Option<Container> {
+    let id = item["Id"].as_str()?.to_string();
+    let names: Vec<&str> = item["Names"].as_array().map(|n| n.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    // Legacy links add `/other/alias` names; the container's own has one slash.
+    let name = names.iter().find(|n| n.rfind('/').is_none_or(|i| i == 0)).or(names.first()).copied().unwrap_or("");
+    let text = |key: &str| item[key].as_str().unwrap_or_default().to_string();
+    let labels = item["Labels"]
+        .as_object()
+        .map(|labels| labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    Some(Container {
+        id,
+        name: name.trim_start_matches('/').to_string(),
+        image: text("Image"),
+        state: text("State"),
+        status: text("Status"),
+        labels,
+    })
+}
+
+impl Engine for DockerEngine {
+    fn managed_containers(&self) -> Result<Vec<Container>, Error> {
+        let op = "list containers";
+        let filters = json!({ "label": [super::LABEL_APP_ID] }).to_string();
+        let reply = self.call(op, "GET", &format!("/containers/json?all=true&filters={}", encode(&filters, b"")), None)?;
+        if reply.status != 200 {
+            return Err(reply.refused(op));
+        }
+        match reply.json() {
+            Value::Array(items) => Ok(items.iter().filter_map(container_from_listing).collect()),
+            other => Err(Error::Docker { op: op.into(), status: 200, message: format!("expected a JSON array, got {other:.100}") }),
+        }
+    }
+
+    fn has_image(&self, image: &str) -> Result<bool, Error> {
+        let op = format!("inspect image {image}");
+        let reply = self.call(&op, "GET", &format!("/images/{}/json", image_path(image)), None)?;
+        match reply.status {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn pull(&self, image: &str, auth: Option<&str>, progress: &mut dyn FnMut(PullProgress)) -> Result<(), Error> {
+        let op = format!("pull {image}");
+        let (repository, reference) = pull::split_reference(image);
+        let path = format!("/images/create?fromImage={}&tag={}", encode(repository, b""), encode(reference, b""));
+        let headers: &[(&str, &str)] = match auth {
+            Some(auth) => &[("X-Registry-Auth", auth)],
+            None => &[],
+        };
+        let response = self.send(&op, "POST", &path, None, headers, Deadline::IdleFor(PULL_IDLE_TIMEOUT))?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        if status != 200 {
+            let body = body.with_config().limit(MAX_REPLY_BYTES).read_to_vec().map_err(|e| self.unreachable(&op, e))?;
+            return Err(Reply { status, body }.refused(op));
+        }
+        match pull::follow(BufReader::new(body.as_reader()), progress) {
+            Ok(()) => Ok(()),
+            Err(pull::StreamError::Read(e)) => Err(self.unreachable(&op, format!("reading the progress stream: {e}"))),
+            Err(pull::StreamError::Docker(message)) => Err(Error::Docker { op, status, message }),
+        }
+    }
+
+    fn create(&self, name: &str, body: &Value) -> Result<String, Error> {
+        let op = format!("create {name}");
+        let reply = self.call(&op, "POST", &format!("/containers/create?name={}", segment(name)), Some(body))?;
+        if reply.status != 201 {
+            return Err(reply.refused(op));
+        }
+        match reply.json()["Id"].as_str() {
+            Some(id) if !id.is_empty() => Ok(id.to_string()),
+            _ => Err(Error::Docker { op, status: 201, message: "the reply carries no container Id".into() }),
+        }
+    }
+
+    fn start(&self, id: &str) -> Result<(), Error> {
+        let op = format!("start {id}");
+        let reply = self.call(&op, "POST", &format!("/containers/{}/start", segment(id)), None)?;
+        match reply.status {
+            204 | 304 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn stop(&self, id: &str, timeout_secs: u32) -> Result<(), Error> {
+        let op = format!("stop {id}");
+        let path = format!("/containers/{}/stop?t={timeout_secs}", segment(id));
+        let limit = CALL_TIMEOUT + Duration::from_secs(timeout_secs.into());
+        let reply = self.call_within(&op, "POST", &path, None, limit)?;
+        match reply.status {
+            204 | 304 | 404 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<(), Error> {
+        let op = format!("remove {id}");
+        // v=false: a container's volumes hold the device's data; they are never removed here.
+        let reply = self.call(&op, "DELETE", &format!("/containers/{}?force=true&v=false", segment(id)), None)?;
+        match reply.status {
+            204 | 404 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
+        let op = format!("create network {name}");
+        if self.find_network(&op, name)?.is_some() {
+            return Ok(());
+        }
+        let body = json!({ "Name": name, "CheckDuplicate": true, "Labels": labels });
+        let reply = self.call(&op, "POST", "/networks/create", Some(&body))?;
+        match reply.status {
+            // 409: created by someone else since we looked.
+            200 | 201 | 409 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn ensure_volume(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
+        let op = format!("create volume {name}");
+        let reply = self.call(&op, "GET", &format!("/volumes/{}", segment(name)), None)?;
+        match reply.status {
+            200 => return Ok(()),
+            404 => {}
+            _ => return Err(reply.refused(op)),
+        }
+        let body = json!({ "Name": name, "Labels": labels });
+        let reply = self.call(&op, "POST", "/volumes/create", Some(&body))?;
+        match reply.status {
+            200 | 201 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn remove_network(&self, name: &str) -> Result<(), Error> {
+        let op = format!("remove network {name}");
+        let Some(id) = self.find_network(&op, name)? else {
+            return Ok(());
+        };
+        let reply = self.call(&op, "DELETE", &format!("/networks/{}", segment(&id)), None)?;
+        match reply.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_message_prefers_json_message_and_bounds_text() {
+        assert_eq!(docker_message(br#"{"message":"No such container: x"}"#), "No such container: x");
+        assert_eq!(docker_message(b"  page not found\n"), "page not found");
+        assert_eq!(docker_message(b""), "(no message)");
+        assert_eq!(docker_message("é".repeat(600).as_bytes()).chars().count(), 501);
+    }
+
+    #[test]
+    fn api_version_numbers_compare_numerically() {
+        assert_eq!(api_version_number("1.41"), Some((1, 41)));
+        assert!(api_version_number("1.9").unwrap() < API_OLDEST);
+        assert!(api_version_number("1.100").unwrap() > API_NEWEST);
+        assert_eq!(api_version_number("v1"), None);
+    }
+
+    #[test]
+    fn listing_without_names_or_labels_does_not_fail() {
+        let c = container_from_listing(&json!({"Id": "abc", "Names": ["/x/link", "/web_1"], "Labels": null})).unwrap();
+        assert_eq!((c.name.as_str(), c.labels.len()), ("web_1", 0));
+        assert!(container_from_listing(&json!({"Names": ["/web"]})).is_none());
+        assert!(container_from_listing(&json!("garbage")).is_none());
+    }
+
+    #[test]
+    fn encode_keeps_image_reference_separators_only_where_asked() {
+        assert_eq!(image_path("127.0.0.1:5000/a/b@sha256:00"), "127.0.0.1:5000/a/b@sha256:00");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,18 @@
+//! pinion-agent: runs on each gateway, polls its target state from the server and
+//! reconciles Docker to it. The data path: `client` (poll, ETag) → `store` (SQLite) →
+//! `spec` + `plan` (pure) → `apply` (through `engine`) → `report` → `client`.
+
+pub mod apply;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod identity;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod spec;
+pub mod store;
+
+pub use error::Error;

@@ -1,0 +1,143 @@
+//! The current state the agent reports (`PATCH /device/state`): per app and service, the
+//! image, the container, and what it is doing (downloading with a percent, installing,
+//! running, exited, error with its type and message). Built by a pure function from
+//! what the agent knows, so that "changed since the last report" is a string compare.
+
+use crate::apply::Activity;
+use crate::engine::{Container, LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_SERVICE_NAME};
+use crate::spec::{DesiredService, ServiceKey};
+use crate::store::ServiceRecord;
+use crate::Error;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// Facts about the device sent with every report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceInfo {
+    pub os_version: Option<String>,
+    pub local_ip: Option<String>,
+}
+
+/// Everything a report is made from.
+pub struct ReportInput<'a> {
+    pub uuid: &'a str,
+    pub desired: &'a [DesiredService],
+    pub invalid: &'a [(ServiceKey, Error)],
+    pub containers: &'a [Container],
+    pub activities: &'a BTreeMap<ServiceKey, Activity>,
+    pub records: &'a [ServiceRecord],
+    pub info: &'a DeviceInfo,
+}
+
+/// `{"<uuid>": {"apps": {"<appId>": {"services": {"<name>": {…}}}}, "config": {}, …}}`
+pub fn build_report(input: &ReportInput<'_>) -> Value {
+    let mut apps: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for wanted in input.desired {
+        let service = service_report(wanted, input);
+        apps.entry(wanted.key.app_id.clone()).or_default().insert(wanted.key.service_name.clone(), service);
+    }
+    for (key, error) in input.invalid {
+        let service = json!({"status": "error", "error": {"type": "invalid_service", "message": error.to_string()}});
+        apps.entry(key.app_id.clone()).or_default().insert(key.service_name.clone(), service);
+    }
+    let apps: Map<String, Value> =
+        apps.into_iter().map(|(app_id, services)| (app_id, json!({"services": services}))).collect();
+    let mut state = Map::new();
+    state.insert("apps".into(), Value::Object(apps));
+    state.insert("config".into(), json!({}));
+    state.insert("agent_version".into(), env!("CARGO_PKG_VERSION").into());
+    if let Some(os) = &input.info.os_version {
+        state.insert("os_version".into(), os.clone().into());
+    }
+    if let Some(ip) = &input.info.local_ip {
+        state.insert("local_ip".into(), ip.clone().into());
+    }
+    let mut body = Map::new();
+    body.insert(input.uuid.to_string(), Value::Object(state));
+    Value::Object(body)
+}
+
+fn service_report(wanted: &DesiredService, input: &ReportInput<'_>) -> Value {
+    let key = &wanted.key;
+    let mine: Vec<&Container> = input
+        .containers
+        .iter()
+        .filter(|c| {
+            c.labels.get(LABEL_APP_ID) == Some(&key.app_id) && c.labels.get(LABEL_SERVICE_NAME) == Some(&key.service_name)
+        })
+        .collect();
+    let current = mine.iter().find(|c| c.labels.get(LABEL_CONFIG_HASH) == Some(&wanted.config_hash));
+    let running_old = mine.iter().find(|c| c.state == "running");
+    let shown = current.or(running_old);
+
+    let mut service = Map::new();
+    if let Some(id) = &wanted.service_id {
+        service.insert("serviceId".into(), id.clone().into());
+    }
+    service.insert("imageName".into(), wanted.image.clone().into());
+    if let Some(container) = shown {
+        service.insert("containerId".into(), container.id.clone().into());
+    }
+    let record = input.records.iter().find(|r| &r.key == key);
+    let status = match input.activities.get(key) {
+        Some(Activity::Downloading { percent }) => {
+            if let Some(p) = percent {
+                service.insert("downloadProgress".into(), (*p).into());
+            }
+            "downloading"
+        }
+        Some(Activity::Installing) => "installing",
+        Some(Activity::Failed { kind, message }) => {
+            service.insert("error".into(), json!({"type": kind, "message": message}));
+            "error"
+        }
+        None => match (current, record) {
+            (Some(c), _) => docker_status(&c.state),
+            (None, Some(r)) if r.last_error.is_some() => {
+                service.insert("error".into(), json!({"type": "retrying", "message": r.last_error}));
+                "error"
+            }
+            (None, _) => "pending",
+        },
+    };
+    service.insert("status".into(), status.into());
+    if let Some(r) = record.filter(|r| r.failures > 0) {
+        service.insert("failures".into(), r.failures.into());
+        service.insert("retryAt".into(), r.retry_at.into());
+    }
+    if current.is_none() && shown.is_some() {
+        service.insert("runningImage".into(), shown.map(|c| c.image.clone()).into());
+    }
+    if !wanted.warnings.is_empty() {
+        service.insert("warnings".into(), wanted.warnings.clone().into());
+    }
+    Value::Object(service)
+}
+
+/// Docker's container state as a report status.
+fn docker_status(state: &str) -> &'static str {
+    match state {
+        "running" => "running",
+        "restarting" => "restarting",
+        "paused" => "paused",
+        "created" => "installed",
+        "exited" => "exited",
+        "dead" => "dead",
+        _ => "unknown",
+    }
+}
+
+/// `PRETTY_NAME` from `/etc/os-release`.
+pub fn os_version() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// The local address the device uses to reach `server_host` (a UDP "connect" sends nothing).
+pub fn local_ip(server_host: &str) -> Option<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect(server_host).ok()?;
+    socket.local_addr().ok().map(|a| a.ip().to_string())
+}

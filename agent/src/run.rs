@@ -1,0 +1,287 @@
+//! The agent's loop: poll (ETag) → store → plan → apply → report, once per poll
+//! interval with jitter. The poll backs off while the server is away; reconciling goes
+//! on from the stored target regardless, so containers keep running, and come back
+//! when removed, without network.
+
+use crate::apply::{apply, Activity};
+use crate::client::{Poll, ServerClient};
+use crate::config::Config;
+use crate::engine::{Container, DockerEngine, Engine};
+use crate::identity::ensure_identity;
+use crate::plan::{plan, PlanInput};
+use crate::report::{build_report, local_ip, os_version, DeviceInfo, ReportInput};
+use crate::spec::{desired_services, DesiredService, ServiceKey};
+use crate::store::{unix_now, AgentStore, Identity};
+use crate::Error;
+use pinion_model::TargetState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Timeout of each request to the server.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait between polls while the server is away.
+const MAX_POLL_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Progress reports during a pull go out at most this often.
+const PROGRESS_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until the process is stopped. Errors here are the ones the agent cannot go on
+/// from (no server configured, no identity, its database unusable).
+pub fn run(config: Config) -> Result<(), Error> {
+    let server = config.server.clone().ok_or_else(|| Error::Config {
+        source_name: "server".into(),
+        reason: "the server URL is not set (server in the config file, or PINION_SERVER)".into(),
+    })?;
+    let store = AgentStore::open(&config.db)?;
+    let client = ServerClient::new(&server, SERVER_TIMEOUT);
+    log::info!("pinion-agent {} starting; server {server}, database {}", env!("CARGO_PKG_VERSION"), config.db.display());
+
+    let identity = wait_for_identity(&config, &store, &client)?;
+    let engine = wait_for_engine(&config);
+    let mut agent = Agent {
+        info: DeviceInfo { os_version: os_version(), local_ip: server_host(&server).and_then(|h| local_ip(&h)) },
+        config,
+        store,
+        client,
+        identity,
+        engine,
+        poll_failures: 0,
+        next_poll: Instant::now(),
+        last_report: None,
+    };
+    loop {
+        agent.cycle();
+        std::thread::sleep(jittered(agent.config.poll_interval));
+    }
+}
+
+fn wait_for_identity(config: &Config, store: &AgentStore, client: &ServerClient) -> Result<Identity, Error> {
+    let mut attempt = 0;
+    loop {
+        if let Some(identity) = ensure_identity(config, store, client)? {
+            return Ok(identity);
+        }
+        attempt += 1;
+        std::thread::sleep(backoff(config.poll_interval, attempt));
+    }
+}
+
+fn wait_for_engine(config: &Config) -> DockerEngine {
+    let mut attempt = 0;
+    loop {
+        match DockerEngine::connect(&config.docker_socket) {
+            Ok(engine) => return engine,
+            Err(e) => {
+                attempt += 1;
+                log::warn!("{e}; retrying");
+                std::thread::sleep(backoff(Duration::from_secs(2), attempt));
+            }
+        }
+    }
+}
+
+struct Agent {
+    config: Config,
+    store: AgentStore,
+    client: ServerClient,
+    identity: Identity,
+    engine: DockerEngine,
+    info: DeviceInfo,
+    poll_failures: u32,
+    next_poll: Instant,
+    /// The last report delivered, and when.
+    last_report: Option<(String, Instant)>,
+}
+
+impl Agent {
+    fn cycle(&mut self) {
+        if Instant::now() >= self.next_poll {
+            self.poll();
+        }
+        if let Err(e) = self.reconcile() {
+            log::error!("{e}");
+            let _ = self.store.log_event("error", &e.to_string());
+        }
+    }
+
+    fn poll(&mut self) {
+        let etag = self.store.target().ok().flatten().and_then(|t| t.etag);
+        match self.client.poll(&self.identity.uuid, &self.identity.device_key, etag.as_deref()) {
+            Ok(Poll::NotModified) => self.poll_succeeded(),
+            Ok(Poll::Changed { etag, state }) => {
+                log::info!("new target state (ETag {})", etag.as_deref().unwrap_or("none"));
+                match self.store.save_target(etag.as_deref(), &state) {
+                    Ok(()) => {
+                        let _ = self.store.log_event("info", &format!("new target {}", etag.unwrap_or_default()));
+                        self.poll_succeeded();
+                    }
+                    Err(e) => log::error!("{e}"),
+                }
+            }
+            Err(e) => {
+                self.poll_failures += 1;
+                let wait = backoff(self.config.poll_interval, self.poll_failures).min(MAX_POLL_BACKOFF);
+                log::warn!("poll failed ({} in a row), next in {} s: {e}", self.poll_failures, wait.as_secs());
+                self.next_poll = Instant::now() + wait;
+            }
+        }
+    }
+
+    fn poll_succeeded(&mut self) {
+        if self.poll_failures > 0 {
+            log::info!("server reachable again");
+        }
+        self.poll_failures = 0;
+        self.next_poll = Instant::now();
+    }
+
+    fn reconcile(&mut self) -> Result<(), Error> {
+        let target = match self.store.target()? {
+            Some(stored) => serde_json::from_str::<TargetState>(&stored.state)
+                .map_err(|e| Error::InvalidTarget { reason: format!("stored target is not a target state: {e}") })?,
+            None => TargetState::default(),
+        };
+        let (desired, invalid) = desired_services(&target);
+        let containers = self.engine.managed_containers()?;
+        let records = self.store.services()?;
+        let now = unix_now();
+        let mut holding: BTreeSet<ServiceKey> = invalid.iter().map(|(key, _)| key.clone()).collect();
+        for record in &records {
+            let same_attempt = desired
+                .iter()
+                .any(|d| d.key == record.key && d.image == record.image && d.config_hash == record.config_hash);
+            if same_attempt && record.retry_at > now {
+                holding.insert(record.key.clone());
+            }
+        }
+        let networks = self.engine.managed_networks()?;
+        let steps =
+            plan(&PlanInput { desired: &desired, containers: &containers, holding: &holding, managed_networks: &networks });
+        let mut activities = BTreeMap::new();
+        if !steps.is_empty() {
+            log::info!("applying {} step(s)", steps.len());
+            activities = self.apply(&steps, &desired, &invalid, &containers);
+        }
+        let containers = if steps.is_empty() { containers } else { self.engine.managed_containers()? };
+        self.report(&desired, &invalid, &containers, &activities);
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        steps: &[crate::plan::Step],
+        desired: &[DesiredService],
+        invalid: &[(ServiceKey, Error)],
+        containers: &[Container],
+    ) -> BTreeMap<ServiceKey, Activity> {
+        let mut live: BTreeMap<ServiceKey, Activity> = BTreeMap::new();
+        let mut last_progress = Instant::now() - PROGRESS_REPORT_EVERY;
+        let (store, engine, client, identity, info) = (&self.store, &self.engine, &self.client, &self.identity, &self.info);
+        let records = store.services().unwrap_or_default();
+        let mut on_activity = |key: &ServiceKey, activity: Option<&Activity>| {
+            match activity {
+                Some(a) => live.insert(key.clone(), a.clone()),
+                None => live.remove(key),
+            };
+            if last_progress.elapsed() >= PROGRESS_REPORT_EVERY {
+                last_progress = Instant::now();
+                let report = build_report(&ReportInput {
+                    uuid: &identity.uuid,
+                    desired,
+                    invalid,
+                    containers,
+                    activities: &live,
+                    records: &records,
+                    info,
+                });
+                if let Err(e) = client.report(&identity.device_key, &report.to_string()) {
+                    log::debug!("progress report not delivered: {e}");
+                }
+            }
+        };
+        apply(engine, store, steps, desired, &|_| None, &mut on_activity)
+    }
+
+    /// Reports when the state changed since the last delivered report, or as a heartbeat.
+    fn report(
+        &mut self,
+        desired: &[DesiredService],
+        invalid: &[(ServiceKey, Error)],
+        containers: &[Container],
+        activities: &BTreeMap<ServiceKey, Activity>,
+    ) {
+        let records = self.store.services().unwrap_or_default();
+        let body = build_report(&ReportInput {
+            uuid: &self.identity.uuid,
+            desired,
+            invalid,
+            containers,
+            activities,
+            records: &records,
+            info: &self.info,
+        })
+        .to_string();
+        let due = match &self.last_report {
+            Some((sent, at)) => *sent != body || at.elapsed() >= self.config.report_interval,
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        match self.client.report(&self.identity.device_key, &body) {
+            Ok(()) => {
+                if self.store.pending_report().ok().flatten().is_some() {
+                    log::info!("delivered the report kept while the server was away");
+                    let _ = self.store.clear_pending_report();
+                }
+                self.last_report = Some((body, Instant::now()));
+            }
+            Err(e) => {
+                log::debug!("report not delivered, kept for later: {e}");
+                if let Err(e) = self.store.save_pending_report(&body) {
+                    log::error!("{e}");
+                }
+            }
+        }
+    }
+}
+
+/// `base` doubled per failure after the first, capped at 15 minutes, with jitter.
+fn backoff(base: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(10);
+    jittered(base.saturating_mul(factor).min(MAX_POLL_BACKOFF))
+}
+
+/// `d` ± 10 %, so a fleet that lost its server does not come back in step.
+fn jittered(d: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::getrandom(&mut byte);
+    let tenth = d / 10;
+    d - tenth + tenth * 2 * u32::from(byte[0]) / 255
+}
+
+/// `host:port` of the server URL, for finding the local address that reaches it.
+fn server_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next()?;
+    let default_port = if url.starts_with("https") { 443 } else { 80 };
+    Some(if authority.contains(':') { authority.to_string() } else { format!("{authority}:{default_port}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(10);
+        assert!(backoff(base, 1) >= Duration::from_secs(9) && backoff(base, 1) <= Duration::from_secs(11));
+        assert!(backoff(base, 3) >= Duration::from_secs(36) && backoff(base, 3) <= Duration::from_secs(44));
+        assert!(backoff(base, 40) <= MAX_POLL_BACKOFF + MAX_POLL_BACKOFF / 10);
+    }
+
+    #[test]
+    fn server_hosts() {
+        assert_eq!(server_host("http://127.0.0.1:3002").as_deref(), Some("127.0.0.1:3002"));
+        assert_eq!(server_host("https://pinion.example.com/base").as_deref(), Some("pinion.example.com:443"));
+    }
+}

@@ -1,0 +1,387 @@
+//! The agent's own state in SQLite (WAL, one transaction per change): its identity, the
+//! last target with its ETag, what it deployed for each service and how that went, the
+//! last report not yet delivered, and a bounded event log. After a reboot without network
+//! the agent runs from here.
+
+use crate::spec::ServiceKey;
+use crate::Error;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::time::Duration;
+
+/// Events kept in the log; older ones are dropped.
+pub const EVENT_LOG_LIMIT: i64 = 500;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identity (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    uuid        TEXT NOT NULL,
+    device_key  TEXT NOT NULL,
+    registered_at TEXT
+);
+CREATE TABLE IF NOT EXISTS target (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    etag        TEXT,
+    state       TEXT NOT NULL,
+    fetched_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS services (
+    app_id        TEXT NOT NULL,
+    service_name  TEXT NOT NULL,
+    image         TEXT NOT NULL,
+    config_hash   TEXT NOT NULL,
+    container_id  TEXT,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    retry_at      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (app_id, service_name)
+);
+CREATE TABLE IF NOT EXISTS pending_report (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    body        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    level    TEXT NOT NULL,
+    message  TEXT NOT NULL
+);
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uuid: String,
+    pub device_key: String,
+    /// Whether the server accepted the registration (or the key came from the config).
+    pub registered: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTarget {
+    pub etag: Option<String>,
+    /// The device's `TargetState` as JSON (the inner object of the poll answer).
+    pub state: String,
+    pub fetched_at: u64,
+}
+
+/// What the agent last did for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub key: ServiceKey,
+    pub image: String,
+    pub config_hash: String,
+    pub container_id: Option<String>,
+    /// Consecutive failures of pull/create/start for this image and config.
+    pub failures: u32,
+    /// Unix time before which the service is not tried again.
+    pub retry_at: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: u64,
+    pub level: String,
+    pub message: String,
+}
+
+pub struct AgentStore {
+    conn: Connection,
+}
+
+fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::Store { op, reason: e.to_string() }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl AgentStore {
+    /// Opens the database, creating its directory and schema when needed.
+    pub fn open(path: &Path) -> Result<AgentStore, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Store { op: "opening the database", reason: format!("{}: {e}", path.display()) })?;
+        Self::init(conn)
+    }
+
+    pub fn in_memory() -> Result<AgentStore, Error> {
+        Self::init(Connection::open_in_memory().map_err(db("opening the database"))?)
+    }
+
+    fn init(conn: Connection) -> Result<AgentStore, Error> {
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db("configuring the database"))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db("configuring the database"))?;
+        let version: i64 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db("reading the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Store {
+                op: "opening the database",
+                reason: format!("schema version {version} is newer than this agent ({SCHEMA_VERSION})"),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
+        Ok(AgentStore { conn })
+    }
+
+    pub fn identity(&self) -> Result<Option<Identity>, Error> {
+        self.conn
+            .query_row("SELECT uuid, device_key, registered_at IS NOT NULL FROM identity WHERE id = 1", [], |r| {
+                Ok(Identity { uuid: r.get(0)?, device_key: r.get(1)?, registered: r.get(2)? })
+            })
+            .optional()
+            .map_err(db("reading the identity"))
+    }
+
+    pub fn save_identity(&self, identity: &Identity) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT INTO identity (id, uuid, device_key, registered_at) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET uuid = excluded.uuid, device_key = excluded.device_key,
+                                               registered_at = excluded.registered_at",
+                params![identity.uuid, identity.device_key, identity.registered.then(|| unix_now() as i64)],
+            )
+            .map_err(db("saving the identity"))?;
+        Ok(())
+    }
+
+    pub fn target(&self) -> Result<Option<StoredTarget>, Error> {
+        self.conn
+            .query_row("SELECT etag, state, fetched_at FROM target WHERE id = 1", [], |r| {
+                Ok(StoredTarget { etag: r.get(0)?, state: r.get(1)?, fetched_at: r.get::<_, i64>(2)? as u64 })
+            })
+            .optional()
+            .map_err(db("reading the target"))
+    }
+
+    pub fn save_target(&self, etag: Option<&str>, state: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT INTO target (id, etag, state, fetched_at) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET etag = excluded.etag, state = excluded.state,
+                                               fetched_at = excluded.fetched_at",
+                params![etag, state, unix_now() as i64],
+            )
+            .map_err(db("saving the target"))?;
+        Ok(())
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error
+                 FROM services ORDER BY app_id, service_name",
+            )
+            .map_err(db("reading services"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ServiceRecord {
+                    key: ServiceKey { app_id: r.get(0)?, service_name: r.get(1)? },
+                    image: r.get(2)?,
+                    config_hash: r.get(3)?,
+                    container_id: r.get(4)?,
+                    failures: r.get::<_, i64>(5)? as u32,
+                    retry_at: r.get::<_, i64>(6)? as u64,
+                    last_error: r.get(7)?,
+                })
+            })
+            .map_err(db("reading services"))?;
+        rows.collect::<Result<_, _>>().map_err(db("reading services"))
+    }
+
+    /// Records a service as deployed (its container created and started): failures reset.
+    pub fn record_deployed(&self, key: &ServiceKey, image: &str, config_hash: &str, container_id: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6)
+                 ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
+                     config_hash = excluded.config_hash, container_id = excluded.container_id,
+                     failures = 0, retry_at = 0, last_error = NULL, updated_at = excluded.updated_at",
+                params![key.app_id, key.service_name, image, config_hash, container_id, unix_now() as i64],
+            )
+            .map_err(db("recording a deployed service"))?;
+        Ok(())
+    }
+
+    /// Records a failed attempt for `image`/`config_hash`: the count goes up (or restarts
+    /// at 1 for a new image or config) and the next try waits until `retry_at`.
+    pub fn record_failure(
+        &self,
+        key: &ServiceKey,
+        image: &str,
+        config_hash: &str,
+        error: &str,
+        backoff: &dyn Fn(u32) -> Duration,
+    ) -> Result<ServiceRecord, Error> {
+        let previous = self.services()?.into_iter().find(|s| &s.key == key);
+        let failures = match &previous {
+            Some(p) if p.image == image && p.config_hash == config_hash => p.failures + 1,
+            _ => 1,
+        };
+        let retry_at = unix_now() + backoff(failures).as_secs();
+        let container_id = previous.as_ref().and_then(|p| p.container_id.clone());
+        self.conn
+            .execute(
+                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
+                     config_hash = excluded.config_hash, failures = excluded.failures,
+                     retry_at = excluded.retry_at, last_error = excluded.last_error, updated_at = excluded.updated_at",
+                params![
+                    key.app_id,
+                    key.service_name,
+                    image,
+                    config_hash,
+                    container_id,
+                    failures as i64,
+                    retry_at as i64,
+                    error,
+                    unix_now() as i64
+                ],
+            )
+            .map_err(db("recording a failed service"))?;
+        Ok(ServiceRecord {
+            key: key.clone(),
+            image: image.to_string(),
+            config_hash: config_hash.to_string(),
+            container_id,
+            failures,
+            retry_at,
+            last_error: Some(error.to_string()),
+        })
+    }
+
+    /// Forgets a service that is no longer in the target.
+    pub fn forget_service(&self, key: &ServiceKey) -> Result<(), Error> {
+        self.conn
+            .execute("DELETE FROM services WHERE app_id = ?1 AND service_name = ?2", params![key.app_id, key.service_name])
+            .map_err(db("forgetting a service"))?;
+        Ok(())
+    }
+
+    /// Keeps the newest report that could not be delivered. Each report is a whole
+    /// snapshot that supersedes the ones before, so one row is the bound.
+    pub fn save_pending_report(&self, body: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT INTO pending_report (id, body, created_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, created_at = excluded.created_at",
+                params![body, unix_now() as i64],
+            )
+            .map_err(db("saving a pending report"))?;
+        Ok(())
+    }
+
+    pub fn pending_report(&self) -> Result<Option<String>, Error> {
+        self.conn
+            .query_row("SELECT body FROM pending_report WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(db("reading the pending report"))
+    }
+
+    pub fn clear_pending_report(&self) -> Result<(), Error> {
+        self.conn.execute("DELETE FROM pending_report", []).map_err(db("clearing the pending report"))?;
+        Ok(())
+    }
+
+    /// Appends to the event log, dropping the oldest beyond `EVENT_LOG_LIMIT`.
+    pub fn log_event(&self, level: &str, message: &str) -> Result<(), Error> {
+        self.conn
+            .execute("INSERT INTO events (at, level, message) VALUES (?1, ?2, ?3)", params![unix_now() as i64, level, message])
+            .map_err(db("logging an event"))?;
+        self.conn
+            .execute(
+                "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+                params![EVENT_LOG_LIMIT],
+            )
+            .map_err(db("trimming the event log"))?;
+        Ok(())
+    }
+
+    /// The newest events, newest first.
+    pub fn recent_events(&self, limit: usize) -> Result<Vec<Event>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, level, message FROM events ORDER BY id DESC LIMIT ?1")
+            .map_err(db("reading events"))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(Event { at: r.get::<_, i64>(0)? as u64, level: r.get(1)?, message: r.get(2)? })
+            })
+            .map_err(db("reading events"))?;
+        rows.collect::<Result<_, _>>().map_err(db("reading events"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey { app_id: "1".into(), service_name: name.into() }
+    }
+
+    #[test]
+    fn identity_and_target_survive_reopening() {
+        let path = std::env::temp_dir().join(format!("pinion-agent-store-{}.db", std::process::id()));
+        {
+            let store = AgentStore::open(&path).unwrap();
+            store.save_identity(&Identity { uuid: "u".into(), device_key: "k".into(), registered: true }).unwrap();
+            store.save_target(Some("\"e1\""), "{\"apps\":{}}").unwrap();
+        }
+        let store = AgentStore::open(&path).unwrap();
+        assert_eq!(store.identity().unwrap(), Some(Identity { uuid: "u".into(), device_key: "k".into(), registered: true }));
+        assert_eq!(store.target().unwrap().unwrap().etag.as_deref(), Some("\"e1\""));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn failures_count_up_per_image_and_reset_when_deployed() {
+        let store = AgentStore::in_memory().unwrap();
+        let backoff = |n: u32| Duration::from_secs(10 * n as u64);
+        assert_eq!(store.record_failure(&key("web"), "a@1", "h1", "boom", &backoff).unwrap().failures, 1);
+        let second = store.record_failure(&key("web"), "a@1", "h1", "boom", &backoff).unwrap();
+        assert_eq!(second.failures, 2);
+        assert!(second.retry_at >= unix_now() + 19);
+        assert_eq!(store.record_failure(&key("web"), "a@2", "h2", "boom", &backoff).unwrap().failures, 1);
+        store.record_deployed(&key("web"), "a@2", "h2", "c1").unwrap();
+        let record = &store.services().unwrap()[0];
+        assert_eq!((record.failures, record.last_error.clone()), (0, None));
+        store.forget_service(&key("web")).unwrap();
+        assert!(store.services().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_event_log_is_bounded() {
+        let store = AgentStore::in_memory().unwrap();
+        for i in 0..(EVENT_LOG_LIMIT + 20) {
+            store.log_event("info", &format!("event {i}")).unwrap();
+        }
+        let count: i64 = store.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, EVENT_LOG_LIMIT);
+        assert_eq!(store.recent_events(1).unwrap()[0].message, format!("event {}", EVENT_LOG_LIMIT + 19));
+    }
+
+    #[test]
+    fn one_pending_report_is_kept() {
+        let store = AgentStore::in_memory().unwrap();
+        store.save_pending_report("{\"a\":1}").unwrap();
+        store.save_pending_report("{\"a\":2}").unwrap();
+        assert_eq!(store.pending_report().unwrap().as_deref(), Some("{\"a\":2}"));
+        store.clear_pending_report().unwrap();
+        assert_eq!(store.pending_report().unwrap(), None);
+    }
+}
