@@ -9,7 +9,9 @@
 #[path = "../src/engine/unix.rs"]
 mod unix;
 
-use pinion_agent::engine::{DockerEngine, Engine, PullProgress, LABEL_APP_ID, LABEL_SERVICE_ID, LABEL_SERVICE_NAME};
+use pinion_agent::engine::{
+    DockerEngine, Engine, PullProgress, LABEL_APP_ID, LABEL_MANAGED, LABEL_SERVICE_ID, LABEL_SERVICE_NAME,
+};
 use pinion_agent::Error;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -461,11 +463,11 @@ fn create_with_a_name_in_use_is_a_409_naming_the_container() {
 }
 
 #[test]
-fn ensure_network_twice_makes_one_network_and_remove_network_is_idempotent() {
+fn ensure_network_twice_makes_one_managed_network_and_remove_network_is_idempotent() {
     let mut fx = Fixture::new();
     let name = unique("net");
     fx.networks.push(name.clone());
-    let wanted = labels(&[("io.pinion.managed", "1001")]);
+    let wanted = labels(&[(LABEL_APP_ID, "1001"), (LABEL_MANAGED, "true")]);
     fx.engine.ensure_network(&name, &wanted).expect("ensure_network");
     fx.engine.ensure_network(&name, &wanted).expect("ensure_network again");
 
@@ -474,11 +476,42 @@ fn ensure_network_twice_makes_one_network_and_remove_network_is_idempotent() {
     assert_eq!(status, 200);
     let same_name: Vec<&Value> = networks.as_array().expect("array").iter().filter(|n| n["Name"] == name.as_str()).collect();
     assert_eq!(same_name.len(), 1, "{networks}");
-    assert_eq!(same_name[0]["Labels"]["io.pinion.managed"], "1001");
+    assert_eq!(same_name[0]["Labels"][LABEL_MANAGED], "true");
+    let managed = fx.engine.managed_networks().expect("managed_networks");
+    assert!(managed.contains(&name), "{name} not in {managed:?}");
+    assert!(!managed.iter().any(|n| n == "bridge"), "Docker's own bridge listed as managed: {managed:?}");
 
     fx.engine.remove_network(&name).expect("remove_network");
     assert_eq!(fx.raw.json("GET", &format!("/networks/{name}")).0, 404);
+    assert!(!fx.engine.managed_networks().expect("managed_networks").contains(&name));
     fx.engine.remove_network(&name).expect("removing a missing network is not an error");
+}
+
+#[test]
+fn connect_network_gives_aliases_and_connecting_again_is_ok() {
+    let mut fx = Fixture::new();
+    let image = fx.import_busybox();
+    let network = unique("net");
+    fx.networks.push(network.clone());
+    fx.engine.ensure_network(&network, &labels(&[(LABEL_MANAGED, "true")])).expect("ensure_network");
+    let (_, id) = fx.create_managed(&image, &["/bin/sleep", "300"]);
+    fx.engine.start(&id).expect("start");
+
+    let aliases = vec!["web".to_string(), "www".to_string()];
+    fx.engine.connect_network(&network, &id, &aliases).expect("connect_network");
+    // Docker refuses a second connect of a running container (403); the engine sees it is there.
+    fx.engine.connect_network(&network, &id, &aliases).expect("connecting again is not an error");
+    let inspected = fx.engine.inspect_container(&id).expect("inspect").expect("container exists");
+    let got = &inspected["NetworkSettings"]["Networks"][network.as_str()]["Aliases"];
+    for alias in &aliases {
+        assert!(got.as_array().is_some_and(|a| a.iter().any(|v| v == alias.as_str())), "{alias} not in {got}");
+    }
+
+    let missing = unique("no-such-net");
+    match fx.engine.connect_network(&missing, &id, &[]) {
+        Err(Error::Docker { op, status: 404, .. }) => assert_eq!(op, format!("connect {id} to network {missing}")),
+        other => panic!("connect to a missing network: expected a 404 naming it, got {other:?}"),
+    }
 }
 
 #[test]
@@ -486,12 +519,12 @@ fn ensure_volume_twice_is_ok_and_keeps_its_labels() {
     let mut fx = Fixture::new();
     let name = unique("data");
     fx.volumes.push(name.clone());
-    let wanted = labels(&[("io.pinion.managed", "1001")]);
+    let wanted = labels(&[(LABEL_APP_ID, "1001"), (LABEL_MANAGED, "true")]);
     fx.engine.ensure_volume(&name, &wanted).expect("ensure_volume");
     fx.engine.ensure_volume(&name, &wanted).expect("ensure_volume again");
     let (status, volume) = fx.raw.json("GET", &format!("/volumes/{name}"));
     assert_eq!(status, 200);
-    assert_eq!(volume["Labels"]["io.pinion.managed"], "1001");
+    assert_eq!(volume["Labels"][LABEL_MANAGED], "true");
 }
 
 #[test]

@@ -53,8 +53,9 @@ pub fn pin_target_state(
     let requested = requested_images(state)?;
     let mut floating: Vec<Reference> = Vec::new();
     for image in &requested {
-        if image.reference.digest().is_none() && !floating.contains(&image.reference) {
-            floating.push(image.reference.clone());
+        let query = registry_query(&image.reference);
+        if image.reference.digest().is_none() && !floating.contains(&query) {
+            floating.push(query);
         }
     }
     let answers = if floating.is_empty() { HashMap::new() } else { resolver.resolve_all(&floating, deadline) };
@@ -109,6 +110,11 @@ pub fn requested_images(state: &TargetState) -> Result<Vec<RequestedImage>, Erro
     Ok(images)
 }
 
+/// The reference as the registry is asked for it: `nginx` and `nginx:latest` are one question.
+fn registry_query(reference: &Reference) -> Reference {
+    Reference::parse(&reference.canonical()).unwrap_or_else(|_| reference.clone())
+}
+
 /// The tag a stored service was pinned from, when `image_name` is still that pin.
 fn re_requested<'a>(service: &'a Service, image_name: &str) -> Option<&'a str> {
     let resolution = service.image_resolution.as_ref()?;
@@ -133,7 +139,7 @@ pub fn apply_resolutions(
                 summary.pinned += 1;
                 (image.reference.pinned(digest), Some(digest.to_string()), ResolutionStatus::Pinned, None)
             }
-            None => match answers.get(&image.reference) {
+            None => match answers.get(&registry_query(&image.reference)) {
                 Some(Ok(resolved)) => {
                     summary.resolved += 1;
                     let pinned = image.reference.pinned(&resolved.digest);

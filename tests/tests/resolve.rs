@@ -262,3 +262,11 @@ fn unreachable_registry_fails() {
     assert!(!out.timed_out, "{out}");
     assert_failed(&out);
 }
+
+#[test]
+fn localhost_registry_is_spoken_to_over_plain_http() {
+    let registry = Registry::start(Auth::Anonymous);
+    let digest = push_image(&registry, REPO, "latest", &ImageSpec::linux_amd64("localhost"));
+    let reference = format!("localhost:{}/{REPO}:latest", registry.port());
+    assert_resolved(&resolve(&reference, &[]), &reference, &digest, DOCKER_MANIFEST);
+}

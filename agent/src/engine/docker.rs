@@ -111,6 +111,9 @@ impl DockerEngine {
             .http_status_as_error(false)
             .proxy(None)
             .max_redirects(0)
+            // One request at a time: one idle connection (and its buffers) is enough.
+            .max_idle_connections(1)
+            .max_idle_connections_per_host(1)
             .user_agent(concat!("pinion-agent/", env!("CARGO_PKG_VERSION")))
             .build();
         let http = ureq::Agent::with_parts(config, UnixConnector { path: socket.to_path_buf() }, NoResolver);
@@ -221,7 +224,7 @@ impl DockerEngine {
         self.call_within(op, method, path, json, CALL_TIMEOUT)
     }
 
-    /// The network named exactly `name` (Docker also matches id prefixes), as `(id, json)`.
+    /// The id of the network named exactly `name` (Docker also matches id prefixes).
     fn find_network(&self, op: &str, name: &str) -> Result<Option<String>, Error> {
         let reply = self.call(op, "GET", &format!("/networks/{}", segment(name)), None)?;
         match reply.status {
@@ -384,6 +387,36 @@ impl Engine for DockerEngine {
         match reply.status {
             200 | 204 | 404 => Ok(()),
             _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn managed_networks(&self) -> Result<Vec<String>, Error> {
+        let op = "list networks";
+        let filters = json!({ "label": [super::LABEL_MANAGED] }).to_string();
+        let reply = self.call(op, "GET", &format!("/networks?filters={}", encode(&filters, b"")), None)?;
+        if reply.status != 200 {
+            return Err(reply.refused(op));
+        }
+        match reply.json() {
+            Value::Array(items) => Ok(items.iter().filter_map(|n| Some(n["Name"].as_str()?.to_string())).collect()),
+            other => Err(Error::Docker { op: op.into(), status: 200, message: format!("expected a JSON array, got {other:.100}") }),
+        }
+    }
+
+    fn connect_network(&self, network: &str, container: &str, aliases: &[String]) -> Result<(), Error> {
+        let op = format!("connect {container} to network {network}");
+        let body = json!({ "Container": container, "EndpointConfig": { "Aliases": aliases } });
+        let reply = self.call(&op, "POST", &format!("/networks/{}/connect", segment(network)), Some(&body))?;
+        if reply.status == 200 {
+            return Ok(());
+        }
+        // A running container already there is a 403 ("endpoint with name … already
+        // exists"); what counts is whether it is connected, not how Docker words it.
+        let connected = self.inspect_container(container)?.is_some_and(|c| !c["NetworkSettings"]["Networks"][network].is_null());
+        if connected {
+            Ok(())
+        } else {
+            Err(reply.refused(op))
         }
     }
 }

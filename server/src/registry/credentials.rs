@@ -13,7 +13,7 @@ use crate::Error;
 /// The largest `config.json` read; real ones are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
-/// Registry host (normalized, see [`normalize_host`]) → (user, password).
+/// Registry host (normalized as Docker writes its keys) → (user, password).
 #[derive(Clone, Default)]
 pub struct Credentials {
     by_host: HashMap<String, (String, String)>,

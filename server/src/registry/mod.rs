@@ -126,7 +126,7 @@ impl Resolver {
                 resolved.digest,
                 resolved.media_type
             ),
-            Err(e) => log::warn!("{e}"),
+            Err(e) => log::debug!("{e}"),
         }
         result
     }

@@ -15,6 +15,10 @@ use crate::Error;
 /// says tokens never live less; containers/image clamps the same way). Also the default.
 const MIN_LIFETIME_SECS: u64 = 60;
 
+/// Longer lifetimes are cut to this, so a token service's typo cannot pin a token forever
+/// (and `Instant` arithmetic cannot overflow).
+const MAX_LIFETIME_SECS: u64 = 24 * 60 * 60;
+
 /// A cached token is dropped this long before it expires, so it is not sent stale.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
@@ -238,9 +242,9 @@ pub(crate) fn may_send_credentials(
 }
 
 /// The token (`token`, else `access_token`) and its lifetime (`expires_in`, default and
-/// minimum 60 s) from a token response. `issued_at` is not used: the lifetime is counted
-/// from when the request was sent, which is never later than issuance and immune to clock
-/// skew between us and the token service.
+/// minimum 60 s, at most a day) from a token response. `issued_at` is not used: the
+/// lifetime is counted from when the request was sent, which is never later than issuance
+/// and immune to clock skew between us and the token service.
 pub(crate) fn parse_token_response(body: &[u8]) -> Result<(String, Duration), String> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
@@ -265,7 +269,7 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<(String, Duration), St
             })
         })
         .unwrap_or(MIN_LIFETIME_SECS)
-        .max(MIN_LIFETIME_SECS);
+        .clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS);
     Ok((token.to_string(), Duration::from_secs(expires_in)))
 }
 
@@ -332,6 +336,11 @@ mod tests {
         assert_eq!(
             parse_token_response(br#"{"token":"t","expires_in":43200.5}"#).map(|t| t.1),
             Ok(Duration::from_secs(43200))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"token":"t","expires_in":18446744073709551615}"#)
+                .map(|t| t.1),
+            Ok(Duration::from_secs(MAX_LIFETIME_SECS))
         );
         assert_eq!(
             parse_token_response(br#"{"token":"t","expires_in":"soon"}"#).map(|t| t.1),
