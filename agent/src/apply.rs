@@ -132,7 +132,14 @@ fn run_step(
             Ok(())
         }
         Step::ConnectNetwork { container, network, aliases, .. } => {
-            engine.connect_network(network, container, aliases).map_err(|e| ("network_failed", e))
+            engine.connect_network(network, container, aliases).map_err(|e| {
+                // The planner cannot see a container's networks: a container left without
+                // one would look up to date. Remove it, so the next round recreates it.
+                if let Err(remove) = engine.remove(container) {
+                    log::error!("{remove}");
+                }
+                ("network_failed", e)
+            })
         }
         Step::Start { service, container } => {
             engine.start(container).map_err(|e| ("start_failed", e))?;

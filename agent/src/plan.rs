@@ -29,23 +29,52 @@ pub enum Strategy {
 /// remaining steps.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    EnsureNetwork { name: String, labels: BTreeMap<String, String> },
-    EnsureVolume { name: String, labels: BTreeMap<String, String> },
+    EnsureNetwork {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    EnsureVolume {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
     /// Pull unless the image is present.
-    Pull { service: ServiceKey, image: String },
-    Stop { service: Option<ServiceKey>, container: String },
-    Remove { service: Option<ServiceKey>, container: String },
+    Pull {
+        service: ServiceKey,
+        image: String,
+    },
+    Stop {
+        service: Option<ServiceKey>,
+        container: String,
+    },
+    Remove {
+        service: Option<ServiceKey>,
+        container: String,
+    },
     /// Create the container `name` from `body` and start it.
-    CreateAndStart { service: ServiceKey, name: String, body: serde_json::Value },
+    CreateAndStart {
+        service: ServiceKey,
+        name: String,
+        body: serde_json::Value,
+    },
     /// Connect the container `container` (a name: it was just created) to one more
     /// network, reachable there by `aliases`. Docker API 1.41 attaches only one network
     /// at create time (`POST /networks/{network}/connect`,
     /// `{"Container": container, "EndpointConfig": {"Aliases": aliases}}`).
-    ConnectNetwork { service: ServiceKey, container: String, network: String, aliases: Vec<String> },
+    ConnectNetwork {
+        service: ServiceKey,
+        container: String,
+        network: String,
+        aliases: Vec<String>,
+    },
     /// Start an existing container (created but never started, or died).
-    Start { service: ServiceKey, container: String },
+    Start {
+        service: ServiceKey,
+        container: String,
+    },
     /// Remove a network the agent made for an app that is gone.
-    RemoveNetwork { name: String },
+    RemoveNetwork {
+        name: String,
+    },
 }
 
 /// One line per step, for logs and tests: `pull 1001/web nginx@sha256:…`, `stop <id>`.
@@ -108,11 +137,8 @@ struct Verdict<'a> {
 /// Keeps at most one container whose config hash is the wanted one (the most alive;
 /// then the one with the expected name; then the lowest id) and removes the others.
 fn judge<'a>(service: &DesiredService, containers: &[&'a Container]) -> Verdict<'a> {
-    let mut current: Vec<&Container> = containers
-        .iter()
-        .copied()
-        .filter(|c| c.labels.get(LABEL_CONFIG_HASH) == Some(&service.config_hash))
-        .collect();
+    let mut current: Vec<&Container> =
+        containers.iter().copied().filter(|c| c.labels.get(LABEL_CONFIG_HASH) == Some(&service.config_hash)).collect();
     current.sort_by_key(|c| (liveliness(&c.state), c.name != service.container_name, c.id.as_str()));
     let keep = current.first().copied();
     let mut verdict = Verdict {
@@ -267,7 +293,12 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Step> {
 }
 
 /// Stop (if it runs) and remove `container`, once.
-fn push_removal<'a>(steps: &mut Vec<Step>, removed: &mut BTreeSet<&'a str>, key: &ServiceKey, container: &'a Container) {
+fn push_removal<'a>(
+    steps: &mut Vec<Step>,
+    removed: &mut BTreeSet<&'a str>,
+    key: &ServiceKey,
+    container: &'a Container,
+) {
     if !removed.insert(&container.id) {
         return;
     }

@@ -51,7 +51,9 @@ pub struct DesiredService {
     /// App-scoped networks and named volumes to create first, with their labels.
     pub networks: BTreeMap<String, BTreeMap<String, String>>,
     pub volumes: BTreeMap<String, BTreeMap<String, String>>,
-    /// Config keys the agent does not support, as `"<key>: not supported"` sentences.
+    /// What of the config the agent leaves out, one sentence each for the agent to report:
+    /// `"<key>: not supported by pinion-agent, ignored"` (in key order), or why a setting
+    /// has no effect (`"networkMode: bridge is ignored because networks are set"`).
     pub warnings: Vec<String>,
 }
 
@@ -95,7 +97,11 @@ pub fn desired_services(target: &TargetState) -> (Vec<DesiredService>, Vec<(Serv
     let mut names: BTreeMap<String, ServiceKey> = BTreeMap::new();
     services.retain(|s| match names.get(&s.container_name) {
         Some(owner) => {
-            let reason = format!("container name {} is already used by service {owner}", s.container_name);
+            let reason = if *owner == s.key {
+                format!("app {} has two services named {}", owner.app_id, owner.service_name)
+            } else {
+                format!("container name {} is already used by service {owner}", s.container_name)
+            };
             failed.push((s.key.clone(), invalid(&s.key, &reason)));
             false
         }
@@ -112,13 +118,13 @@ fn desired_service(key: ServiceKey, service: &Service) -> Result<DesiredService,
     let empty = Map::new();
     let config = service.config.as_ref().unwrap_or(&empty);
     let mapped = config::map(&key, config).map_err(|reason| invalid(&key, &reason))?;
-    let image = match (&service.image_name, &mapped.image) {
+    let image_name = service.image_name.as_ref().filter(|i| !i.is_empty());
+    let image = match (image_name, mapped.image.as_ref().filter(|i| !i.is_empty())) {
         (Some(name), Some(image)) if name != image => {
-            return Err(invalid(&key, &format!("imageName {name} and config.image {image} differ")))
+            return Err(invalid(&key, &format!("imageName {name} and config.image {image} differ")));
         }
-        (Some(name), _) if !name.is_empty() => name.clone(),
-        (_, Some(image)) if !image.is_empty() => image.clone(),
-        _ => return Err(invalid(&key, "no image")),
+        (Some(image), _) | (None, Some(image)) => image.clone(),
+        (None, None) => return Err(invalid(&key, "no image")),
     };
     let service_id = service.service_id.as_ref().and_then(id_string);
 

@@ -147,7 +147,8 @@ impl Docker {
                         return Err(format!("{step}: 409, the name {name} is in use"));
                     }
                     if let Some(network) = body.pointer("/HostConfig/NetworkMode").and_then(|n| n.as_str()) {
-                        let app_network = !matches!(network, "bridge" | "host" | "none") && !network.starts_with("container:");
+                        let app_network =
+                            !matches!(network, "bridge" | "host" | "none") && !network.starts_with("container:");
                         if app_network && !self.networks.contains(network) {
                             return Err(format!("{step}: network {network} not found"));
                         }

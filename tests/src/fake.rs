@@ -19,6 +19,7 @@ enum Fault {
     Hangs,
     RateLimited,
     LyingDigest,
+    Schema1,
 }
 
 /// A fake registry; stops on drop (requests held by `hangs` are then dropped, which
@@ -57,23 +58,41 @@ impl FakeRegistry {
         FakeRegistry::start(Fault::LyingDigest)
     }
 
+    /// Answers every manifest request (whatever the `Accept`) with a signed schema1
+    /// manifest (`…manifest.v1+prettyjws`) and no `Docker-Content-Digest`, as an old or
+    /// misconfigured registry does. The sha256 of such a body is never its digest (the
+    /// signature changes per request), so a resolver must refuse it.
+    pub fn schema1_only() -> FakeRegistry {
+        FakeRegistry::start(Fault::Schema1)
+    }
+
     fn start(fault: Fault) -> FakeRegistry {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding a fake registry"));
-        let addr = server.server_addr().to_ip().expect("fake registry has an IP address");
+        let server =
+            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding a fake registry"));
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("fake registry has an IP address");
         let manifest = Arc::new(fake_manifest());
         let claimed = sha256_digest(b"not the manifest that is served");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let thread = {
-            let (server, manifest, claimed, seen) =
-                (Arc::clone(&server), Arc::clone(&manifest), claimed.clone(), Arc::clone(&seen));
+            let (server, manifest, claimed, seen) = (
+                Arc::clone(&server),
+                Arc::clone(&manifest),
+                claimed.clone(),
+                Arc::clone(&seen),
+            );
             std::thread::Builder::new()
                 .name(format!("fake-registry-{fault:?}"))
                 .spawn(move || {
                     let mut held = Vec::new();
                     for request in server.incoming_requests() {
-                        seen.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(format!("{} {}", request.method(), request.url()));
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
+                            "{} {}",
+                            request.method(),
+                            request.url()
+                        ));
                         if fault == Fault::Hangs {
                             held.push(request);
                             continue;
@@ -84,7 +103,14 @@ impl FakeRegistry {
                 })
                 .expect("spawning a fake registry thread")
         };
-        FakeRegistry { server, addr, manifest, claimed, seen, thread: Some(thread) }
+        FakeRegistry {
+            server,
+            addr,
+            manifest,
+            claimed,
+            seen,
+            thread: Some(thread),
+        }
     }
 
     /// `127.0.0.1:PORT`.
@@ -127,13 +153,19 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
     let is_head = *request.method() == tiny_http::Method::Head;
     let api = header("Docker-Distribution-API-Version", "registry/2.0");
     if path == "/v2/" || path == "/v2" {
-        let _ = request.respond(tiny_http::Response::from_string("{}").with_header(api).with_header(json_type()));
+        let _ = request.respond(
+            tiny_http::Response::from_string("{}")
+                .with_header(api)
+                .with_header(json_type()),
+        );
         return;
     }
     if !(path.starts_with("/v2/") && path.contains("/manifests/")) {
         let body = json!({"errors": [{"code": "NAME_UNKNOWN", "message": "fake registry serves manifests only"}]});
         let _ = request.respond(
-            tiny_http::Response::from_string(body.to_string()).with_status_code(404).with_header(json_type()),
+            tiny_http::Response::from_string(body.to_string())
+                .with_status_code(404)
+                .with_header(json_type()),
         );
         return;
     }
@@ -163,8 +195,23 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
             let length = body.len();
             tiny_http::Response::new(
                 429.into(),
-                vec![api, json_type(), header("Retry-After", &RETRY_AFTER_SECS.to_string())],
+                vec![
+                    api,
+                    json_type(),
+                    header("Retry-After", &RETRY_AFTER_SECS.to_string()),
+                ],
                 std::io::Cursor::new(body.into_bytes()),
+                Some(length),
+                None,
+            )
+        }
+        Fault::Schema1 => {
+            let body = schema1_manifest();
+            let length = body.len();
+            tiny_http::Response::new(
+                200.into(),
+                vec![api, header("Content-Type", SCHEMA1_SIGNED)],
+                std::io::Cursor::new(body),
                 Some(length),
                 None,
             )
@@ -172,6 +219,27 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
         Fault::Hangs => unreachable!("hanging requests are held, not answered"),
     };
     let _ = request.respond(response);
+}
+
+const SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// A schema1 signed manifest in the shape distribution produces (the signature is not
+/// valid; nothing should get as far as checking it).
+fn schema1_manifest() -> Vec<u8> {
+    let manifest = json!({
+        "schemaVersion": 1,
+        "name": "demo/app",
+        "tag": "latest",
+        "architecture": "amd64",
+        "fsLayers": [{"blobSum": sha256_digest(b"fake layer")}],
+        "history": [{"v1Compatibility": "{\"id\":\"0\",\"architecture\":\"amd64\",\"os\":\"linux\"}"}],
+        "signatures": [{
+            "header": {"jwk": {"crv": "P-256", "kty": "EC", "x": "AA", "y": "AA"}, "alg": "ES256"},
+            "signature": crate::util::random_hex(32),
+            "protected": "eyJmb3JtYXRMZW5ndGgiOjEwLCJmb3JtYXRUYWlsIjoiQ24wIn0",
+        }],
+    });
+    serde_json::to_vec_pretty(&manifest).expect("json")
 }
 
 /// A realistic Docker v2 manifest (pretty-printed like the registry stores pushes).

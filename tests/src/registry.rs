@@ -5,7 +5,9 @@
 //! real content negotiation. Killed and cleaned up on drop.
 
 use crate::token::{TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
-use crate::util::{docker_config_json, free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir};
+use crate::util::{
+    docker_config_json, free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir,
+};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,11 +31,17 @@ pub enum Auth {
 
 impl Auth {
     pub fn htpasswd(user: &str, password: &str) -> Auth {
-        Auth::Htpasswd { user: user.into(), password: password.into() }
+        Auth::Htpasswd {
+            user: user.into(),
+            password: password.into(),
+        }
     }
 
     pub fn token(user: &str, password: &str) -> Auth {
-        Auth::Token { user: user.into(), password: password.into() }
+        Auth::Token {
+            user: user.into(),
+            password: password.into(),
+        }
     }
 
     /// The user and password the registry accepts, if it asks for any.
@@ -132,7 +140,14 @@ impl Registry {
             });
             match outcome {
                 Some(Ok(())) => {
-                    return Registry { child, port, auth, log_path, token, dir };
+                    return Registry {
+                        child,
+                        port,
+                        auth,
+                        log_path,
+                        token,
+                        dir,
+                    };
                 }
                 Some(Err(why)) => {
                     last_log = tail_of_file(&log_path, 4000);
@@ -222,10 +237,17 @@ fn write_htpasswd(dir: &TempDir, user: &str, password: &str) -> PathBuf {
         .args(["-nbB", user, password])
         .output()
         .expect("running htpasswd");
-    assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "htpasswd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let entry = String::from_utf8(out.stdout).expect("htpasswd prints ASCII");
     let line = entry.lines().next().unwrap_or_default().trim().to_string();
-    assert!(line.starts_with(&format!("{user}:$2")), "htpasswd did not print a bcrypt entry: {entry:?}");
+    assert!(
+        line.starts_with(&format!("{user}:$2")),
+        "htpasswd did not print a bcrypt entry: {entry:?}"
+    );
     // A FILE, never a directory: the Debian default config points `path` at a directory,
     // which makes every request with credentials fail with 400 (registry-protocol §10).
     dir.write("htpasswd", format!("{line}\n"))

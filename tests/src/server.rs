@@ -26,7 +26,10 @@ pub const CLI_DEADLINE: Duration = Duration::from_secs(120);
 /// output if it does not build.
 pub fn server_binary() -> PathBuf {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY.get_or_init(build_server).clone().unwrap_or_else(|e| panic!("{e}"))
+    BINARY
+        .get_or_init(build_server)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn build_server() -> Result<PathBuf, String> {
@@ -44,12 +47,26 @@ fn build_server() -> Result<PathBuf, String> {
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
-    let target_dir = profile_dir.parent().ok_or("test binary has no target dir")?;
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace dir")?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or("test binary has no target dir")?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace dir")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.args(["build", "--quiet", "-p", "pinion-server", "--bin", "pinion-server"]);
+    command.args([
+        "build",
+        "--quiet",
+        "-p",
+        "pinion-server",
+        "--bin",
+        "pinion-server",
+    ]);
     match profile {
         "debug" => {}
         "release" => {
@@ -75,7 +92,10 @@ fn build_server() -> Result<PathBuf, String> {
     if binary.is_file() {
         Ok(binary)
     } else {
-        Err(format!("cargo built pinion-server but {} does not exist", binary.display()))
+        Err(format!(
+            "cargo built pinion-server but {} does not exist",
+            binary.display()
+        ))
     }
 }
 
@@ -94,9 +114,18 @@ pub struct CliOutput {
 impl CliOutput {
     /// The single JSON line on stdout, parsed; panics with the full output otherwise.
     pub fn json(&self) -> Value {
-        let lines: Vec<&str> = self.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected one JSON line on stdout; got:\n{self}");
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+        let lines: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one JSON line on stdout; got:\n{self}"
+        );
+        serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
     }
 }
 
@@ -107,7 +136,11 @@ impl std::fmt::Display for CliOutput {
             "exit code {:?} after {:?}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.code,
             self.elapsed,
-            if self.timed_out { " (killed at the deadline)" } else { "" },
+            if self.timed_out {
+                " (killed at the deadline)"
+            } else {
+                ""
+            },
             self.stdout,
             self.stderr
         )
@@ -173,8 +206,9 @@ pub struct ApiReply {
 impl ApiReply {
     /// The body as JSON; panics with the body otherwise.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.body)
+        })
     }
 }
 
@@ -214,7 +248,9 @@ impl Server {
             if std::env::var_os("RUST_LOG").is_none() {
                 command.env("RUST_LOG", "info");
             }
-            let mut child = command.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+            let mut child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
             let outcome = wait_for(STARTUP_DEADLINE, || {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Some(Err(format!("exited with {status}")));
@@ -228,11 +264,20 @@ impl Server {
                         .timeout_global(Some(Duration::from_secs(120)))
                         .build()
                         .new_agent();
-                    return Server { child, port, admin_token, log_path, agent, dir };
+                    return Server {
+                        child,
+                        port,
+                        admin_token,
+                        log_path,
+                        agent,
+                        dir,
+                    };
                 }
                 Some(Err(why)) => {
                     last_log = tail_of_file(&log_path, 4000);
-                    if last_log.to_ascii_lowercase().contains("address already in use")
+                    if last_log
+                        .to_ascii_lowercase()
+                        .contains("address already in use")
                         || last_log.to_ascii_lowercase().contains("addrinuse")
                     {
                         continue;
@@ -272,7 +317,13 @@ impl Server {
     }
 
     /// `method path` with an optional JSON body and optional bearer token.
-    pub fn request(&self, method: &str, path: &str, body: Option<&Value>, bearer: Option<&str>) -> ApiReply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> ApiReply {
         let url = format!("{}{path}", self.url());
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(token) = bearer {
@@ -282,7 +333,8 @@ impl Server {
         let result = match body {
             Some(json) => {
                 builder = builder.header("Content-Type", "application/json");
-                self.agent.run(builder.body(json.to_string()).expect("valid request"))
+                self.agent
+                    .run(builder.body(json.to_string()).expect("valid request"))
             }
             None => self.agent.run(builder.body(()).expect("valid request")),
         };
@@ -291,7 +343,11 @@ impl Server {
         });
         let status = response.status().as_u16();
         let body = response.body_mut().read_to_string().unwrap_or_default();
-        ApiReply { status, body, elapsed: start.elapsed() }
+        ApiReply {
+            status,
+            body,
+            elapsed: start.elapsed(),
+        }
     }
 
     /// `POST /api/v1/devices/{uuid}/target-state` as the operator.
@@ -306,7 +362,12 @@ impl Server {
 
     /// `GET /api/v1/devices/{uuid}/target-state` as the operator.
     pub fn get_target_state(&self, uuid: &str) -> ApiReply {
-        self.request("GET", &format!("/api/v1/devices/{uuid}/target-state"), None, Some(&self.admin_token))
+        self.request(
+            "GET",
+            &format!("/api/v1/devices/{uuid}/target-state"),
+            None,
+            Some(&self.admin_token),
+        )
     }
 }
 

@@ -65,7 +65,9 @@ impl TokenServer {
         let key_path = dir.join("token-key.pem");
         let cert_path = dir.join("token-cert.pem");
         let out = Command::new(&openssl)
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2",
+            ])
             .args(["-subj", "/CN=pinion-test-token-issuer"])
             .arg("-keyout")
             .arg(&key_path)
@@ -80,10 +82,12 @@ impl TokenServer {
         );
         let cert_der_b64 = pem_body(&cert_path);
 
-        let server = Arc::new(
-            tiny_http::Server::http("127.0.0.1:0").expect("binding the token server"),
-        );
-        let addr = server.server_addr().to_ip().expect("token server has an IP address");
+        let server =
+            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the token server"));
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("token server has an IP address");
         let shared = Arc::new(Shared {
             openssl,
             user: user.to_string(),
@@ -105,7 +109,13 @@ impl TokenServer {
                 })
                 .expect("spawning the token server thread")
         };
-        TokenServer { server, addr, shared, thread: Some(thread), cert_path }
+        TokenServer {
+            server,
+            addr,
+            shared,
+            thread: Some(thread),
+            cert_path,
+        }
     }
 
     /// `http://127.0.0.1:PORT/token`: the registry's `auth.token.realm`.
@@ -125,7 +135,11 @@ impl TokenServer {
 
     /// Every request seen so far, in order.
     pub fn request_log(&self) -> Vec<TokenRequest> {
-        self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -141,9 +155,12 @@ impl Drop for TokenServer {
 /// The base64 text between the PEM armor lines: standard base64 of the DER bytes, which
 /// is what `x5c` carries.
 fn pem_body(path: &Path) -> String {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect()
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect()
 }
 
 fn handle(shared: &Shared, request: tiny_http::Request) {
@@ -156,7 +173,10 @@ fn handle(shared: &Shared, request: tiny_http::Request) {
         .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .filter(|s| !s.is_empty())
         .collect();
-    let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone());
+    let service = params
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.clone());
     let basic = request
         .headers()
         .iter()
@@ -171,7 +191,10 @@ fn handle(shared: &Shared, request: tiny_http::Request) {
 
     let path = url.split('?').next().unwrap_or("");
     let (status, body) = if path != "/token" {
-        (404, json!({"errors": [{"code": "NOT_FOUND", "message": "only /token is served"}]}))
+        (
+            404,
+            json!({"errors": [{"code": "NOT_FOUND", "message": "only /token is served"}]}),
+        )
     } else {
         match &credentials {
             Some((u, p)) if *u != shared.user || *p != shared.password => (
@@ -192,17 +215,24 @@ fn handle(shared: &Shared, request: tiny_http::Request) {
             }
         }
     };
-    shared.log.lock().unwrap_or_else(|p| p.into_inner()).push(TokenRequest {
-        user: credentials.map(|(u, _)| u),
-        service,
-        scopes,
-        status,
-    });
+    shared
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(TokenRequest {
+            user: credentials.map(|(u, _)| u),
+            service,
+            scopes,
+            status,
+        });
     let mut response = tiny_http::Response::from_string(body.to_string())
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"));
     if status == 401 {
-        response = response.with_header(header("WWW-Authenticate", "Basic realm=\"pinion-test-token\""));
+        response = response.with_header(header(
+            "WWW-Authenticate",
+            "Basic realm=\"pinion-test-token\"",
+        ));
     }
     let _ = request.respond(response);
 }
@@ -254,9 +284,18 @@ fn openssl_sign(openssl: &Path, key: &Path, input: &[u8]) -> Vec<u8> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("running openssl dgst");
-    child.stdin.take().expect("stdin").write_all(input).expect("writing to openssl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("writing to openssl");
     let out = child.wait_with_output().expect("waiting for openssl dgst");
-    assert!(out.status.success(), "openssl dgst failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl dgst failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -265,7 +304,10 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).

@@ -92,15 +92,17 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 
-const STD_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const STD_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 fn base64_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..4 {
@@ -182,7 +184,9 @@ pub fn percent_encode(text: &str) -> String {
 
 /// The query parameters of a request target (`/token?a=1&b=2`), decoded, in order.
 pub fn query_params(target: &str) -> Vec<(String, String)> {
-    let Some((_, query)) = target.split_once('?') else { return Vec::new() };
+    let Some((_, query)) = target.split_once('?') else {
+        return Vec::new();
+    };
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -199,7 +203,11 @@ pub fn require_tool(name: &str, apt_package: &str) -> PathBuf {
     let candidates = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
-    for dir in candidates.iter().map(PathBuf::as_path).chain([Path::new("/usr/bin"), Path::new("/usr/sbin")]) {
+    for dir in candidates
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([Path::new("/usr/bin"), Path::new("/usr/sbin")])
+    {
         let path = dir.join(name);
         if path.is_file() {
             return path;
@@ -255,7 +263,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let vectors = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (plain, encoded) in vectors {
             assert_eq!(base64_std(plain.as_bytes()), encoded);
             assert_eq!(base64_url(plain.as_bytes()), encoded.trim_end_matches('='));

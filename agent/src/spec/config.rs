@@ -343,9 +343,7 @@ fn restart_policy(restart: &str) -> Result<(Value, bool), String> {
         "on-failure" => (json!({"Name": "on-failure"}), false),
         other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
             Some(Ok(n)) => (json!({"Name": "on-failure", "MaximumRetryCount": n}), false),
-            _ => {
-                return Err(format!("restart {other}: expected no, always, unless-stopped or on-failure[:<count>]"))
-            }
+            _ => return Err(format!("restart {other}: expected no, always, unless-stopped or on-failure[:<count>]")),
         },
     })
 }

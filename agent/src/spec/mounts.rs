@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn devices() {
-        let mapping = |h: &str, c: &str, p: &str| json!({"PathOnHost": h, "PathInContainer": c, "CgroupPermissions": p});
+        let mapping =
+            |h: &str, c: &str, p: &str| json!({"PathOnHost": h, "PathInContainer": c, "CgroupPermissions": p});
         assert_eq!(device("/dev/ttyUSB0").unwrap(), mapping("/dev/ttyUSB0", "/dev/ttyUSB0", "rwm"));
         assert_eq!(device("/dev/ttyUSB0:/dev/ttyS0").unwrap(), mapping("/dev/ttyUSB0", "/dev/ttyS0", "rwm"));
         assert_eq!(device("/dev/x:/dev/y:rw").unwrap(), mapping("/dev/x", "/dev/y", "rw"));

@@ -84,7 +84,30 @@ fn image_from_config_or_image_name_and_they_must_agree() {
     assert_eq!(desired_services(&t).0[0].image, "busybox@sha256:bb");
     assert!(one(json!({"image": "nginx@sha256:aa"})).is_ok());
     let err = error(json!({"image": "nginx:latest"}));
-    assert!(err.contains("app 1001, service web: imageName nginx@sha256:aa and config.image nginx:latest differ"), "{err}");
+    assert!(
+        err.contains("app 1001, service web: imageName nginx@sha256:aa and config.image nginx:latest differ"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_image_name_is_no_image() {
+    let t = target(
+        json!({"1": {"services": {"1": {"serviceName": "s", "imageName": "", "config": {"image": "x@sha256:cc"}}}}}),
+    );
+    assert_eq!(desired_services(&t).0[0].image, "x@sha256:cc");
+    let t = target(json!({"1": {"services": {"1": {"serviceName": "s", "imageName": "", "config": {"image": ""}}}}}));
+    assert!(desired_services(&t).1[0].1.to_string().ends_with("app 1, service s: no image"));
+}
+
+#[test]
+fn two_services_of_one_name_are_refused() {
+    let t = target(
+        json!({"1": {"services": [{"serviceName": "s", "imageName": "a"}, {"serviceName": "s", "imageName": "b"}]}}),
+    );
+    let (ok, failed) = desired_services(&t);
+    assert_eq!(ok.len(), 1);
+    assert!(failed[0].1.to_string().ends_with("app 1 has two services named s"), "{}", failed[0].1);
 }
 
 #[test]
@@ -143,7 +166,10 @@ fn environment_as_object_or_list_sorted() {
 #[test]
 fn volumes_named_bind_and_anonymous() {
     let s = one(json!({"volumes": ["data:/data", "logs:/var/log:ro", "/etc/hosts:/h:ro", "/scratch"]})).unwrap();
-    assert_eq!(s.create_body["HostConfig"]["Binds"], json!(["1001_data:/data", "1001_logs:/var/log:ro", "/etc/hosts:/h:ro"]));
+    assert_eq!(
+        s.create_body["HostConfig"]["Binds"],
+        json!(["1001_data:/data", "1001_logs:/var/log:ro", "/etc/hosts:/h:ro"])
+    );
     assert_eq!(s.create_body["Volumes"], json!({"/scratch": {}}));
     let labels = BTreeMap::from([
         ("io.pinion.app-id".to_owned(), "1001".to_owned()),
@@ -160,10 +186,7 @@ fn networks_are_scoped_to_the_app_and_the_first_is_attached() {
     assert_eq!(s.networks["1001_backend"]["io.pinion.app-id"], "1001");
     assert_eq!(s.networks["1001_backend"]["io.pinion.managed"], "true");
     assert_eq!(s.create_body["HostConfig"]["NetworkMode"], "1001_backend");
-    assert_eq!(
-        s.create_body["NetworkingConfig"],
-        json!({"EndpointsConfig": {"1001_backend": {"Aliases": ["web"]}}})
-    );
+    assert_eq!(s.create_body["NetworkingConfig"], json!({"EndpointsConfig": {"1001_backend": {"Aliases": ["web"]}}}));
     assert_eq!(s.extra_networks().collect::<Vec<_>>(), ["1001_frontend"]);
     assert_eq!(s.network_aliases(), ["web"]);
     // The networks connected after the create are part of the hash.
