@@ -1,11 +1,14 @@
 //! pinion-tests: the end-to-end test harness. Real parts wherever a user has them — the
 //! Debian `docker-registry` as a child process (anonymous, htpasswd or token auth),
-//! images pushed over the registry HTTP API, `pinion-server` run as a process — and
+//! images pushed over the registry HTTP API, `pinion-server` and `pinion-agent` run as
+//! processes, a real dockerd driven with the docker CLI — and
 //! hand-written fakes (`FakeRegistry`) only for faults a real registry cannot produce.
 //! Everything listens on 127.0.0.1 with its own port and temp dir, so tests run in
 //! parallel, and everything started is stopped on drop.
 
+pub mod agent;
 pub mod client;
+pub mod docker;
 pub mod fake;
 pub mod image;
 pub mod registry;
@@ -13,11 +16,13 @@ pub mod server;
 pub mod token;
 pub mod util;
 
+pub use agent::Agent;
 pub use client::{HttpReply, RegistryClient, ACCEPT_ALL_MANIFESTS};
+pub use docker::Docker;
 pub use fake::{FakeRegistry, RETRY_AFTER_SECS};
 pub use image::{
-    push_image, push_image_as, push_manifest_list, push_oci_index, ImageSpec, ManifestFormat, Pushed, PushedList,
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+    push_image, push_image_as, push_manifest_list, push_oci_index, ImageSpec, ManifestFormat,
+    Pushed, PushedList, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
 };
 pub use registry::{Auth, Registry};
 pub use server::{run_cli, run_cli_within, server_binary, ApiReply, CliOutput, Server};

@@ -8,8 +8,7 @@ use crate::token::{TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
 use crate::util::{
     docker_config_json, free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir,
 };
-use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -57,9 +56,12 @@ impl Auth {
 
 /// A running `docker-registry serve <config.yml>`.
 pub struct Registry {
-    child: Child,
+    /// None while stopped.
+    child: Option<Child>,
     port: u16,
     auth: Auth,
+    binary: PathBuf,
+    config_path: PathBuf,
     log_path: PathBuf,
     // Dropped after the child is killed (see `Drop`), in this order.
     token: Option<TokenServer>,
@@ -117,56 +119,48 @@ impl Registry {
             );
             let config_path = dir.write(&format!("config-{attempt}.yml"), &config);
             let log_path = dir.join(&format!("registry-{attempt}.log"));
-            let log = File::create(&log_path).expect("creating the registry log");
-            let mut child = Command::new(&binary)
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("cloning the log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-
-            let agent = probe_agent();
-            let url = format!("http://127.0.0.1:{port}/v2/");
-            let outcome = wait_for(STARTUP_DEADLINE, || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Some(Err(format!("exited with {status}")));
-                }
-                match agent.get(&url).call() {
-                    Ok(resp) if [200, 401].contains(&resp.status().as_u16()) => Some(Ok(())),
-                    _ => None,
-                }
-            });
-            match outcome {
-                Some(Ok(())) => {
+            match spawn_and_wait(&binary, &config_path, &log_path, port) {
+                Ok(child) => {
                     return Registry {
-                        child,
+                        child: Some(child),
                         port,
                         auth,
+                        binary,
+                        config_path,
                         log_path,
                         token,
                         dir,
                     };
                 }
-                Some(Err(why)) => {
-                    last_log = tail_of_file(&log_path, 4000);
-                    if last_log.contains("address already in use") {
-                        continue;
-                    }
-                    panic!("docker-registry {why} during startup; its log:\n{last_log}\nconfig:\n{config}");
-                }
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "docker-registry did not answer GET {url} within {STARTUP_DEADLINE:?}; its log:\n{}",
-                        tail_of_file(&log_path, 4000)
-                    );
-                }
+                Err(Spawn::AddressInUse(log)) => last_log = log,
+                Err(Spawn::Failed(why)) => panic!("{why}\nconfig:\n{config}"),
             }
         }
         panic!("docker-registry could not bind a free port in {PORT_ATTEMPTS} attempts; last log:\n{last_log}");
+    }
+
+    /// Stops the registry process (an outage); its data, port and auth stay for `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the registry again on the same port with the same data, after `stop`.
+    /// Panics if it cannot (for example, if something else took the port meanwhile).
+    pub fn restart(&mut self) {
+        self.stop();
+        match spawn_and_wait(&self.binary, &self.config_path, &self.log_path, self.port) {
+            Ok(child) => self.child = Some(child),
+            Err(Spawn::AddressInUse(log)) => {
+                panic!(
+                    "docker-registry could not get its port {} back:\n{log}",
+                    self.port
+                )
+            }
+            Err(Spawn::Failed(why)) => panic!("{why}"),
+        }
     }
 
     /// `127.0.0.1:PORT`: the registry part of image references.
@@ -225,8 +219,69 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+enum Spawn {
+    /// The port was taken by someone else; the registry's log.
+    AddressInUse(String),
+    /// Anything else, as a message with the registry's log.
+    Failed(String),
+}
+
+/// Spawns `docker-registry serve <config>` (output appended to `log_path`) and waits
+/// until `GET /v2/` on `port` answers 200 or 401.
+fn spawn_and_wait(
+    binary: &Path,
+    config: &Path,
+    log_path: &Path,
+    port: u16,
+) -> Result<Child, Spawn> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("opening the registry log");
+    let mut child = Command::new(binary)
+        .arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("cloning the log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
+    let agent = probe_agent();
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    let outcome = wait_for(STARTUP_DEADLINE, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(Err(format!("exited with {status}")));
+        }
+        match agent.get(&url).call() {
+            Ok(resp) if [200, 401].contains(&resp.status().as_u16()) => Some(Ok(())),
+            _ => None,
+        }
+    });
+    match outcome {
+        Some(Ok(())) => Ok(child),
+        Some(Err(why)) => {
+            let log = tail_of_file(log_path, 4000);
+            if log.contains("address already in use") {
+                Err(Spawn::AddressInUse(log))
+            } else {
+                Err(Spawn::Failed(format!(
+                    "docker-registry {why} during startup; its log:\n{log}"
+                )))
+            }
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Spawn::Failed(format!(
+                "docker-registry did not answer GET {url} within {STARTUP_DEADLINE:?}; its log:\n{}",
+                tail_of_file(log_path, 4000)
+            )))
+        }
     }
 }
 

@@ -1,18 +1,18 @@
 //! The `pinion-server` binary as a process: `serve` on a free loopback port with its own
 //! SQLite file and admin token (killed on drop), and one-shot CLI runs such as
-//! `pinion-server image resolve`. The binary is not a dependency of this crate (cargo
-//! does not promise to build a dependency's binaries), so the first use runs
-//! `cargo build -p pinion-server --bin pinion-server` into this test's own target dir
-//! and profile; `PINION_SERVER_BIN` overrides the path.
+//! `pinion-server image resolve`; `stop`/`restart` for outages. The binaries are not
+//! dependencies of this crate (cargo does not promise to build a dependency's
+//! binaries), so the first use runs `cargo build -p <bin> --bin <bin>` into this test's
+//! own target dir and profile (`workspace_binary`); `PINION_SERVER_BIN` overrides it.
 
 use crate::util::{free_port, random_hex, tail_of_file, wait_for, TempDir};
 use serde_json::Value;
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Environment variable naming a prebuilt `pinion-server` to use instead of building.
@@ -25,20 +25,33 @@ pub const CLI_DEADLINE: Duration = Duration::from_secs(120);
 /// The path of a built `pinion-server`, building it on first use. Panics with cargo's
 /// output if it does not build.
 pub fn server_binary() -> PathBuf {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(build_server)
+    workspace_binary("pinion-server")
+}
+
+/// The path of the workspace binary `name` (package and bin of the same name, e.g.
+/// `pinion-agent`), built on first use in this process with
+/// `cargo build -p <name> --bin <name>` into this test binary's target dir and profile.
+/// `<NAME>_BIN` (`PINION_AGENT_BIN`, `PINION_SERVER_BIN`) names a prebuilt one instead.
+/// Panics with cargo's output if it does not build.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
+    // Held while building: cargo would serialize concurrent builds on its lock anyway.
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    built
+        .entry(name.to_string())
+        .or_insert_with(|| build_binary(name))
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn build_server() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {
+fn build_binary(name: &str) -> Result<PathBuf, String> {
+    let env_name = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&env_name) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!("{SERVER_BIN_ENV}={} is not a file", path.display()))
+            Err(format!("{env_name}={} is not a file", path.display()))
         };
     }
     // <target>/<profile>/deps/<test binary>
@@ -59,14 +72,7 @@ fn build_server() -> Result<PathBuf, String> {
         .ok_or("no workspace dir")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.args([
-        "build",
-        "--quiet",
-        "-p",
-        "pinion-server",
-        "--bin",
-        "pinion-server",
-    ]);
+    command.args(["build", "--quiet", "-p", name, "--bin", name]);
     match profile {
         "debug" => {}
         "release" => {
@@ -81,19 +87,19 @@ fn build_server() -> Result<PathBuf, String> {
         .current_dir(workspace)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running cargo build for pinion-server: {e}"))?;
+        .map_err(|e| format!("running cargo build for {name}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
-            "pinion-server does not build (`cargo build -p pinion-server`), so this test cannot run:\n{}",
+            "{name} does not build (`cargo build -p {name}`), so this test cannot run:\n{}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let binary = profile_dir.join("pinion-server");
+    let binary = profile_dir.join(name);
     if binary.is_file() {
         Ok(binary)
     } else {
         Err(format!(
-            "cargo built pinion-server but {} does not exist",
+            "cargo built {name} but {} does not exist",
             binary.display()
         ))
     }
@@ -214,9 +220,12 @@ impl ApiReply {
 
 /// A running `pinion-server serve`.
 pub struct Server {
-    child: Child,
+    /// None while stopped.
+    child: Option<Child>,
     port: u16,
     admin_token: String,
+    binary: PathBuf,
+    extra_args: Vec<String>,
     log_path: PathBuf,
     agent: ureq::Agent,
     dir: TempDir,
@@ -229,72 +238,112 @@ impl Server {
         let binary = server_binary();
         let dir = TempDir::new("server");
         let admin_token = random_hex(24);
-        let db = dir.join("server.db");
+        let log_path = dir.join("server.log");
+        let mut server = Server {
+            child: None,
+            port: 0,
+            admin_token,
+            binary,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            log_path,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build()
+                .new_agent(),
+            dir,
+        };
         let mut last_log = String::new();
-        for attempt in 0..5 {
-            let port = free_port();
-            let log_path = dir.join(&format!("server-{attempt}.log"));
-            let log = File::create(&log_path).expect("creating the server log");
-            let listen = format!("127.0.0.1:{port}");
-            let mut command = Command::new(&binary);
-            command
-                .args(["serve", "--listen", &listen, "--db"])
-                .arg(&db)
-                .args(extra_args)
-                .env("PINION_ADMIN_TOKEN", &admin_token)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("cloning the log handle"))
-                .stderr(log);
-            if std::env::var_os("RUST_LOG").is_none() {
-                command.env("RUST_LOG", "info");
-            }
-            let mut child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-            let outcome = wait_for(STARTUP_DEADLINE, || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Some(Err(format!("exited with {status}")));
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.spawn_and_wait() {
+                Ok(child) => {
+                    server.child = Some(child);
+                    return server;
                 }
-                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| Ok(()))
-            });
-            match outcome {
-                Some(Ok(())) => {
-                    let agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(120)))
-                        .build()
-                        .new_agent();
-                    return Server {
-                        child,
-                        port,
-                        admin_token,
-                        log_path,
-                        agent,
-                        dir,
-                    };
-                }
-                Some(Err(why)) => {
-                    last_log = tail_of_file(&log_path, 4000);
-                    if last_log
-                        .to_ascii_lowercase()
-                        .contains("address already in use")
-                        || last_log.to_ascii_lowercase().contains("addrinuse")
-                    {
-                        continue;
-                    }
-                    panic!("pinion-server serve {why} during startup; its output:\n{last_log}");
-                }
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "pinion-server serve did not accept connections on {listen} within {STARTUP_DEADLINE:?}; output:\n{}",
-                        tail_of_file(&log_path, 4000)
-                    );
-                }
+                Err(Spawn::AddressInUse(log)) => last_log = log,
+                Err(Spawn::Failed(why)) => panic!("{why}"),
             }
         }
         panic!("pinion-server could not bind a free port in 5 attempts; last output:\n{last_log}");
+    }
+
+    /// Stops the server process (an outage); database, port and token stay for `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, database, token and arguments.
+    pub fn restart(&mut self) {
+        self.stop();
+        match self.spawn_and_wait() {
+            Ok(child) => self.child = Some(child),
+            Err(Spawn::AddressInUse(log)) => {
+                panic!(
+                    "pinion-server could not get its port {} back:\n{log}",
+                    self.port
+                )
+            }
+            Err(Spawn::Failed(why)) => panic!("{why}"),
+        }
+    }
+
+    /// Spawns `serve` on `self.port` (output appended to the log) and waits until the
+    /// port accepts connections.
+    fn spawn_and_wait(&self) -> Result<Child, Spawn> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening the server log");
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["serve", "--listen", &listen, "--db"])
+            .arg(self.dir.join("server.db"))
+            .args(&self.extra_args)
+            .env("PINION_ADMIN_TOKEN", &self.admin_token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
+        let port = self.port;
+        let outcome = wait_for(STARTUP_DEADLINE, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(format!("exited with {status}")));
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| Ok(()))
+        });
+        match outcome {
+            Some(Ok(())) => Ok(child),
+            Some(Err(why)) => {
+                let log = tail_of_file(&self.log_path, 4000);
+                let lower = log.to_ascii_lowercase();
+                if lower.contains("address already in use") || lower.contains("addrinuse") {
+                    Err(Spawn::AddressInUse(log))
+                } else {
+                    Err(Spawn::Failed(format!(
+                        "pinion-server serve {why} during startup; its output:\n{log}"
+                    )))
+                }
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(Spawn::Failed(format!(
+                    "pinion-server serve did not accept connections on {listen} within {STARTUP_DEADLINE:?}; output:\n{}",
+                    tail_of_file(&self.log_path, 4000)
+                )))
+            }
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -373,7 +422,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+enum Spawn {
+    /// The port was taken by someone else; the server's output.
+    AddressInUse(String),
+    /// Anything else, as a message with the server's output.
+    Failed(String),
 }

@@ -407,13 +407,45 @@ fn fake_schema1_only_serves_prettyjws_without_a_digest() {
     let fake = FakeRegistry::schema1_only();
     let agent = raw_agent(Duration::from_secs(10));
     let url = format!("http://{}/v2/demo/app/manifests/latest", fake.host());
-    let mut get = agent.get(&url).header("Accept", ACCEPT_ALL_MANIFESTS).call().unwrap();
+    let mut get = agent
+        .get(&url)
+        .header("Accept", ACCEPT_ALL_MANIFESTS)
+        .call()
+        .unwrap();
     assert_eq!(get.status(), 200);
     assert_eq!(
         get.headers().get("content-type").unwrap(),
         "application/vnd.docker.distribution.manifest.v1+prettyjws"
     );
     assert!(get.headers().get("docker-content-digest").is_none());
-    let body: serde_json::Value = serde_json::from_slice(&get.body_mut().read_to_vec().unwrap()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&get.body_mut().read_to_vec().unwrap()).unwrap();
     assert_eq!(body["schemaVersion"], 1);
+}
+
+#[test]
+fn registry_stop_and_restart_keeps_port_and_data() {
+    let mut registry = Registry::start(Auth::htpasswd("alice", "pw"));
+    let digest = push_image(
+        &registry,
+        "demo/app",
+        "latest",
+        &ImageSpec::linux_amd64("kept"),
+    );
+    let host = registry.host();
+    registry.stop();
+    let down = raw_agent(Duration::from_secs(2))
+        .get(format!("http://{host}/v2/"))
+        .call();
+    assert!(down.is_err(), "a stopped registry still answers");
+    registry.restart();
+    assert_eq!(registry.host(), host);
+    let client = RegistryClient::for_registry(&registry);
+    let got = client.head_manifest("demo/app", "latest", ACCEPT_ALL_MANIFESTS);
+    assert_eq!(
+        got.header("Docker-Content-Digest"),
+        Some(digest.as_str()),
+        "log:\n{}",
+        registry.log()
+    );
 }

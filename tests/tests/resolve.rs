@@ -395,5 +395,8 @@ fn schema1_answer_is_refused_rather_than_hashed() {
     let fake = FakeRegistry::schema1_only();
     let out = resolve(&format!("{}/{REPO}:latest", fake.host()), &[]);
     assert_failed(&out);
-    assert!(out.stderr.to_ascii_lowercase().contains("schema1"), "stderr should say why: {out}");
+    assert!(
+        out.stderr.to_ascii_lowercase().contains("schema1"),
+        "stderr should say why: {out}"
+    );
 }

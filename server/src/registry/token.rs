@@ -4,7 +4,7 @@
 //! they expire, shared by all requests and threads of a resolver.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::base64;
@@ -35,10 +35,12 @@ pub(crate) struct TokenKey {
     pub user: Option<String>,
 }
 
-/// Tokens by key, until shortly before expiry.
+/// Tokens by key, until shortly before expiry; one request per key at a time, so that
+/// references resolved in parallel from one repository share one token.
 #[derive(Debug, Default)]
 pub(crate) struct TokenCache {
     entries: Mutex<HashMap<TokenKey, CachedToken>>,
+    fetching: Mutex<HashMap<TokenKey, Arc<Mutex<()>>>>,
 }
 
 #[derive(Debug)]
@@ -68,6 +70,12 @@ impl TokenCache {
                 usable_until,
             },
         );
+    }
+
+    /// The lock a thread holds while it asks the realm for `key`'s token.
+    fn fetch_lock(&self, key: &TokenKey) -> Arc<Mutex<()>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(fetching.entry(key.clone()).or_default())
     }
 
     /// Drops `token` for `key` (the registry refused it), unless another one replaced it.
@@ -112,6 +120,13 @@ pub(crate) fn fetch(
                 asker.domain, key.realm
             ),
         });
+    }
+
+    // Threads that missed the cache together wait here for the first one's token.
+    let lock = cache.fetch_lock(key);
+    let _one_request_per_key = lock.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(token) = cache.get(key) {
+        return Ok(token);
     }
 
     let url = token_url(&key.realm, key.service.as_deref(), &key.scopes);
