@@ -53,7 +53,9 @@ pub fn apply(
                 let failure = Activity::Failed { kind, message: message.clone() };
                 activity(key, Some(&failure));
                 if let Some(wanted) = by_key.get(key) {
-                    if let Err(e) = store.record_failure(key, &wanted.image, &wanted.config_hash, &message, &retry_backoff) {
+                    if let Err(e) =
+                        store.record_failure(key, &wanted.image, &wanted.config_hash, &message, &retry_backoff)
+                    {
                         log::error!("{e}");
                     }
                 }
@@ -124,7 +126,9 @@ fn run_step(
             engine.start(&id).map_err(|e| ("start_failed", e))?;
             activity(service, None);
             if let Some(wanted) = desired.get(service) {
-                store.record_deployed(service, &wanted.image, &wanted.config_hash, &id).map_err(|e| ("store_failed", e))?;
+                store
+                    .record_deployed(service, &wanted.image, &wanted.config_hash, &id)
+                    .map_err(|e| ("store_failed", e))?;
                 let message = format!("started {name} ({}) from {}", short(&id), wanted.image);
                 log::info!("{message}");
                 let _ = store.log_event("info", &message);

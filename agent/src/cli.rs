@@ -36,9 +36,7 @@ Durations are whole seconds or a number with s, m or h. Logs: RUST_LOG=debug for
 ";
 
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
     match run_cli(std::env::args_os().skip(1).collect()) {
         Ok(code) => code,
         Err(error) => {

@@ -71,8 +71,10 @@ impl ServerClient {
         }
         let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = expect_success(&url, response)?;
-        let mut answer: Value = serde_json::from_str(&body)
-            .map_err(|e| Error::ServerProtocol { url: url.clone(), reason: format!("target state is not JSON: {e}") })?;
+        let mut answer: Value = serde_json::from_str(&body).map_err(|e| Error::ServerProtocol {
+            url: url.clone(),
+            reason: format!("target state is not JSON: {e}"),
+        })?;
         let state = answer.get_mut(uuid).map(Value::take).ok_or_else(|| Error::ServerProtocol {
             url: url.clone(),
             reason: format!("the answer has no state for {uuid}"),
@@ -105,12 +107,8 @@ fn unreachable(url: &str, error: ureq::Error) -> Error {
 /// The body of a 2xx answer; otherwise the server's `message` in an error.
 fn expect_success(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<String, Error> {
     let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_TARGET_BYTES)
-        .read_to_string()
-        .map_err(|e| unreachable(url, e))?;
+    let body =
+        response.body_mut().with_config().limit(MAX_TARGET_BYTES).read_to_string().map_err(|e| unreachable(url, e))?;
     if (200..300).contains(&status) {
         return Ok(body);
     }

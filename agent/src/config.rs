@@ -67,10 +67,9 @@ impl Config {
         let mut config = Config::default();
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                for (line, key, value) in parse_flat_toml(&text).map_err(|reason| Error::Config {
-                    source_name: path.display().to_string(),
-                    reason,
-                })? {
+                for (line, key, value) in parse_flat_toml(&text)
+                    .map_err(|reason| Error::Config { source_name: path.display().to_string(), reason })?
+                {
                     config.set(&key, &value).map_err(|reason| Error::Config {
                         source_name: format!("{}:{line}", path.display()),
                         reason,

@@ -50,7 +50,8 @@ pub fn ensure_identity(config: &Config, store: &AgentStore, client: &ServerClien
     match outcome {
         Ok(()) => {}
         // Registered before, but the answer was lost: the key works if a poll does.
-        Err(Error::ServerStatus { status: 409, .. }) if client.poll(&identity.uuid, &identity.device_key, None).is_ok() => {}
+        Err(Error::ServerStatus { status: 409, .. })
+            if client.poll(&identity.uuid, &identity.device_key, None).is_ok() => {}
         Err(Error::ServerUnreachable { url, reason }) => {
             log::warn!("registration deferred, server unreachable at {url}: {reason}");
             return Ok(None);

@@ -63,7 +63,8 @@ fn service_report(wanted: &DesiredService, input: &ReportInput<'_>) -> Value {
         .containers
         .iter()
         .filter(|c| {
-            c.labels.get(LABEL_APP_ID) == Some(&key.app_id) && c.labels.get(LABEL_SERVICE_NAME) == Some(&key.service_name)
+            c.labels.get(LABEL_APP_ID) == Some(&key.app_id)
+                && c.labels.get(LABEL_SERVICE_NAME) == Some(&key.service_name)
         })
         .collect();
     let current = mine.iter().find(|c| c.labels.get(LABEL_CONFIG_HASH) == Some(&wanted.config_hash));
@@ -130,9 +131,7 @@ fn docker_status(state: &str) -> &'static str {
 /// `PRETTY_NAME` from `/etc/os-release`.
 pub fn os_version() -> Option<String> {
     let text = std::fs::read_to_string("/etc/os-release").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map(|v| v.trim_matches('"').to_string())
+    text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_string())
 }
 
 /// The local address the device uses to reach `server_host` (a UDP "connect" sends nothing).

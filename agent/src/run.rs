@@ -33,7 +33,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     })?;
     let store = AgentStore::open(&config.db)?;
     let client = ServerClient::new(&server, SERVER_TIMEOUT);
-    log::info!("pinion-agent {} starting; server {server}, database {}", env!("CARGO_PKG_VERSION"), config.db.display());
+    log::info!(
+        "pinion-agent {} starting; server {server}, database {}",
+        env!("CARGO_PKG_VERSION"),
+        config.db.display()
+    );
 
     let identity = wait_for_identity(&config, &store, &client)?;
     let engine = wait_for_engine(&config);
@@ -154,8 +158,12 @@ impl Agent {
             }
         }
         let networks = self.engine.managed_networks()?;
-        let steps =
-            plan(&PlanInput { desired: &desired, containers: &containers, holding: &holding, managed_networks: &networks });
+        let steps = plan(&PlanInput {
+            desired: &desired,
+            containers: &containers,
+            holding: &holding,
+            managed_networks: &networks,
+        });
         let mut activities = BTreeMap::new();
         if !steps.is_empty() {
             log::info!("applying {} step(s)", steps.len());
@@ -175,7 +183,8 @@ impl Agent {
     ) -> BTreeMap<ServiceKey, Activity> {
         let mut live: BTreeMap<ServiceKey, Activity> = BTreeMap::new();
         let mut last_progress = Instant::now() - PROGRESS_REPORT_EVERY;
-        let (store, engine, client, identity, info) = (&self.store, &self.engine, &self.client, &self.identity, &self.info);
+        let (store, engine, client, identity, info) =
+            (&self.store, &self.engine, &self.client, &self.identity, &self.info);
         let records = store.services().unwrap_or_default();
         let mut on_activity = |key: &ServiceKey, activity: Option<&Activity>| {
             match activity {

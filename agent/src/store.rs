@@ -200,7 +200,13 @@ impl AgentStore {
     }
 
     /// Records a service as deployed (its container created and started): failures reset.
-    pub fn record_deployed(&self, key: &ServiceKey, image: &str, config_hash: &str, container_id: &str) -> Result<(), Error> {
+    pub fn record_deployed(
+        &self,
+        key: &ServiceKey,
+        image: &str,
+        config_hash: &str,
+        container_id: &str,
+    ) -> Result<(), Error> {
         self.conn
             .execute(
                 "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error, updated_at)
@@ -265,7 +271,10 @@ impl AgentStore {
     /// Forgets a service that is no longer in the target.
     pub fn forget_service(&self, key: &ServiceKey) -> Result<(), Error> {
         self.conn
-            .execute("DELETE FROM services WHERE app_id = ?1 AND service_name = ?2", params![key.app_id, key.service_name])
+            .execute(
+                "DELETE FROM services WHERE app_id = ?1 AND service_name = ?2",
+                params![key.app_id, key.service_name],
+            )
             .map_err(db("forgetting a service"))?;
         Ok(())
     }
@@ -298,13 +307,13 @@ impl AgentStore {
     /// Appends to the event log, dropping the oldest beyond `EVENT_LOG_LIMIT`.
     pub fn log_event(&self, level: &str, message: &str) -> Result<(), Error> {
         self.conn
-            .execute("INSERT INTO events (at, level, message) VALUES (?1, ?2, ?3)", params![unix_now() as i64, level, message])
+            .execute(
+                "INSERT INTO events (at, level, message) VALUES (?1, ?2, ?3)",
+                params![unix_now() as i64, level, message],
+            )
             .map_err(db("logging an event"))?;
         self.conn
-            .execute(
-                "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
-                params![EVENT_LOG_LIMIT],
-            )
+            .execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", params![EVENT_LOG_LIMIT])
             .map_err(db("trimming the event log"))?;
         Ok(())
     }
@@ -341,7 +350,10 @@ mod tests {
             store.save_target(Some("\"e1\""), "{\"apps\":{}}").unwrap();
         }
         let store = AgentStore::open(&path).unwrap();
-        assert_eq!(store.identity().unwrap(), Some(Identity { uuid: "u".into(), device_key: "k".into(), registered: true }));
+        assert_eq!(
+            store.identity().unwrap(),
+            Some(Identity { uuid: "u".into(), device_key: "k".into(), registered: true })
+        );
         assert_eq!(store.target().unwrap().unwrap().etag.as_deref(), Some("\"e1\""));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

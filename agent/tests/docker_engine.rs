@@ -161,14 +161,21 @@ impl Fixture {
         let image = self.import_busybox();
         let (_, tag) = image.split_once(':').expect("repo:tag");
         let remote = format!("{}/{TEST_REPOSITORY}", registry.host());
-        let (status, reply) = self.raw.call("POST", &format!("/images/{image}/tag?repo={remote}&tag={tag}"), vec![], &[]);
+        let (status, reply) =
+            self.raw.call("POST", &format!("/images/{image}/tag?repo={remote}&tag={tag}"), vec![], &[]);
         assert_eq!(status, 201, "tag: {}", String::from_utf8_lossy(&reply));
         self.images.push(format!("{remote}:{tag}"));
 
         // An empty X-Registry-Auth (`{}`): push refuses requests without the header.
-        let pushed = self.raw.stream("push", &format!("/images/{remote}/push?tag={tag}"), vec![], &[("X-Registry-Auth", "e30=")]);
+        let pushed = self.raw.stream(
+            "push",
+            &format!("/images/{remote}/push?tag={tag}"),
+            vec![],
+            &[("X-Registry-Auth", "e30=")],
+        );
         let digest = pushed.iter().find_map(|e| e["aux"]["Digest"].as_str()).map(String::from);
-        let digest = digest.unwrap_or_else(|| panic!("push reported no digest: {pushed:?}\nregistry log:\n{}", registry.log()));
+        let digest =
+            digest.unwrap_or_else(|| panic!("push reported no digest: {pushed:?}\nregistry log:\n{}", registry.log()));
         let manifest = registry.manifest(&format!("{TEST_REPOSITORY}:{tag}"));
         let layer = manifest["layers"][0]["digest"].as_str().expect("a layer digest in the manifest").to_string();
 
@@ -313,11 +320,8 @@ impl Registry {
             .spawn()
             .expect("spawning docker-registry");
         let mut registry = Registry { child, port, dir };
-        let probe = ureq::Agent::config_builder()
-            .proxy(None)
-            .timeout_global(Some(Duration::from_secs(2)))
-            .build()
-            .new_agent();
+        let probe =
+            ureq::Agent::config_builder().proxy(None).timeout_global(Some(Duration::from_secs(2))).build().new_agent();
         let url = format!("http://127.0.0.1:{port}/v2/");
         let up = eventually(Duration::from_secs(30), || {
             matches!(registry.child.try_wait(), Ok(None)) && probe.get(&url).call().is_ok()
@@ -399,7 +403,10 @@ fn container_lifecycle_create_start_stop_start_remove() {
     let (name, id) = fx.create_managed(&image, &["/bin/sleep", "300"]);
 
     let created = fx.listed(&id).expect("a labelled container is listed");
-    assert_eq!((created.name.as_str(), created.state.as_str(), created.image.as_str()), (name.as_str(), "created", image.as_str()));
+    assert_eq!(
+        (created.name.as_str(), created.state.as_str(), created.image.as_str()),
+        (name.as_str(), "created", image.as_str())
+    );
     assert_eq!(created.labels.get(LABEL_APP_ID).map(String::as_str), Some("1001"));
     assert_eq!(created.labels.get(LABEL_SERVICE_NAME).map(String::as_str), Some("web"));
 
@@ -474,7 +481,8 @@ fn ensure_network_twice_makes_one_managed_network_and_remove_network_is_idempote
     let filters = format!("%7B%22name%22%3A%5B%22{name}%22%5D%7D");
     let (status, networks) = fx.raw.json("GET", &format!("/networks?filters={filters}"));
     assert_eq!(status, 200);
-    let same_name: Vec<&Value> = networks.as_array().expect("array").iter().filter(|n| n["Name"] == name.as_str()).collect();
+    let same_name: Vec<&Value> =
+        networks.as_array().expect("array").iter().filter(|n| n["Name"] == name.as_str()).collect();
     assert_eq!(same_name.len(), 1, "{networks}");
     assert_eq!(same_name[0]["Labels"][LABEL_MANAGED], "true");
     let managed = fx.engine.managed_networks().expect("managed_networks");
@@ -533,7 +541,10 @@ fn has_image_is_true_for_an_imported_image_and_false_for_an_unknown_one() {
     let image = fx.import_busybox();
     assert!(fx.engine.has_image(&image).expect("has_image"));
     assert!(!fx.engine.has_image(&format!("{image}-never-made")).expect("has_image"));
-    assert!(!fx.engine.has_image("127.0.0.1:1/none@sha256:0000000000000000000000000000000000000000000000000000000000000000").expect("has_image"));
+    assert!(!fx
+        .engine
+        .has_image("127.0.0.1:1/none@sha256:0000000000000000000000000000000000000000000000000000000000000000")
+        .expect("has_image"));
 }
 
 #[test]
@@ -559,9 +570,9 @@ fn pull_by_digest_from_a_local_registry_reports_progress_to_100_percent() {
     assert!(!fx.engine.has_image(&published.by_digest).expect("has_image"));
 
     let mut seen: Vec<PullProgress> = Vec::new();
-    fx.engine.pull(&published.by_digest, None, &mut |p| seen.push(p)).unwrap_or_else(|e| {
-        panic!("pull {}: {e}\nregistry log:\n{}", published.by_digest, registry.log())
-    });
+    fx.engine
+        .pull(&published.by_digest, None, &mut |p| seen.push(p))
+        .unwrap_or_else(|e| panic!("pull {}: {e}\nregistry log:\n{}", published.by_digest, registry.log()));
 
     assert!(seen.iter().any(|p| p.total > 0), "no progress with a known size: {seen:?}");
     assert_eq!(seen.last().and_then(PullProgress::percent), Some(100), "{seen:?}");

@@ -33,10 +33,7 @@ pub struct Reference {
 impl Reference {
     /// Parses a reference the way `docker pull` does (familiar names allowed).
     pub fn parse(input: &str) -> Result<Reference, Error> {
-        parse_normalized(input).map_err(|reason| Error::InvalidReference {
-            reference: input.to_string(),
-            reason,
-        })
+        parse_normalized(input).map_err(|reason| Error::InvalidReference { reference: input.to_string(), reason })
     }
 
     /// Registry host, normalized: `docker.io` for Docker Hub (also for `index.docker.io`).
@@ -178,9 +175,7 @@ fn split_docker_domain(name: &str) -> (&str, String) {
     let (domain, remote) = match name.split_once('/') {
         None => return (DEFAULT_DOMAIN, format!("{OFFICIAL_REPO_PREFIX}{name}")),
         Some((LEGACY_DEFAULT_DOMAIN, rest)) => (DEFAULT_DOMAIN, rest),
-        Some((first, rest))
-            if first == "localhost" || first.contains(['.', ':']) || has_uppercase(first) =>
-        {
+        Some((first, rest)) if first == "localhost" || first.contains(['.', ':']) || has_uppercase(first) => {
             (first, rest)
         }
         Some(_) => (DEFAULT_DOMAIN, name),
@@ -210,11 +205,7 @@ mod tests {
             ("a.b/c/d", "a.b", "c/d"),
         ];
         for (input, domain, remote) in cases {
-            assert_eq!(
-                split_docker_domain(input),
-                (domain, remote.to_string()),
-                "{input}"
-            );
+            assert_eq!(split_docker_domain(input), (domain, remote.to_string()), "{input}");
         }
     }
 }

@@ -154,10 +154,9 @@ impl<'de, T: for<'a> Deserialize<'a>> Deserialize<'de> for Keyed<T> {
                 .collect::<Result<_, _>>()
                 .map(Keyed::List),
             Value::Null => Ok(Keyed::default()),
-            other => Err(de::Error::custom(format!(
-                "expected an object keyed by id or an array, found {}",
-                kind(&other)
-            ))),
+            other => {
+                Err(de::Error::custom(format!("expected an object keyed by id or an array, found {}", kind(&other))))
+            }
         }
     }
 }
@@ -202,8 +201,8 @@ mod tests {
     fn apps_of_the_wrong_type_are_refused_with_a_reason() {
         let err = serde_json::from_str::<TargetState>(r#"{"apps": "web"}"#).unwrap_err();
         assert!(err.to_string().contains("expected an object keyed by id or an array"), "{err}");
-        let err = serde_json::from_str::<TargetState>(r#"{"apps": {"1": {"services": [{"imageName": 5}]}}}"#)
-            .unwrap_err();
+        let err =
+            serde_json::from_str::<TargetState>(r#"{"apps": {"1": {"services": [{"imageName": 5}]}}}"#).unwrap_err();
         assert!(err.to_string().contains("1: [0]"), "{err}");
     }
 }

@@ -77,27 +77,11 @@ fn valid_cases() -> Vec<Valid> {
         ok("docker.io/docker/docker", "docker.io", "docker/docker"),
         ok("docker.io/library/debian", "docker.io", "library/debian"),
         ok("docker.io/debian", "docker.io", "library/debian"),
-        ok(
-            "index.docker.io/docker/docker",
-            "docker.io",
-            "docker/docker",
-        ),
-        ok(
-            "index.docker.io/library/debian",
-            "docker.io",
-            "library/debian",
-        ),
+        ok("index.docker.io/docker/docker", "docker.io", "docker/docker"),
+        ok("index.docker.io/library/debian", "docker.io", "library/debian"),
         ok("index.docker.io/debian", "docker.io", "library/debian"),
-        ok(
-            "127.0.0.1:5000/docker/docker",
-            "127.0.0.1:5000",
-            "docker/docker",
-        ),
-        ok(
-            "127.0.0.1:5000/library/debian",
-            "127.0.0.1:5000",
-            "library/debian",
-        ),
+        ok("127.0.0.1:5000/docker/docker", "127.0.0.1:5000", "docker/docker"),
+        ok("127.0.0.1:5000/library/debian", "127.0.0.1:5000", "library/debian"),
         ok("127.0.0.1:5000/debian", "127.0.0.1:5000", "debian"),
         ok("192.168.0.1", "docker.io", "library/192.168.0.1"),
         ok("192.168.0.1:80", "docker.io", "library/192.168.0.1").tag("80"),
@@ -109,32 +93,16 @@ fn valid_cases() -> Vec<Valid> {
             "library/thisisthesongthatneverendsitgoesonandonandonthisisthesongthatnev",
         ),
         ok("[fc00::1]:5000/docker", "[fc00::1]:5000", "docker"),
-        ok(
-            "[fc00::1]:5000/docker/docker",
-            "[fc00::1]:5000",
-            "docker/docker",
-        ),
-        ok(
-            "[fc00:1:2:3:4:5:6:7]:5000/library/debian",
-            "[fc00:1:2:3:4:5:6:7]:5000",
-            "library/debian",
-        ),
+        ok("[fc00::1]:5000/docker/docker", "[fc00::1]:5000", "docker/docker"),
+        ok("[fc00:1:2:3:4:5:6:7]:5000/library/debian", "[fc00:1:2:3:4:5:6:7]:5000", "library/debian"),
         // With a host the 64-hex string is a name, not an image ID (Go's familiar form
         // of it is the bare hex, which does not parse back).
-        ok(
-            format!("docker.io/{HEX64}"),
-            "docker.io",
-            format!("library/{HEX64}"),
-        ),
+        ok(format!("docker.io/{HEX64}"), "docker.io", format!("library/{HEX64}")),
         ok("Docker/docker", "Docker", "docker").expect("Docker/docker", "Docker/docker:latest"),
         ok("DOCKER/docker", "DOCKER", "docker"),
         // normalize_test.go TestValidateRemoteName.
         ok("docker-rules/docker", "docker.io", "docker-rules/docker"),
-        ok(
-            "docker---rules/docker",
-            "docker.io",
-            "docker---rules/docker",
-        ),
+        ok("docker---rules/docker", "docker.io", "docker---rules/docker"),
         ok("doc/docker", "docker.io", "doc/docker"),
         ok("d/docker", "docker.io", "d/docker"),
         ok("jess/t", "docker.io", "jess/t"),
@@ -142,48 +110,18 @@ fn valid_cases() -> Vec<Valid> {
         // normalize_test.go TestParseRepositoryInfo.
         ok("fooo/bar", "docker.io", "fooo/bar").expect("fooo/bar", "docker.io/fooo/bar:latest"),
         ok("index.docker.io/fooo/bar", "docker.io", "fooo/bar"),
-        ok("ubuntu", "docker.io", "library/ubuntu")
-            .expect("ubuntu", "docker.io/library/ubuntu:latest"),
+        ok("ubuntu", "docker.io", "library/ubuntu").expect("ubuntu", "docker.io/library/ubuntu:latest"),
         ok("nonlibrary/ubuntu", "docker.io", "nonlibrary/ubuntu"),
         ok("other/library", "docker.io", "other/library"),
-        ok(
-            "127.0.0.1:8000/private/moonbase",
-            "127.0.0.1:8000",
-            "private/moonbase",
-        ),
-        ok(
-            "127.0.0.1:8000/privatebase",
-            "127.0.0.1:8000",
-            "privatebase",
-        ),
-        ok(
-            "example.com/private/moonbase",
-            "example.com",
-            "private/moonbase",
-        ),
+        ok("127.0.0.1:8000/private/moonbase", "127.0.0.1:8000", "private/moonbase"),
+        ok("127.0.0.1:8000/privatebase", "127.0.0.1:8000", "privatebase"),
+        ok("example.com/private/moonbase", "example.com", "private/moonbase"),
         ok("example.com/privatebase", "example.com", "privatebase"),
-        ok(
-            "example.com:8000/private/moonbase",
-            "example.com:8000",
-            "private/moonbase",
-        ),
-        ok(
-            "example.com:8000/privatebasee",
-            "example.com:8000",
-            "privatebasee",
-        ),
-        ok(
-            "ubuntu-12.04-base",
-            "docker.io",
-            "library/ubuntu-12.04-base",
-        ),
-        ok(
-            "index.docker.io/library/ubuntu-12.04-base",
-            "docker.io",
-            "library/ubuntu-12.04-base",
-        ),
-        ok("docker.io/foo", "docker.io", "library/foo")
-            .expect("foo", "docker.io/library/foo:latest"),
+        ok("example.com:8000/private/moonbase", "example.com:8000", "private/moonbase"),
+        ok("example.com:8000/privatebasee", "example.com:8000", "privatebasee"),
+        ok("ubuntu-12.04-base", "docker.io", "library/ubuntu-12.04-base"),
+        ok("index.docker.io/library/ubuntu-12.04-base", "docker.io", "library/ubuntu-12.04-base"),
+        ok("docker.io/foo", "docker.io", "library/foo").expect("foo", "docker.io/library/foo:latest"),
         ok("library/foo/bar", "docker.io", "library/foo/bar")
             .expect("library/foo/bar", "docker.io/library/foo/bar:latest"),
         ok("docker.io/library/foo/bar", "docker.io", "library/foo/bar"),
@@ -191,54 +129,21 @@ fn valid_cases() -> Vec<Valid> {
         ok("Foo/bar", "Foo", "bar").expect("Foo/bar", "Foo/bar:latest"),
         ok("FOO/bar", "FOO", "bar"),
         // normalize_test.go TestParseReferenceWithTagAndDigest / TestParseAnyReference.
-        ok(
-            format!("busybox:latest@{BUSYBOX}"),
-            "docker.io",
-            "library/busybox",
-        )
-        .tag("latest")
-        .digest(BUSYBOX)
-        .expect("busybox", &format!("docker.io/library/busybox@{BUSYBOX}")),
+        ok(format!("busybox:latest@{BUSYBOX}"), "docker.io", "library/busybox")
+            .tag("latest")
+            .digest(BUSYBOX)
+            .expect("busybox", &format!("docker.io/library/busybox@{BUSYBOX}")),
         ok("redis", "docker.io", "library/redis"),
         ok("redis:latest", "docker.io", "library/redis").tag("latest"),
-        ok(
-            "docker.io/library/redis:latest",
-            "docker.io",
-            "library/redis",
-        )
-        .tag("latest"),
+        ok("docker.io/library/redis:latest", "docker.io", "library/redis").tag("latest"),
         ok(format!("redis@{REDIS}"), "docker.io", "library/redis").digest(REDIS),
-        ok(
-            format!("docker.io/library/redis@{REDIS}"),
-            "docker.io",
-            "library/redis",
-        )
-        .digest(REDIS),
+        ok(format!("docker.io/library/redis@{REDIS}"), "docker.io", "library/redis").digest(REDIS),
         ok("dmcgowan/myapp", "docker.io", "dmcgowan/myapp"),
         ok("dmcgowan/myapp:latest", "docker.io", "dmcgowan/myapp").tag("latest"),
-        ok(
-            "docker.io/mcgowan/myapp:latest",
-            "docker.io",
-            "mcgowan/myapp",
-        )
-        .tag("latest"),
-        ok(
-            format!("dmcgowan/myapp@{REDIS}"),
-            "docker.io",
-            "dmcgowan/myapp",
-        )
-        .digest(REDIS),
-        ok(
-            format!("docker.io/dmcgowan/myapp@{REDIS}"),
-            "docker.io",
-            "dmcgowan/myapp",
-        )
-        .digest(REDIS),
-        ok(
-            &REDIS[7..70],
-            "docker.io",
-            format!("library/{}", &REDIS[7..70]),
-        ),
+        ok("docker.io/mcgowan/myapp:latest", "docker.io", "mcgowan/myapp").tag("latest"),
+        ok(format!("dmcgowan/myapp@{REDIS}"), "docker.io", "dmcgowan/myapp").digest(REDIS),
+        ok(format!("docker.io/dmcgowan/myapp@{REDIS}"), "docker.io", "dmcgowan/myapp").digest(REDIS),
+        ok(&REDIS[7..70], "docker.io", format!("library/{}", &REDIS[7..70])),
         ok("dbcc1", "docker.io", "library/dbcc1"),
         // normalize_test.go TestNormalizedSplitHostname.
         ok("test.com/foo", "test.com", "foo"),
@@ -258,45 +163,19 @@ fn valid_cases() -> Vec<Valid> {
         ok("test:5000/repo", "test:5000", "repo"),
         ok("test:5000/repo:tag", "test:5000", "repo").tag("tag"),
         ok(format!("test:5000/repo@{}", f()), "test:5000", "repo").digest(f()),
-        ok(format!("test:5000/repo:tag@{}", f()), "test:5000", "repo")
-            .tag("tag")
-            .digest(f()),
+        ok(format!("test:5000/repo:tag@{}", f()), "test:5000", "repo").tag("tag").digest(f()),
         ok("lowercase:Uppercase", "docker.io", "library/lowercase").tag("Uppercase"),
         // 255-character path: the domain does not count (distribution/reference#9).
-        ok(
-            format!("{}a:tag-puts-this-over-max", "a/".repeat(127)),
-            "docker.io",
-            format!("{}a", "a/".repeat(127)),
-        )
-        .tag("tag-puts-this-over-max"),
-        ok(
-            "sub-dom1.foo.com/bar/baz/quux",
-            "sub-dom1.foo.com",
-            "bar/baz/quux",
-        ),
-        ok(
-            "sub-dom1.foo.com/bar/baz/quux:some-long-tag",
-            "sub-dom1.foo.com",
-            "bar/baz/quux",
-        )
-        .tag("some-long-tag"),
-        ok(
-            "b.gcr.io/test.example.com/my-app:test.example.com",
-            "b.gcr.io",
-            "test.example.com/my-app",
-        )
-        .tag("test.example.com"),
+        ok(format!("{}a:tag-puts-this-over-max", "a/".repeat(127)), "docker.io", format!("{}a", "a/".repeat(127)))
+            .tag("tag-puts-this-over-max"),
+        ok("sub-dom1.foo.com/bar/baz/quux", "sub-dom1.foo.com", "bar/baz/quux"),
+        ok("sub-dom1.foo.com/bar/baz/quux:some-long-tag", "sub-dom1.foo.com", "bar/baz/quux").tag("some-long-tag"),
+        ok("b.gcr.io/test.example.com/my-app:test.example.com", "b.gcr.io", "test.example.com/my-app")
+            .tag("test.example.com"),
         ok("xn--n3h.com/myimage:xn--n3h.com", "xn--n3h.com", "myimage").tag("xn--n3h.com"),
-        ok(
-            format!(
-                "xn--7o8h.com/myimage:xn--7o8h.com@sha512:{}",
-                "f".repeat(128)
-            ),
-            "xn--7o8h.com",
-            "myimage",
-        )
-        .tag("xn--7o8h.com")
-        .digest(format!("sha512:{}", "f".repeat(128))),
+        ok(format!("xn--7o8h.com/myimage:xn--7o8h.com@sha512:{}", "f".repeat(128)), "xn--7o8h.com", "myimage")
+            .tag("xn--7o8h.com")
+            .digest(format!("sha512:{}", "f".repeat(128))),
         ok("foo_bar.com:8080", "docker.io", "library/foo_bar.com").tag("8080"),
         ok("foo/foo_bar.com:8080", "docker.io", "foo/foo_bar.com").tag("8080"),
         ok("192.168.1.1", "docker.io", "library/192.168.1.1"),
@@ -306,51 +185,24 @@ fn valid_cases() -> Vec<Valid> {
         ok("192.168.1.1:5000/repo", "192.168.1.1:5000", "repo"),
         ok("192.168.1.1:5000/repo:5050", "192.168.1.1:5000", "repo").tag("5050"),
         ok("[2001:db8::1]/repo", "[2001:db8::1]", "repo"),
-        ok(
-            "[2001:db8:1:2:3:4:5:6]/repo:tag",
-            "[2001:db8:1:2:3:4:5:6]",
-            "repo",
-        )
-        .tag("tag"),
+        ok("[2001:db8:1:2:3:4:5:6]/repo:tag", "[2001:db8:1:2:3:4:5:6]", "repo").tag("tag"),
         ok("[2001:db8::1]:5000/repo", "[2001:db8::1]:5000", "repo"),
         ok("[2001:db8::1]:5000/repo:tag", "[2001:db8::1]:5000", "repo").tag("tag"),
-        ok(
-            format!("[2001:db8::1]:5000/repo@{}", f()),
-            "[2001:db8::1]:5000",
-            "repo",
-        )
-        .digest(f()),
-        ok(
-            format!("[2001:db8::1]:5000/repo:tag@{}", f()),
-            "[2001:db8::1]:5000",
-            "repo",
-        )
-        .tag("tag")
-        .digest(f()),
+        ok(format!("[2001:db8::1]:5000/repo@{}", f()), "[2001:db8::1]:5000", "repo").digest(f()),
+        ok(format!("[2001:db8::1]:5000/repo:tag@{}", f()), "[2001:db8::1]:5000", "repo").tag("tag").digest(f()),
         ok("[2001:db8::]:5000/repo", "[2001:db8::]:5000", "repo"),
         ok("[::1]:5000/repo", "[::1]:5000", "repo"),
         // pinion's own cases.
         ok("nginx", "docker.io", "library/nginx").expect("nginx", "docker.io/library/nginx:latest"),
         ok("nginx:1.25", "docker.io", "library/nginx").tag("1.25"),
-        ok(
-            format!("nginx:latest@{REDIS}"),
-            "docker.io",
-            "library/nginx",
-        )
-        .tag("latest")
-        .digest(REDIS),
+        ok(format!("nginx:latest@{REDIS}"), "docker.io", "library/nginx").tag("latest").digest(REDIS),
         ok(format!("nginx:1.25@{REDIS}"), "docker.io", "library/nginx")
             .tag("1.25")
             .digest(REDIS)
             .expect("nginx", &format!("docker.io/library/nginx@{REDIS}")),
-        ok(
-            format!("nginx@sha384:{}", "0".repeat(96)),
-            "docker.io",
-            "library/nginx",
-        )
-        .digest(format!("sha384:{}", "0".repeat(96))),
-        ok("[fe80::1]:5000/app", "[fe80::1]:5000", "app")
-            .expect("[fe80::1]:5000/app", "[fe80::1]:5000/app:latest"),
+        ok(format!("nginx@sha384:{}", "0".repeat(96)), "docker.io", "library/nginx")
+            .digest(format!("sha384:{}", "0".repeat(96))),
+        ok("[fe80::1]:5000/app", "[fe80::1]:5000", "app").expect("[fe80::1]:5000/app", "[fe80::1]:5000/app:latest"),
         ok("[FE80::A]:5000/app", "[FE80::A]:5000", "app"),
         ok("localhost/app", "localhost", "app").expect("localhost/app", "localhost/app:latest"),
         ok("localhost:5000/app:v1", "localhost:5000", "app").tag("v1"),
@@ -358,44 +210,19 @@ fn valid_cases() -> Vec<Valid> {
         ok("localhost:5000", "docker.io", "library/localhost").tag("5000"),
         ok("LOCALHOST:5000/a", "LOCALHOST:5000", "a"),
         ok("Foo.com/bar", "Foo.com", "bar"),
-        ok(
-            "index.docker.io/library/ubuntu",
-            "docker.io",
-            "library/ubuntu",
-        )
-        .expect("ubuntu", "docker.io/library/ubuntu:latest"),
-        ok(
-            "index.docker.io:443/ubuntu",
-            "index.docker.io:443",
-            "ubuntu",
-        ),
-        ok(
-            "registry-1.docker.io/library/nginx",
-            "registry-1.docker.io",
-            "library/nginx",
-        ),
+        ok("index.docker.io/library/ubuntu", "docker.io", "library/ubuntu")
+            .expect("ubuntu", "docker.io/library/ubuntu:latest"),
+        ok("index.docker.io:443/ubuntu", "index.docker.io:443", "ubuntu"),
+        ok("registry-1.docker.io/library/nginx", "registry-1.docker.io", "library/nginx"),
         ok("docker.io", "docker.io", "library/docker.io"),
         ok("docker.io/localhost/x", "docker.io", "localhost/x"),
         ok("ghcr.io/owner/app:v1.2.3-rc.1__x", "ghcr.io", "owner/app").tag("v1.2.3-rc.1__x"),
         ok("quay.io/coreos/etcd:v3.5.0", "quay.io", "coreos/etcd").tag("v3.5.0"),
         ok("gcr.io/a/b/c/d/e:_", "gcr.io", "a/b/c/d/e").tag("_"),
         ok("a.b-c.d:1/x-y--z.w_v__u:X", "a.b-c.d:1", "x-y--z.w_v__u").tag("X"),
-        ok(
-            format!("nginx:{}", "t".repeat(128)),
-            "docker.io",
-            "library/nginx",
-        )
-        .tag("t".repeat(128)),
-        ok(
-            "a".repeat(247),
-            "docker.io",
-            format!("library/{}", "a".repeat(247)),
-        ),
-        ok(
-            format!("registry.example.com:5000/{}", "b".repeat(255)),
-            "registry.example.com:5000",
-            "b".repeat(255),
-        ),
+        ok(format!("nginx:{}", "t".repeat(128)), "docker.io", "library/nginx").tag("t".repeat(128)),
+        ok("a".repeat(247), "docker.io", format!("library/{}", "a".repeat(247))),
+        ok(format!("registry.example.com:5000/{}", "b".repeat(255)), "registry.example.com:5000", "b".repeat(255)),
     ]
 }
 
@@ -410,21 +237,14 @@ fn invalid_cases() -> Vec<(String, &'static str)> {
     const UNSUPPORTED: &str = "unsupported digest algorithm";
     const HEX: &str = "cannot specify 64-byte hexadecimal strings";
     let f = sha256("f");
-    let long_namespace =
-        ["this_is_not_a_valid_namespace_because_its_lenth_is_greater_than_255"; 4].join("_");
+    let long_namespace = ["this_is_not_a_valid_namespace_because_its_lenth_is_greater_than_255"; 4].join("_");
     let mut cases: Vec<(String, &'static str)> = vec![
         // reference_test.go TestReferenceParse.
-        (
-            String::new(),
-            "repository name must have at least one component",
-        ),
+        (String::new(), "repository name must have at least one component"),
         (":justtag".into(), FORMAT),
         (format!("@{f}"), FORMAT),
         (format!("repo@sha256:{}", "f".repeat(34)), LENGTH),
-        (
-            format!("validname@invaliddigest:{}", "f".repeat(64)),
-            UNSUPPORTED,
-        ),
+        (format!("validname@invaliddigest:{}", "f".repeat(64)), UNSUPPORTED),
         ("Uppercase:tag".into(), LOWER),
         ("test:5000/Uppercase/lowercase:tag".into(), LOWER),
         (format!("{}a:tag", "a/".repeat(128)), LONG),
@@ -488,10 +308,7 @@ fn invalid_cases() -> Vec<(String, &'static str)> {
         ("ñginx".into(), FORMAT),
         ("ÉCOLE/x".into(), FORMAT),
         ("a".repeat(248), LONG),
-        (
-            format!("registry.example.com:5000/{}", "b".repeat(256)),
-            LONG,
-        ),
+        (format!("registry.example.com:5000/{}", "b".repeat(256)), LONG),
         (format!("x/{}", "y".repeat(254)), LONG),
         // Tags.
         ("nginx:".into(), TAG),
@@ -534,18 +351,8 @@ fn valid_references_parse_and_normalize_like_docker() {
         assert_eq!(r.path(), c.path, "path of {:?}", c.input);
         assert_eq!(r.tag(), c.tag.as_deref(), "tag of {:?}", c.input);
         assert_eq!(r.digest(), c.digest.as_deref(), "digest of {:?}", c.input);
-        assert_eq!(
-            r.familiar_name(),
-            c.familiar,
-            "familiar name of {:?}",
-            c.input
-        );
-        assert_eq!(
-            r.canonical(),
-            c.canonical,
-            "canonical form of {:?}",
-            c.input
-        );
+        assert_eq!(r.familiar_name(), c.familiar, "familiar name of {:?}", c.input);
+        assert_eq!(r.canonical(), c.canonical, "canonical form of {:?}", c.input);
         assert_eq!(r.name(), format!("{}/{}", c.domain, c.path));
         assert_eq!(r.tag_or_latest(), c.tag.as_deref().unwrap_or("latest"));
         assert_eq!(c.input.parse::<Reference>().as_ref(), Ok(&r));
@@ -558,10 +365,7 @@ fn invalid_references_are_refused_with_a_reason() {
     assert!(cases.len() >= 90, "{} invalid cases", cases.len());
     for (input, reason) in &cases {
         match Reference::parse(input) {
-            Err(Error::InvalidReference {
-                reference,
-                reason: got,
-            }) => {
+            Err(Error::InvalidReference { reference, reason: got }) => {
                 assert_eq!(&reference, input);
                 assert_eq!(got, *reason, "reason for {input:?}");
             }
@@ -575,15 +379,8 @@ fn canonical_form_parses_back_to_the_normalized_reference() {
     for c in valid_cases() {
         let r = Reference::parse(&c.input).unwrap();
         let back = Reference::parse(&r.canonical()).unwrap();
-        assert_eq!(
-            (back.domain(), back.path(), back.digest()),
-            (r.domain(), r.path(), r.digest())
-        );
-        let normalized_tag = if r.digest().is_some() {
-            None
-        } else {
-            Some(r.tag_or_latest())
-        };
+        assert_eq!((back.domain(), back.path(), back.digest()), (r.domain(), r.path(), r.digest()));
+        let normalized_tag = if r.digest().is_some() { None } else { Some(r.tag_or_latest()) };
         assert_eq!(back.tag(), normalized_tag, "{}", c.input);
         // Display is Go's String(): the full name with tag and digest as written.
         assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{}", c.input);
@@ -597,10 +394,7 @@ fn familiar_name_is_lossy_like_docker() {
     // host reads back as that host; Go behaves the same.
     let r = Reference::parse("docker.io/localhost/x").unwrap();
     assert_eq!(r.familiar_name(), "localhost/x");
-    assert_eq!(
-        Reference::parse(&r.familiar_name()).unwrap().domain(),
-        "localhost"
-    );
+    assert_eq!(Reference::parse(&r.familiar_name()).unwrap().domain(), "localhost");
     let r = Reference::parse("busybox:1.36").unwrap();
     assert_eq!(r.pinned(REDIS), format!("busybox@{REDIS}"));
     let pinned = Reference::parse(&r.pinned(REDIS)).unwrap();
@@ -637,10 +431,7 @@ fn digests_are_validated_like_go_digest() {
 fn mangled_inputs_never_panic() {
     let mut seeds: Vec<String> = valid_cases().into_iter().map(|c| c.input).collect();
     seeds.extend(invalid_cases().into_iter().map(|(input, _)| input));
-    let junk = [
-        "", "/", ":", "@", ".", "-", "_", "[", "]", " ", "\n", "\r", "\0", "A", "é", "\u{212A}",
-        "🐳",
-    ];
+    let junk = ["", "/", ":", "@", ".", "-", "_", "[", "]", " ", "\n", "\r", "\0", "A", "é", "\u{212A}", "🐳"];
     let mut checked = 0usize;
     for seed in &seeds {
         for i in 0..=seed.len() {
@@ -657,8 +448,7 @@ fn mangled_inputs_never_panic() {
                 checked += 1;
                 if let Ok(r) = Reference::parse(&input) {
                     assert!(!r.domain().is_empty() && r.path().len() <= 255, "{input:?}");
-                    let back = Reference::parse(&r.canonical())
-                        .unwrap_or_else(|e| panic!("{input:?}: {e}"));
+                    let back = Reference::parse(&r.canonical()).unwrap_or_else(|e| panic!("{input:?}: {e}"));
                     assert_eq!(back.name(), r.name(), "{input:?}");
                 }
             }

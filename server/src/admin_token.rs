@@ -30,7 +30,9 @@ pub fn load_or_create(db: &Path) -> Result<String, Error> {
             log::info!("admin token read from {}", path.display());
             return Ok(hash_secret(token.trim()));
         }
-        Ok(_) => return Err(Error::Usage { reason: format!("{} is empty; delete it to make a new token", path.display()) }),
+        Ok(_) => {
+            return Err(Error::Usage { reason: format!("{} is empty; delete it to make a new token", path.display()) })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(Error::Io { path, source }),
     }

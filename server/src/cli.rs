@@ -43,9 +43,7 @@ beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for m
 /// Runs the command line and turns errors into an exit code: 2 for usage and invalid
 /// references, 1 for everything else.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
     match run(std::env::args_os().skip(1).collect()) {
         Ok(code) => code,
         Err(error) => {

@@ -77,10 +77,7 @@ impl fmt::Display for Error {
                 write!(f, "registry {registry} refused access to {reference}: {reason}")
             }
             RateLimited { registry, reference, retry_after } => match retry_after {
-                Some(s) => write!(
-                    f,
-                    "registry {registry} rate-limited the request for {reference}; retry after {s} s"
-                ),
+                Some(s) => write!(f, "registry {registry} rate-limited the request for {reference}; retry after {s} s"),
                 None => write!(f, "registry {registry} rate-limited the request for {reference}"),
             },
             RegistryStatus { registry, reference, status } => {
@@ -96,10 +93,9 @@ impl fmt::Display for Error {
             InvalidImage { app, service, source } => {
                 write!(f, "app {app}, service {service}: {source}")
             }
-            InvalidDeviceId { id } => write!(
-                f,
-                "invalid device id {id:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -"
-            ),
+            InvalidDeviceId { id } => {
+                write!(f, "invalid device id {id:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -")
+            }
             Unauthorized { reason } => write!(f, "{reason}"),
             Forbidden { reason } => write!(f, "{reason}"),
             NotFound { what } => write!(f, "{what} not found"),

@@ -217,8 +217,10 @@ mod tests {
         let services: Vec<_> = images
             .iter()
             .enumerate()
-            .map(|(i, image)| json!({"serviceId": i, "serviceName": format!("s{i}"), "imageName": image,
-                                     "config": {"image": image, "ports": ["80:80"]}}))
+            .map(|(i, image)| {
+                json!({"serviceId": i, "serviceName": format!("s{i}"), "imageName": image,
+                                     "config": {"image": image, "ports": ["80:80"]}})
+            })
             .collect();
         serde_json::from_value(json!({"apps": {"1": {"appId": 1, "appName": "demo", "services": services}}})).unwrap()
     }
@@ -239,7 +241,10 @@ mod tests {
         assert_eq!(s["imageName"], format!("nginx@{D1}"));
         assert_eq!(s["config"]["image"], format!("nginx@{D1}"));
         assert_eq!(s["config"]["ports"], json!(["80:80"]));
-        assert_eq!(s["imageResolution"], json!({"requested": "nginx:latest", "digest": D1, "status": "resolved", "resolvedAt": "T"}));
+        assert_eq!(
+            s["imageResolution"],
+            json!({"requested": "nginx:latest", "digest": D1, "status": "resolved", "resolvedAt": "T"})
+        );
         assert_eq!(service(&target, 1)["imageResolution"]["requested"], "nginx");
     }
 

@@ -84,7 +84,8 @@ impl Fixture {
             .as_str()
             .unwrap()
             .to_string();
-        let body = json!({"uuid": uuid, "deviceName": "gw", "deviceType": "raspberrypi4-64", "deviceApiKey": device_key});
+        let body =
+            json!({"uuid": uuid, "deviceName": "gw", "deviceType": "raspberrypi4-64", "deviceApiKey": device_key});
         let response = self.call("POST", "/api/v1/device/register", Some(&key), Some(body));
         assert_eq!(response.status, 201, "{}", text(&response));
     }
@@ -161,8 +162,7 @@ fn an_invalid_reference_is_a_400_naming_app_and_service_and_nothing_is_stored() 
     let f = Fixture::new();
     f.set_target("dev-1", guide_target("nginx:latest"));
     for bad in ["Nginx:latest", "nginx:bad tag", "nginx\r\nX-Injected: 1", "nginx\0", &"a".repeat(300)] {
-        let response =
-            f.call("PUT", "/api/v1/devices/dev-1/target-state", Some(ADMIN), Some(guide_target(bad)));
+        let response = f.call("PUT", "/api/v1/devices/dev-1/target-state", Some(ADMIN), Some(guide_target(bad)));
         assert_eq!(response.status, 400, "{bad:?}: {}", text(&response));
         let error = json_of(&response);
         assert_eq!(error["error"], "invalid_image");
@@ -220,7 +220,8 @@ fn auth_matrix() {
     f.register("dev-b", KEY_B);
     let bearer = |t: &str| Some(("authorization", format!("Bearer {t}")));
     let device_header = |k: &str| Some(("x-device-api-key", k.to_string()));
-    let cases: Vec<(&str, &str, Option<(&str, String)>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, String)>, u16);
+    let cases: Vec<Case> = vec![
         ("GET", "/api/v1/device/dev-a/state", None, 401),
         ("GET", "/api/v1/device/dev-a/state", device_header("wrong-key"), 401),
         ("GET", "/api/v1/device/dev-a/state", device_header(KEY_A), 200),
@@ -260,7 +261,8 @@ fn registration_needs_a_provisioning_key_and_happens_once() {
     assert_eq!(f.call("POST", "/api/v1/device/register", None, Some(body.clone())).status, 401);
     assert_eq!(f.call("POST", "/api/v1/device/register", Some("guess"), Some(body.clone())).status, 401);
     f.register("dev-1", KEY_A);
-    let created = json_of(&f.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), Some(json!({"description": "line 2"}))));
+    let created =
+        json_of(&f.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), Some(json!({"description": "line 2"}))));
     let key = created["key"].as_str().unwrap();
     assert_eq!(key.len(), 64);
     let again = f.call("POST", "/api/v1/device/register", Some(key), Some(body));
@@ -331,9 +333,24 @@ fn bad_requests_get_json_errors() {
         ("POST", "/api/v1/devices/dev-1/target-state", b"{not json".to_vec(), 400),
         ("POST", "/api/v1/devices/dev-1/target-state", b"".to_vec(), 400),
         ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": "web"}"#.to_vec(), 400),
-        ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": {"1": {"services": [{"imageName": 5}]}}}"#.to_vec(), 400),
-        ("POST", "/api/v1/devices/dev-1/target-state", br#"{"apps": {"1": {"services": [{"serviceName": "x"}]}}}"#.to_vec(), 400),
-        ("POST", "/api/v1/devices/dev-1/target-state", format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(), 400),
+        (
+            "POST",
+            "/api/v1/devices/dev-1/target-state",
+            br#"{"apps": {"1": {"services": [{"imageName": 5}]}}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/devices/dev-1/target-state",
+            br#"{"apps": {"1": {"services": [{"serviceName": "x"}]}}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/devices/dev-1/target-state",
+            format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            400,
+        ),
         ("POST", "/api/v1/devices/bad%20id/target-state", br#"{"apps": {}}"#.to_vec(), 400),
         ("POST", &long_id_path, br#"{"apps": {}}"#.to_vec(), 400),
         ("GET", "/api/v1/nothing-here", vec![], 404),

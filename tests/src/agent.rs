@@ -25,32 +25,15 @@ impl Agent {
         let dir = TempDir::new("agent");
         let env = vec![
             ("PINION_SERVER".to_string(), server_url.to_string()),
-            (
-                "PINION_PROVISIONING_KEY".to_string(),
-                provisioning_key.to_string(),
-            ),
+            ("PINION_PROVISIONING_KEY".to_string(), provisioning_key.to_string()),
             ("PINION_UUID".to_string(), uuid.to_string()),
             ("PINION_POLL_INTERVAL".to_string(), "1".to_string()),
             ("PINION_REPORT_INTERVAL".to_string(), "30".to_string()),
-            (
-                "PINION_DOCKER_SOCKET".to_string(),
-                docker.socket().display().to_string(),
-            ),
-            (
-                "PINION_DB".to_string(),
-                dir.join("agent.db").display().to_string(),
-            ),
-            (
-                "RUST_LOG".to_string(),
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            ),
+            ("PINION_DOCKER_SOCKET".to_string(), docker.socket().display().to_string()),
+            ("PINION_DB".to_string(), dir.join("agent.db").display().to_string()),
+            ("RUST_LOG".to_string(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         ];
-        let mut agent = Agent {
-            child: None,
-            env,
-            dir,
-            starts: 0,
-        };
+        let mut agent = Agent { child: None, env, dir, starts: 0 };
         agent.restart();
         agent
     }
@@ -87,9 +70,7 @@ impl Agent {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -113,11 +94,7 @@ impl Agent {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running pinion-agent status");
-        assert!(
-            out.status.success(),
-            "pinion-agent status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "pinion-agent status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("pinion-agent status prints JSON")
     }
 }

@@ -26,10 +26,7 @@ pub struct HttpReply {
 impl HttpReply {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -68,23 +65,13 @@ impl RegistryClient {
 
     /// Sends a request to `path_or_url` (a path on this registry, or an absolute URL as
     /// found in a `Location` header), answering one `401` challenge if there is one.
-    pub fn request(
-        &self,
-        method: &str,
-        path_or_url: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> HttpReply {
+    pub fn request(&self, method: &str, path_or_url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpReply {
         let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
             path_or_url.to_string()
         } else {
             format!("{}{path_or_url}", self.base)
         };
-        let current = self
-            .authorization
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.authorization.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let reply = self.send(method, &url, headers, body, current.as_deref());
         if reply.status != 401 {
             return reply;
@@ -101,22 +88,12 @@ impl RegistryClient {
 
     /// `GET /v2/<repo>/manifests/<reference>` with `Accept: accept`.
     pub fn get_manifest(&self, repo: &str, reference: &str, accept: &str) -> HttpReply {
-        self.request(
-            "GET",
-            &format!("/v2/{repo}/manifests/{reference}"),
-            &[("Accept", accept)],
-            None,
-        )
+        self.request("GET", &format!("/v2/{repo}/manifests/{reference}"), &[("Accept", accept)], None)
     }
 
     /// `HEAD /v2/<repo>/manifests/<reference>` with `Accept: accept`.
     pub fn head_manifest(&self, repo: &str, reference: &str, accept: &str) -> HttpReply {
-        self.request(
-            "HEAD",
-            &format!("/v2/{repo}/manifests/{reference}"),
-            &[("Accept", accept)],
-            None,
-        )
+        self.request("HEAD", &format!("/v2/{repo}/manifests/{reference}"), &[("Accept", accept)], None)
     }
 
     fn send(
@@ -135,26 +112,18 @@ impl RegistryClient {
             builder = builder.header("Authorization", a);
         }
         let result = match body {
-            Some(bytes) => self
-                .agent
-                .run(builder.body(bytes.to_vec()).expect("valid request")),
-            None if method == "POST" || method == "PUT" || method == "PATCH" => self
-                .agent
-                .run(builder.body(Vec::new()).expect("valid request")),
+            Some(bytes) => self.agent.run(builder.body(bytes.to_vec()).expect("valid request")),
+            None if method == "POST" || method == "PUT" || method == "PATCH" => {
+                self.agent.run(builder.body(Vec::new()).expect("valid request"))
+            }
             None => self.agent.run(builder.body(()).expect("valid request")),
         };
-        let mut response =
-            result.unwrap_or_else(|e| panic!("harness client: {method} {url} failed: {e}"));
+        let mut response = result.unwrap_or_else(|e| panic!("harness client: {method} {url} failed: {e}"));
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         let body = if method == "HEAD" {
             Vec::new()
@@ -166,11 +135,7 @@ impl RegistryClient {
                 .read_to_vec()
                 .unwrap_or_else(|e| panic!("harness client: reading {method} {url}: {e}"))
         };
-        HttpReply {
-            status,
-            headers,
-            body,
-        }
+        HttpReply { status, headers, body }
     }
 
     /// The Authorization value that answers `challenge`, or None when we have nothing
@@ -179,53 +144,28 @@ impl RegistryClient {
         let (scheme, params) = parse_challenge(challenge);
         if scheme.eq_ignore_ascii_case("basic") {
             let (u, p) = self.credentials.as_ref()?;
-            return Some(format!(
-                "Basic {}",
-                base64_std(format!("{u}:{p}").as_bytes())
-            ));
+            return Some(format!("Basic {}", base64_std(format!("{u}:{p}").as_bytes())));
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
+        let param = |name: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
         let realm = param("realm")?;
-        let mut url = format!(
-            "{realm}?service={}",
-            percent_encode(&param("service").unwrap_or_default())
-        );
-        for scope in param("scope")
-            .unwrap_or_default()
-            .split(' ')
-            .filter(|s| !s.is_empty())
-        {
+        let mut url = format!("{realm}?service={}", percent_encode(&param("service").unwrap_or_default()));
+        for scope in param("scope").unwrap_or_default().split(' ').filter(|s| !s.is_empty()) {
             url.push_str("&scope=");
             url.push_str(&percent_encode(scope));
         }
         let mut builder = ureq::http::Request::builder().method("GET").uri(&url);
         if let Some((u, p)) = &self.credentials {
-            builder = builder.header(
-                "Authorization",
-                format!("Basic {}", base64_std(format!("{u}:{p}").as_bytes())),
-            );
+            builder = builder.header("Authorization", format!("Basic {}", base64_std(format!("{u}:{p}").as_bytes())));
         }
-        let mut response = self
-            .agent
-            .run(builder.body(()).expect("valid request"))
-            .ok()?;
+        let mut response = self.agent.run(builder.body(()).expect("valid request")).ok()?;
         if response.status().as_u16() != 200 {
             return None;
         }
-        let body: serde_json::Value =
-            serde_json::from_slice(&response.body_mut().read_to_vec().ok()?).ok()?;
-        let token = body
-            .get("token")
-            .or_else(|| body.get("access_token"))?
-            .as_str()?;
+        let body: serde_json::Value = serde_json::from_slice(&response.body_mut().read_to_vec().ok()?).ok()?;
+        let token = body.get("token").or_else(|| body.get("access_token"))?.as_str()?;
         Some(format!("Bearer {token}"))
     }
 }
@@ -273,21 +213,9 @@ mod tests {
             r#"Bearer realm="http://127.0.0.1:1/token",service="reg",scope="repository:a/b:pull,push repository:c:pull",error="insufficient_scope""#,
         );
         assert_eq!(scheme, "Bearer");
-        assert_eq!(
-            params[0],
-            ("realm".into(), "http://127.0.0.1:1/token".into())
-        );
-        assert_eq!(
-            params[2],
-            (
-                "scope".into(),
-                "repository:a/b:pull,push repository:c:pull".into()
-            )
-        );
+        assert_eq!(params[0], ("realm".into(), "http://127.0.0.1:1/token".into()));
+        assert_eq!(params[2], ("scope".into(), "repository:a/b:pull,push repository:c:pull".into()));
         assert_eq!(params[3], ("error".into(), "insufficient_scope".into()));
-        assert_eq!(
-            parse_challenge(r#"Basic realm="basic-realm""#).1,
-            vec![("realm".into(), "basic-realm".into())]
-        );
+        assert_eq!(parse_challenge(r#"Basic realm="basic-realm""#).1, vec![("realm".into(), "basic-realm".into())]);
     }
 }

@@ -20,9 +20,8 @@ pub struct Docker {
 impl Docker {
     /// The test dockerd; panics with how to start one if it does not answer.
     pub fn connect() -> Docker {
-        let socket: PathBuf = std::env::var_os(DOCKER_SOCKET_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/var/run/docker.sock".into());
+        let socket: PathBuf =
+            std::env::var_os(DOCKER_SOCKET_ENV).map(PathBuf::from).unwrap_or_else(|| "/var/run/docker.sock".into());
         // Debian's CLI matches Debian's engine; a newer one elsewhere on PATH may not.
         let cli = if std::path::Path::new("/usr/bin/docker").is_file() {
             PathBuf::from("/usr/bin/docker")
@@ -30,9 +29,7 @@ impl Docker {
             require_tool("docker", "docker.io")
         };
         let docker = Docker { socket, cli };
-        let ping = docker
-            .command(&["version", "--format", "{{.Server.APIVersion}}"])
-            .output();
+        let ping = docker.command(&["version", "--format", "{{.Server.APIVersion}}"]).output();
         match ping {
             Ok(out) if out.status.success() => docker,
             Ok(out) => panic!(
@@ -51,20 +48,14 @@ impl Docker {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.cli);
-        command
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args);
+        command.arg("-H").arg(format!("unix://{}", self.socket.display())).args(args);
         command.stdin(Stdio::null());
         command
     }
 
     /// Runs `docker ARGS`; panics with its output when it fails.
     pub fn run(&self, args: &[&str]) -> String {
-        let out = self
-            .command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
+        let out = self.command(args).output().unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
         if !out.status.success() {
             panic!(
                 "docker {args:?} failed: {}{}",
@@ -77,10 +68,7 @@ impl Docker {
 
     /// Runs `docker ARGS`, returning whether it succeeded.
     pub fn try_run(&self, args: &[&str]) -> bool {
-        self.command(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        self.command(args).output().map(|o| o.status.success()).unwrap_or(false)
     }
 
     /// `docker import` of a busybox root filesystem with `/version` holding `version`
@@ -98,10 +86,7 @@ impl Docker {
         files: &[(&str, &std::path::Path)],
     ) -> String {
         let busybox = std::path::Path::new("/usr/bin/busybox");
-        assert!(
-            busybox.is_file(),
-            "/usr/bin/busybox is missing: apt-get install busybox-static"
-        );
+        assert!(busybox.is_file(), "/usr/bin/busybox is missing: apt-get install busybox-static");
         let dir = TempDir::new("rootfs");
         let root = dir.join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -111,27 +96,14 @@ impl Docker {
         }
         std::fs::write(root.join("version"), version).unwrap();
         for (name, source) in files {
-            std::fs::copy(source, root.join(name))
-                .unwrap_or_else(|e| panic!("copying {}: {e}", source.display()));
+            std::fs::copy(source, root.join(name)).unwrap_or_else(|e| panic!("copying {}: {e}", source.display()));
         }
         let tar = dir.join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("running tar");
+        let status =
+            Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().expect("running tar");
         assert!(status.success(), "tar of the busybox rootfs failed");
         let change = format!("CMD {cmd}");
-        self.run(&[
-            "import",
-            "--change",
-            &change,
-            tar.to_str().unwrap(),
-            reference,
-        ])
+        self.run(&["import", "--change", &change, tar.to_str().unwrap(), reference])
     }
 
     /// `docker push`; returns the digest the registry stored (`sha256:…`).
@@ -146,13 +118,7 @@ impl Docker {
 
     /// Containers carrying `label` (`key` or `key=value`), as `docker inspect` JSON.
     pub fn containers_with_label(&self, label: &str) -> Vec<Value> {
-        let ids = self.run(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label={label}"),
-        ]);
+        let ids = self.run(&["ps", "-aq", "--no-trunc", "--filter", &format!("label={label}")]);
         let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
         if ids.is_empty() {
             return vec![];

@@ -67,22 +67,14 @@ impl FakeRegistry {
     }
 
     fn start(fault: Fault) -> FakeRegistry {
-        let server =
-            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding a fake registry"));
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("fake registry has an IP address");
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding a fake registry"));
+        let addr = server.server_addr().to_ip().expect("fake registry has an IP address");
         let manifest = Arc::new(fake_manifest());
         let claimed = sha256_digest(b"not the manifest that is served");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let thread = {
-            let (server, manifest, claimed, seen) = (
-                Arc::clone(&server),
-                Arc::clone(&manifest),
-                claimed.clone(),
-                Arc::clone(&seen),
-            );
+            let (server, manifest, claimed, seen) =
+                (Arc::clone(&server), Arc::clone(&manifest), claimed.clone(), Arc::clone(&seen));
             std::thread::Builder::new()
                 .name(format!("fake-registry-{fault:?}"))
                 .spawn(move || {
@@ -103,14 +95,7 @@ impl FakeRegistry {
                 })
                 .expect("spawning a fake registry thread")
         };
-        FakeRegistry {
-            server,
-            addr,
-            manifest,
-            claimed,
-            seen,
-            thread: Some(thread),
-        }
+        FakeRegistry { server, addr, manifest, claimed, seen, thread: Some(thread) }
     }
 
     /// `127.0.0.1:PORT`.
@@ -153,20 +138,13 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
     let is_head = *request.method() == tiny_http::Method::Head;
     let api = header("Docker-Distribution-API-Version", "registry/2.0");
     if path == "/v2/" || path == "/v2" {
-        let _ = request.respond(
-            tiny_http::Response::from_string("{}")
-                .with_header(api)
-                .with_header(json_type()),
-        );
+        let _ = request.respond(tiny_http::Response::from_string("{}").with_header(api).with_header(json_type()));
         return;
     }
     if !(path.starts_with("/v2/") && path.contains("/manifests/")) {
         let body = json!({"errors": [{"code": "NAME_UNKNOWN", "message": "fake registry serves manifests only"}]});
-        let _ = request.respond(
-            tiny_http::Response::from_string(body.to_string())
-                .with_status_code(404)
-                .with_header(json_type()),
-        );
+        let _ = request
+            .respond(tiny_http::Response::from_string(body.to_string()).with_status_code(404).with_header(json_type()));
         return;
     }
     let manifest_type = header("Content-Type", crate::image::DOCKER_MANIFEST);
@@ -190,16 +168,13 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
             )
         }
         Fault::RateLimited => {
-            let body = json!({"errors": [{"code": "TOOMANYREQUESTS", "message": "You have reached your pull rate limit."}]})
-                .to_string();
+            let body =
+                json!({"errors": [{"code": "TOOMANYREQUESTS", "message": "You have reached your pull rate limit."}]})
+                    .to_string();
             let length = body.len();
             tiny_http::Response::new(
                 429.into(),
-                vec![
-                    api,
-                    json_type(),
-                    header("Retry-After", &RETRY_AFTER_SECS.to_string()),
-                ],
+                vec![api, json_type(), header("Retry-After", &RETRY_AFTER_SECS.to_string())],
                 std::io::Cursor::new(body.into_bytes()),
                 Some(length),
                 None,

@@ -34,12 +34,7 @@ pub struct ImageSpec {
 
 impl ImageSpec {
     pub fn new(arch: &str, os: &str, content: impl AsRef<[u8]>) -> ImageSpec {
-        ImageSpec {
-            arch: arch.into(),
-            os: os.into(),
-            variant: None,
-            content: content.as_ref().to_vec(),
-        }
+        ImageSpec { arch: arch.into(), os: os.into(), variant: None, content: content.as_ref().to_vec() }
     }
 
     pub fn linux_amd64(content: impl AsRef<[u8]>) -> ImageSpec {
@@ -51,10 +46,7 @@ impl ImageSpec {
     }
 
     pub fn linux_arm_v7(content: impl AsRef<[u8]>) -> ImageSpec {
-        ImageSpec {
-            variant: Some("v7".into()),
-            ..ImageSpec::new("arm", "linux", content)
-        }
+        ImageSpec { variant: Some("v7".into()), ..ImageSpec::new("arm", "linux", content) }
     }
 
     fn platform(&self) -> Value {
@@ -100,10 +92,7 @@ impl PushedList {
     }
 
     pub fn child_digests(&self) -> Vec<String> {
-        self.children
-            .iter()
-            .map(|(_, p)| p.digest.clone())
-            .collect()
+        self.children.iter().map(|(_, p)| p.digest.clone()).collect()
     }
 }
 
@@ -113,13 +102,7 @@ pub fn push_image(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec) 
 }
 
 /// Pushes `spec` in `format` to `registry` as `repo:tag`.
-pub fn push_image_as(
-    registry: &Registry,
-    repo: &str,
-    tag: &str,
-    spec: &ImageSpec,
-    format: ManifestFormat,
-) -> Pushed {
+pub fn push_image_as(registry: &Registry, repo: &str, tag: &str, spec: &ImageSpec, format: ManifestFormat) -> Pushed {
     let client = RegistryClient::for_registry(registry);
     let pushed = push_platform_image(&client, repo, spec, format);
     put_manifest(&client, repo, tag, &pushed.media_type, &pushed.bytes);
@@ -128,43 +111,21 @@ pub fn push_image_as(
 
 /// Pushes one Docker v2 image per spec (by digest), then a Docker manifest list over
 /// them as `repo:tag`.
-pub fn push_manifest_list(
-    registry: &Registry,
-    repo: &str,
-    tag: &str,
-    children: &[ImageSpec],
-) -> PushedList {
+pub fn push_manifest_list(registry: &Registry, repo: &str, tag: &str, children: &[ImageSpec]) -> PushedList {
     push_list(registry, repo, tag, children, ManifestFormat::Docker)
 }
 
 /// Pushes one OCI image per spec (by digest), then an OCI index over them as `repo:tag`.
-pub fn push_oci_index(
-    registry: &Registry,
-    repo: &str,
-    tag: &str,
-    children: &[ImageSpec],
-) -> PushedList {
+pub fn push_oci_index(registry: &Registry, repo: &str, tag: &str, children: &[ImageSpec]) -> PushedList {
     push_list(registry, repo, tag, children, ManifestFormat::Oci)
 }
 
-fn push_list(
-    registry: &Registry,
-    repo: &str,
-    tag: &str,
-    specs: &[ImageSpec],
-    format: ManifestFormat,
-) -> PushedList {
+fn push_list(registry: &Registry, repo: &str, tag: &str, specs: &[ImageSpec], format: ManifestFormat) -> PushedList {
     let client = RegistryClient::for_registry(registry);
     let mut children = Vec::new();
     for spec in specs {
         let pushed = push_platform_image(&client, repo, spec, format);
-        put_manifest(
-            &client,
-            repo,
-            &pushed.digest,
-            &pushed.media_type,
-            &pushed.bytes,
-        );
+        put_manifest(&client, repo, &pushed.digest, &pushed.media_type, &pushed.bytes);
         children.push((spec.clone(), pushed));
     }
     let media_type = match format {
@@ -181,19 +142,11 @@ fn push_list(
     let bytes = serde_json::to_vec_pretty(&list).expect("json");
     let pushed = finish(media_type, bytes);
     put_manifest(&client, repo, tag, media_type, &pushed.bytes);
-    PushedList {
-        list: pushed,
-        children,
-    }
+    PushedList { list: pushed, children }
 }
 
 /// Uploads the config and layer blobs of `spec` and returns the (not yet PUT) manifest.
-fn push_platform_image(
-    client: &RegistryClient,
-    repo: &str,
-    spec: &ImageSpec,
-    format: ManifestFormat,
-) -> Pushed {
+fn push_platform_image(client: &RegistryClient, repo: &str, spec: &ImageSpec, format: ManifestFormat) -> Pushed {
     let tar = tar_with_one_file("content.txt", &spec.content);
     let layer = gzip(&tar);
     let mut config = json!({
@@ -219,19 +172,11 @@ fn push_platform_image(
         "config": {"mediaType": config_type, "size": config.len(), "digest": config_digest},
         "layers": [{"mediaType": layer_type, "size": layer.len(), "digest": layer_digest}],
     });
-    finish(
-        media_type,
-        serde_json::to_vec_pretty(&manifest).expect("json"),
-    )
+    finish(media_type, serde_json::to_vec_pretty(&manifest).expect("json"))
 }
 
 fn finish(media_type: &str, bytes: Vec<u8>) -> Pushed {
-    Pushed {
-        digest: sha256_digest(&bytes),
-        media_type: media_type.into(),
-        size: bytes.len(),
-        bytes,
-    }
+    Pushed { digest: sha256_digest(&bytes), media_type: media_type.into(), size: bytes.len(), bytes }
 }
 
 /// Monolithic blob upload: `POST /v2/<repo>/blobs/uploads/` → 202 + Location, then
@@ -239,56 +184,24 @@ fn finish(media_type: &str, bytes: Vec<u8>) -> Pushed {
 pub fn upload_blob(client: &RegistryClient, repo: &str, bytes: &[u8]) -> String {
     let digest = sha256_digest(bytes);
     let start = client.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], None);
-    assert_eq!(
-        start.status,
-        202,
-        "starting a blob upload to {repo}: {} {}",
-        start.status,
-        start.text()
-    );
-    let location = start
-        .header("Location")
-        .expect("upload Location header")
-        .to_string();
+    assert_eq!(start.status, 202, "starting a blob upload to {repo}: {} {}", start.status, start.text());
+    let location = start.header("Location").expect("upload Location header").to_string();
     let separator = if location.contains('?') { '&' } else { '?' };
     let url = format!("{location}{separator}digest={digest}");
-    let done = client.request(
-        "PUT",
-        &url,
-        &[("Content-Type", "application/octet-stream")],
-        Some(bytes),
-    );
-    assert_eq!(
-        done.status,
-        201,
-        "finishing the blob upload of {digest} to {repo}: {} {}",
-        done.status,
-        done.text()
-    );
+    let done = client.request("PUT", &url, &[("Content-Type", "application/octet-stream")], Some(bytes));
+    assert_eq!(done.status, 201, "finishing the blob upload of {digest} to {repo}: {} {}", done.status, done.text());
     digest
 }
 
 /// `PUT /v2/<repo>/manifests/<reference>`; checks the registry agrees on the digest.
-pub fn put_manifest(
-    client: &RegistryClient,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    bytes: &[u8],
-) {
+pub fn put_manifest(client: &RegistryClient, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
     let reply = client.request(
         "PUT",
         &format!("/v2/{repo}/manifests/{reference}"),
         &[("Content-Type", media_type)],
         Some(bytes),
     );
-    assert_eq!(
-        reply.status,
-        201,
-        "PUT manifest {repo}:{reference}: {} {}",
-        reply.status,
-        reply.text()
-    );
+    assert_eq!(reply.status, 201, "PUT manifest {repo}:{reference}: {} {}", reply.status, reply.text());
     let expected = sha256_digest(bytes);
     assert_eq!(
         reply.header("Docker-Content-Digest"),
@@ -301,8 +214,7 @@ pub fn put_manifest(
 pub fn tar_with_one_file(name: &str, content: &[u8]) -> Vec<u8> {
     assert!(name.len() < 100, "tar name too long");
     let mut header = [0u8; 512];
-    let mut put =
-        |offset: usize, field: &[u8]| header[offset..offset + field.len()].copy_from_slice(field);
+    let mut put = |offset: usize, field: &[u8]| header[offset..offset + field.len()].copy_from_slice(field);
     put(0, name.as_bytes());
     put(100, b"0000644\0"); // mode
     put(108, b"0000000\0"); // uid
@@ -338,8 +250,7 @@ mod tests {
         let tar = tar_with_one_file("content.txt", b"hello");
         assert_eq!(tar.len(), 512 + 512 + 1024);
         let mut header = tar[..512].to_vec();
-        let stored =
-            u32::from_str_radix(std::str::from_utf8(&header[148..154]).unwrap(), 8).unwrap();
+        let stored = u32::from_str_radix(std::str::from_utf8(&header[148..154]).unwrap(), 8).unwrap();
         header[148..156].copy_from_slice(b"        ");
         assert_eq!(stored, header.iter().map(|&b| u32::from(b)).sum::<u32>());
         assert_eq!(&tar[512..517], b"hello");

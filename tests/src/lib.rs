@@ -21,8 +21,8 @@ pub use client::{HttpReply, RegistryClient, ACCEPT_ALL_MANIFESTS};
 pub use docker::Docker;
 pub use fake::{FakeRegistry, RETRY_AFTER_SECS};
 pub use image::{
-    push_image, push_image_as, push_manifest_list, push_oci_index, ImageSpec, ManifestFormat,
-    Pushed, PushedList, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
+    push_image, push_image_as, push_manifest_list, push_oci_index, ImageSpec, ManifestFormat, Pushed, PushedList,
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
 };
 pub use registry::{Auth, Registry};
 pub use server::{run_cli, run_cli_within, server_binary, ApiReply, CliOutput, Server};

@@ -5,9 +5,7 @@
 //! real content negotiation. Killed and cleaned up on drop.
 
 use crate::token::{TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
-use crate::util::{
-    docker_config_json, free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir,
-};
+use crate::util::{docker_config_json, free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,17 +28,11 @@ pub enum Auth {
 
 impl Auth {
     pub fn htpasswd(user: &str, password: &str) -> Auth {
-        Auth::Htpasswd {
-            user: user.into(),
-            password: password.into(),
-        }
+        Auth::Htpasswd { user: user.into(), password: password.into() }
     }
 
     pub fn token(user: &str, password: &str) -> Auth {
-        Auth::Token {
-            user: user.into(),
-            password: password.into(),
-        }
+        Auth::Token { user: user.into(), password: password.into() }
     }
 
     /// The user and password the registry accepts, if it asks for any.
@@ -121,16 +113,7 @@ impl Registry {
             let log_path = dir.join(&format!("registry-{attempt}.log"));
             match spawn_and_wait(&binary, &config_path, &log_path, port) {
                 Ok(child) => {
-                    return Registry {
-                        child: Some(child),
-                        port,
-                        auth,
-                        binary,
-                        config_path,
-                        log_path,
-                        token,
-                        dir,
-                    };
+                    return Registry { child: Some(child), port, auth, binary, config_path, log_path, token, dir };
                 }
                 Err(Spawn::AddressInUse(log)) => last_log = log,
                 Err(Spawn::Failed(why)) => panic!("{why}\nconfig:\n{config}"),
@@ -154,10 +137,7 @@ impl Registry {
         match spawn_and_wait(&self.binary, &self.config_path, &self.log_path, self.port) {
             Ok(child) => self.child = Some(child),
             Err(Spawn::AddressInUse(log)) => {
-                panic!(
-                    "docker-registry could not get its port {} back:\n{log}",
-                    self.port
-                )
+                panic!("docker-registry could not get its port {} back:\n{log}", self.port)
             }
             Err(Spawn::Failed(why)) => panic!("{why}"),
         }
@@ -232,17 +212,8 @@ enum Spawn {
 
 /// Spawns `docker-registry serve <config>` (output appended to `log_path`) and waits
 /// until `GET /v2/` on `port` answers 200 or 401.
-fn spawn_and_wait(
-    binary: &Path,
-    config: &Path,
-    log_path: &Path,
-    port: u16,
-) -> Result<Child, Spawn> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("opening the registry log");
+fn spawn_and_wait(binary: &Path, config: &Path, log_path: &Path, port: u16) -> Result<Child, Spawn> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("opening the registry log");
     let mut child = Command::new(binary)
         .arg("serve")
         .arg(config)
@@ -269,9 +240,7 @@ fn spawn_and_wait(
             if log.contains("address already in use") {
                 Err(Spawn::AddressInUse(log))
             } else {
-                Err(Spawn::Failed(format!(
-                    "docker-registry {why} during startup; its log:\n{log}"
-                )))
+                Err(Spawn::Failed(format!("docker-registry {why} during startup; its log:\n{log}")))
             }
         }
         None => {
@@ -288,21 +257,11 @@ fn spawn_and_wait(
 /// A bcrypt htpasswd file for one user, made by apache2-utils' `htpasswd`.
 fn write_htpasswd(dir: &TempDir, user: &str, password: &str) -> PathBuf {
     let htpasswd = require_tool("htpasswd", "apache2-utils");
-    let out = Command::new(htpasswd)
-        .args(["-nbB", user, password])
-        .output()
-        .expect("running htpasswd");
-    assert!(
-        out.status.success(),
-        "htpasswd failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(htpasswd).args(["-nbB", user, password]).output().expect("running htpasswd");
+    assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
     let entry = String::from_utf8(out.stdout).expect("htpasswd prints ASCII");
     let line = entry.lines().next().unwrap_or_default().trim().to_string();
-    assert!(
-        line.starts_with(&format!("{user}:$2")),
-        "htpasswd did not print a bcrypt entry: {entry:?}"
-    );
+    assert!(line.starts_with(&format!("{user}:$2")), "htpasswd did not print a bcrypt entry: {entry:?}");
     // A FILE, never a directory: the Debian default config points `path` at a directory,
     // which makes every request with credentials fail with 400 (registry-protocol §10).
     dir.write("htpasswd", format!("{line}\n"))

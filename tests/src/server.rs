@@ -37,22 +37,14 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     // Held while building: cargo would serialize concurrent builds on its lock anyway.
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    built
-        .entry(name.to_string())
-        .or_insert_with(|| build_binary(name))
-        .clone()
-        .unwrap_or_else(|e| panic!("{e}"))
+    built.entry(name.to_string()).or_insert_with(|| build_binary(name)).clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn build_binary(name: &str) -> Result<PathBuf, String> {
     let env_name = format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
     if let Some(path) = std::env::var_os(&env_name) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("{env_name}={} is not a file", path.display()))
-        };
+        return if path.is_file() { Ok(path) } else { Err(format!("{env_name}={} is not a file", path.display())) };
     }
     // <target>/<profile>/deps/<test binary>
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
@@ -60,16 +52,9 @@ fn build_binary(name: &str) -> Result<PathBuf, String> {
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or("test binary has no target dir")?;
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace dir")?;
+    let target_dir = profile_dir.parent().ok_or("test binary has no target dir")?;
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("no workspace dir")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(["build", "--quiet", "-p", name, "--bin", name]);
@@ -98,10 +83,7 @@ fn build_binary(name: &str) -> Result<PathBuf, String> {
     if binary.is_file() {
         Ok(binary)
     } else {
-        Err(format!(
-            "cargo built {name} but {} does not exist",
-            binary.display()
-        ))
+        Err(format!("cargo built {name} but {} does not exist", binary.display()))
     }
 }
 
@@ -120,18 +102,9 @@ pub struct CliOutput {
 impl CliOutput {
     /// The single JSON line on stdout, parsed; panics with the full output otherwise.
     pub fn json(&self) -> Value {
-        let lines: Vec<&str> = self
-            .stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "expected one JSON line on stdout; got:\n{self}"
-        );
-        serde_json::from_str(lines[0])
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+        let lines: Vec<&str> = self.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected one JSON line on stdout; got:\n{self}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
     }
 }
 
@@ -142,11 +115,7 @@ impl std::fmt::Display for CliOutput {
             "exit code {:?} after {:?}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.code,
             self.elapsed,
-            if self.timed_out {
-                " (killed at the deadline)"
-            } else {
-                ""
-            },
+            if self.timed_out { " (killed at the deadline)" } else { "" },
             self.stdout,
             self.stderr
         )
@@ -212,9 +181,8 @@ pub struct ApiReply {
 impl ApiReply {
     /// The body as JSON; panics with the body otherwise.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.body)
-        })
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.body))
     }
 }
 
@@ -282,10 +250,7 @@ impl Server {
         match self.spawn_and_wait() {
             Ok(child) => self.child = Some(child),
             Err(Spawn::AddressInUse(log)) => {
-                panic!(
-                    "pinion-server could not get its port {} back:\n{log}",
-                    self.port
-                )
+                panic!("pinion-server could not get its port {} back:\n{log}", self.port)
             }
             Err(Spawn::Failed(why)) => panic!("{why}"),
         }
@@ -294,11 +259,8 @@ impl Server {
     /// Spawns `serve` on `self.port` (output appended to the log) and waits until the
     /// port accepts connections.
     fn spawn_and_wait(&self) -> Result<Child, Spawn> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("opening the server log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("opening the server log");
         let listen = format!("127.0.0.1:{}", self.port);
         let mut command = Command::new(&self.binary);
         command
@@ -312,9 +274,7 @@ impl Server {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
         let port = self.port;
         let outcome = wait_for(STARTUP_DEADLINE, || {
             if let Ok(Some(status)) = child.try_wait() {
@@ -330,9 +290,7 @@ impl Server {
                 if lower.contains("address already in use") || lower.contains("addrinuse") {
                     Err(Spawn::AddressInUse(log))
                 } else {
-                    Err(Spawn::Failed(format!(
-                        "pinion-server serve {why} during startup; its output:\n{log}"
-                    )))
+                    Err(Spawn::Failed(format!("pinion-server serve {why} during startup; its output:\n{log}")))
                 }
             }
             None => {
@@ -366,13 +324,7 @@ impl Server {
     }
 
     /// `method path` with an optional JSON body and optional bearer token.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        bearer: Option<&str>,
-    ) -> ApiReply {
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>, bearer: Option<&str>) -> ApiReply {
         let url = format!("{}{path}", self.url());
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(token) = bearer {
@@ -382,41 +334,25 @@ impl Server {
         let result = match body {
             Some(json) => {
                 builder = builder.header("Content-Type", "application/json");
-                self.agent
-                    .run(builder.body(json.to_string()).expect("valid request"))
+                self.agent.run(builder.body(json.to_string()).expect("valid request"))
             }
             None => self.agent.run(builder.body(()).expect("valid request")),
         };
-        let mut response = result.unwrap_or_else(|e| {
-            panic!("{method} {url} failed: {e}\nserver output:\n{}", self.log())
-        });
+        let mut response =
+            result.unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nserver output:\n{}", self.log()));
         let status = response.status().as_u16();
         let body = response.body_mut().read_to_string().unwrap_or_default();
-        ApiReply {
-            status,
-            body,
-            elapsed: start.elapsed(),
-        }
+        ApiReply { status, body, elapsed: start.elapsed() }
     }
 
     /// `POST /api/v1/devices/{uuid}/target-state` as the operator.
     pub fn set_target_state(&self, uuid: &str, state: &Value) -> ApiReply {
-        self.request(
-            "POST",
-            &format!("/api/v1/devices/{uuid}/target-state"),
-            Some(state),
-            Some(&self.admin_token),
-        )
+        self.request("POST", &format!("/api/v1/devices/{uuid}/target-state"), Some(state), Some(&self.admin_token))
     }
 
     /// `GET /api/v1/devices/{uuid}/target-state` as the operator.
     pub fn get_target_state(&self, uuid: &str) -> ApiReply {
-        self.request(
-            "GET",
-            &format!("/api/v1/devices/{uuid}/target-state"),
-            None,
-            Some(&self.admin_token),
-        )
+        self.request("GET", &format!("/api/v1/devices/{uuid}/target-state"), None, Some(&self.admin_token))
     }
 }
 

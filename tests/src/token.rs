@@ -65,9 +65,7 @@ impl TokenServer {
         let key_path = dir.join("token-key.pem");
         let cert_path = dir.join("token-cert.pem");
         let out = Command::new(&openssl)
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2",
-            ])
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2"])
             .args(["-subj", "/CN=pinion-test-token-issuer"])
             .arg("-keyout")
             .arg(&key_path)
@@ -75,19 +73,11 @@ impl TokenServer {
             .arg(&cert_path)
             .output()
             .expect("running openssl req");
-        assert!(
-            out.status.success(),
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
         let cert_der_b64 = pem_body(&cert_path);
 
-        let server =
-            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the token server"));
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("token server has an IP address");
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding the token server"));
+        let addr = server.server_addr().to_ip().expect("token server has an IP address");
         let shared = Arc::new(Shared {
             openssl,
             user: user.to_string(),
@@ -109,13 +99,7 @@ impl TokenServer {
                 })
                 .expect("spawning the token server thread")
         };
-        TokenServer {
-            server,
-            addr,
-            shared,
-            thread: Some(thread),
-            cert_path,
-        }
+        TokenServer { server, addr, shared, thread: Some(thread), cert_path }
     }
 
     /// `http://127.0.0.1:PORT/token`: the registry's `auth.token.realm`.
@@ -135,11 +119,7 @@ impl TokenServer {
 
     /// Every request seen so far, in order.
     pub fn request_log(&self) -> Vec<TokenRequest> {
-        self.shared
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -155,12 +135,8 @@ impl Drop for TokenServer {
 /// The base64 text between the PEM armor lines: standard base64 of the DER bytes, which
 /// is what `x5c` carries.
 fn pem_body(path: &Path) -> String {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::trim)
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect()
 }
 
 fn handle(shared: &Shared, request: tiny_http::Request) {
@@ -173,10 +149,7 @@ fn handle(shared: &Shared, request: tiny_http::Request) {
         .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .filter(|s| !s.is_empty())
         .collect();
-    let service = params
-        .iter()
-        .find(|(k, _)| k == "service")
-        .map(|(_, v)| v.clone());
+    let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone());
     let basic = request
         .headers()
         .iter()
@@ -191,16 +164,12 @@ fn handle(shared: &Shared, request: tiny_http::Request) {
 
     let path = url.split('?').next().unwrap_or("");
     let (status, body) = if path != "/token" {
-        (
-            404,
-            json!({"errors": [{"code": "NOT_FOUND", "message": "only /token is served"}]}),
-        )
+        (404, json!({"errors": [{"code": "NOT_FOUND", "message": "only /token is served"}]}))
     } else {
         match &credentials {
-            Some((u, p)) if *u != shared.user || *p != shared.password => (
-                401,
-                json!({"errors": [{"code": "UNAUTHORIZED", "message": "invalid username or password"}]}),
-            ),
+            Some((u, p)) if *u != shared.user || *p != shared.password => {
+                (401, json!({"errors": [{"code": "UNAUTHORIZED", "message": "invalid username or password"}]}))
+            }
             _ => {
                 let subject = credentials.as_ref().map(|(u, _)| u.as_str());
                 let token = issue(shared, service.as_deref().unwrap_or(""), subject, &scopes);
@@ -215,24 +184,17 @@ fn handle(shared: &Shared, request: tiny_http::Request) {
             }
         }
     };
-    shared
-        .log
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(TokenRequest {
-            user: credentials.map(|(u, _)| u),
-            service,
-            scopes,
-            status,
-        });
+    shared.log.lock().unwrap_or_else(|p| p.into_inner()).push(TokenRequest {
+        user: credentials.map(|(u, _)| u),
+        service,
+        scopes,
+        status,
+    });
     let mut response = tiny_http::Response::from_string(body.to_string())
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"));
     if status == 401 {
-        response = response.with_header(header(
-            "WWW-Authenticate",
-            "Basic realm=\"pinion-test-token\"",
-        ));
+        response = response.with_header(header("WWW-Authenticate", "Basic realm=\"pinion-test-token\""));
     }
     let _ = request.respond(response);
 }
@@ -257,11 +219,8 @@ fn issue(shared: &Shared, service: &str, subject: Option<&str>, scopes: &[String
         "jti": random_hex(16),
         "access": access,
     });
-    let signing_input = format!(
-        "{}.{}",
-        base64_url(header.to_string().as_bytes()),
-        base64_url(claims.to_string().as_bytes())
-    );
+    let signing_input =
+        format!("{}.{}", base64_url(header.to_string().as_bytes()), base64_url(claims.to_string().as_bytes()));
     let signature = openssl_sign(&shared.openssl, &shared.key_path, signing_input.as_bytes());
     format!("{signing_input}.{}", base64_url(&signature))
 }
@@ -284,18 +243,9 @@ fn openssl_sign(openssl: &Path, key: &Path, input: &[u8]) -> Vec<u8> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("running openssl dgst");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("writing to openssl");
+    child.stdin.take().expect("stdin").write_all(input).expect("writing to openssl");
     let out = child.wait_with_output().expect("waiting for openssl dgst");
-    assert!(
-        out.status.success(),
-        "openssl dgst failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "openssl dgst failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
@@ -304,10 +254,7 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).
@@ -323,12 +270,7 @@ pub fn rfc3339(unix: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs / 60) % 60, secs % 60)
 }
 
 #[cfg(test)]

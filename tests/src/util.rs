@@ -23,13 +23,9 @@ impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!(
-            "pinion-tests-{}-{n}-{}-{label}",
-            std::process::id(),
-            random_hex(4)
-        ));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("creating temp dir {}: {e}", path.display()));
+        let path =
+            std::env::temp_dir().join(format!("pinion-tests-{}-{n}-{}-{label}", std::process::id(), random_hex(4)));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating temp dir {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -45,8 +41,7 @@ impl TempDir {
     /// Writes `contents` to `name` inside the dir and returns the file's path.
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.join(name);
-        std::fs::write(&path, contents)
-            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         path
     }
 }
@@ -77,9 +72,7 @@ pub fn free_port() -> u16 {
 /// `n` random bytes from the kernel, hex-encoded (2n characters).
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("reading /dev/urandom");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("reading /dev/urandom");
     hex(&buf)
 }
 
@@ -98,11 +91,7 @@ const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrst
 fn base64_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..4 {
@@ -200,14 +189,9 @@ pub fn query_params(target: &str) -> Vec<(String, String)> {
 /// Path of a required executable, or a panic that says how to install it. Tests that
 /// need one of these fail (never skip) on a machine without it.
 pub fn require_tool(name: &str, apt_package: &str) -> PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    for dir in candidates
-        .iter()
-        .map(PathBuf::as_path)
-        .chain([Path::new("/usr/bin"), Path::new("/usr/sbin")])
-    {
+    let candidates =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    for dir in candidates.iter().map(PathBuf::as_path).chain([Path::new("/usr/bin"), Path::new("/usr/sbin")]) {
         let path = dir.join(name);
         if path.is_file() {
             return path;
@@ -282,7 +266,8 @@ mod tests {
 
     #[test]
     fn query_params_decode_scopes() {
-        let q = query_params("/token?service=reg&scope=repository%3Ademo%2Fapp%3Apull&scope=repository:x/y:pull,push&flag");
+        let q =
+            query_params("/token?service=reg&scope=repository%3Ademo%2Fapp%3Apull&scope=repository:x/y:pull,push&flag");
         assert_eq!(q[0], ("service".into(), "reg".into()));
         assert_eq!(q[1], ("scope".into(), "repository:demo/app:pull".into()));
         assert_eq!(q[2], ("scope".into(), "repository:x/y:pull,push".into()));
@@ -292,9 +277,6 @@ mod tests {
 
     #[test]
     fn sha256_digest_of_empty_input() {
-        assert_eq!(
-            sha256_digest(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(sha256_digest(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 }

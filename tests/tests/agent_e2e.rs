@@ -24,10 +24,7 @@ fn take_turn() -> Turn<'static> {
     let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let docker = Docker::connect();
     docker.remove_labelled(MANAGED);
-    Turn {
-        docker,
-        _lock: lock,
-    }
+    Turn { docker, _lock: lock }
 }
 
 impl Drop for Turn<'_> {
@@ -39,23 +36,14 @@ impl Drop for Turn<'_> {
 /// A busybox image whose container prints its version and sleeps; pushed, then removed
 /// locally so that the agent has to pull it. Returns the pushed digest.
 fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
-    docker.import_busybox(
-        reference,
-        version,
-        r#"["/bin/sh", "-c", "cat /version; exec sleep 3600"]"#,
-    );
+    docker.import_busybox(reference, version, r#"["/bin/sh", "-c", "cat /version; exec sleep 3600"]"#);
     let digest = docker.push(reference);
     docker.run(&["rmi", reference]);
     digest
 }
 
 fn provisioning_key(server: &Server) -> String {
-    let reply = server.request(
-        "POST",
-        "/api/v1/provisioning-keys",
-        Some(&json!({})),
-        Some(server.admin_token()),
-    );
+    let reply = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
     assert_eq!(reply.status, 201, "{}", reply.body);
     reply.json()["key"].as_str().unwrap().to_string()
 }
@@ -71,12 +59,7 @@ fn service(name: &str, image: &str, extra: Value) -> Value {
 fn target(apps: &[(u32, &str, Vec<Value>)]) -> Value {
     let apps: serde_json::Map<String, Value> = apps
         .iter()
-        .map(|(id, name, services)| {
-            (
-                id.to_string(),
-                json!({"appId": id, "appName": name, "services": services}),
-            )
-        })
+        .map(|(id, name, services)| (id.to_string(), json!({"appId": id, "appName": name, "services": services})))
         .collect();
     json!({"apps": apps, "config": {}})
 }
@@ -105,26 +88,17 @@ fn converge(agent: &Agent, what: &str, mut check: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    panic!(
-        "{what}: not reached within {CONVERGE:?}; agent log:\n{}",
-        agent.log()
-    );
+    panic!("{what}: not reached within {CONVERGE:?}; agent log:\n{}", agent.log());
 }
 
 /// Exactly one container for the service, running the image `image`.
 fn runs_exactly(docker: &Docker, app_id: u32, name: &str, image: &str) -> bool {
     let containers = running(docker, app_id, name);
-    containers.len() == 1
-        && containers[0]["Config"]["Image"] == image
-        && containers[0]["State"]["Running"] == true
+    containers.len() == 1 && containers[0]["Config"]["Image"] == image && containers[0]["State"]["Running"] == true
 }
 
 fn unique(label: &str) -> String {
-    format!(
-        "{label}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().subsec_nanos()
-    )
+    format!("{label}-{}-{}", std::process::id(), Instant::now().elapsed().subsec_nanos())
 }
 
 #[test]
@@ -140,37 +114,23 @@ fn a_new_push_to_latest_replaces_the_container_with_exactly_one_running() {
     let state = target(&[(1001, "web", vec![service("nginx", &latest, json!({}))])]);
     let answer = set_target(&server, &uuid, &state);
     let pinned_v1 = format!("{}/guide/web@{v1}", registry.host());
-    assert_eq!(
-        answer["apps"]["1001"]["services"][0]["imageName"],
-        pinned_v1
-    );
+    assert_eq!(answer["apps"]["1001"]["services"][0]["imageName"], pinned_v1);
 
     let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
-    converge(&agent, "v1 running", || {
-        runs_exactly(docker, 1001, "nginx", &pinned_v1)
-    });
+    converge(&agent, "v1 running", || runs_exactly(docker, 1001, "nginx", &pinned_v1));
 
     let v2 = push_version(docker, &latest, "v2");
     assert_ne!(v1, v2);
     let answer = set_target(&server, &uuid, &state);
     let pinned_v2 = format!("{}/guide/web@{v2}", registry.host());
-    assert_eq!(
-        answer["apps"]["1001"]["services"][0]["imageName"],
-        pinned_v2
-    );
+    assert_eq!(answer["apps"]["1001"]["services"][0]["imageName"], pinned_v2);
     assert_eq!(answer["version"], 2);
-    converge(&agent, "v2 replaces v1", || {
-        runs_exactly(docker, 1001, "nginx", &pinned_v2)
-    });
+    converge(&agent, "v2 replaces v1", || runs_exactly(docker, 1001, "nginx", &pinned_v2));
 
     // The device reported what it runs.
     converge(&agent, "report of v2 running", || {
-        let current = server.request(
-            "GET",
-            &format!("/api/v1/devices/{uuid}/current-state"),
-            None,
-            Some(server.admin_token()),
-        );
+        let current =
+            server.request("GET", &format!("/api/v1/devices/{uuid}/current-state"), None, Some(server.admin_token()));
         let service = &current.json()["apps"]["1001"]["services"]["nginx"];
         service["status"] == "running" && service["imageName"] == pinned_v2.as_str()
     });
@@ -190,10 +150,7 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
     let two_services = target(&[(
         1,
         "front",
-        vec![
-            service("web", &image, json!({"environment": {"MODE": "a"}})),
-            service("worker", &image, json!({})),
-        ],
+        vec![service("web", &image, json!({"environment": {"MODE": "a"}})), service("worker", &image, json!({}))],
     )]);
     set_target(&server, &uuid, &two_services);
     let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
@@ -207,37 +164,20 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
     let changed = target(&[(
         1,
         "front",
-        vec![
-            service("web", &image, json!({"environment": {"MODE": "b"}})),
-            service("worker", &image, json!({})),
-        ],
+        vec![service("web", &image, json!({"environment": {"MODE": "b"}})), service("worker", &image, json!({}))],
     )]);
     set_target(&server, &uuid, &changed);
     converge(&agent, "web recreated with MODE=b", || {
         let web = running(docker, 1, "web");
         web.len() == 1
             && web[0]["Id"] != web_id
-            && web[0]["Config"]["Env"]
-                .as_array()
-                .is_some_and(|env| env.iter().any(|e| e == "MODE=b"))
+            && web[0]["Config"]["Env"].as_array().is_some_and(|env| env.iter().any(|e| e == "MODE=b"))
     });
-    assert_eq!(
-        running(docker, 1, "worker")[0]["Id"],
-        worker_id,
-        "the unchanged service is left alone"
-    );
+    assert_eq!(running(docker, 1, "worker")[0]["Id"], worker_id, "the unchanged service is left alone");
 
     // Removing a service removes its container; adding an app creates it.
     let reshaped = target(&[
-        (
-            1,
-            "front",
-            vec![service(
-                "web",
-                &image,
-                json!({"environment": {"MODE": "b"}}),
-            )],
-        ),
+        (1, "front", vec![service("web", &image, json!({"environment": {"MODE": "b"}}))]),
         (2, "extra", vec![service("sidecar", &image, json!({}))]),
     ]);
     set_target(&server, &uuid, &reshaped);
@@ -246,10 +186,7 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
     });
 
     // A container removed by hand comes back.
-    let sidecar = running(docker, 2, "sidecar")[0]["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sidecar = running(docker, 2, "sidecar")[0]["Id"].as_str().unwrap().to_string();
     docker.run(&["rm", "-f", &sidecar]);
     converge(&agent, "sidecar brought back", || {
         let now = running(docker, 2, "sidecar");
@@ -260,10 +197,7 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
     let bystander = unique("bystander");
     docker.run(&["create", "--name", &bystander, &pinned, "/bin/true"]);
     std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        docker.try_run(&["inspect", &bystander]),
-        "an unlabelled container was removed"
-    );
+    assert!(docker.try_run(&["inspect", &bystander]), "an unlabelled container was removed");
     docker.run(&["rm", "-f", &bystander]);
 
     let status = agent.status();
@@ -285,39 +219,24 @@ fn without_the_server_containers_keep_running_and_the_agent_catches_up() {
     set_target(&server, &uuid, &state);
     let mut agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
     let pinned_v1 = format!("{}/offline/app@{v1}", registry.host());
-    converge(&agent, "v1 running", || {
-        runs_exactly(docker, 7, "main", &pinned_v1)
-    });
+    converge(&agent, "v1 running", || runs_exactly(docker, 7, "main", &pinned_v1));
 
     server.stop();
-    converge(&agent, "the agent notices the server is away", || {
-        agent.log().contains("poll failed")
-    });
+    converge(&agent, "the agent notices the server is away", || agent.log().contains("poll failed"));
     std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        runs_exactly(docker, 7, "main", &pinned_v1),
-        "the container keeps running without the server"
-    );
+    assert!(runs_exactly(docker, 7, "main", &pinned_v1), "the container keeps running without the server");
 
     // A reboot without network: the agent restarts and runs its stored target.
     agent.kill();
     docker.remove_labelled(MANAGED);
     agent.restart();
-    converge(
-        &agent,
-        "stored target run again with the server away",
-        || runs_exactly(docker, 7, "main", &pinned_v1),
-    );
+    converge(&agent, "stored target run again with the server away", || runs_exactly(docker, 7, "main", &pinned_v1));
 
     server.restart();
     let v2 = push_version(docker, &latest, "v2");
     set_target(&server, &uuid, &state);
     let pinned_v2 = format!("{}/offline/app@{v2}", registry.host());
-    converge(
-        &agent,
-        "caught up with v2 after the server came back",
-        || runs_exactly(docker, 7, "main", &pinned_v2),
-    );
+    converge(&agent, "caught up with v2 after the server came back", || runs_exactly(docker, 7, "main", &pinned_v2));
 }
 
 #[test]
@@ -333,17 +252,13 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
     set_target(&server, &uuid, &state);
     let mut agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
     let pinned_v1 = format!("{}/crash/app@{v1}", registry.host());
-    converge(&agent, "v1 running", || {
-        runs_exactly(docker, 9, "main", &pinned_v1)
-    });
+    converge(&agent, "v1 running", || runs_exactly(docker, 9, "main", &pinned_v1));
 
     // v2 carries a large layer, so that its pull takes a while.
     let big = format!("{}/crash/app:latest", registry.host());
     let v2 = {
         let dir = pinion_tests::TempDir::new("big");
-        let noise: Vec<u8> = (0..48u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let noise: Vec<u8> = (0..48u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         std::fs::write(dir.join("noise"), &noise).unwrap();
         docker.import_busybox_with(
             &big,
@@ -356,25 +271,14 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
         digest
     };
     set_target(&server, &uuid, &state);
-    converge(&agent, "the pull of v2 starts", || {
-        agent.log().contains("pulling")
-    });
+    converge(&agent, "the pull of v2 starts", || agent.log().contains("pulling"));
     agent.kill();
-    assert!(
-        runs_exactly(docker, 9, "main", &pinned_v1),
-        "download-then-kill: v1 still runs during the pull"
-    );
+    assert!(runs_exactly(docker, 9, "main", &pinned_v1), "download-then-kill: v1 still runs during the pull");
     agent.restart();
     let pinned_v2 = format!("{}/crash/app@{v2}", registry.host());
-    converge(&agent, "v2 running after the restart", || {
-        runs_exactly(docker, 9, "main", &pinned_v2)
-    });
+    converge(&agent, "v2 running after the restart", || runs_exactly(docker, 9, "main", &pinned_v2));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        running(docker, 9, "main").len(),
-        1,
-        "no duplicate containers"
-    );
+    assert_eq!(running(docker, 9, "main").len(), 1, "no duplicate containers");
 }
 
 #[test]
@@ -388,18 +292,12 @@ fn a_tag_kept_as_fallback_still_runs_on_the_device() {
     let uuid = unique("fallback");
 
     registry.stop();
-    let answer = set_target(
-        &server,
-        &uuid,
-        &target(&[(3, "app", vec![service("main", &image, json!({}))])]),
-    );
+    let answer = set_target(&server, &uuid, &target(&[(3, "app", vec![service("main", &image, json!({}))])]));
     let service = &answer["apps"]["3"]["services"][0];
     assert_eq!(service["imageResolution"]["status"], "fallback", "{answer}");
     assert_eq!(service["imageName"], image.as_str());
 
     registry.restart();
     let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
-    converge(&agent, "the tag runs", || {
-        runs_exactly(docker, 3, "main", &image)
-    });
+    converge(&agent, "the tag runs", || runs_exactly(docker, 3, "main", &image));
 }

@@ -30,27 +30,13 @@ fn assert_resolved(out: &CliOutput, reference: &str, digest: &str, media_type: &
 /// Asserts a registry failure: exit 1, no digest on stdout, and a reason on stderr.
 fn assert_failed(out: &CliOutput) {
     assert_eq!(out.code, Some(1), "{out}");
-    assert!(
-        !out.stdout.contains("sha256:"),
-        "a failed resolution must not print a digest: {out}"
-    );
-    assert!(
-        !out.stderr.trim().is_empty(),
-        "the reason belongs on stderr: {out}"
-    );
+    assert!(!out.stdout.contains("sha256:"), "a failed resolution must not print a digest: {out}");
+    assert!(!out.stderr.trim().is_empty(), "the reason belongs on stderr: {out}");
 }
 
 fn mentions_refused_credentials(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
-    [
-        "refused",
-        "unauthorized",
-        "credential",
-        "denied",
-        "authentication",
-    ]
-    .iter()
-    .any(|w| s.contains(w))
+    ["refused", "unauthorized", "credential", "denied", "authentication"].iter().any(|w| s.contains(w))
 }
 
 #[test]
@@ -58,31 +44,15 @@ fn anonymous_single_arch_tag_resolves_to_the_pushed_manifest_digest() {
     let registry = Registry::start(Auth::Anonymous);
     let digest = push_image(&registry, REPO, "latest", &ImageSpec::linux_amd64("v1"));
     let reference = format!("{}/{REPO}:latest", registry.host());
-    assert_resolved(
-        &resolve(&reference, &[]),
-        &reference,
-        &digest,
-        DOCKER_MANIFEST,
-    );
+    assert_resolved(&resolve(&reference, &[]), &reference, &digest, DOCKER_MANIFEST);
 }
 
 #[test]
 fn oci_single_image_resolves_to_its_manifest_digest() {
     let registry = Registry::start(Auth::Anonymous);
-    let pushed = push_image_as(
-        &registry,
-        REPO,
-        "oci",
-        &ImageSpec::linux_arm64("oci"),
-        ManifestFormat::Oci,
-    );
+    let pushed = push_image_as(&registry, REPO, "oci", &ImageSpec::linux_arm64("oci"), ManifestFormat::Oci);
     let reference = format!("{}/{REPO}:oci", registry.host());
-    assert_resolved(
-        &resolve(&reference, &[]),
-        &reference,
-        &pushed.digest,
-        OCI_MANIFEST,
-    );
+    assert_resolved(&resolve(&reference, &[]), &reference, &pushed.digest, OCI_MANIFEST);
 }
 
 #[test]
@@ -102,15 +72,9 @@ fn htpasswd_with_a_wrong_password_fails_saying_the_credentials_were_refused() {
     push_image(&registry, REPO, "latest", &ImageSpec::linux_amd64("basic"));
     let dir = TempDir::new("resolve-htpasswd-wrong");
     let auth = dir.write("config.json", registry.docker_config_with_password("wrong"));
-    let out = resolve(
-        &format!("{}/{REPO}:latest", registry.host()),
-        &["--registry-auth", auth.to_str().unwrap()],
-    );
+    let out = resolve(&format!("{}/{REPO}:latest", registry.host()), &["--registry-auth", auth.to_str().unwrap()]);
     assert_failed(&out);
-    assert!(
-        mentions_refused_credentials(&out.stderr),
-        "stderr should say the credentials were refused: {out}"
-    );
+    assert!(mentions_refused_credentials(&out.stderr), "stderr should say the credentials were refused: {out}");
 }
 
 #[test]
@@ -137,15 +101,8 @@ fn token_auth_with_the_right_credentials_resolves_via_the_token_server() {
     let log = registry.token_server().unwrap().request_log();
     let last = log.last().unwrap();
     assert_eq!(last.user.as_deref(), Some("bob"), "{log:?}");
-    assert_eq!(
-        last.service.as_deref(),
-        Some("pinion-test-registry"),
-        "{log:?}"
-    );
-    assert!(
-        last.scopes.iter().any(|s| s == "repository:demo/app:pull"),
-        "{log:?}"
-    );
+    assert_eq!(last.service.as_deref(), Some("pinion-test-registry"), "{log:?}");
+    assert!(last.scopes.iter().any(|s| s == "repository:demo/app:pull"), "{log:?}");
 }
 
 #[test]
@@ -154,10 +111,7 @@ fn token_auth_with_a_wrong_password_fails() {
     push_image(&registry, REPO, "latest", &ImageSpec::linux_amd64("token"));
     let dir = TempDir::new("resolve-token-wrong");
     let auth = dir.write("config.json", registry.docker_config_with_password("wrong"));
-    let out = resolve(
-        &format!("{}/{REPO}:latest", registry.host()),
-        &["--registry-auth", auth.to_str().unwrap()],
-    );
+    let out = resolve(&format!("{}/{REPO}:latest", registry.host()), &["--registry-auth", auth.to_str().unwrap()]);
     assert_failed(&out);
     assert!(mentions_refused_credentials(&out.stderr), "{out}");
 }
@@ -177,18 +131,12 @@ fn multi_arch_docker_manifest_list_resolves_to_the_list_digest_never_a_child() {
         &registry,
         REPO,
         "multi",
-        &[
-            ImageSpec::linux_amd64("amd64"),
-            ImageSpec::linux_arm_v7("armv7"),
-        ],
+        &[ImageSpec::linux_amd64("amd64"), ImageSpec::linux_arm_v7("armv7")],
     );
     let reference = format!("{}/{REPO}:multi", registry.host());
     let out = resolve(&reference, &[]);
     assert!(
-        !list
-            .child_digests()
-            .iter()
-            .any(|c| out.stdout.contains(c.as_str())),
+        !list.child_digests().iter().any(|c| out.stdout.contains(c.as_str())),
         "resolved to a platform child (the linux/amd64 trap of registry-protocol §2.1): {out}"
     );
     assert_resolved(&out, &reference, list.digest(), DOCKER_MANIFEST_LIST);
@@ -197,24 +145,11 @@ fn multi_arch_docker_manifest_list_resolves_to_the_list_digest_never_a_child() {
 #[test]
 fn oci_index_resolves_to_the_index_digest() {
     let registry = Registry::start(Auth::Anonymous);
-    let index = push_oci_index(
-        &registry,
-        REPO,
-        "multi",
-        &[
-            ImageSpec::linux_amd64("amd64"),
-            ImageSpec::linux_arm64("arm64"),
-        ],
-    );
+    let index =
+        push_oci_index(&registry, REPO, "multi", &[ImageSpec::linux_amd64("amd64"), ImageSpec::linux_arm64("arm64")]);
     let reference = format!("{}/{REPO}:multi", registry.host());
     let out = resolve(&reference, &[]);
-    assert!(
-        !index
-            .child_digests()
-            .iter()
-            .any(|c| out.stdout.contains(c.as_str())),
-        "{out}"
-    );
+    assert!(!index.child_digests().iter().any(|c| out.stdout.contains(c.as_str())), "{out}");
     assert_resolved(&out, &reference, index.digest(), OCI_INDEX);
 }
 
@@ -235,10 +170,7 @@ fn unknown_tag_fails_with_manifest_unknown() {
     push_image(&registry, REPO, "latest", &ImageSpec::linux_amd64("v1"));
     let out = resolve(&format!("{}/{REPO}:no-such-tag", registry.host()), &[]);
     assert_failed(&out);
-    assert!(
-        out.stderr.to_ascii_lowercase().contains("manifest unknown"),
-        "{out}"
-    );
+    assert!(out.stderr.to_ascii_lowercase().contains("manifest unknown"), "{out}");
 }
 
 #[test]
@@ -267,11 +199,7 @@ fn invalid_references_exit_2_without_asking_anyone() {
         assert_eq!(out.code, Some(2), "{reference:?} is invalid: {out}");
         assert!(!out.stdout.contains("sha256:"), "{out}");
     }
-    assert!(
-        fake.requests().is_empty(),
-        "invalid references reached the registry: {:?}",
-        fake.requests()
-    );
+    assert!(fake.requests().is_empty(), "invalid references reached the registry: {:?}", fake.requests());
 }
 
 #[test]
@@ -281,9 +209,7 @@ fn registry_without_digest_header_resolves_to_the_sha256_of_the_body() {
     let out = resolve(&reference, &[]);
     assert_resolved(&out, &reference, &fake.manifest_digest(), DOCKER_MANIFEST);
     assert!(
-        fake.requests()
-            .iter()
-            .any(|r| r.starts_with("GET ") && r.contains("/manifests/")),
+        fake.requests().iter().any(|r| r.starts_with("GET ") && r.contains("/manifests/")),
         "the digest must come from a GET of the body: {:?}",
         fake.requests()
     );
@@ -293,29 +219,14 @@ fn registry_without_digest_header_resolves_to_the_sha256_of_the_body() {
 fn rate_limited_registry_fails_naming_the_rate_limit_and_retry_after() {
     let fake = FakeRegistry::rate_limited();
     let out = run_cli_within(
-        &[
-            "image",
-            "resolve",
-            &format!("{}/{REPO}:latest", fake.host()),
-            "--timeout",
-            "5",
-        ],
+        &["image", "resolve", &format!("{}/{REPO}:latest", fake.host()), "--timeout", "5"],
         Duration::from_secs(40),
     );
-    assert!(
-        !out.timed_out,
-        "a 429 must not make the CLI sleep out Retry-After: {out}"
-    );
+    assert!(!out.timed_out, "a 429 must not make the CLI sleep out Retry-After: {out}");
     assert_failed(&out);
     let stderr = out.stderr.to_ascii_lowercase();
-    assert!(
-        stderr.contains("rate"),
-        "stderr should name the rate limit: {out}"
-    );
-    assert!(
-        stderr.contains(&RETRY_AFTER_SECS.to_string()),
-        "stderr should carry Retry-After 42: {out}"
-    );
+    assert!(stderr.contains("rate"), "stderr should name the rate limit: {out}");
+    assert!(stderr.contains(&RETRY_AFTER_SECS.to_string()), "stderr should carry Retry-After 42: {out}");
 }
 
 #[test]
@@ -324,33 +235,18 @@ fn lying_digest_header_is_caught_and_no_digest_is_printed() {
     let out = resolve(&format!("{}/{REPO}:latest", fake.host()), &[]);
     assert_failed(&out);
     assert!(!out.stdout.contains(fake.claimed_digest()), "{out}");
-    assert!(
-        out.stderr.to_ascii_lowercase().contains("digest"),
-        "stderr should say the digest did not match: {out}"
-    );
+    assert!(out.stderr.to_ascii_lowercase().contains("digest"), "stderr should say the digest did not match: {out}");
 }
 
 #[test]
 fn hanging_registry_fails_after_the_timeout_instead_of_hanging() {
     let fake = FakeRegistry::hangs();
     let out = run_cli_within(
-        &[
-            "image",
-            "resolve",
-            &format!("{}/{REPO}:latest", fake.host()),
-            "--timeout",
-            "2",
-        ],
+        &["image", "resolve", &format!("{}/{REPO}:latest", fake.host()), "--timeout", "2"],
         Duration::from_secs(60),
     );
-    assert!(
-        !out.timed_out,
-        "still running after 60 s with --timeout 2: {out}"
-    );
-    assert!(
-        out.elapsed < Duration::from_secs(15),
-        "--timeout 2 should end it well within 15 s: {out}"
-    );
+    assert!(!out.timed_out, "still running after 60 s with --timeout 2: {out}");
+    assert!(out.elapsed < Duration::from_secs(15), "--timeout 2 should end it well within 15 s: {out}");
     assert_failed(&out);
 }
 
@@ -359,13 +255,7 @@ fn unreachable_registry_fails() {
     // A port that was free a moment ago: nothing listens there.
     let host = format!("127.0.0.1:{}", pinion_tests::util::free_port());
     let out = run_cli_within(
-        &[
-            "image",
-            "resolve",
-            &format!("{host}/{REPO}:latest"),
-            "--timeout",
-            "5",
-        ],
+        &["image", "resolve", &format!("{host}/{REPO}:latest"), "--timeout", "5"],
         Duration::from_secs(60),
     );
     assert!(!out.timed_out, "{out}");
@@ -375,19 +265,9 @@ fn unreachable_registry_fails() {
 #[test]
 fn localhost_registry_is_spoken_to_over_plain_http() {
     let registry = Registry::start(Auth::Anonymous);
-    let digest = push_image(
-        &registry,
-        REPO,
-        "latest",
-        &ImageSpec::linux_amd64("localhost"),
-    );
+    let digest = push_image(&registry, REPO, "latest", &ImageSpec::linux_amd64("localhost"));
     let reference = format!("localhost:{}/{REPO}:latest", registry.port());
-    assert_resolved(
-        &resolve(&reference, &[]),
-        &reference,
-        &digest,
-        DOCKER_MANIFEST,
-    );
+    assert_resolved(&resolve(&reference, &[]), &reference, &digest, DOCKER_MANIFEST);
 }
 
 #[test]
@@ -395,8 +275,5 @@ fn schema1_answer_is_refused_rather_than_hashed() {
     let fake = FakeRegistry::schema1_only();
     let out = resolve(&format!("{}/{REPO}:latest", fake.host()), &[]);
     assert_failed(&out);
-    assert!(
-        out.stderr.to_ascii_lowercase().contains("schema1"),
-        "stderr should say why: {out}"
-    );
+    assert!(out.stderr.to_ascii_lowercase().contains("schema1"), "stderr should say why: {out}");
 }

@@ -28,29 +28,17 @@ fn target_state(images: &[&str]) -> Value {
 
 /// The services of app "1" in an answer, in order.
 fn services(answer: &Value) -> Vec<Value> {
-    answer["apps"]["1"]["services"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no services in {answer:#}"))
+    answer["apps"]["1"]["services"].as_array().cloned().unwrap_or_else(|| panic!("no services in {answer:#}"))
 }
 
 /// `POST` the state; asserts 200 and the envelope, returns the JSON.
 fn set(server: &Server, uuid: &str, state: &Value) -> Value {
     let reply = server.set_target_state(uuid, state);
-    assert_eq!(
-        reply.status,
-        200,
-        "POST target-state: {}\nserver output:\n{}",
-        reply.body,
-        server.log()
-    );
+    assert_eq!(reply.status, 200, "POST target-state: {}\nserver output:\n{}", reply.body, server.log());
     let answer = reply.json();
     assert_eq!(answer["status"], "ok", "{answer:#}");
     assert_eq!(answer["uuid"], uuid, "{answer:#}");
-    assert!(
-        answer["version"].as_u64().is_some(),
-        "version must be a number: {answer:#}"
-    );
+    assert!(answer["version"].as_u64().is_some(), "version must be a number: {answer:#}");
     answer
 }
 
@@ -64,12 +52,7 @@ fn assert_resolved(service: &Value, requested: &str, digest: &str) {
     assert_eq!(r["status"], "resolved", "{service:#}");
     assert_eq!(r["requested"], requested, "{service:#}");
     assert_eq!(r["digest"], digest, "{service:#}");
-    assert!(
-        r["resolvedAt"]
-            .as_str()
-            .is_some_and(|t| t.ends_with('Z') || t.contains('+')),
-        "{service:#}"
-    );
+    assert!(r["resolvedAt"].as_str().is_some_and(|t| t.ends_with('Z') || t.contains('+')), "{service:#}");
     assert!(r.get("error").is_none_or(Value::is_null), "{service:#}");
 }
 
@@ -80,13 +63,8 @@ fn assert_fallback(service: &Value, requested: &str) -> String {
     let r = &service["imageResolution"];
     assert_eq!(r["status"], "fallback", "{service:#}");
     assert_eq!(r["requested"], requested, "{service:#}");
-    assert!(
-        r.get("digest").is_none_or(Value::is_null),
-        "a fallback has no digest: {service:#}"
-    );
-    let error = r["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a fallback says why in `error`: {service:#}"));
+    assert!(r.get("digest").is_none_or(Value::is_null), "a fallback has no digest: {service:#}");
+    let error = r["error"].as_str().unwrap_or_else(|| panic!("a fallback says why in `error`: {service:#}"));
     assert!(!error.is_empty());
     error.to_string()
 }
@@ -94,22 +72,12 @@ fn assert_fallback(service: &Value, requested: &str) -> String {
 fn assert_summary(answer: &Value, total: u64, resolved: u64, pinned: u64, fallback: u64) {
     let r = &answer["resolution"];
     assert_eq!(
-        (
-            r["total"].as_u64(),
-            r["resolved"].as_u64(),
-            r["pinned"].as_u64(),
-            r["fallback"].as_u64()
-        ),
+        (r["total"].as_u64(), r["resolved"].as_u64(), r["pinned"].as_u64(), r["fallback"].as_u64()),
         (Some(total), Some(resolved), Some(pinned), Some(fallback)),
         "resolution summary: {r:#}"
     );
-    let warnings = r["warnings"]
-        .as_array()
-        .unwrap_or_else(|| panic!("warnings must be a list: {r:#}"));
-    assert!(
-        warnings.len() as u64 >= fallback,
-        "every fallback is warned about: {r:#}"
-    );
+    let warnings = r["warnings"].as_array().unwrap_or_else(|| panic!("warnings must be a list: {r:#}"));
+    assert!(warnings.len() as u64 >= fallback, "every fallback is warned about: {r:#}");
 }
 
 #[test]
@@ -119,24 +87,14 @@ fn guide_story_latest_moves_from_v1_to_v2() {
     let image = format!("{}/demo/app:latest", registry.host());
     let state = target_state(&[&image]);
 
-    let v1 = push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    let v1 = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let first = set(&server, "gateway-1", &state);
     assert_resolved(&services(&first)[0], &image, &v1);
     assert_summary(&first, 1, 1, 0, 0);
     assert_eq!(first["config"], json!({}));
     assert_eq!(first["apps"]["1"]["appName"], "demo");
 
-    let v2 = push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v2"),
-    );
+    let v2 = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v2"));
     assert_ne!(v1, v2);
     let second = set(&server, "gateway-1", &state);
     assert_resolved(&services(&second)[0], &image, &v2);
@@ -157,22 +115,12 @@ fn a_pinned_state_read_back_and_sent_again_follows_its_tag() {
     let registry = Registry::start(Auth::Anonymous);
     let server = Server::start(&[]);
     let image = format!("{}/demo/app:latest", registry.host());
-    push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     set(&server, "gateway-1", &target_state(&[&image]));
 
     // A dashboard reads the (pinned) target, the tag moves, the dashboard sends it back.
     let read = server.get_target_state("gateway-1").json();
-    let v2 = push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v2"),
-    );
+    let v2 = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v2"));
     let resent = json!({"apps": read["apps"], "config": read["config"]});
     let answer = set(&server, "gateway-1", &resent);
     assert_resolved(&services(&answer)[0], &image, &v2);
@@ -181,22 +129,14 @@ fn a_pinned_state_read_back_and_sent_again_follows_its_tag() {
 #[test]
 fn a_reference_with_a_digest_is_kept_and_marked_pinned() {
     let registry = Registry::start(Auth::Anonymous);
-    let digest = push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    let digest = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let server = Server::start(&[]);
     let image = format!("{}/demo/app@{digest}", registry.host());
     let answer = set(&server, "gateway-1", &target_state(&[&image]));
     let service = &services(&answer)[0];
     assert_eq!(service["imageName"], image, "{service:#}");
     assert_eq!(service["config"]["image"], image, "{service:#}");
-    assert_eq!(
-        service["imageResolution"]["status"], "pinned",
-        "{service:#}"
-    );
+    assert_eq!(service["imageResolution"]["status"], "pinned", "{service:#}");
     assert_eq!(service["imageResolution"]["digest"], digest, "{service:#}");
     assert_summary(&answer, 1, 0, 1, 0);
 }
@@ -208,28 +148,18 @@ fn multi_arch_tag_is_pinned_to_the_list_digest_so_arm_gateways_get_arm_images() 
         &registry,
         "demo/multi",
         "latest",
-        &[
-            ImageSpec::linux_amd64("amd64"),
-            ImageSpec::linux_arm_v7("armv7"),
-        ],
+        &[ImageSpec::linux_amd64("amd64"), ImageSpec::linux_arm_v7("armv7")],
     );
     let index = push_oci_index(
         &registry,
         "demo/index",
         "latest",
-        &[
-            ImageSpec::linux_amd64("amd64"),
-            ImageSpec::linux_arm64("arm64"),
-        ],
+        &[ImageSpec::linux_amd64("amd64"), ImageSpec::linux_arm64("arm64")],
     );
     let server = Server::start(&[]);
     let list_image = format!("{}/demo/multi:latest", registry.host());
     let index_image = format!("{}/demo/index:latest", registry.host());
-    let answer = set(
-        &server,
-        "gateway-1",
-        &target_state(&[&list_image, &index_image]),
-    );
+    let answer = set(&server, "gateway-1", &target_state(&[&list_image, &index_image]));
     let got = services(&answer);
     assert_resolved(&got[0], &list_image, list.digest());
     assert_resolved(&got[1], &index_image, index.digest());
@@ -238,12 +168,7 @@ fn multi_arch_tag_is_pinned_to_the_list_digest_so_arm_gateways_get_arm_images() 
 #[test]
 fn htpasswd_with_the_right_password_resolves() {
     let registry = Registry::start(Auth::htpasswd("alice", "correct horse"));
-    let digest = push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    let digest = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let dir = TempDir::new("api-htpasswd");
     let auth = dir.write("config.json", registry.docker_config());
     let server = Server::start(&["--registry-auth", auth.to_str().unwrap()]);
@@ -255,12 +180,7 @@ fn htpasswd_with_the_right_password_resolves() {
 #[test]
 fn htpasswd_with_a_wrong_password_falls_back_to_the_tag_saying_the_credentials_were_refused() {
     let registry = Registry::start(Auth::htpasswd("alice", "correct horse"));
-    push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let dir = TempDir::new("api-htpasswd-wrong");
     let auth = dir.write("config.json", registry.docker_config_with_password("wrong"));
     let server = Server::start(&["--registry-auth", auth.to_str().unwrap()]);
@@ -268,28 +188,18 @@ fn htpasswd_with_a_wrong_password_falls_back_to_the_tag_saying_the_credentials_w
     let answer = set(&server, "gateway-1", &target_state(&[&image]));
     let error = assert_fallback(&services(&answer)[0], &image).to_ascii_lowercase();
     assert!(
-        ["refused", "unauthorized", "credential", "denied"]
-            .iter()
-            .any(|w| error.contains(w)),
+        ["refused", "unauthorized", "credential", "denied"].iter().any(|w| error.contains(w)),
         "`error` should say the credentials were refused: {error}"
     );
     assert_summary(&answer, 1, 0, 0, 1);
     let warning = answer["resolution"]["warnings"][0].as_str().unwrap();
-    assert!(
-        warning.contains(&image),
-        "the warning names the image: {warning}"
-    );
+    assert!(warning.contains(&image), "the warning names the image: {warning}");
 }
 
 #[test]
 fn hanging_registry_falls_back_within_the_resolve_deadline_while_others_resolve() {
     let registry = Registry::start(Auth::Anonymous);
-    let digest = push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    let digest = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let fake = FakeRegistry::hangs();
     let server = Server::start(&["--resolve-deadline", "3"]);
     let good = format!("{}/demo/app:latest", registry.host());
@@ -301,13 +211,7 @@ fn hanging_registry_falls_back_within_the_resolve_deadline_while_others_resolve(
         "--resolve-deadline 3 must bound the POST (took {:?})",
         reply.elapsed
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}\nserver output:\n{}",
-        reply.body,
-        server.log()
-    );
+    assert_eq!(reply.status, 200, "{}\nserver output:\n{}", reply.body, server.log());
     let answer = reply.json();
     let got = services(&answer);
     assert_resolved(&got[0], &good, &digest);
@@ -332,16 +236,8 @@ fn ten_distinct_images_across_registries_and_repositories_all_resolve() {
             expected.push((format!("{}/{repo}:stable", registry.host()), digest));
         }
     }
-    let list = push_manifest_list(
-        &b,
-        "edge/multi",
-        "1.0",
-        &[ImageSpec::linux_amd64("m"), ImageSpec::linux_arm64("m")],
-    );
-    expected.push((
-        format!("{}/edge/multi:1.0", b.host()),
-        list.digest().to_string(),
-    ));
+    let list = push_manifest_list(&b, "edge/multi", "1.0", &[ImageSpec::linux_amd64("m"), ImageSpec::linux_arm64("m")]);
+    expected.push((format!("{}/edge/multi:1.0", b.host()), list.digest().to_string()));
     assert_eq!(expected.len(), 10);
 
     let dir = TempDir::new("api-ten");
@@ -363,12 +259,7 @@ fn token_registry_with_six_tags() -> (Registry, Vec<(String, String)>, TempDir) 
     let mut expected = Vec::new();
     for repo in ["demo/a", "demo/b"] {
         for tag in ["latest", "v1", "v2"] {
-            let digest = push_image(
-                &registry,
-                repo,
-                tag,
-                &ImageSpec::linux_amd64(format!("{repo}:{tag}")),
-            );
+            let digest = push_image(&registry, repo, tag, &ImageSpec::linux_amd64(format!("{repo}:{tag}")));
             expected.push((format!("{}/{repo}:{tag}", registry.host()), digest));
         }
     }
@@ -423,12 +314,7 @@ fn token_auth_tokens_are_reused_by_the_next_request_until_they_expire() {
 #[test]
 fn token_auth_with_a_wrong_password_falls_back() {
     let registry = Registry::start(Auth::token("bob", "s3cret"));
-    push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let dir = TempDir::new("api-token-wrong");
     let auth = dir.write("config.json", registry.docker_config_with_password("wrong"));
     let server = Server::start(&["--registry-auth", auth.to_str().unwrap()]);
@@ -448,37 +334,20 @@ fn registry_faults_fall_back_and_never_store_a_wrong_digest() {
         format!("{}/demo/app:latest", liar.host()),
         format!("{}/demo/app:latest", headerless.host()),
     ];
-    let reply = server.set_target_state(
-        "gateway-1",
-        &target_state(&images.iter().map(String::as_str).collect::<Vec<_>>()),
-    );
+    let reply =
+        server.set_target_state("gateway-1", &target_state(&images.iter().map(String::as_str).collect::<Vec<_>>()));
     assert_eq!(reply.status, 200, "{}", reply.body);
     let answer = reply.json();
     let got = services(&answer);
     let rate_error = assert_fallback(&got[0], &images[0]).to_ascii_lowercase();
-    assert!(
-        rate_error.contains("rate") && rate_error.contains("42"),
-        "{rate_error}"
-    );
+    assert!(rate_error.contains("rate") && rate_error.contains("42"), "{rate_error}");
     let lie_error = assert_fallback(&got[1], &images[1]);
-    assert!(
-        lie_error.to_ascii_lowercase().contains("digest"),
-        "{lie_error}"
-    );
+    assert!(lie_error.to_ascii_lowercase().contains("digest"), "{lie_error}");
     // The claimed digest may be quoted in the error, but is never pinned or stored.
     let stored = server.get_target_state("gateway-1").json();
     let stored_service = &services(&stored)[1];
-    assert_eq!(
-        stored_service["imageName"],
-        images[1].as_str(),
-        "{stored_service:#}"
-    );
-    assert!(
-        stored_service["imageResolution"]
-            .get("digest")
-            .is_none_or(Value::is_null),
-        "{stored_service:#}"
-    );
+    assert_eq!(stored_service["imageName"], images[1].as_str(), "{stored_service:#}");
+    assert!(stored_service["imageResolution"].get("digest").is_none_or(Value::is_null), "{stored_service:#}");
     assert_resolved(&got[2], &images[2], &headerless.manifest_digest());
     assert_summary(&answer, 3, 1, 0, 2);
 }
@@ -486,12 +355,7 @@ fn registry_faults_fall_back_and_never_store_a_wrong_digest() {
 #[test]
 fn an_invalid_image_reference_is_refused_with_400_and_not_stored() {
     let registry = Registry::start(Auth::Anonymous);
-    push_image(
-        &registry,
-        "demo/app",
-        "latest",
-        &ImageSpec::linux_amd64("v1"),
-    );
+    push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     let server = Server::start(&[]);
     let good = format!("{}/demo/app:latest", registry.host());
     let first = set(&server, "gateway-1", &target_state(&[&good]));
@@ -500,15 +364,9 @@ fn an_invalid_image_reference_is_refused_with_400_and_not_stored() {
     let reply = server.set_target_state("gateway-1", &target_state(&[&good, &bad]));
     assert_eq!(reply.status, 400, "{}", reply.body);
     let error = reply.json();
-    assert!(
-        error["error"].as_str().is_some() && error["message"].as_str().is_some(),
-        "{error:#}"
-    );
+    assert!(error["error"].as_str().is_some() && error["message"].as_str().is_some(), "{error:#}");
 
     let stored = server.get_target_state("gateway-1").json();
-    assert_eq!(
-        stored["version"], first["version"],
-        "a refused target must not be stored: {stored:#}"
-    );
+    assert_eq!(stored["version"], first["version"], "a refused target must not be stored: {stored:#}");
     assert!(!stored.to_string().contains("Demo/App"), "{stored:#}");
 }

@@ -63,7 +63,9 @@ impl Reply {
 }
 
 fn docker_message(body: &[u8]) -> String {
-    if let Some(message) = serde_json::from_slice::<Value>(body).ok().and_then(|v| v["message"].as_str().map(String::from)) {
+    if let Some(message) =
+        serde_json::from_slice::<Value>(body).ok().and_then(|v| v["message"].as_str().map(String::from))
+    {
         return message;
     }
     let text = String::from_utf8_lossy(body);
@@ -208,7 +210,14 @@ impl DockerEngine {
     }
 
     /// A request whose whole reply is read.
-    fn call_within(&self, op: &str, method: &str, path: &str, json: Option<&Value>, limit: Duration) -> Result<Reply, Error> {
+    fn call_within(
+        &self,
+        op: &str,
+        method: &str,
+        path: &str,
+        json: Option<&Value>,
+        limit: Duration,
+    ) -> Result<Reply, Error> {
         let mut response = self.send(op, method, path, json, &[], Deadline::Within(limit))?;
         let status = response.status().as_u16();
         let body = response
@@ -242,7 +251,8 @@ impl DockerEngine {
 /// A listed container, or `None` for an entry without an id.
 fn container_from_listing(item: &Value) -> Option<Container> {
     let id = item["Id"].as_str()?.to_string();
-    let names: Vec<&str> = item["Names"].as_array().map(|n| n.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let names: Vec<&str> =
+        item["Names"].as_array().map(|n| n.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     // Legacy links add `/other/alias` names; the container's own has one slash.
     let name = names.iter().find(|n| n.rfind('/').is_none_or(|i| i == 0)).or(names.first()).copied().unwrap_or("");
     let text = |key: &str| item[key].as_str().unwrap_or_default().to_string();
@@ -264,13 +274,18 @@ impl Engine for DockerEngine {
     fn managed_containers(&self) -> Result<Vec<Container>, Error> {
         let op = "list containers";
         let filters = json!({ "label": [super::LABEL_APP_ID] }).to_string();
-        let reply = self.call(op, "GET", &format!("/containers/json?all=true&filters={}", encode(&filters, b"")), None)?;
+        let reply =
+            self.call(op, "GET", &format!("/containers/json?all=true&filters={}", encode(&filters, b"")), None)?;
         if reply.status != 200 {
             return Err(reply.refused(op));
         }
         match reply.json() {
             Value::Array(items) => Ok(items.iter().filter_map(container_from_listing).collect()),
-            other => Err(Error::Docker { op: op.into(), status: 200, message: format!("expected a JSON array, got {other:.100}") }),
+            other => Err(Error::Docker {
+                op: op.into(),
+                status: 200,
+                message: format!("expected a JSON array, got {other:.100}"),
+            }),
         }
     }
 
@@ -399,7 +414,11 @@ impl Engine for DockerEngine {
         }
         match reply.json() {
             Value::Array(items) => Ok(items.iter().filter_map(|n| Some(n["Name"].as_str()?.to_string())).collect()),
-            other => Err(Error::Docker { op: op.into(), status: 200, message: format!("expected a JSON array, got {other:.100}") }),
+            other => Err(Error::Docker {
+                op: op.into(),
+                status: 200,
+                message: format!("expected a JSON array, got {other:.100}"),
+            }),
         }
     }
 
@@ -412,7 +431,8 @@ impl Engine for DockerEngine {
         }
         // A running container already there is a 403 ("endpoint with name … already
         // exists"); what counts is whether it is connected, not how Docker words it.
-        let connected = self.inspect_container(container)?.is_some_and(|c| !c["NetworkSettings"]["Networks"][network].is_null());
+        let connected =
+            self.inspect_container(container)?.is_some_and(|c| !c["NetworkSettings"]["Networks"][network].is_null());
         if connected {
             Ok(())
         } else {

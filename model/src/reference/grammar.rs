@@ -82,9 +82,7 @@ pub(super) fn is_tag(s: &str) -> bool {
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let b = s.as_bytes();
     match b.first() {
-        Some(&first) if word(first) && b.len() <= 128 => {
-            b.iter().all(|&c| word(c) || c == b'.' || c == b'-')
-        }
+        Some(&first) if word(first) && b.len() <= 128 => b.iter().all(|&c| word(c) || c == b'.' || c == b'-'),
         _ => false,
     }
 }
@@ -114,9 +112,7 @@ pub(super) fn validate_digest(s: &str) -> Result<(), &'static str> {
         "sha384" => 96,
         "sha512" => 128,
         // go-digest's own pattern only allows lowercase algorithm names.
-        _ if algorithm.bytes().any(|c| c.is_ascii_uppercase()) => {
-            return Err("invalid digest format")
-        }
+        _ if algorithm.bytes().any(|c| c.is_ascii_uppercase()) => return Err("invalid digest format"),
         _ => return Err("unsupported digest algorithm"),
     };
     if encoded.len() != hex_len {
@@ -135,8 +131,7 @@ pub(super) fn is_identifier(s: &str) -> bool {
 
 /// `[a-f0-9]*`: the only encoding go-digest accepts for the algorithms it knows.
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 /// The pieces of `referencePat` after a successful match; `domain` is `None` when the
@@ -177,12 +172,7 @@ pub(super) fn split_reference(s: &str) -> Result<Parts<'_>, &'static str> {
     if digest.is_some_and(|d| !is_digest_shape(d)) {
         return Err("invalid digest format");
     }
-    Ok(Parts {
-        domain,
-        path,
-        tag,
-        digest,
-    })
+    Ok(Parts { domain, path, tag, digest })
 }
 
 #[cfg(test)]
@@ -191,42 +181,20 @@ mod tests {
 
     #[test]
     fn path_components() {
-        for ok in [
-            "a",
-            "a.b",
-            "a_b",
-            "a__b",
-            "a-b",
-            "a---b",
-            "a1.b2_c3__d4-e5",
-            "0",
-        ] {
+        for ok in ["a", "a.b", "a_b", "a__b", "a-b", "a---b", "a1.b2_c3__d4-e5", "0"] {
             assert!(is_path_component(ok), "{ok}");
         }
-        for bad in [
-            "", "A", "a..b", "a._b", "a___b", "a-.b", "-a", "a-", ".a", "a.", "a b", "é",
-        ] {
+        for bad in ["", "A", "a..b", "a._b", "a___b", "a-.b", "-a", "a-", ".a", "a.", "a b", "é"] {
             assert!(!is_path_component(bad), "{bad}");
         }
     }
 
     #[test]
     fn domains() {
-        for ok in [
-            "a",
-            "a.b",
-            "A-b.C",
-            "a--b.c:5000",
-            "127.0.0.1:80",
-            "[::1]",
-            "[fe80::1]:5000",
-        ] {
+        for ok in ["a", "a.b", "A-b.C", "a--b.c:5000", "127.0.0.1:80", "[::1]", "[fe80::1]:5000"] {
             assert!(is_domain_and_port(ok), "{ok}");
         }
-        for bad in [
-            "", "a.", ".a", "-a", "a-", "a:", "a:x", "a_b", "[]", "[::1", "[::g]", "[::1]:",
-            "a:1:2",
-        ] {
+        for bad in ["", "a.", ".a", "-a", "a-", "a:", "a:x", "a_b", "[]", "[::1", "[::g]", "[::1]:", "a:1:2"] {
             assert!(!is_domain_and_port(bad), "{bad}");
         }
     }
@@ -241,26 +209,11 @@ mod tests {
         assert!(!is_digest_shape(&format!("1a:{hex}")) && !is_digest_shape(&format!("a+:{hex}")));
         assert!(!is_digest_shape(&format!("sha256:{}", "f".repeat(31))));
         assert_eq!(validate_digest(&format!("sha256:{hex}")), Ok(()));
-        assert_eq!(
-            validate_digest(&format!("sha512:{}", "0".repeat(128))),
-            Ok(())
-        );
-        assert_eq!(
-            validate_digest(&format!("sha256:{}", "F".repeat(64))),
-            Err("invalid digest format")
-        );
-        assert_eq!(
-            validate_digest(&format!("sha384:{hex}")),
-            Err("invalid digest length")
-        );
-        assert_eq!(
-            validate_digest(&format!("md5:{hex}")),
-            Err("unsupported digest algorithm")
-        );
-        assert_eq!(
-            validate_digest(&format!("SHA256:{hex}")),
-            Err("invalid digest format")
-        );
+        assert_eq!(validate_digest(&format!("sha512:{}", "0".repeat(128))), Ok(()));
+        assert_eq!(validate_digest(&format!("sha256:{}", "F".repeat(64))), Err("invalid digest format"));
+        assert_eq!(validate_digest(&format!("sha384:{hex}")), Err("invalid digest length"));
+        assert_eq!(validate_digest(&format!("md5:{hex}")), Err("unsupported digest algorithm"));
+        assert_eq!(validate_digest(&format!("SHA256:{hex}")), Err("invalid digest format"));
     }
 
     #[test]
@@ -270,13 +223,7 @@ mod tests {
         let p = split_reference("a_b.c/d").unwrap();
         assert_eq!((p.domain, p.path), (None, "a_b.c/d"));
         assert_eq!(split_reference("a/b:").unwrap_err(), "invalid tag format");
-        assert_eq!(
-            split_reference("a/b@x").unwrap_err(),
-            "invalid digest format"
-        );
-        assert_eq!(
-            split_reference("a//b").unwrap_err(),
-            "invalid reference format"
-        );
+        assert_eq!(split_reference("a/b@x").unwrap_err(), "invalid digest format");
+        assert_eq!(split_reference("a//b").unwrap_err(), "invalid reference format");
     }
 }

@@ -50,7 +50,9 @@ pub(super) fn report(api: &Api, caller: &Caller, request: &Request) -> Result<Re
     for (uuid, state) in body {
         device_id(&uuid)?;
         if uuid != own {
-            return Err(Error::Forbidden { reason: format!("the key of device {own} cannot report for device {uuid}") });
+            return Err(Error::Forbidden {
+                reason: format!("the key of device {own} cannot report for device {uuid}"),
+            });
         }
         let state: CurrentState = serde_json::from_value(state)
             .map_err(|e| Error::BadRequest { reason: format!("the report for {uuid} is not a device state: {e}") })?;

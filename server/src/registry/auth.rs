@@ -40,9 +40,7 @@ pub(crate) struct Plans(Mutex<HashMap<(String, String), Plan>>);
 impl Plans {
     fn get(&self, target: &Target) -> Option<Plan> {
         let plans = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        plans
-            .get(&(target.domain.clone(), target.path.clone()))
-            .cloned()
+        plans.get(&(target.domain.clone(), target.path.clone())).cloned()
     }
 
     fn set(&self, target: &Target, plan: Plan) {
@@ -102,39 +100,23 @@ pub(crate) fn send(
         if let Some(authorization) = authorization {
             request = request.header("Authorization", authorization);
         }
-        let response = request
-            .call()
-            .map_err(|e| transport::failure(e, &target.domain, &target.display))?;
+        let response = request.call().map_err(|e| transport::failure(e, &target.domain, &target.display))?;
         match response.status().as_u16() {
             401 => {}
-            403 => {
-                return Err(unauthorized(
-                    target,
-                    credentials.is_some(),
-                    "HTTP 403 forbidden",
-                ))
-            }
+            403 => return Err(unauthorized(target, credentials.is_some(), "HTTP 403 forbidden")),
             _ => return Ok(response),
         }
 
         let challenges = challenge::parse_all(header_all(response.headers(), "www-authenticate"));
         if let Some(bearer) = challenges.iter().find(|c| c.is("bearer")) {
             let key = bearer_key(bearer, target, user.clone())?;
-            if let Sent::Bearer {
-                key: sent_key,
-                token,
-            } = &sent
-            {
+            if let Sent::Bearer { key: sent_key, token } = &sent {
                 if *sent_key == key {
                     inner.tokens.forget(sent_key, token);
                 }
             }
             if fetched.contains(&key) {
-                return Err(unauthorized(
-                    target,
-                    credentials.is_some(),
-                    "token not accepted",
-                ));
+                return Err(unauthorized(target, credentials.is_some(), "token not accepted"));
             }
             let sent_token = match &sent {
                 Sent::Bearer { token, .. } => Some(token.as_str()),
@@ -145,11 +127,7 @@ pub(crate) fn send(
                 Some(cached) if Some(cached.as_str()) != sent_token => cached,
                 _ => {
                     fetched.push(key.clone());
-                    let asker = Asker {
-                        domain: &target.domain,
-                        scheme: target.scheme,
-                        reference: &target.display,
-                    };
+                    let asker = Asker { domain: &target.domain, scheme: target.scheme, reference: &target.display };
                     token::fetch(&inner.agent, &inner.tokens, &key, credentials, &asker)?
                 }
             };
@@ -157,11 +135,7 @@ pub(crate) fn send(
             sent = Sent::Bearer { key, token };
         } else if challenges.iter().any(|c| c.is("basic")) {
             if credentials.is_none() || matches!(sent, Sent::Basic) {
-                return Err(unauthorized(
-                    target,
-                    credentials.is_some(),
-                    "Basic authentication",
-                ));
+                return Err(unauthorized(target, credentials.is_some(), "Basic authentication"));
             }
             inner.plans.set(target, Plan::Basic);
             sent = Sent::Basic;
@@ -174,37 +148,21 @@ pub(crate) fn send(
             });
         }
     }
-    Err(unauthorized(
-        target,
-        credentials.is_some(),
-        "too many authentication rounds",
-    ))
+    Err(unauthorized(target, credentials.is_some(), "too many authentication rounds"))
 }
 
 /// The token a Bearer challenge asks for; without a `scope`, pull access to the repository.
-fn bearer_key(
-    bearer: &Challenge,
-    target: &Target,
-    user: Option<String>,
-) -> Result<TokenKey, Error> {
-    let realm = bearer
-        .param("realm")
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| Error::RegistryProtocol {
-            registry: target.domain.clone(),
-            reference: target.display.clone(),
-            reason: "Bearer challenge without a realm".to_string(),
-        })?;
+fn bearer_key(bearer: &Challenge, target: &Target, user: Option<String>) -> Result<TokenKey, Error> {
+    let realm = bearer.param("realm").filter(|r| !r.is_empty()).ok_or_else(|| Error::RegistryProtocol {
+        registry: target.domain.clone(),
+        reference: target.display.clone(),
+        reason: "Bearer challenge without a realm".to_string(),
+    })?;
     let mut scopes = bearer.scopes();
     if scopes.is_empty() {
         scopes.push(format!("repository:{}:pull", target.path));
     }
-    Ok(TokenKey {
-        realm: realm.to_string(),
-        service: bearer.param("service").map(str::to_string),
-        scopes,
-        user,
-    })
+    Ok(TokenKey { realm: realm.to_string(), service: bearer.param("service").map(str::to_string), scopes, user })
 }
 
 /// Still refused after following the challenge: say whether credentials were missing or
@@ -218,9 +176,5 @@ fn unauthorized(target: &Target, have_credentials: bool, detail: &str) -> Error 
             target.domain
         )
     };
-    Error::RegistryUnauthorized {
-        registry: target.domain.clone(),
-        reference: target.display.clone(),
-        reason,
-    }
+    Error::RegistryUnauthorized { registry: target.domain.clone(), reference: target.display.clone(), reason }
 }

@@ -8,11 +8,7 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 pub(crate) fn encode(input: &[u8]) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
         out.push(sextet(18));
@@ -96,11 +92,7 @@ mod tests {
     #[test]
     fn decodes_rfc4648_vectors() {
         for (plain, encoded) in VECTORS {
-            assert_eq!(
-                decode(encoded).as_deref(),
-                Some(plain.as_bytes()),
-                "{encoded}"
-            );
+            assert_eq!(decode(encoded).as_deref(), Some(plain.as_bytes()), "{encoded}");
         }
     }
 
@@ -113,23 +105,15 @@ mod tests {
     #[test]
     fn docker_config_auth_round_trips() {
         // `echo -n 'testuser:testpassword' | base64`
-        assert_eq!(
-            encode(b"testuser:testpassword"),
-            "dGVzdHVzZXI6dGVzdHBhc3N3b3Jk"
-        );
-        assert_eq!(
-            decode("dGVzdHVzZXI6dGVzdHBhc3N3b3Jk").as_deref(),
-            Some(&b"testuser:testpassword"[..])
-        );
+        assert_eq!(encode(b"testuser:testpassword"), "dGVzdHVzZXI6dGVzdHBhc3N3b3Jk");
+        assert_eq!(decode("dGVzdHVzZXI6dGVzdHBhc3N3b3Jk").as_deref(), Some(&b"testuser:testpassword"[..]));
         let binary: Vec<u8> = (0..=255u8).collect();
         assert_eq!(decode(&encode(&binary)), Some(binary));
     }
 
     #[test]
     fn rejects_malformed_input() {
-        for bad in [
-            "Zm9v!", "Z", "Zm9vY", "Zg=a", "Zg===", "Z===", "Zm=9v", "Zg=", "é",
-        ] {
+        for bad in ["Zm9v!", "Z", "Zm9vY", "Zg=a", "Zg===", "Z===", "Zm=9v", "Zg=", "é"] {
             assert_eq!(decode(bad), None, "{bad:?}");
         }
     }

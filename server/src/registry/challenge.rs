@@ -15,17 +15,12 @@ pub(crate) struct Challenge {
 impl Challenge {
     /// The value of a parameter (name case-insensitive), the first if repeated.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The `scope` entries: one value holds several, separated by spaces.
     pub fn scopes(&self) -> Vec<String> {
-        self.param("scope")
-            .map(|s| s.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default()
+        self.param("scope").map(|s| s.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
     }
 
     pub fn is(&self, scheme: &str) -> bool {
@@ -40,10 +35,7 @@ pub(crate) fn parse_all<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<C
 
 /// The challenges in one `WWW-Authenticate` header value.
 pub(crate) fn parse(header: &str) -> Vec<Challenge> {
-    let mut cur = Cursor {
-        s: header.as_bytes(),
-        i: 0,
-    };
+    let mut cur = Cursor { s: header.as_bytes(), i: 0 };
     let mut out = Vec::new();
     let mut next_scheme: Option<String> = None;
     loop {
@@ -63,10 +55,7 @@ pub(crate) fn parse(header: &str) -> Vec<Challenge> {
                 t
             }
         };
-        let mut challenge = Challenge {
-            scheme: scheme.to_ascii_lowercase(),
-            params: Vec::new(),
-        };
+        let mut challenge = Challenge { scheme: scheme.to_ascii_lowercase(), params: Vec::new() };
         let mut seen_comma = false;
         loop {
             cur.skip_while(is_ws);
@@ -89,11 +78,7 @@ pub(crate) fn parse(header: &str) -> Vec<Challenge> {
             if cur.peek() == Some(b'=') {
                 cur.i += 1;
                 cur.skip_while(is_ws);
-                let value = if cur.peek() == Some(b'"') {
-                    cur.quoted()
-                } else {
-                    cur.bare_value()
-                };
+                let value = if cur.peek() == Some(b'"') { cur.quoted() } else { cur.bare_value() };
                 challenge.params.push((name.to_ascii_lowercase(), value));
                 cur.skip_while(is_ws);
                 if !cur.at_end() && cur.peek() != Some(b',') {
@@ -190,10 +175,7 @@ mod tests {
     }
 
     fn params(c: &Challenge) -> Vec<(&str, &str)> {
-        c.params
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect()
+        c.params.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
     }
 
     // The exact strings of registry-protocol.md §4.4.
@@ -231,18 +213,8 @@ mod tests {
                 "ghcr.io",
                 Some("repository:user/image:pull"),
             ),
-            (
-                r#"Bearer realm="https://quay.io/v2/auth",service="quay.io""#,
-                "https://quay.io/v2/auth",
-                "quay.io",
-                None,
-            ),
-            (
-                r#"Bearer realm="https://gcr.io/v2/token",service="gcr.io""#,
-                "https://gcr.io/v2/token",
-                "gcr.io",
-                None,
-            ),
+            (r#"Bearer realm="https://quay.io/v2/auth",service="quay.io""#, "https://quay.io/v2/auth", "quay.io", None),
+            (r#"Bearer realm="https://gcr.io/v2/token",service="gcr.io""#, "https://gcr.io/v2/token", "gcr.io", None),
             (
                 r#"Bearer realm="https://us-central1-docker.pkg.dev/v2/token",service="us-central1-docker.pkg.dev",scope="repository:my-project/my-repo/my-image:pull""#,
                 "https://us-central1-docker.pkg.dev/v2/token",
@@ -293,14 +265,10 @@ mod tests {
 
     #[test]
     fn basic_challenges_of_ecr_and_htpasswd() {
-        let c = one(
-            r#"Basic realm="https://123456789.dkr.ecr.eu-central-1.amazonaws.com/",service="ecr.amazonaws.com""#,
-        );
+        let c =
+            one(r#"Basic realm="https://123456789.dkr.ecr.eu-central-1.amazonaws.com/",service="ecr.amazonaws.com""#);
         assert_eq!(c.scheme, "basic");
-        assert_eq!(
-            c.param("realm"),
-            Some("https://123456789.dkr.ecr.eu-central-1.amazonaws.com/")
-        );
+        assert_eq!(c.param("realm"), Some("https://123456789.dkr.ecr.eu-central-1.amazonaws.com/"));
         assert_eq!(c.param("service"), Some("ecr.amazonaws.com"));
         let c = one(r#"Basic realm="basic-realm""#);
         assert_eq!(params(&c), [("realm", "basic-realm")]);
@@ -323,35 +291,20 @@ mod tests {
             r#"Bearer realm="https://auth.example.io/token",empty="",service="registry.example.io",scope="repository:foo/bar:pull,push repository:foo/baz:pull""#,
         );
         assert_eq!(c.param("empty"), Some(""));
-        assert_eq!(
-            c.scopes(),
-            ["repository:foo/bar:pull,push", "repository:foo/baz:pull"]
-        );
+        assert_eq!(c.scopes(), ["repository:foo/bar:pull,push", "repository:foo/baz:pull"]);
     }
 
     #[test]
     fn several_challenges_in_one_header_and_in_several_headers() {
         // RFC 7235 §4.1 example.
-        let all = parse(
-            r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple""#,
-        );
+        let all = parse(r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple""#);
         assert_eq!(all.len(), 2);
-        assert_eq!(
-            params(&all[0]),
-            [
-                ("realm", "apps"),
-                ("type", "1"),
-                ("title", r#"Login to "apps""#)
-            ]
-        );
+        assert_eq!(params(&all[0]), [("realm", "apps"), ("type", "1"), ("title", r#"Login to "apps""#)]);
         assert_eq!(all[1].scheme, "basic");
         assert_eq!(all[1].param("realm"), Some("simple"));
 
         let all = parse(r#"Basic, Bearer realm="r""#);
-        assert_eq!(
-            all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(),
-            ["basic", "bearer"]
-        );
+        assert_eq!(all.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(), ["basic", "bearer"]);
         assert_eq!(all[1].param("realm"), Some("r"));
 
         let all = parse_all([r#"Basic realm="a""#, r#"BEARER Realm="b", Service="s""#]);
@@ -397,13 +350,7 @@ mod tests {
             let _ = parse(s);
         }
         assert!(parse("").is_empty());
-        assert_eq!(
-            one("Bearer realm=\"unterminated").param("realm"),
-            Some("unterminated")
-        );
-        assert_eq!(
-            one("Bearer realm=\"x\" junk, scope=\"y\"").param("scope"),
-            Some("y")
-        );
+        assert_eq!(one("Bearer realm=\"unterminated").param("realm"), Some("unterminated"));
+        assert_eq!(one("Bearer realm=\"x\" junk, scope=\"y\"").param("scope"), Some("y"));
     }
 }

@@ -26,10 +26,7 @@ impl Credentials {
     /// Entries without credentials (those kept by a `credsStore` helper) are skipped with a
     /// warning; a malformed entry is an error naming its key.
     pub fn from_docker_config(path: &Path) -> Result<Credentials, Error> {
-        let fail = |reason: String| Error::RegistryCredentials {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let fail = |reason: String| Error::RegistryCredentials { path: path.to_path_buf(), reason };
         let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(fail(format!("larger than {MAX_CONFIG_BYTES} bytes")));
@@ -40,16 +37,13 @@ impl Credentials {
 
     /// The parsing half of [`Credentials::from_docker_config`]; the error is the reason.
     fn from_docker_config_json(text: &[u8]) -> Result<Credentials, String> {
-        let doc: serde_json::Value =
-            serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let doc: serde_json::Value = serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let Some(doc) = doc.as_object() else {
             return Err("expected a JSON object".to_string());
         };
         for helper in ["credsStore", "credHelpers"] {
             if doc.contains_key(helper) {
-                log::warn!(
-                    "docker config: `{helper}` is not supported; only `auths` entries are read"
-                );
+                log::warn!("docker config: `{helper}` is not supported; only `auths` entries are read");
             }
         }
         let mut credentials = Credentials::default();
@@ -73,17 +67,12 @@ impl Credentials {
 
     /// Adds (or replaces) the credentials for a registry host, written as in `config.json`.
     pub fn insert(&mut self, host: &str, user: &str, password: &str) {
-        self.by_host.insert(
-            normalize_host(host),
-            (user.to_string(), password.to_string()),
-        );
+        self.by_host.insert(normalize_host(host), (user.to_string(), password.to_string()));
     }
 
     /// The credentials for a registry host (`docker.io`, `127.0.0.1:5000`, …), if any.
     pub fn for_registry(&self, host: &str) -> Option<(&str, &str)> {
-        self.by_host
-            .get(&normalize_host(host))
-            .map(|(u, p)| (u.as_str(), p.as_str()))
+        self.by_host.get(&normalize_host(host)).map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     /// True when no registry has credentials.
@@ -110,25 +99,16 @@ fn parse_entry(entry: &serde_json::Value) -> Result<Option<(String, String)>, St
     let Some(entry) = entry.as_object() else {
         return Err("expected an object".to_string());
     };
-    let text = |name: &str| {
-        entry
-            .get(name)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-    };
+    let text = |name: &str| entry.get(name).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
     if let Some(auth) = text("auth") {
         let decoded = base64::decode(auth).ok_or("`auth` is not valid base64")?;
         let decoded = String::from_utf8(decoded).map_err(|_| "`auth` is not UTF-8 text")?;
-        let (user, password) = decoded
-            .split_once(':')
-            .ok_or("`auth` does not decode to user:password")?;
+        let (user, password) = decoded.split_once(':').ok_or("`auth` does not decode to user:password")?;
         return Ok(Some((user.to_string(), password.to_string())));
     }
     match (text("username"), text("password")) {
         (Some(user), Some(password)) => Ok(Some((user.to_string(), password.to_string()))),
-        (Some(_), None) | (None, Some(_)) => {
-            Err("`username` and `password` must both be set".into())
-        }
+        (Some(_), None) | (None, Some(_)) => Err("`username` and `password` must both be set".into()),
         (None, None) => Ok(None),
     }
 }
@@ -138,15 +118,10 @@ fn parse_entry(entry: &serde_json::Value) -> Result<Option<(String, String)>, St
 pub(crate) fn normalize_host(key: &str) -> String {
     let key = key.trim();
     let lower = key.to_ascii_lowercase();
-    let without_scheme = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-        .unwrap_or(&lower);
+    let without_scheme = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")).unwrap_or(&lower);
     let host = without_scheme.split('/').next().unwrap_or(without_scheme);
     match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_string()
-        }
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_string(),
         other => other.to_string(),
     }
 }
@@ -167,47 +142,26 @@ mod tests {
             "credsStore": "desktop"
         }"#;
         let creds = Credentials::from_docker_config_json(json).unwrap();
-        assert_eq!(
-            creds.for_registry("docker.io"),
-            Some(("hub-user", "hub-pass"))
-        );
-        assert_eq!(
-            creds.for_registry("registry-1.docker.io"),
-            Some(("hub-user", "hub-pass"))
-        );
+        assert_eq!(creds.for_registry("docker.io"), Some(("hub-user", "hub-pass")));
+        assert_eq!(creds.for_registry("registry-1.docker.io"), Some(("hub-user", "hub-pass")));
         // Only the first `:` separates the user; the password may contain more.
-        assert_eq!(
-            creds.for_registry("127.0.0.1:5001"),
-            Some(("testuser", "test:password"))
-        );
-        assert_eq!(
-            creds.for_registry("registry.example.com:8443"),
-            Some(("alice", "s3cret"))
-        );
+        assert_eq!(creds.for_registry("127.0.0.1:5001"), Some(("testuser", "test:password")));
+        assert_eq!(creds.for_registry("registry.example.com:8443"), Some(("alice", "s3cret")));
         assert_eq!(creds.for_registry("registry.example.com"), None);
         assert_eq!(creds.for_registry("ghcr.io"), None);
     }
 
     #[test]
     fn empty_or_helper_only_config_has_no_credentials() {
-        assert!(Credentials::from_docker_config_json(b"{}")
-            .unwrap()
-            .is_empty());
-        assert!(
-            Credentials::from_docker_config_json(br#"{"credsStore":"pass"}"#)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(Credentials::from_docker_config_json(b"{}").unwrap().is_empty());
+        assert!(Credentials::from_docker_config_json(br#"{"credsStore":"pass"}"#).unwrap().is_empty());
     }
 
     #[test]
     fn malformed_entries_name_their_key() {
         for (json, needle) in [
             (&br#"{"auths": {"h": {"auth": "!!!"}}}"#[..], "base64"),
-            (
-                br#"{"auths": {"h": {"auth": "bm9jb2xvbg=="}}}"#,
-                "user:password",
-            ),
+            (br#"{"auths": {"h": {"auth": "bm9jb2xvbg=="}}}"#, "user:password"),
             (br#"{"auths": {"h": {"username": "u"}}}"#, "both"),
             (br#"{"auths": []}"#, "not an object"),
             (br#"{"auths": {"h": 3}}"#, "object"),
@@ -220,15 +174,11 @@ mod tests {
 
     #[test]
     fn reads_a_config_file() {
-        let path =
-            std::env::temp_dir().join(format!("pinion-docker-config-{}.json", std::process::id()));
+        let path = std::env::temp_dir().join(format!("pinion-docker-config-{}.json", std::process::id()));
         std::fs::write(&path, br#"{"auths":{"localhost:5000":{"auth":"dTpw"}}}"#).unwrap();
         let creds = Credentials::from_docker_config(&path);
         let _ = std::fs::remove_file(&path);
-        assert_eq!(
-            creds.unwrap().for_registry("localhost:5000"),
-            Some(("u", "p"))
-        );
+        assert_eq!(creds.unwrap().for_registry("localhost:5000"), Some(("u", "p")));
     }
 
     #[test]
@@ -244,14 +194,8 @@ mod tests {
     fn insert_normalizes_and_debug_redacts() {
         let mut creds = Credentials::default();
         creds.insert("https://LOCALHOST:5000", "u", "topsecret");
-        assert_eq!(
-            creds.for_registry("localhost:5000"),
-            Some(("u", "topsecret"))
-        );
+        assert_eq!(creds.for_registry("localhost:5000"), Some(("u", "topsecret")));
         let shown = format!("{creds:?}");
-        assert!(
-            shown.contains("localhost:5000") && !shown.contains("topsecret"),
-            "{shown}"
-        );
+        assert!(shown.contains("localhost:5000") && !shown.contains("topsecret"), "{shown}");
     }
 }

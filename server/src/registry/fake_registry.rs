@@ -19,10 +19,7 @@ pub(crate) struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -37,11 +34,7 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Reply { status, headers: Vec::new(), body: Vec::new() }
     }
     pub fn header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_string(), value.to_string()));
@@ -84,10 +77,7 @@ impl FakeRegistry {
 
     /// How many requests had a path (before any query) equal to `path`.
     pub fn count(&self, method: &str, path: &str) -> usize {
-        self.seen()
-            .iter()
-            .filter(|s| s.method == method && s.target.split('?').next() == Some(path))
-            .count()
+        self.seen().iter().filter(|s| s.method == method && s.target.split('?').next() == Some(path)).count()
     }
 }
 
@@ -101,10 +91,7 @@ fn serve(mut stream: TcpStream, handler: &Handler, seen: &Mutex<Vec<Seen>>) {
         return;
     };
     let mut head = format!("HTTP/1.1 {} Fake\r\nConnection: close\r\n", reply.status);
-    let has_length = reply
-        .headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    let has_length = reply.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
     for (name, value) in &reply.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -139,9 +126,5 @@ fn read_request(stream: &mut TcpStream) -> Option<Seen> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
-    Some(Seen {
-        method,
-        target,
-        headers,
-    })
+    Some(Seen { method, target, headers })
 }

@@ -17,11 +17,7 @@ pub(crate) enum Outcome<V> {
 }
 
 /// Runs `job` for every item concurrently; returns the items in order with their outcomes.
-pub(crate) fn run_with_deadline<K, V, F>(
-    items: Vec<K>,
-    deadline: Duration,
-    job: F,
-) -> Vec<(K, Outcome<V>)>
+pub(crate) fn run_with_deadline<K, V, F>(items: Vec<K>, deadline: Duration, job: F) -> Vec<(K, Outcome<V>)>
 where
     K: Clone + Send + 'static,
     V: Send + 'static,
@@ -34,13 +30,11 @@ where
     let mut running = 0usize;
     for (index, item) in items.iter().enumerate() {
         let (tx, job, item) = (tx.clone(), Arc::clone(&job), item.clone());
-        let spawned = thread::Builder::new()
-            .name(format!("pinion-resolve-{index}"))
-            .spawn(move || {
-                let value = job(&item);
-                // The receiver is gone once the deadline passed: the answer is dropped.
-                let _ = tx.send((index, value));
-            });
+        let spawned = thread::Builder::new().name(format!("pinion-resolve-{index}")).spawn(move || {
+            let value = job(&item);
+            // The receiver is gone once the deadline passed: the answer is dropped.
+            let _ = tx.send((index, value));
+        });
         match spawned {
             Ok(_) => {
                 running += 1;
@@ -82,18 +76,8 @@ mod tests {
             }
             n * 10
         });
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "waited for the hanging job"
-        );
-        assert_eq!(
-            results,
-            [
-                (1, Outcome::Done(10)),
-                (2, Outcome::Late),
-                (3, Outcome::Done(30))
-            ]
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "waited for the hanging job");
+        assert_eq!(results, [(1, Outcome::Done(10)), (2, Outcome::Late), (3, Outcome::Done(30))]);
     }
 
     #[test]
@@ -105,14 +89,8 @@ mod tests {
             }
             "ok"
         });
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "waited for the deadline"
-        );
-        assert_eq!(
-            results,
-            [(false, Outcome::Done("ok")), (true, Outcome::Late)]
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "waited for the deadline");
+        assert_eq!(results, [(false, Outcome::Done("ok")), (true, Outcome::Late)]);
     }
 
     #[test]

@@ -14,8 +14,7 @@ use super::{Inner, Resolved, Target};
 use crate::Error;
 
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub(crate) const DOCKER_MANIFEST_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
@@ -23,12 +22,7 @@ const SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
 /// All four go in `Accept`, so that the registry returns a multi-arch index itself,
 /// never one of its children.
-pub(crate) const MANIFEST_TYPES: [&str; 4] = [
-    OCI_INDEX,
-    DOCKER_MANIFEST_LIST,
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
-];
+pub(crate) const MANIFEST_TYPES: [&str; 4] = [OCI_INDEX, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST, OCI_MANIFEST];
 
 /// Larger manifests are refused (containerd's `MaxManifestSize` is about the same).
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
@@ -40,12 +34,7 @@ const SCHEMA1_REASON: &str = "schema1 manifest; registry ignored the Accept head
 
 /// The digest and media type of `target`'s manifest.
 pub(crate) fn resolve(inner: &Inner, target: &Target) -> Result<Resolved, Error> {
-    let url = transport::manifest_url(
-        target.scheme,
-        &target.domain,
-        &target.path,
-        &target.reference,
-    );
+    let url = transport::manifest_url(target.scheme, &target.domain, &target.path, &target.reference);
     let accept = MANIFEST_TYPES.join(", ");
     let head = auth::send(inner, target, Method::Head, &url, &accept)?;
     match judge_head(target, head.status().as_u16(), head.headers())? {
@@ -71,9 +60,7 @@ fn judge_head(target: &Target, status: u16, headers: &HeaderMap) -> Result<HeadV
         404 | 405 | 501 => return Ok(HeadVerdict::NeedGet("found nothing")),
         _ => return Err(status_error(target, status, headers, None)),
     }
-    let media_type = header(headers, "content-type")
-        .map(bare_media_type)
-        .unwrap_or_default();
+    let media_type = header(headers, "content-type").map(bare_media_type).unwrap_or_default();
     if is_schema1(&media_type) {
         return Err(protocol(target, SCHEMA1_REASON.to_string()));
     }
@@ -81,10 +68,7 @@ fn judge_head(target: &Target, status: u16, headers: &HeaderMap) -> Result<HeadV
     let digest = digest_header.filter(|d| parse_digest(d).is_some());
     if let (Some(wanted), Some(digest)) = (target.wanted_digest.as_deref(), digest) {
         if digest != wanted {
-            return Err(protocol(
-                target,
-                format!("asked for {wanted}, the registry answered with digest {digest}"),
-            ));
+            return Err(protocol(target, format!("asked for {wanted}, the registry answered with digest {digest}")));
         }
     }
     if is_ambiguous(&media_type) {
@@ -101,10 +85,7 @@ fn judge_head(target: &Target, status: u16, headers: &HeaderMap) -> Result<HeadV
     if !has_length && target.wanted_digest.is_none() {
         return Ok(HeadVerdict::NeedGet("carried no Content-Length"));
     }
-    Ok(HeadVerdict::Done(Resolved {
-        digest: digest.to_string(),
-        media_type,
-    }))
+    Ok(HeadVerdict::Done(Resolved { digest: digest.to_string(), media_type }))
 }
 
 /// `GET` the manifest, hash it, check it against every digest claimed for it.
@@ -112,40 +93,20 @@ fn get(inner: &Inner, target: &Target, url: &str, accept: &str) -> Result<Resolv
     let mut response = auth::send(inner, target, Method::Get, url, accept)?;
     let status = response.status().as_u16();
     if status != 200 {
-        let body = transport::read_body(&mut response, MAX_ERROR_BODY_BYTES)
-            .ok()
-            .flatten();
-        return Err(status_error(
-            target,
-            status,
-            response.headers(),
-            body.as_deref(),
-        ));
+        let body = transport::read_body(&mut response, MAX_ERROR_BODY_BYTES).ok().flatten();
+        return Err(status_error(target, status, response.headers(), body.as_deref()));
     }
     let headers = response.headers().clone();
-    let media_type = header(&headers, "content-type")
-        .map(bare_media_type)
-        .unwrap_or_default();
+    let media_type = header(&headers, "content-type").map(bare_media_type).unwrap_or_default();
     if is_schema1(&media_type) {
         return Err(protocol(target, SCHEMA1_REASON.to_string()));
     }
-    if header(&headers, "content-length")
-        .and_then(|l| l.parse::<u64>().ok())
-        .is_some_and(|l| l > MAX_MANIFEST_BYTES)
-    {
-        return Err(protocol(
-            target,
-            format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
-        ));
+    if header(&headers, "content-length").and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l > MAX_MANIFEST_BYTES) {
+        return Err(protocol(target, format!("manifest larger than {MAX_MANIFEST_BYTES} bytes")));
     }
     let body = transport::read_body(&mut response, MAX_MANIFEST_BYTES)
         .map_err(|e| transport::failure(e, &target.domain, &target.display))?
-        .ok_or_else(|| {
-            protocol(
-                target,
-                format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
-            )
-        })?;
+        .ok_or_else(|| protocol(target, format!("manifest larger than {MAX_MANIFEST_BYTES} bytes")))?;
     let digest = check_body(target, header(&headers, "docker-content-digest"), &body)?;
     let media_type = if is_ambiguous(&media_type) {
         media_type_from_body(&body).map_err(|reason| protocol(target, reason))?
@@ -164,9 +125,7 @@ fn check_body(target: &Target, digest_header: Option<&str>, body: &[u8]) -> Resu
             Some(algorithm) if hex_digest(algorithm, body) != claimed => {
                 return Err(protocol(
                     target,
-                    format!(
-                        "digest header does not match content: header {claimed}, content {sha256}"
-                    ),
+                    format!("digest header does not match content: header {claimed}, content {sha256}"),
                 ));
             }
             Some(_) => {}
@@ -180,10 +139,7 @@ fn check_body(target: &Target, digest_header: Option<&str>, body: &[u8]) -> Resu
         return Ok(sha256);
     };
     let Some(algorithm) = parse_digest(wanted) else {
-        return Err(protocol(
-            target,
-            format!("cannot verify digest {wanted}: unsupported algorithm"),
-        ));
+        return Err(protocol(target, format!("cannot verify digest {wanted}: unsupported algorithm")));
     };
     let actual = hex_digest(algorithm, body);
     if actual != wanted {
@@ -201,10 +157,7 @@ fn status_error(target: &Target, status: u16, headers: &HeaderMap, body: Option<
         404 => Error::ManifestUnknown {
             reference: target.display.clone(),
             reason: body.and_then(status::error_message).unwrap_or_else(|| {
-                format!(
-                    "{} has no manifest {} in {}",
-                    target.domain, target.reference, target.path
-                )
+                format!("{} has no manifest {} in {}", target.domain, target.reference, target.path)
             }),
         },
         429 => Error::RateLimited {
@@ -213,30 +166,17 @@ fn status_error(target: &Target, status: u16, headers: &HeaderMap, body: Option<
             retry_after: header(headers, "retry-after")
                 .and_then(|v| status::retry_after_seconds(v, std::time::SystemTime::now())),
         },
-        _ => Error::RegistryStatus {
-            registry: target.domain.clone(),
-            reference: target.display.clone(),
-            status,
-        },
+        _ => Error::RegistryStatus { registry: target.domain.clone(), reference: target.display.clone(), status },
     }
 }
 
 fn protocol(target: &Target, reason: String) -> Error {
-    Error::RegistryProtocol {
-        registry: target.domain.clone(),
-        reference: target.display.clone(),
-        reason,
-    }
+    Error::RegistryProtocol { registry: target.domain.clone(), reference: target.display.clone(), reason }
 }
 
 /// `type/subtype` without parameters, lowercased.
 fn bare_media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 fn is_schema1(media_type: &str) -> bool {
@@ -246,24 +186,17 @@ fn is_schema1(media_type: &str) -> bool {
 /// Types that do not say which manifest this is; the body must tell (containerd treats
 /// `text/plain` as schema1 from some registries, so it is checked too).
 fn is_ambiguous(media_type: &str) -> bool {
-    matches!(
-        media_type,
-        "" | "application/json" | "text/plain" | "application/octet-stream"
-    )
+    matches!(media_type, "" | "application/json" | "text/plain" | "application/octet-stream")
 }
 
 /// The manifest type a body declares (or, for OCI documents without `mediaType`, shows).
 fn media_type_from_body(body: &[u8]) -> Result<String, String> {
-    let doc: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| "manifest without a media type is not JSON".to_string())?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "manifest without a media type is not JSON".to_string())?;
     if doc.get("schemaVersion").and_then(|v| v.as_u64()) == Some(1) {
         return Err(SCHEMA1_REASON.to_string());
     }
-    if let Some(media_type) = doc
-        .get("mediaType")
-        .and_then(|v| v.as_str())
-        .filter(|m| !m.is_empty())
-    {
+    if let Some(media_type) = doc.get("mediaType").and_then(|v| v.as_str()).filter(|m| !m.is_empty()) {
         return Ok(bare_media_type(media_type));
     }
     if doc.get("manifests").is_some_and(|m| m.is_array()) {
@@ -290,8 +223,7 @@ fn parse_digest(digest: &str) -> Option<Algorithm> {
         "sha512" => (Algorithm::Sha512, 128),
         _ => return None,
     };
-    (hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .then_some(algorithm)
+    (hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(algorithm)
 }
 
 /// `algorithm:hex` of `bytes`.
@@ -335,10 +267,7 @@ mod tests {
     fn digests_we_can_verify() {
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(parse_digest(d), Some(Algorithm::Sha256));
-        assert_eq!(
-            parse_digest(&hex_digest(Algorithm::Sha512, b"x")),
-            Some(Algorithm::Sha512)
-        );
+        assert_eq!(parse_digest(&hex_digest(Algorithm::Sha512, b"x")), Some(Algorithm::Sha512));
         for bad in [
             "",
             "sha256:",
@@ -354,14 +283,9 @@ mod tests {
 
     #[test]
     fn media_types_lose_parameters_and_case() {
-        assert_eq!(
-            bare_media_type("application/vnd.oci.image.index.v1+json; charset=utf-8"),
-            OCI_INDEX
-        );
+        assert_eq!(bare_media_type("application/vnd.oci.image.index.v1+json; charset=utf-8"), OCI_INDEX);
         assert_eq!(bare_media_type(" Application/JSON "), "application/json");
-        assert!(is_schema1(&bare_media_type(
-            "application/vnd.docker.distribution.manifest.v1+prettyjws"
-        )));
+        assert!(is_schema1(&bare_media_type("application/vnd.docker.distribution.manifest.v1+prettyjws")));
         assert!(is_schema1(SCHEMA1));
         assert!(!is_schema1(DOCKER_MANIFEST));
     }
@@ -369,10 +293,7 @@ mod tests {
     #[test]
     fn media_type_from_body_when_the_header_does_not_say() {
         assert_eq!(media_type_from_body(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#).as_deref(), Ok(DOCKER_MANIFEST_LIST));
-        assert_eq!(
-            media_type_from_body(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
-            Ok(OCI_INDEX)
-        );
+        assert_eq!(media_type_from_body(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Ok(OCI_INDEX));
         assert_eq!(
             media_type_from_body(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).as_deref(),
             Ok(OCI_MANIFEST)

@@ -113,19 +113,10 @@ impl Resolver {
     /// (`HEAD` by digest) and answers with that digest.
     pub fn resolve(&self, reference: &Reference) -> Result<Resolved, Error> {
         let target = self.target(reference);
-        log::debug!(
-            "resolving {} at {}",
-            target.display,
-            transport::api_host(&target.domain)
-        );
+        log::debug!("resolving {} at {}", target.display, transport::api_host(&target.domain));
         let result = manifest::resolve(&self.inner, &target);
         match &result {
-            Ok(resolved) => log::debug!(
-                "{} -> {} ({})",
-                target.display,
-                resolved.digest,
-                resolved.media_type
-            ),
+            Ok(resolved) => log::debug!("{} -> {} ({})", target.display, resolved.digest, resolved.media_type),
             Err(e) => log::debug!("{e}"),
         }
         result
@@ -134,11 +125,7 @@ impl Resolver {
     /// Resolves the distinct `refs` concurrently (one thread each). Every reference gets an
     /// answer within `deadline`; one not resolved in time gets `ResolutionDeadline`.
     /// Threads still running then are left to finish on their own.
-    pub fn resolve_all(
-        &self,
-        refs: &[Reference],
-        deadline: Duration,
-    ) -> HashMap<Reference, Result<Resolved, Error>> {
+    pub fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> HashMap<Reference, Result<Resolved, Error>> {
         let mut seen = HashSet::new();
         let distinct: Vec<Reference> = refs.iter().filter(|r| seen.insert(*r)).cloned().collect();
         let resolver = self.clone();
@@ -171,10 +158,7 @@ impl Resolver {
         Target {
             scheme: transport::scheme(&domain, &self.inner.insecure_registries),
             path: reference.path().to_string(),
-            reference: reference
-                .digest()
-                .unwrap_or(reference.tag_or_latest())
-                .to_string(),
+            reference: reference.digest().unwrap_or(reference.tag_or_latest()).to_string(),
             wanted_digest: reference.digest().map(str::to_string),
             display: reference.canonical(),
             domain,

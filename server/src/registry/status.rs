@@ -8,10 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(crate) fn error_message(body: &[u8]) -> Option<String> {
     let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let first = doc.get("errors")?.get(0)?;
-    let message = first
-        .get("message")
-        .and_then(|m| m.as_str())
-        .filter(|m| !m.is_empty())?;
+    let message = first.get("message").and_then(|m| m.as_str()).filter(|m| !m.is_empty())?;
     let message: String = message.chars().take(300).collect();
     match first.get("code").and_then(|c| c.as_str()) {
         Some(code) if !code.is_empty() => Some(format!("{code}: {message}")),
@@ -41,15 +38,10 @@ fn imf_fixdate_unix(value: &str) -> Option<u64> {
         return None;
     };
     let day: u64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let month = MONTHS.iter().position(|m| m == month)? as u64 + 1;
     let year: u64 = year.parse().ok().filter(|y| *y >= 1970 && *y < 10000)?;
-    let hms: Vec<u64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
+    let hms: Vec<u64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
     let [h, m, s] = hms.as_slice() else {
         return None;
     };
@@ -81,26 +73,14 @@ mod tests {
         let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"OCI index found, but accept header does not support OCI indexes","detail":{}}]}"#;
         assert_eq!(
             error_message(body).as_deref(),
-            Some(
-                "MANIFEST_UNKNOWN: OCI index found, but accept header does not support OCI indexes"
-            )
+            Some("MANIFEST_UNKNOWN: OCI index found, but accept header does not support OCI indexes")
         );
-        assert_eq!(
-            error_message(br#"{"errors":[{"message":"m"}]}"#).as_deref(),
-            Some("m")
-        );
+        assert_eq!(error_message(br#"{"errors":[{"message":"m"}]}"#).as_deref(), Some("m"));
     }
 
     #[test]
     fn no_message_in_other_bodies() {
-        for body in [
-            &b""[..],
-            b"Not Authorized",
-            b"{}",
-            br#"{"errors":[]}"#,
-            br#"{"errors":[{"code":"X"}]}"#,
-            b"[1]",
-        ] {
+        for body in [&b""[..], b"Not Authorized", b"{}", br#"{"errors":[]}"#, br#"{"errors":[{"code":"X"}]}"#, b"[1]"] {
             assert_eq!(error_message(body), None);
         }
     }
@@ -110,23 +90,11 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(retry_after_seconds("120", now), Some(120));
         assert_eq!(retry_after_seconds(" 0 ", now), Some(0));
-        assert_eq!(
-            retry_after_seconds("Sun, 06 Nov 1994 08:51:37 GMT", now),
-            Some(120)
-        );
-        assert_eq!(
-            retry_after_seconds("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(0)
-        );
+        assert_eq!(retry_after_seconds("Sun, 06 Nov 1994 08:51:37 GMT", now), Some(120));
+        assert_eq!(retry_after_seconds("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(0));
         assert_eq!(imf_fixdate_unix("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(
-            imf_fixdate_unix("Tue, 29 Feb 2000 12:00:00 GMT"),
-            Some(951_825_600)
-        );
-        assert_eq!(
-            imf_fixdate_unix("Fri, 01 Jan 2038 00:00:00 GMT"),
-            Some(2_145_916_800)
-        );
+        assert_eq!(imf_fixdate_unix("Tue, 29 Feb 2000 12:00:00 GMT"), Some(951_825_600));
+        assert_eq!(imf_fixdate_unix("Fri, 01 Jan 2038 00:00:00 GMT"), Some(2_145_916_800));
         for bad in [
             "",
             "-1",

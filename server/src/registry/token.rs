@@ -63,13 +63,7 @@ impl TokenCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         entries.retain(|_, c| now < c.usable_until);
-        entries.insert(
-            key,
-            CachedToken {
-                token,
-                usable_until,
-            },
-        );
+        entries.insert(key, CachedToken { token, usable_until });
     }
 
     /// The lock a thread holds while it asks the realm for `key`'s token.
@@ -133,11 +127,7 @@ pub(crate) fn fetch(
     log::debug!(
         "token request {url} for {} ({})",
         asker.reference,
-        if credentials.is_some() {
-            "with credentials"
-        } else {
-            "anonymous"
-        }
+        if credentials.is_some() { "with credentials" } else { "anonymous" }
     );
     let mut request = agent.get(&url).header("Accept", "application/json");
     if let Some((user, password)) = credentials {
@@ -151,14 +141,10 @@ pub(crate) fn fetch(
         200 => {}
         401 | 403 => {
             let reason = match credentials {
-                Some(_) => format!(
-                    "credentials for {} were refused by token service {}",
-                    asker.domain, key.realm
-                ),
-                None => format!(
-                    "no credentials configured for {}; token service {} requires them",
-                    asker.domain, key.realm
-                ),
+                Some(_) => format!("credentials for {} were refused by token service {}", asker.domain, key.realm),
+                None => {
+                    format!("no credentials configured for {}; token service {} requires them", asker.domain, key.realm)
+                }
             };
             return Err(Error::RegistryUnauthorized {
                 registry: asker.domain.to_string(),
@@ -190,23 +176,15 @@ pub(crate) fn fetch(
     };
     let body = transport::read_body(&mut response, MAX_TOKEN_RESPONSE_BYTES)
         .map_err(failure)?
-        .ok_or_else(|| {
-            protocol(format!(
-                "token response larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
-            ))
-        })?;
-    let (token, lifetime) =
-        parse_token_response(&body).map_err(|r| protocol(format!("token response: {r}")))?;
+        .ok_or_else(|| protocol(format!("token response larger than {MAX_TOKEN_RESPONSE_BYTES} bytes")))?;
+    let (token, lifetime) = parse_token_response(&body).map_err(|r| protocol(format!("token response: {r}")))?;
     cache.put(key.clone(), token.clone(), obtained_at, lifetime);
     Ok(token)
 }
 
 /// `Basic base64(user:password)`.
 pub(crate) fn basic_authorization(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::encode(format!("{user}:{password}").as_bytes())
-    )
+    format!("Basic {}", base64::encode(format!("{user}:{password}").as_bytes()))
 }
 
 /// `<realm>[?|&]service=<service>&scope=<s1>&scope=<s2>`: the realm's own query kept, one
@@ -242,18 +220,13 @@ pub(crate) fn token_url(realm: &str, service: Option<&str>, scopes: &[String]) -
 /// Credentials go to an https realm, or to a plain-http realm only on loopback or on the
 /// very host of a registry that is itself reached over plain http (an insecure registry
 /// whose token service sits beside it). Never in clear text to another host.
-pub(crate) fn may_send_credentials(
-    realm_scheme: &str,
-    realm_authority: &str,
-    asker: &Asker,
-) -> bool {
+pub(crate) fn may_send_credentials(realm_scheme: &str, realm_authority: &str, asker: &Asker) -> bool {
     if realm_scheme == "https" {
         return true;
     }
     let realm_host = transport::host_of(realm_authority);
     let registry_host = transport::host_of(transport::api_host(asker.domain));
-    transport::is_loopback(realm_host)
-        || (asker.scheme == "http" && realm_host.eq_ignore_ascii_case(registry_host))
+    transport::is_loopback(realm_host) || (asker.scheme == "http" && realm_host.eq_ignore_ascii_case(registry_host))
 }
 
 /// The token (`token`, else `access_token`) and its lifetime (`expires_in`, default and
@@ -261,28 +234,15 @@ pub(crate) fn may_send_credentials(
 /// lifetime is counted from when the request was sent, which is never later than issuance
 /// and immune to clock skew between us and the token service.
 pub(crate) fn parse_token_response(body: &[u8]) -> Result<(String, Duration), String> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let text = |name: &str| {
-        doc.get(name)
-            .and_then(|v| v.as_str())
-            .filter(|t| !t.is_empty())
-    };
-    let token = text("token")
-        .or_else(|| text("access_token"))
-        .ok_or("neither `token` nor `access_token` is set")?;
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |name: &str| doc.get(name).and_then(|v| v.as_str()).filter(|t| !t.is_empty());
+    let token = text("token").or_else(|| text("access_token")).ok_or("neither `token` nor `access_token` is set")?;
     if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
         return Err("the token contains characters not allowed in a header".to_string());
     }
     let expires_in = doc
         .get("expires_in")
-        .and_then(|v| {
-            v.as_u64().or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.is_finite() && *f > 0.0)
-                    .map(|f| f as u64)
-            })
-        })
+        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f > 0.0).map(|f| f as u64)))
         .unwrap_or(MIN_LIFETIME_SECS)
         .clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS);
     Ok((token.to_string(), Duration::from_secs(expires_in)))
@@ -303,10 +263,7 @@ mod tests {
 
     #[test]
     fn token_url_keeps_realm_query_and_repeats_scope() {
-        let scopes = vec![
-            "repository:foo/bar:pull,push".to_string(),
-            "repository:foo/baz:pull".to_string(),
-        ];
+        let scopes = vec!["repository:foo/bar:pull,push".to_string(), "repository:foo/baz:pull".to_string()];
         assert_eq!(
             token_url("https://auth.docker.io/token", Some("registry.docker.io"), &scopes[..1]),
             "https://auth.docker.io/token?service=registry.docker.io&scope=repository%3Afoo%2Fbar%3Apull%2Cpush"
@@ -319,60 +276,34 @@ mod tests {
             token_url("https://ghcr.io/token", None, &scopes[1..]),
             "https://ghcr.io/token?scope=repository%3Afoo%2Fbaz%3Apull"
         );
-        assert_eq!(
-            token_url("https://quay.io/v2/auth", Some(""), &[]),
-            "https://quay.io/v2/auth"
-        );
-        assert_eq!(
-            token_url("https://a/t?", Some("s"), &[]),
-            "https://a/t?service=s"
-        );
+        assert_eq!(token_url("https://quay.io/v2/auth", Some(""), &[]), "https://quay.io/v2/auth");
+        assert_eq!(token_url("https://a/t?", Some("s"), &[]), "https://a/t?service=s");
     }
 
     #[test]
     fn token_response_fields_and_lifetime() {
         let hub = br#"{"token":"t1","access_token":"t1","expires_in":300,"issued_at":"2020-08-19T20:38:43Z"}"#;
-        assert_eq!(
-            parse_token_response(hub),
-            Ok(("t1".into(), Duration::from_secs(300)))
-        );
-        assert_eq!(
-            parse_token_response(br#"{"token":"q"}"#),
-            Ok(("q".into(), Duration::from_secs(60)))
-        );
+        assert_eq!(parse_token_response(hub), Ok(("t1".into(), Duration::from_secs(300))));
+        assert_eq!(parse_token_response(br#"{"token":"q"}"#), Ok(("q".into(), Duration::from_secs(60))));
         assert_eq!(
             parse_token_response(br#"{"access_token":"a","expires_in":5}"#),
             Ok(("a".into(), Duration::from_secs(60)))
         );
-        assert_eq!(
-            parse_token_response(br#"{"token":"","access_token":"a"}"#).map(|t| t.0),
-            Ok("a".into())
-        );
+        assert_eq!(parse_token_response(br#"{"token":"","access_token":"a"}"#).map(|t| t.0), Ok("a".into()));
         assert_eq!(
             parse_token_response(br#"{"token":"t","expires_in":43200.5}"#).map(|t| t.1),
             Ok(Duration::from_secs(43200))
         );
         assert_eq!(
-            parse_token_response(br#"{"token":"t","expires_in":18446744073709551615}"#)
-                .map(|t| t.1),
+            parse_token_response(br#"{"token":"t","expires_in":18446744073709551615}"#).map(|t| t.1),
             Ok(Duration::from_secs(MAX_LIFETIME_SECS))
         );
         assert_eq!(
             parse_token_response(br#"{"token":"t","expires_in":"soon"}"#).map(|t| t.1),
             Ok(Duration::from_secs(60))
         );
-        for bad in [
-            &b"true"[..],
-            b"{}",
-            br#"{"token":3}"#,
-            b"<html>",
-            br#"{"token":"a\nb"}"#,
-        ] {
-            assert!(
-                parse_token_response(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b"true"[..], b"{}", br#"{"token":3}"#, b"<html>", br#"{"token":"a\nb"}"#] {
+            assert!(parse_token_response(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -380,17 +311,9 @@ mod tests {
     fn cache_returns_until_expiry_margin_and_forgets_refused_tokens() {
         let cache = TokenCache::default();
         let k = key("https://r/token");
-        cache.put(
-            k.clone(),
-            "tok".into(),
-            Instant::now(),
-            Duration::from_secs(60),
-        );
+        cache.put(k.clone(), "tok".into(), Instant::now(), Duration::from_secs(60));
         assert_eq!(cache.get(&k).as_deref(), Some("tok"));
-        let other_user = TokenKey {
-            user: Some("u".into()),
-            ..k.clone()
-        };
+        let other_user = TokenKey { user: Some("u".into()), ..k.clone() };
         assert_eq!(cache.get(&other_user), None);
         cache.forget(&k, "not-this-one");
         assert_eq!(cache.get(&k).as_deref(), Some("tok"));
@@ -403,43 +326,15 @@ mod tests {
 
     #[test]
     fn credentials_never_go_in_clear_text_to_another_host() {
-        let remote_http = Asker {
-            domain: "registry.lan:5000",
-            scheme: "http",
-            reference: "r",
-        };
-        let remote_https = Asker {
-            domain: "registry.lan",
-            scheme: "https",
-            reference: "r",
-        };
-        let local = Asker {
-            domain: "127.0.0.1:5001",
-            scheme: "http",
-            reference: "r",
-        };
-        assert!(may_send_credentials(
-            "https",
-            "auth.example.com",
-            &remote_https
-        ));
-        assert!(may_send_credentials(
-            "http",
-            "registry.lan:5060",
-            &remote_http
-        ));
-        assert!(!may_send_credentials(
-            "http",
-            "auth.example.com",
-            &remote_http
-        ));
+        let remote_http = Asker { domain: "registry.lan:5000", scheme: "http", reference: "r" };
+        let remote_https = Asker { domain: "registry.lan", scheme: "https", reference: "r" };
+        let local = Asker { domain: "127.0.0.1:5001", scheme: "http", reference: "r" };
+        assert!(may_send_credentials("https", "auth.example.com", &remote_https));
+        assert!(may_send_credentials("http", "registry.lan:5060", &remote_http));
+        assert!(!may_send_credentials("http", "auth.example.com", &remote_http));
         assert!(!may_send_credentials("http", "registry.lan", &remote_https));
         assert!(may_send_credentials("http", "127.0.0.1:5060", &local));
-        assert!(may_send_credentials(
-            "http",
-            "localhost:5060",
-            &remote_https
-        ));
+        assert!(may_send_credentials("http", "localhost:5060", &remote_https));
         assert!(!may_send_credentials("http", "10.1.1.1:5060", &local));
     }
 }

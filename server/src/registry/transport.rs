@@ -57,10 +57,7 @@ pub(crate) fn scheme(domain: &str, insecure_registries: &[String]) -> &'static s
 
 /// `<scheme>://<api host>/v2/<path>/manifests/<tag or digest>`.
 pub(crate) fn manifest_url(scheme: &str, domain: &str, path: &str, tag_or_digest: &str) -> String {
-    format!(
-        "{scheme}://{}/v2/{path}/manifests/{tag_or_digest}",
-        api_host(domain)
-    )
+    format!("{scheme}://{}/v2/{path}/manifests/{tag_or_digest}", api_host(domain))
 }
 
 /// An entry `host:port` matches exactly; an entry `host` matches that host on any port.
@@ -73,8 +70,7 @@ fn is_listed_insecure(domain: &str, insecure_registries: &[String]) -> bool {
             .or_else(|| lower.strip_prefix("https://"))
             .unwrap_or(&lower)
             .trim_end_matches('/');
-        entry.eq_ignore_ascii_case(domain)
-            || (port_of(entry).is_none() && entry.eq_ignore_ascii_case(host_of(domain)))
+        entry.eq_ignore_ascii_case(domain) || (port_of(entry).is_none() && entry.eq_ignore_ascii_case(host_of(domain)))
     })
 }
 
@@ -136,26 +132,16 @@ pub(crate) fn query_encode(value: &str) -> String {
 
 /// A header's value as text (name case-insensitive); `None` if absent or not text.
 pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// Every value of a repeatable header that is text.
 pub(crate) fn header_all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect()
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
 }
 
 /// Reads at most `limit` bytes of a body; `Ok(None)` if it is longer.
-pub(crate) fn read_body(
-    response: &mut Response<ureq::Body>,
-    limit: u64,
-) -> Result<Option<Vec<u8>>, ureq::Error> {
+pub(crate) fn read_body(response: &mut Response<ureq::Body>, limit: u64) -> Result<Option<Vec<u8>>, ureq::Error> {
     match response.body_mut().with_config().limit(limit).read_to_vec() {
         Ok(bytes) => Ok(Some(bytes)),
         Err(ureq::Error::BodyExceedsLimit(_)) => Ok(None),
@@ -169,29 +155,16 @@ pub(crate) fn failure(err: ureq::Error, registry: &str, reference: &str) -> Erro
     let registry = registry.to_string();
     let reference = reference.to_string();
     match err {
-        ureq::Error::Timeout(_) => Error::RegistryTimeout {
-            registry,
-            reference,
-        },
+        ureq::Error::Timeout(_) => Error::RegistryTimeout { registry, reference },
         ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
-            Error::RegistryTimeout {
-                registry,
-                reference,
-            }
+            Error::RegistryTimeout { registry, reference }
         }
         ureq::Error::Protocol(_)
         | ureq::Error::LargeResponseHeader(..)
         | ureq::Error::TooManyRedirects
         | ureq::Error::RedirectFailed
-        | ureq::Error::Decompress(..) => Error::RegistryProtocol {
-            registry,
-            reference,
-            reason: err.to_string(),
-        },
-        other => Error::RegistryUnreachable {
-            registry,
-            reason: other.to_string(),
-        },
+        | ureq::Error::Decompress(..) => Error::RegistryProtocol { registry, reference, reason: err.to_string() },
+        other => Error::RegistryUnreachable { registry, reason: other.to_string() },
     }
 }
 
@@ -213,35 +186,18 @@ mod tests {
 
     #[test]
     fn loopback_registries_use_plain_http() {
-        for domain in [
-            "localhost",
-            "localhost:5000",
-            "127.0.0.1:5000",
-            "127.1.2.3",
-            "[::1]:5000",
-            "[::1]",
-        ] {
+        for domain in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "[::1]"] {
             assert_eq!(scheme(domain, &[]), "http", "{domain}");
         }
-        for domain in [
-            "docker.io",
-            "ghcr.io",
-            "128.0.0.1:5000",
-            "localhost.example.com",
-            "10.0.0.1:5000",
-            "[::2]:5000",
-        ] {
+        for domain in ["docker.io", "ghcr.io", "128.0.0.1:5000", "localhost.example.com", "10.0.0.1:5000", "[::2]:5000"]
+        {
             assert_eq!(scheme(domain, &[]), "https", "{domain}");
         }
     }
 
     #[test]
     fn insecure_registries_match_host_or_host_and_port() {
-        let list = vec![
-            "10.0.0.5:5000".to_string(),
-            "registry.lan".to_string(),
-            "http://Other.lan:81/".to_string(),
-        ];
+        let list = vec!["10.0.0.5:5000".to_string(), "registry.lan".to_string(), "http://Other.lan:81/".to_string()];
         assert_eq!(scheme("10.0.0.5:5000", &list), "http");
         assert_eq!(scheme("10.0.0.5:5001", &list), "https");
         assert_eq!(scheme("10.0.0.5", &list), "https");
@@ -263,10 +219,7 @@ mod tests {
             scheme_and_authority("HTTPS://u:p@auth.docker.io/token?x=1"),
             Some(("https".to_string(), "auth.docker.io"))
         );
-        assert_eq!(
-            scheme_and_authority("http://127.0.0.1:5060"),
-            Some(("http".to_string(), "127.0.0.1:5060"))
-        );
+        assert_eq!(scheme_and_authority("http://127.0.0.1:5060"), Some(("http".to_string(), "127.0.0.1:5060")));
         assert_eq!(scheme_and_authority("ftp://x/"), None);
         assert_eq!(scheme_and_authority("https:///token"), None);
         assert_eq!(scheme_and_authority("token"), None);
@@ -274,10 +227,7 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(
-            query_encode("repository:foo/bar:pull,push"),
-            "repository%3Afoo%2Fbar%3Apull%2Cpush"
-        );
+        assert_eq!(query_encode("repository:foo/bar:pull,push"), "repository%3Afoo%2Fbar%3Apull%2Cpush");
         assert_eq!(query_encode("registry.docker.io"), "registry.docker.io");
         assert_eq!(query_encode("a b&c=é"), "a%20b%26c%3D%C3%A9");
     }

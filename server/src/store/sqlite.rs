@@ -53,10 +53,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, Error> {
-        let conn = Connection::open(path).map_err(|e| Error::Store {
-            op: "opening the database",
-            reason: format!("{}: {e}", path.display()),
-        })?;
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Store { op: "opening the database", reason: format!("{}: {e}", path.display()) })?;
         Self::init(conn)
     }
 
@@ -76,7 +74,9 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             return Err(Error::Store {
                 op: "opening the database",
-                reason: format!("schema version {version} is newer than this server ({SCHEMA_VERSION}); upgrade pinion-server"),
+                reason: format!(
+                    "schema version {version} is newer than this server ({SCHEMA_VERSION}); upgrade pinion-server"
+                ),
             });
         }
         conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
