@@ -152,8 +152,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         admin_token_hash: admin_token::load_or_create(&db)?,
         resolve_deadline: options.resolve_deadline.unwrap_or(Duration::from_secs(15)),
     };
-    let server = tiny_http::Server::http(&listen)
-        .map_err(|e| Error::Io { path: listen.clone().into(), source: std::io::Error::other(e.to_string()) })?;
+    let server = crate::listener::bind(&listen)?;
     log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
     api::serve(server, api, options.workers.unwrap_or(16), options.max_body.unwrap_or(1 << 20));
     Ok(ExitCode::SUCCESS)

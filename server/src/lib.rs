@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 mod error;
 pub mod keys;
+mod listener;
 pub mod pinning;
 pub mod registry;
 pub mod store;

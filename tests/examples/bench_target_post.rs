@@ -1,0 +1,69 @@
+//! Benchmark, not a test: wall time of one target-state POST naming 10 distinct images
+//! on the local Debian docker-registry, anonymous and with token auth, cold (first POST)
+//! and warm (tokens cached). Run: `cargo run --release -p pinion-tests --example bench_target_post`
+//! (builds pinion-server in the same profile).
+
+use pinion_tests::{push_image, Auth, ImageSpec, Registry, Server};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const IMAGES: usize = 10;
+const ROUNDS: usize = 20;
+
+fn target(registry: &Registry) -> Value {
+    let services: Vec<Value> = (0..IMAGES)
+        .map(|i| {
+            let image = format!("{}/bench/app{i}:latest", registry.host());
+            json!({"serviceId": i, "serviceName": format!("s{i}"), "imageName": image})
+        })
+        .collect();
+    json!({"apps": {"1": {"appId": 1, "services": services}}, "config": {}})
+}
+
+fn measure(label: &str, auth: Auth) {
+    let registry = Registry::start(auth);
+    for i in 0..IMAGES {
+        push_image(&registry, &format!("bench/app{i}"), "latest", &ImageSpec::linux_amd64(format!("app {i}")));
+    }
+    // The harness's own pushes ask the token server once per repository.
+    let pushes = registry.token_requests();
+    let config = registry.dir().write("config.json", registry.docker_config());
+    let server = Server::start(&["--registry-auth", config.to_str().unwrap()]);
+    let state = target(&registry);
+    let mut times: Vec<Duration> = Vec::new();
+    for round in 0..=ROUNDS {
+        let started = Instant::now();
+        let reply = server.set_target_state("bench-device", &state);
+        let elapsed = started.elapsed();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["resolution"]["resolved"], IMAGES, "{}", reply.body);
+        if round == 0 {
+            println!("{label}: cold POST {:.1} ms", ms(elapsed));
+        } else {
+            times.push(elapsed);
+        }
+    }
+    times.sort();
+    let started = Instant::now();
+    for _ in 0..20 {
+        server.request("GET", "/api/v1/devices/bench-device/target-state", None, Some(server.admin_token()));
+    }
+    println!("{label}: target-state GET (10 services), mean of 20: {:.2} ms", ms(started.elapsed()) / 20.0);
+    println!(
+        "{label}: warm POST over {ROUNDS} rounds: median {:.1} ms, p90 {:.1} ms, max {:.1} ms; token requests by the server: {}",
+        ms(times[ROUNDS / 2]),
+        ms(times[ROUNDS * 9 / 10]),
+        ms(times[ROUNDS - 1]),
+        registry.token_requests() - pushes
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    println!("target-state POST with {IMAGES} distinct images, local docker-registry on 127.0.0.1");
+    measure("anonymous", Auth::Anonymous);
+    measure("token auth", Auth::token("bench", "bench-password"));
+}
