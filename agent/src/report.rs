@@ -140,3 +140,95 @@ pub fn local_ip(server_host: &str) -> Option<String> {
     socket.connect(server_host).ok()?;
     socket.local_addr().ok().map(|a| a.ip().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Strategy;
+    use crate::store::ServiceRecord;
+
+    fn wanted(name: &str) -> DesiredService {
+        DesiredService {
+            key: ServiceKey { app_id: "1".into(), service_name: name.into() },
+            service_id: Some("7".into()),
+            image: format!("app@sha256:{name}"),
+            container_name: format!("{name}_1"),
+            create_body: json!({}),
+            config_hash: format!("hash-{name}"),
+            strategy: Strategy::DownloadThenKill,
+            keep_running: true,
+            networks: Default::default(),
+            volumes: Default::default(),
+            warnings: vec!["ulimits: not supported by pinion-agent, ignored".into()],
+        }
+    }
+
+    fn container(name: &str, hash: &str, state: &str) -> Container {
+        let labels = [(LABEL_APP_ID, "1"), (LABEL_SERVICE_NAME, name), (LABEL_CONFIG_HASH, hash)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Container {
+            id: format!("id-{name}-{hash}"),
+            name: format!("{name}_1"),
+            image: "old".into(),
+            state: state.into(),
+            status: String::new(),
+            labels,
+        }
+    }
+
+    #[test]
+    fn each_service_says_what_it_is_doing() {
+        let desired = [wanted("up"), wanted("pulling"), wanted("broken"), wanted("waiting")];
+        let containers = [
+            container("up", "hash-up", "running"),
+            container("pulling", "old-hash", "running"),
+            container("broken", "old-hash", "running"),
+        ];
+        let activities: BTreeMap<ServiceKey, Activity> = [
+            (desired[1].key.clone(), Activity::Downloading { percent: Some(42) }),
+            (desired[2].key.clone(), Activity::Failed { kind: "pull_failed", message: "no such host".into() }),
+        ]
+        .into_iter()
+        .collect();
+        let records = [ServiceRecord {
+            key: desired[3].key.clone(),
+            image: desired[3].image.clone(),
+            config_hash: desired[3].config_hash.clone(),
+            container_id: None,
+            failures: 2,
+            retry_at: 1_900_000_000,
+            last_error: Some("start failed".into()),
+        }];
+        let invalid = [(
+            ServiceKey { app_id: "2".into(), service_name: "bad".into() },
+            Error::InvalidTarget { reason: "app 2, service bad: no image".into() },
+        )];
+        let report = build_report(&ReportInput {
+            uuid: "dev",
+            desired: &desired,
+            invalid: &invalid,
+            containers: &containers,
+            activities: &activities,
+            records: &records,
+            info: &DeviceInfo { os_version: Some("Debian".into()), local_ip: None },
+        });
+        let services = &report["dev"]["apps"]["1"]["services"];
+        assert_eq!(services["up"]["status"], "running");
+        assert_eq!(services["up"]["containerId"], "id-up-hash-up");
+        assert_eq!(services["up"]["warnings"][0], "ulimits: not supported by pinion-agent, ignored");
+        assert_eq!(services["pulling"]["status"], "downloading");
+        assert_eq!(services["pulling"]["downloadProgress"], 42);
+        assert_eq!(services["pulling"]["runningImage"], "old", "the old container still runs");
+        assert_eq!(services["broken"]["status"], "error");
+        assert_eq!(services["broken"]["error"], json!({"type": "pull_failed", "message": "no such host"}));
+        assert_eq!(services["waiting"]["status"], "error");
+        assert_eq!(
+            (services["waiting"]["failures"].clone(), services["waiting"]["retryAt"].clone()),
+            (json!(2), json!(1_900_000_000u64))
+        );
+        assert_eq!(report["dev"]["apps"]["2"]["services"]["bad"]["error"]["type"], "invalid_service");
+        assert_eq!(report["dev"]["os_version"], "Debian");
+    }
+}

@@ -277,6 +277,11 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
     agent.restart();
     let pinned_v2 = format!("{}/crash/app@{v2}", registry.host());
     converge(&agent, "v2 running after the restart", || runs_exactly(docker, 9, "main", &pinned_v2));
+    assert!(
+        !agent.log().contains("new target state"),
+        "the restarted agent polled with its stored ETag and did not refetch:\n{}",
+        agent.log()
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(running(docker, 9, "main").len(), 1, "no duplicate containers");
 }
