@@ -126,9 +126,7 @@ fn run_step(
             engine.start(&id).map_err(|e| ("start_failed", e))?;
             activity(service, None);
             if let Some(wanted) = desired.get(service) {
-                store
-                    .record_deployed(service, &wanted.image, &wanted.config_hash, &id)
-                    .map_err(|e| ("store_failed", e))?;
+                store.record_deployed(wanted, &id).map_err(|e| ("store_failed", e))?;
                 let message = format!("started {name} ({}) from {}", short(&id), wanted.image);
                 log::info!("{message}");
                 let _ = store.log_event("info", &message);
@@ -148,9 +146,7 @@ fn run_step(
         Step::Start { service, container } => {
             engine.start(container).map_err(|e| ("start_failed", e))?;
             if let Some(wanted) = desired.get(service) {
-                store
-                    .record_deployed(service, &wanted.image, &wanted.config_hash, container)
-                    .map_err(|e| ("store_failed", e))?;
+                store.record_deployed(wanted, container).map_err(|e| ("store_failed", e))?;
             }
             let _ = store.log_event("info", &format!("started {}", short(container)));
             Ok(())

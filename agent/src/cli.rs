@@ -30,13 +30,15 @@ SETTINGS (file key = environment variable):
     device_type      PINION_DEVICE_TYPE
     poll_interval    PINION_POLL_INTERVAL     default 60s (with jitter)
     report_interval  PINION_REPORT_INTERVAL   heartbeat, default 5m
+    probation        PINION_PROBATION         default 60s; a new deployment that fails within it
+                                              is rolled back to the one before (0: off)
     docker_socket    PINION_DOCKER_SOCKET     default /var/run/docker.sock
     db               PINION_DB                default /var/lib/pinion/agent.db
 Durations are whole seconds or a number with s, m or h. Logs: RUST_LOG=debug for more.
 ";
 
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
+    crate::systemd::init_logging();
     match run_cli(std::env::args_os().skip(1).collect()) {
         Ok(code) => code,
         Err(error) => {
@@ -112,6 +114,14 @@ fn status(config: &Config) -> Result<ExitCode, Error> {
                 "upToDate": record.is_some_and(|r| r.config_hash == d.config_hash && r.last_error.is_none()),
                 "failures": record.map(|r| r.failures).unwrap_or(0),
                 "lastError": record.and_then(|r| r.last_error.clone()),
+                "deployedAt": record.map(|r| r.deployed_at).filter(|at| *at > 0),
+                // The target's image failed probation: `to` runs until the target changes.
+                "rollback": record
+                    .and_then(|r| r.rollback.as_ref())
+                    .filter(|rb| rb.from_image == d.image && rb.from_config_hash == d.config_hash)
+                    .map(|rb| json!({
+                    "from": rb.from_image, "to": rb.to.image, "reason": rb.reason, "at": rb.at,
+                })),
                 "warnings": d.warnings,
             })
         })

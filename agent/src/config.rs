@@ -12,6 +12,7 @@ pub const DEFAULT_DB_PATH: &str = "/var/lib/pinion/agent.db";
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -25,6 +26,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Heartbeat: a report goes out at least this often, changed or not.
     pub report_interval: Duration,
+    /// How long a new deployment is watched: failing within it puts the one before back.
+    /// Zero turns probation (and rollback) off.
+    pub probation: Duration,
     pub docker_socket: PathBuf,
     pub db: PathBuf,
 }
@@ -40,6 +44,7 @@ impl Default for Config {
             device_type: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             report_interval: DEFAULT_REPORT_INTERVAL,
+            probation: DEFAULT_PROBATION,
             docker_socket: DEFAULT_DOCKER_SOCKET.into(),
             db: DEFAULT_DB_PATH.into(),
         }
@@ -56,6 +61,7 @@ const KEYS: &[(&str, &str)] = &[
     ("device_type", "PINION_DEVICE_TYPE"),
     ("poll_interval", "PINION_POLL_INTERVAL"),
     ("report_interval", "PINION_REPORT_INTERVAL"),
+    ("probation", "PINION_PROBATION"),
     ("docker_socket", "PINION_DOCKER_SOCKET"),
     ("db", "PINION_DB"),
 ];
@@ -98,6 +104,7 @@ impl Config {
             "device_type" => self.device_type = Some(value.to_string()),
             "poll_interval" => self.poll_interval = duration(value)?,
             "report_interval" => self.report_interval = duration(value)?,
+            "probation" => self.probation = parse_duration(value)?,
             "docker_socket" => self.docker_socket = value.into(),
             "db" => self.db = value.into(),
             _ => {
@@ -201,13 +208,15 @@ mod tests {
     fn file_then_environment() {
         let config = load(
             "# pinion agent\nserver = \"http://127.0.0.1:3002/\"\npoll_interval = 30 # seconds\nreport_interval = '5m'\n",
-            &[("PINION_POLL_INTERVAL", "2m"), ("PINION_UUID", "gw-1")],
+            &[("PINION_POLL_INTERVAL", "2m"), ("PINION_UUID", "gw-1"), ("PINION_PROBATION", "30s")],
         )
         .unwrap();
         assert_eq!(config.server.as_deref(), Some("http://127.0.0.1:3002"));
         assert_eq!(config.poll_interval, Duration::from_secs(120));
         assert_eq!(config.report_interval, Duration::from_secs(300));
         assert_eq!(config.uuid.as_deref(), Some("gw-1"));
+        assert_eq!(config.probation, Duration::from_secs(30));
+        assert_eq!(load("probation = 0", &[]).unwrap().probation, Duration::ZERO, "0 turns probation off");
         assert_eq!(config.db, PathBuf::from(DEFAULT_DB_PATH));
     }
 

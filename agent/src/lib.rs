@@ -1,6 +1,7 @@
 //! pinion-agent: runs on each gateway, polls its target state from the server and
 //! reconciles Docker to it. The data path: `client` (poll, ETag) → `store` (SQLite) →
-//! `spec` + `plan` (pure) → `apply` (through `engine`) → `report` → `client`.
+//! `spec` → `probation` (rollbacks in force) → `plan` (pure) → `apply` (through `engine`)
+//! → `report` → `client`.
 
 pub mod apply;
 pub mod cli;
@@ -10,9 +11,11 @@ pub mod engine;
 mod error;
 pub mod identity;
 pub mod plan;
+pub mod probation;
 pub mod report;
 pub mod run;
 pub mod spec;
 pub mod store;
+pub mod systemd;
 
 pub use error::Error;

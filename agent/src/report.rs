@@ -1,7 +1,8 @@
 //! The current state the agent reports (`PATCH /device/state`): per app and service, the
 //! image, the container, and what it is doing (downloading with a percent, installing,
-//! running, exited, error with its type and message). Built by a pure function from
-//! what the agent knows, so that "changed since the last report" is a string compare.
+//! running, exited, error with its type and message), and a rollback when a deployment
+//! failed probation. Built by a pure function from what the agent knows, so that
+//! "changed since the last report" is a string compare.
 
 use crate::apply::Activity;
 use crate::engine::{Container, LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_SERVICE_NAME};
@@ -21,6 +22,7 @@ pub struct DeviceInfo {
 /// Everything a report is made from.
 pub struct ReportInput<'a> {
     pub uuid: &'a str,
+    /// The services run: the target's, with rollbacks in force (`probation::apply_rollbacks`).
     pub desired: &'a [DesiredService],
     pub invalid: &'a [(ServiceKey, Error)],
     pub containers: &'a [Container],
@@ -106,6 +108,14 @@ fn service_report(wanted: &DesiredService, input: &ReportInput<'_>) -> Value {
         service.insert("failures".into(), r.failures.into());
         service.insert("retryAt".into(), r.retry_at.into());
     }
+    // `imageName` is what runs (the deployment put back); the target's image failed.
+    if let Some(rollback) = record.and_then(|r| r.rollback.as_ref()) {
+        service.insert("targetImage".into(), rollback.from_image.clone().into());
+        service.insert(
+            "rollback".into(),
+            json!({"from": rollback.from_image, "to": rollback.to.image, "reason": rollback.reason, "at": rollback.at}),
+        );
+    }
     if current.is_none() && shown.is_some() {
         service.insert("runningImage".into(), shown.map(|c| c.image.clone()).into());
     }
@@ -145,7 +155,7 @@ pub fn local_ip(server_host: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::plan::Strategy;
-    use crate::store::ServiceRecord;
+    use crate::store::{Rollback, ServiceRecord};
 
     fn wanted(name: &str) -> DesiredService {
         DesiredService {
@@ -200,6 +210,8 @@ mod tests {
             failures: 2,
             retry_at: 1_900_000_000,
             last_error: Some("start failed".into()),
+            deployed_at: 0,
+            rollback: None,
         }];
         let invalid = [(
             ServiceKey { app_id: "2".into(), service_name: "bad".into() },
@@ -230,5 +242,43 @@ mod tests {
         );
         assert_eq!(report["dev"]["apps"]["2"]["services"]["bad"]["error"]["type"], "invalid_service");
         assert_eq!(report["dev"]["os_version"], "Debian");
+        assert!(services["up"].get("rollback").is_none());
+    }
+
+    #[test]
+    fn a_rollback_shows_what_runs_and_what_was_rejected() {
+        let (v1, v2) = (DesiredService::example("web", "app@1", "h1"), DesiredService::example("web", "app@2", "h2"));
+        let reason = "exited with code 1 within probation";
+        let rollback = Rollback {
+            from_image: v2.image.clone(),
+            from_config_hash: v2.config_hash.clone(),
+            to: v1.clone(),
+            reason: reason.into(),
+            at: 1_800_000_000,
+        };
+        let records = [ServiceRecord {
+            key: v1.key.clone(),
+            image: v1.image.clone(),
+            config_hash: v1.config_hash.clone(),
+            container_id: Some("id-web-h1".into()),
+            failures: 0,
+            retry_at: 0,
+            last_error: None,
+            deployed_at: 1_800_000_000,
+            rollback: Some(rollback),
+        }];
+        let report = build_report(&ReportInput {
+            uuid: "dev",
+            desired: &[v1],
+            invalid: &[],
+            containers: &[container("web", "h1", "running")],
+            activities: &BTreeMap::new(),
+            records: &records,
+            info: &DeviceInfo::default(),
+        });
+        let web = &report["dev"]["apps"]["1"]["services"]["web"];
+        assert_eq!((web["status"].as_str(), web["imageName"].as_str()), (Some("running"), Some("app@1")));
+        assert_eq!(web["targetImage"], "app@2");
+        assert_eq!(web["rollback"], json!({"from": "app@2", "to": "app@1", "reason": reason, "at": 1_800_000_000u64}));
     }
 }

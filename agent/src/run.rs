@@ -1,7 +1,9 @@
 //! The agent's loop: poll (ETag) → store → plan → apply → report, once per poll
 //! interval with jitter. The poll backs off while the server is away; reconciling goes
 //! on from the stored target regardless, so containers keep running, and come back
-//! when removed, without network.
+//! when removed, without network. While a new deployment is in probation, the agent
+//! reconciles every few seconds in between (without polling), so that one failing is
+//! caught and rolled back (`probation.rs`).
 
 use crate::apply::{apply, Activity};
 use crate::client::{Poll, ServerClient};
@@ -9,6 +11,7 @@ use crate::config::Config;
 use crate::engine::{Container, DockerEngine, Engine};
 use crate::identity::ensure_identity;
 use crate::plan::{plan, PlanInput};
+use crate::probation::Probation;
 use crate::report::{build_report, local_ip, os_version, DeviceInfo, ReportInput};
 use crate::spec::{desired_services, DesiredService, ServiceKey};
 use crate::store::{unix_now, AgentStore, Identity};
@@ -23,6 +26,8 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_POLL_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Progress reports during a pull go out at most this often.
 const PROGRESS_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often deployments in probation are looked at.
+const PROBATION_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs until the process is stopped. Errors here are the ones the agent cannot go on
 /// from (no server configured, no identity, its database unusable).
@@ -41,8 +46,10 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let identity = wait_for_identity(&config, &store, &client)?;
     let engine = wait_for_engine(&config);
+    crate::systemd::ready();
     let mut agent = Agent {
         info: DeviceInfo { os_version: os_version(), local_ip: server_host(&server).and_then(|h| local_ip(&h)) },
+        probation: Probation::new(config.probation),
         config,
         store,
         client,
@@ -54,7 +61,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     };
     loop {
         agent.cycle();
-        std::thread::sleep(jittered(agent.config.poll_interval));
+        agent.wait();
     }
 }
 
@@ -90,6 +97,7 @@ struct Agent {
     identity: Identity,
     engine: DockerEngine,
     info: DeviceInfo,
+    probation: Probation,
     poll_failures: u32,
     next_poll: Instant,
     /// The last report delivered, and when.
@@ -101,10 +109,25 @@ impl Agent {
         if Instant::now() >= self.next_poll {
             self.poll();
         }
+        self.reconcile_logged();
+    }
+
+    fn reconcile_logged(&mut self) {
         if let Err(e) = self.reconcile() {
             log::error!("{e}");
             let _ = self.store.log_event("error", &e.to_string());
         }
+    }
+
+    /// Sleeps until the next cycle, reconciling every few seconds meanwhile while a
+    /// deployment is in probation or a rollback waits.
+    fn wait(&mut self) {
+        let next_cycle = Instant::now() + jittered(self.config.poll_interval);
+        while self.probation.busy() && Instant::now() + PROBATION_CHECK_EVERY < next_cycle {
+            std::thread::sleep(PROBATION_CHECK_EVERY);
+            self.reconcile_logged();
+        }
+        std::thread::sleep(next_cycle.saturating_duration_since(Instant::now()));
     }
 
     fn poll(&mut self) {
@@ -144,10 +167,13 @@ impl Agent {
                 .map_err(|e| Error::InvalidTarget { reason: format!("stored target is not a target state: {e}") })?,
             None => TargetState::default(),
         };
-        let (desired, invalid) = desired_services(&target);
+        let (target, invalid) = desired_services(&target);
+        let now = unix_now();
+        self.probation.watch(&self.engine, &self.store, &target, now)?;
+        // The target's services, but the deployment put back where one failed probation.
+        let desired = self.probation.effective(&self.store, target)?;
         let containers = self.engine.managed_containers()?;
         let records = self.store.services()?;
-        let now = unix_now();
         let mut holding: BTreeSet<ServiceKey> = invalid.iter().map(|(key, _)| key.clone()).collect();
         for record in &records {
             let same_attempt = desired
@@ -168,6 +194,9 @@ impl Agent {
         if !steps.is_empty() {
             log::info!("applying {} step(s)", steps.len());
             activities = self.apply(&steps, &desired, &invalid, &containers);
+        }
+        if let Err(e) = self.probation.after_apply(&self.store, &desired, &activities, unix_now()) {
+            log::error!("{e}");
         }
         let containers = if steps.is_empty() { containers } else { self.engine.managed_containers()? };
         self.report(&desired, &invalid, &containers, &activities);

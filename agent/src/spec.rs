@@ -16,12 +16,13 @@ use crate::plan::Strategy;
 use crate::Error;
 use pinion_model::state::{App, Service};
 use pinion_model::TargetState;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// A service's identity on this device: the app it belongs to and its name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub app_id: String,
     pub service_name: String,
@@ -33,8 +34,9 @@ impl std::fmt::Display for ServiceKey {
     }
 }
 
-/// One service of the target, ready to plan with.
-#[derive(Debug, Clone, PartialEq)]
+/// One service of the target, ready to plan with. The store keeps it as JSON for each
+/// deployment, so that a rollback can create the earlier container again as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredService {
     pub key: ServiceKey,
     pub service_id: Option<String>,
@@ -68,6 +70,11 @@ impl DesiredService {
     /// The names other containers on the service's networks reach it by.
     pub fn network_aliases(&self) -> Vec<String> {
         vec![self.key.service_name.clone()]
+    }
+
+    /// Whether `other` deploys the same thing: the same image and the same config.
+    pub fn same_deployment(&self, other: &DesiredService) -> bool {
+        self.image == other.image && self.config_hash == other.config_hash
     }
 }
 
@@ -253,6 +260,28 @@ fn canonical_json(v: &Value, out: &mut String) {
             out.push(']');
         }
         scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+impl DesiredService {
+    /// A plain service for other modules' tests: service `name` of app 1, running `image`
+    /// with config hash `hash`, kept running.
+    pub(crate) fn example(name: &str, image: &str, hash: &str) -> DesiredService {
+        let key = ServiceKey { app_id: "1".into(), service_name: name.into() };
+        DesiredService {
+            container_name: format!("{name}_1"),
+            create_body: serde_json::json!({"Image": image, "Labels": {LABEL_CONFIG_HASH: hash}}),
+            key,
+            service_id: Some("7".into()),
+            image: image.into(),
+            config_hash: hash.into(),
+            strategy: Strategy::default(),
+            keep_running: true,
+            networks: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
     }
 }
 

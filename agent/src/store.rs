@@ -2,8 +2,12 @@
 //! last target with its ETag, what it deployed for each service and how that went, the
 //! last report not yet delivered, and a bounded event log. After a reboot without network
 //! the agent runs from here.
+//!
+//! Each service row also keeps the deployment now in place and the one before it (as the
+//! `DesiredService` JSON they were created from), when the current one was deployed (its
+//! probation runs from then), and a rollback when the current one failed probation.
 
-use crate::spec::ServiceKey;
+use crate::spec::{DesiredService, ServiceKey};
 use crate::Error;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -12,7 +16,8 @@ use std::time::Duration;
 /// Events kept in the log; older ones are dropped.
 pub const EVENT_LOG_LIMIT: i64 = 500;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: the first schema. 2: deployments and rollbacks (`MIGRATE_TO_2`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identity (
@@ -37,6 +42,14 @@ CREATE TABLE IF NOT EXISTS services (
     retry_at      INTEGER NOT NULL DEFAULT 0,
     last_error    TEXT,
     updated_at    INTEGER NOT NULL,
+    deployed_spec TEXT,
+    deployed_at   INTEGER NOT NULL DEFAULT 0,
+    previous_spec TEXT,
+    rollback_image       TEXT,
+    rollback_config_hash TEXT,
+    rollback_spec        TEXT,
+    rollback_reason      TEXT,
+    rollback_at          INTEGER,
     PRIMARY KEY (app_id, service_name)
 );
 CREATE TABLE IF NOT EXISTS pending_report (
@@ -50,6 +63,21 @@ CREATE TABLE IF NOT EXISTS events (
     level    TEXT NOT NULL,
     message  TEXT NOT NULL
 );
+";
+
+/// A version-1 database gets the columns `SCHEMA` has since version 2:
+/// `deployed_spec`/`previous_spec` (`DesiredService` JSON of the deployment in place and
+/// of the one before it), `deployed_at` (unix time; probation runs from it) and the
+/// rollback of a deployment that failed probation.
+const MIGRATE_TO_2: &str = "
+ALTER TABLE services ADD COLUMN deployed_spec TEXT;
+ALTER TABLE services ADD COLUMN deployed_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE services ADD COLUMN previous_spec TEXT;
+ALTER TABLE services ADD COLUMN rollback_image TEXT;
+ALTER TABLE services ADD COLUMN rollback_config_hash TEXT;
+ALTER TABLE services ADD COLUMN rollback_spec TEXT;
+ALTER TABLE services ADD COLUMN rollback_reason TEXT;
+ALTER TABLE services ADD COLUMN rollback_at INTEGER;
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +108,30 @@ pub struct ServiceRecord {
     /// Unix time before which the service is not tried again.
     pub retry_at: u64,
     pub last_error: Option<String>,
+    /// Unix time the deployment in place was first started (0: not known).
+    pub deployed_at: u64,
+    /// Set while the target asks for a deployment that failed probation.
+    pub rollback: Option<Rollback>,
+}
+
+/// A deployment that failed probation, and the earlier one put back in its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    /// The rejected image and config: not tried again while the target asks for them.
+    pub from_image: String,
+    pub from_config_hash: String,
+    /// What runs instead.
+    pub to: DesiredService,
+    /// `exited with code 1 within probation`, `failed to start: …`.
+    pub reason: String,
+    pub at: u64,
+}
+
+/// The deployment of a service in place and the one before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deployments {
+    pub current: Option<DesiredService>,
+    pub previous: Option<DesiredService>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +147,25 @@ pub struct AgentStore {
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::Store { op, reason: e.to_string() }
+}
+
+fn spec_json(service: &DesiredService) -> String {
+    serde_json::to_string(service).unwrap_or_default()
+}
+
+/// A stored deployment; one that no longer parses is treated as unknown.
+fn spec_from(key: &ServiceKey, text: Option<String>) -> Option<DesiredService> {
+    let text = text?;
+    match serde_json::from_str::<DesiredService>(&text) {
+        Ok(mut service) => {
+            service.key = key.clone();
+            Some(service)
+        }
+        Err(e) => {
+            log::warn!("{key}: a stored deployment is unreadable and is ignored: {e}");
+            None
+        }
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -128,8 +199,16 @@ impl AgentStore {
                 reason: format!("schema version {version} is newer than this agent ({SCHEMA_VERSION})"),
             });
         }
-        conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
+        {
+            let tx = conn.unchecked_transaction().map_err(db("migrating the schema"))?;
+            tx.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
+            // A new database (version 0) got every column from `SCHEMA`.
+            if (1..2).contains(&version) {
+                tx.execute_batch(MIGRATE_TO_2).map_err(db("migrating the schema to version 2"))?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
+            tx.commit().map_err(db("migrating the schema"))?;
+        }
         Ok(AgentStore { conn })
     }
 
@@ -179,20 +258,34 @@ impl AgentStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error
+                "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error,
+                        deployed_at, rollback_image, rollback_config_hash, rollback_spec, rollback_reason, rollback_at
                  FROM services ORDER BY app_id, service_name",
             )
             .map_err(db("reading services"))?;
         let rows = stmt
             .query_map([], |r| {
+                let key = ServiceKey { app_id: r.get(0)?, service_name: r.get(1)? };
+                let rollback = match (r.get(9)?, r.get(10)?, spec_from(&key, r.get(11)?)) {
+                    (Some(from_image), Some(from_config_hash), Some(to)) => Some(Rollback {
+                        from_image,
+                        from_config_hash,
+                        to,
+                        reason: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                        at: r.get::<_, Option<i64>>(13)?.unwrap_or(0) as u64,
+                    }),
+                    _ => None,
+                };
                 Ok(ServiceRecord {
-                    key: ServiceKey { app_id: r.get(0)?, service_name: r.get(1)? },
                     image: r.get(2)?,
                     config_hash: r.get(3)?,
                     container_id: r.get(4)?,
                     failures: r.get::<_, i64>(5)? as u32,
                     retry_at: r.get::<_, i64>(6)? as u64,
                     last_error: r.get(7)?,
+                    deployed_at: r.get::<_, i64>(8)? as u64,
+                    rollback,
+                    key,
                 })
             })
             .map_err(db("reading services"))?;
@@ -200,23 +293,93 @@ impl AgentStore {
     }
 
     /// Records a service as deployed (its container created and started): failures reset.
-    pub fn record_deployed(
-        &self,
-        key: &ServiceKey,
-        image: &str,
-        config_hash: &str,
-        container_id: &str,
-    ) -> Result<(), Error> {
+    /// A different image or config than the deployment in place becomes the deployment
+    /// in place, the one before it becomes the previous one, and its probation starts now.
+    pub fn record_deployed(&self, wanted: &DesiredService, container_id: &str) -> Result<(), Error> {
+        let key = &wanted.key;
+        let moved_on = self.deployments(key)?.current.is_none_or(|current| !current.same_deployment(wanted));
         self.conn
             .execute(
-                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6)
+                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
+                                       last_error, updated_at, deployed_spec, deployed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6, ?7, ?6)
                  ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
                      config_hash = excluded.config_hash, container_id = excluded.container_id,
-                     failures = 0, retry_at = 0, last_error = NULL, updated_at = excluded.updated_at",
-                params![key.app_id, key.service_name, image, config_hash, container_id, unix_now() as i64],
+                     failures = 0, retry_at = 0, last_error = NULL, updated_at = excluded.updated_at,
+                     deployed_spec = excluded.deployed_spec,
+                     previous_spec = CASE WHEN ?8 THEN services.deployed_spec ELSE services.previous_spec END,
+                     deployed_at = CASE WHEN ?8 THEN excluded.deployed_at ELSE services.deployed_at END",
+                params![
+                    key.app_id,
+                    key.service_name,
+                    wanted.image,
+                    wanted.config_hash,
+                    container_id,
+                    unix_now() as i64,
+                    spec_json(wanted),
+                    moved_on
+                ],
             )
             .map_err(db("recording a deployed service"))?;
+        Ok(())
+    }
+
+    /// The deployment of `key` in place and the one before it, as `record_deployed` kept them.
+    pub fn deployments(&self, key: &ServiceKey) -> Result<Deployments, Error> {
+        let specs = self
+            .conn
+            .query_row(
+                "SELECT deployed_spec, previous_spec FROM services WHERE app_id = ?1 AND service_name = ?2",
+                params![key.app_id, key.service_name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("reading deployments"))?;
+        Ok(match specs {
+            Some((current, previous)) => {
+                Deployments { current: spec_from(key, current), previous: spec_from(key, previous) }
+            }
+            None => Deployments::default(),
+        })
+    }
+
+    /// Records that `key`'s deployment `rollback.from_*` failed probation and
+    /// `rollback.to` runs instead, until the target asks for something else.
+    pub fn record_rollback(&self, key: &ServiceKey, rollback: &Rollback) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE services SET rollback_image = ?3, rollback_config_hash = ?4, rollback_spec = ?5,
+                     rollback_reason = ?6, rollback_at = ?7
+                 WHERE app_id = ?1 AND service_name = ?2",
+                params![
+                    key.app_id,
+                    key.service_name,
+                    rollback.from_image,
+                    rollback.from_config_hash,
+                    spec_json(&rollback.to),
+                    rollback.reason,
+                    rollback.at as i64
+                ],
+            )
+            .map_err(db("recording a rollback"))?;
+        Ok(())
+    }
+
+    /// The rollback in force for `key`, if any.
+    pub fn rollback_of(&self, key: &ServiceKey) -> Result<Option<Rollback>, Error> {
+        Ok(self.services()?.into_iter().find(|s| &s.key == key).and_then(|s| s.rollback))
+    }
+
+    /// Forgets `key`'s rollback: the target moved on from the rejected deployment.
+    pub fn clear_rollback(&self, key: &ServiceKey) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE services SET rollback_image = NULL, rollback_config_hash = NULL, rollback_spec = NULL,
+                     rollback_reason = NULL, rollback_at = NULL
+                 WHERE app_id = ?1 AND service_name = ?2",
+                params![key.app_id, key.service_name],
+            )
+            .map_err(db("clearing a rollback"))?;
         Ok(())
     }
 
@@ -265,6 +428,8 @@ impl AgentStore {
             failures,
             retry_at,
             last_error: Some(error.to_string()),
+            deployed_at: previous.as_ref().map_or(0, |p| p.deployed_at),
+            rollback: previous.and_then(|p| p.rollback),
         })
     }
 
@@ -369,11 +534,89 @@ mod tests {
         assert_eq!(second.failures, 2);
         assert!(second.retry_at >= unix_now() + 19);
         assert_eq!(store.record_failure(&key("web"), "a@2", "h2", "boom", &backoff).unwrap().failures, 1);
-        store.record_deployed(&key("web"), "a@2", "h2", "c1").unwrap();
+        store.record_deployed(&DesiredService::example("web", "a@2", "h2"), "c1").unwrap();
         let record = &store.services().unwrap()[0];
         assert_eq!((record.failures, record.last_error.clone()), (0, None));
         store.forget_service(&key("web")).unwrap();
         assert!(store.services().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_deployment_keeps_the_one_before_it() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        let deployed_at = store.services().unwrap()[0].deployed_at;
+        assert!(deployed_at >= unix_now() - 1);
+        assert_eq!(store.deployments(&v1.key).unwrap(), Deployments { current: Some(v1.clone()), previous: None });
+
+        // Starting the same deployment again (a new container) is no new deployment.
+        store.conn.execute("UPDATE services SET deployed_at = 5", []).unwrap();
+        store.record_deployed(&v1, "c2").unwrap();
+        assert_eq!(store.services().unwrap()[0].deployed_at, 5);
+        assert_eq!(store.deployments(&v1.key).unwrap().previous, None);
+
+        // A failed attempt at v2 changes neither; deploying v2 moves v1 back.
+        store.record_failure(&v2.key, &v2.image, &v2.config_hash, "pull failed", &|_| Duration::ZERO).unwrap();
+        assert_eq!(store.deployments(&v1.key).unwrap().current, Some(v1.clone()));
+        store.record_deployed(&v2, "c3").unwrap();
+        assert_eq!(store.deployments(&v1.key).unwrap(), Deployments { current: Some(v2), previous: Some(v1) });
+        assert!(store.services().unwrap()[0].deployed_at > 5);
+    }
+
+    #[test]
+    fn a_rollback_is_kept_until_cleared() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        store.record_deployed(&v2, "c2").unwrap();
+        let rollback = Rollback {
+            from_image: v2.image.clone(),
+            from_config_hash: v2.config_hash.clone(),
+            to: v1.clone(),
+            reason: "exited with code 1 within probation".into(),
+            at: 1_700_000_000,
+        };
+        store.record_rollback(&v1.key, &rollback).unwrap();
+        assert_eq!(store.rollback_of(&v1.key).unwrap(), Some(rollback.clone()));
+        // Putting v1 back is recorded as a deployment; the rollback stays.
+        store.record_deployed(&v1, "c3").unwrap();
+        assert_eq!(store.services().unwrap()[0].rollback, Some(rollback));
+        store.clear_rollback(&v1.key).unwrap();
+        assert_eq!(store.rollback_of(&v1.key).unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_database_gets_the_deployment_columns() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE services (
+                 app_id TEXT NOT NULL, service_name TEXT NOT NULL, image TEXT NOT NULL,
+                 config_hash TEXT NOT NULL, container_id TEXT, failures INTEGER NOT NULL DEFAULT 0,
+                 retry_at INTEGER NOT NULL DEFAULT 0, last_error TEXT, updated_at INTEGER NOT NULL,
+                 PRIMARY KEY (app_id, service_name));
+             INSERT INTO services (app_id, service_name, image, config_hash, container_id, updated_at)
+                 VALUES ('1', 'web', 'a@1', 'h1', 'c1', 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let store = AgentStore::init(conn).unwrap();
+        let version: i64 = store.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let old = &store.services().unwrap()[0];
+        assert_eq!((old.image.as_str(), old.container_id.as_deref(), old.deployed_at), ("a@1", Some("c1"), 0));
+        assert_eq!(old.rollback, None);
+        assert_eq!(store.deployments(&key("web")).unwrap(), Deployments::default());
+        let v2 = DesiredService::example("web", "a@2", "h2");
+        store.record_deployed(&v2, "c2").unwrap();
+        assert_eq!(store.deployments(&key("web")).unwrap().current, Some(v2));
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        assert!(AgentStore::init(conn).is_err());
     }
 
     #[test]

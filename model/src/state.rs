@@ -60,9 +60,16 @@ pub struct ImageResolution {
     pub status: ResolutionStatus,
     #[serde(rename = "resolvedAt")]
     pub resolved_at: String,
-    /// Why the registry could not be asked (fallback only).
+    /// Why the registry could not be asked (fallback and cached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Seconds since the registry last gave the digest used (cached only).
+    #[serde(rename = "cacheAge", default, skip_serializing_if = "Option::is_none")]
+    pub cache_age: Option<u64>,
+    /// After a rollback: the digest rolled away from, which following the tag does not
+    /// bring back; a later push (another digest) does.
+    #[serde(rename = "rolledBackFrom", default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -74,7 +81,9 @@ pub enum ResolutionStatus {
     Resolved,
     /// The request already carried a digest.
     Pinned,
-    /// The registry could not be asked or refused; the tag is kept.
+    /// The registry could not be asked; the last digest it gave is used (`cacheAge`).
+    Cached,
+    /// The registry could not be asked or refused, and no digest is known; the tag is kept.
     Fallback,
 }
 

@@ -1,8 +1,13 @@
 //! The `pinion-server` command line: `serve`, `image parse`, `image resolve`.
 
 use crate::api::{self, Api};
+use crate::digest_cache::CachedResolver;
+use crate::keys::hash_secret;
+use crate::pinning::ResolveDigests;
+use crate::policy::{UpdatePolicy, UpdateWindow};
+use crate::refresh::Refresher;
 use crate::registry::{Credentials, Resolver, ResolverConfig};
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 use crate::{admin_token, Error};
 use lexopt::prelude::*;
 use pinion_model::duration::parse_duration;
@@ -10,6 +15,7 @@ use pinion_model::Reference;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "\
@@ -24,6 +30,17 @@ SERVE OPTIONS:
     --listen ADDR              address to listen on [env PINION_LISTEN, default 0.0.0.0:3002]
     --db PATH                  SQLite database [env PINION_DB, default ./pinion-server.db]
     --resolve-deadline DUR     time one target-state request may spend on registries [default 15s]
+    --cache-ttl DUR            a digest younger than this answers without asking [default 5m]
+    --refresh-interval DUR     every followed tag is asked again within this time, spread out;
+                               0 turns the background re-resolution off [default 15m]
+    --webhook-token TOKEN      token registries send to POST /api/v1/webhooks/registry
+                               (Bearer or ?token=) [env PINION_WEBHOOK_TOKEN; off when unset]
+    --auto-update true|false   default policy: false only records a moved tag as a pending
+                               update, to be applied by the operator [default true]
+    --update-window WINDOW     default policy: moved tags are applied only inside this daily
+                               window, HH:MM-HH:MM[@ZONE], e.g. 02:00-04:00@Europe/Berlin or
+                               22:00-02:00 (across midnight; ZONE defaults to UTC); outside
+                               it they wait as pending updates [default: none, any time]
     --workers N                HTTP worker threads [default 16]
     --max-body BYTES           largest request body accepted [default 1048576]
 
@@ -33,6 +50,9 @@ REGISTRY OPTIONS:
     --registry-timeout DUR     timeout of each registry request [default 10s]
 
 Durations are whole seconds or a number with s, m or h (30s, 15m, 2h).
+--auto-update and --update-window apply to devices without their own policy
+(PUT /api/v1/devices/UUID/update-policy); a target the operator sets applies at once.
+Time zones come from the system time zone database (/usr/share/zoneinfo, package tzdata).
 The admin token comes from PINION_ADMIN_TOKEN, or is made on first start and saved
 beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for more.
 
@@ -43,7 +63,7 @@ beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for m
 /// Runs the command line and turns errors into an exit code: 2 for usage and invalid
 /// references, 1 for everything else.
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
+    crate::systemd::init_logging();
     match run(std::env::args_os().skip(1).collect()) {
         Ok(code) => code,
         Err(error) => {
@@ -102,11 +122,16 @@ struct Options {
     listen: Option<String>,
     db: Option<PathBuf>,
     resolve_deadline: Option<Duration>,
+    cache_ttl: Option<Duration>,
+    refresh_interval: Option<Duration>,
+    webhook_token: Option<String>,
     workers: Option<usize>,
     max_body: Option<usize>,
     registry_auth: Option<PathBuf>,
     insecure_registries: Vec<String>,
     registry_timeout: Option<Duration>,
+    auto_update: Option<bool>,
+    update_window: Option<UpdateWindow>,
 }
 
 impl Options {
@@ -117,14 +142,35 @@ impl Options {
             "listen" => self.listen = Some(value),
             "db" => self.db = Some(value.into()),
             "resolve-deadline" => self.resolve_deadline = Some(duration(&value)?),
+            "cache-ttl" => self.cache_ttl = Some(duration(&value)?),
+            "refresh-interval" => self.refresh_interval = Some(duration(&value)?),
+            "webhook-token" => self.webhook_token = Some(value),
             "workers" => self.workers = Some(number(&value)?),
             "max-body" => self.max_body = Some(number(&value)?),
             "registry-auth" => self.registry_auth = Some(value.into()),
             "insecure-registry" => self.insecure_registries.push(value),
             "registry-timeout" | "timeout" => self.registry_timeout = Some(duration(&value)?),
+            "auto-update" => {
+                self.auto_update = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(usage(format!("--auto-update: {value:?} is neither true nor false"))),
+                })
+            }
+            "update-window" => {
+                self.update_window = match value.as_str() {
+                    "none" => None,
+                    _ => Some(value.parse().map_err(|e| usage(format!("--update-window: {e}")))?),
+                }
+            }
             _ => return Err(usage(format!("unknown option --{name}"))),
         }
         Ok(())
+    }
+
+    /// The update policy of devices without their own.
+    fn default_policy(&self) -> UpdatePolicy {
+        UpdatePolicy { auto_update: self.auto_update.unwrap_or(true), update_window: self.update_window.clone() }
     }
 
     fn resolver(&self) -> Result<Resolver, Error> {
@@ -145,15 +191,39 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let listen = listen.unwrap_or_else(|| "0.0.0.0:3002".into());
     let db = options.db.clone().or_else(|| std::env::var_os("PINION_DB").map(PathBuf::from));
     let db = db.unwrap_or_else(|| PathBuf::from("pinion-server.db"));
-    let store = SqliteStore::open(&db)?;
-    let api = Api {
-        store: Box::new(store),
-        resolver: Box::new(options.resolver()?),
-        admin_token_hash: admin_token::load_or_create(&db)?,
-        resolve_deadline: options.resolve_deadline.unwrap_or(Duration::from_secs(15)),
+    let webhook_token = options.webhook_token.clone().or_else(|| std::env::var("PINION_WEBHOOK_TOKEN").ok());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let cache_ttl = options.cache_ttl.unwrap_or(Duration::from_secs(5 * 60));
+    let resolver: Arc<dyn ResolveDigests + Send + Sync> =
+        Arc::new(CachedResolver::new(Box::new(options.resolver()?), Arc::clone(&store), cache_ttl));
+    let resolve_deadline = options.resolve_deadline.unwrap_or(Duration::from_secs(15));
+    let (refresh_requests, refresh_queue) = std::sync::mpsc::channel();
+    let refresher = Refresher {
+        store: Arc::clone(&store),
+        resolver: Arc::clone(&resolver),
+        default_policy: options.default_policy(),
+        deadline: resolve_deadline,
     };
+    let refresh_interval = options.refresh_interval.unwrap_or(Duration::from_secs(15 * 60));
+    std::thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || refresher.run(refresh_interval, refresh_queue))
+        .map_err(|source| Error::Io { path: "refresh thread".into(), source })?;
+    let api = Api {
+        store,
+        resolver,
+        admin_token_hash: admin_token::load_or_create(&db)?,
+        webhook_token_hash: webhook_token.as_deref().map(hash_secret),
+        resolve_deadline,
+        refresh_requests: Some(refresh_requests),
+        default_policy: options.default_policy(),
+    };
+    if !crate::policy::time_zone_database_found() {
+        log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");
+    }
     let server = crate::listener::bind(&listen)?;
     log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
+    crate::systemd::ready();
     api::serve(server, api, options.workers.unwrap_or(16), options.max_body.unwrap_or(1 << 20));
     Ok(ExitCode::SUCCESS)
 }

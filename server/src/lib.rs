@@ -5,12 +5,18 @@
 pub mod admin_token;
 pub mod api;
 pub mod cli;
+pub mod digest_cache;
 mod error;
 pub mod keys;
 mod listener;
 pub mod pinning;
+pub mod policy;
+pub mod refresh;
 pub mod registry;
+pub mod registry_events;
 pub mod store;
+pub mod systemd;
+pub mod targets;
 pub mod timefmt;
 
 pub use error::Error;

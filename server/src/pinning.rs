@@ -12,14 +12,45 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Answers many references at once, within a deadline (the registry, or a test's table).
+/// The digest a reference is pinned to, and whether it is a fresh answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub digest: String,
+    pub media_type: String,
+    /// Set when the registry could not be asked and the last digest it gave is used.
+    pub stale: Option<Staleness>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staleness {
+    /// Seconds since the registry gave this digest.
+    pub age_secs: u64,
+    /// Why the registry could not be asked now.
+    pub reason: String,
+}
+
+impl From<Resolved> for Pin {
+    fn from(resolved: Resolved) -> Pin {
+        Pin { digest: resolved.digest, media_type: resolved.media_type, stale: None }
+    }
+}
+
+pub type Answers = HashMap<Reference, Result<Pin, Error>>;
+
+/// Answers many references at once, within a deadline (the registry through the digest
+/// cache, or a test's table).
 pub trait ResolveDigests {
-    fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> HashMap<Reference, Result<Resolved, Error>>;
+    /// A digest per reference; a fresh cache entry may answer without asking the registry.
+    fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers;
+    /// A digest per reference from the registry now (the background re-resolution).
+    fn resolve_fresh(&self, refs: &[Reference], deadline: Duration) -> Answers {
+        self.resolve_all(refs, deadline)
+    }
 }
 
 impl ResolveDigests for Resolver {
-    fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> HashMap<Reference, Result<Resolved, Error>> {
-        Resolver::resolve_all(self, refs, deadline)
+    fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers {
+        Resolver::resolve_all(self, refs, deadline).into_iter().map(|(r, a)| (r, a.map(Pin::from))).collect()
     }
 }
 
@@ -29,6 +60,7 @@ pub struct ResolutionSummary {
     pub total: usize,
     pub resolved: usize,
     pub pinned: usize,
+    pub cached: usize,
     pub fallback: usize,
     pub warnings: Vec<String>,
 }
@@ -58,7 +90,7 @@ pub fn pin_target_state(
             floating.push(query);
         }
     }
-    let answers = if floating.is_empty() { HashMap::new() } else { resolver.resolve_all(&floating, deadline) };
+    let answers = if floating.is_empty() { Answers::new() } else { resolver.resolve_all(&floating, deadline) };
     Ok(apply_resolutions(state, &requested, &answers, now))
 }
 
@@ -111,7 +143,7 @@ pub fn requested_images(state: &TargetState) -> Result<Vec<RequestedImage>, Erro
 }
 
 /// The reference as the registry is asked for it: `nginx` and `nginx:latest` are one question.
-fn registry_query(reference: &Reference) -> Reference {
+pub fn registry_query(reference: &Reference) -> Reference {
     Reference::parse(&reference.canonical()).unwrap_or_else(|_| reference.clone())
 }
 
@@ -128,22 +160,32 @@ fn re_requested<'a>(service: &'a Service, image_name: &str) -> Option<&'a str> {
 pub fn apply_resolutions(
     state: &mut TargetState,
     requested: &[RequestedImage],
-    answers: &HashMap<Reference, Result<Resolved, Error>>,
+    answers: &Answers,
     now: &str,
 ) -> ResolutionSummary {
     let mut summary = ResolutionSummary { total: requested.len(), ..Default::default() };
     let services = state.apps.iter_mut().flat_map(|(_, app)| app.services.iter_mut().map(|(_, s)| s));
     for (service, image) in services.zip(requested) {
+        let mut cache_age = None;
         let (image_name, digest, status, error) = match image.reference.digest() {
             Some(digest) => {
                 summary.pinned += 1;
                 (image.reference.pinned(digest), Some(digest.to_string()), ResolutionStatus::Pinned, None)
             }
             None => match answers.get(&registry_query(&image.reference)) {
-                Some(Ok(resolved)) => {
+                Some(Ok(Pin { digest, stale: None, .. })) => {
                     summary.resolved += 1;
-                    let pinned = image.reference.pinned(&resolved.digest);
-                    (pinned, Some(resolved.digest.clone()), ResolutionStatus::Resolved, None)
+                    (image.reference.pinned(digest), Some(digest.clone()), ResolutionStatus::Resolved, None)
+                }
+                Some(Ok(Pin { digest, stale: Some(stale), .. })) => {
+                    summary.cached += 1;
+                    summary.warnings.push(format!(
+                        "app {}, service {}: {} pinned to the digest the registry gave {} s ago: {}",
+                        image.app, image.service, image.written, stale.age_secs, stale.reason
+                    ));
+                    cache_age = Some(stale.age_secs);
+                    let pinned = image.reference.pinned(digest);
+                    (pinned, Some(digest.clone()), ResolutionStatus::Cached, Some(stale.reason.clone()))
                 }
                 failed => {
                     summary.fallback += 1;
@@ -171,6 +213,8 @@ pub fn apply_resolutions(
             status,
             resolved_at: now.to_string(),
             error,
+            cache_age,
+            rolled_back_from: None,
             extra: Default::default(),
         });
     }
@@ -190,12 +234,12 @@ mod tests {
     }
 
     impl ResolveDigests for TableResolver {
-        fn resolve_all(&self, refs: &[Reference], _: Duration) -> HashMap<Reference, Result<Resolved, Error>> {
+        fn resolve_all(&self, refs: &[Reference], _: Duration) -> Answers {
             self.asked.borrow_mut().push(refs.iter().map(|r| r.canonical()).collect());
             refs.iter()
                 .map(|r| {
                     let answer = match self.digests.get(&r.canonical()) {
-                        Some(d) => Ok(Resolved { digest: d.to_string(), media_type: "m".into() }),
+                        Some(d) => Ok(Pin { digest: d.to_string(), media_type: "m".into(), stale: None }),
                         None => Err(Error::ManifestUnknown { reference: r.canonical(), reason: "no such tag".into() }),
                     };
                     (r.clone(), answer)

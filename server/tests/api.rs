@@ -5,12 +5,10 @@
 use pinion_model::Reference;
 use pinion_server::api::{handle, Api, Request, Response};
 use pinion_server::keys::hash_secret;
-use pinion_server::pinning::ResolveDigests;
-use pinion_server::registry::Resolved;
+use pinion_server::pinning::{Answers, Pin, ResolveDigests};
 use pinion_server::store::SqliteStore;
 use pinion_server::Error;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,12 +20,16 @@ const DIGEST_V2: &str = "sha256:222222222222222222222222222222222222222222222222
 struct Digests(Arc<Mutex<&'static str>>);
 
 impl ResolveDigests for Digests {
-    fn resolve_all(&self, refs: &[Reference], _: Duration) -> HashMap<Reference, Result<Resolved, Error>> {
+    fn resolve_all(&self, refs: &[Reference], _: Duration) -> Answers {
         let latest = *self.0.lock().unwrap();
         refs.iter()
             .map(|r| {
                 let answer = if r.canonical() == "docker.io/library/nginx:latest" {
-                    Ok(Resolved { digest: latest.into(), media_type: "application/vnd.oci.image.index.v1+json".into() })
+                    Ok(Pin {
+                        digest: latest.into(),
+                        media_type: "application/vnd.oci.image.index.v1+json".into(),
+                        stale: None,
+                    })
                 } else {
                     Err(Error::RegistryUnreachable { registry: r.domain().into(), reason: "connection refused".into() })
                 };
@@ -49,10 +51,13 @@ impl Fixture {
         Fixture {
             latest: Arc::clone(&latest),
             api: Api {
-                store: Box::new(SqliteStore::in_memory().unwrap()),
-                resolver: Box::new(Digests(latest)),
+                store: Arc::new(SqliteStore::in_memory().unwrap()),
+                resolver: Arc::new(Digests(latest)),
+                webhook_token_hash: None,
+                refresh_requests: None,
                 admin_token_hash: hash_secret(ADMIN),
                 resolve_deadline: Duration::from_secs(1),
+                default_policy: pinion_server::policy::UpdatePolicy::default(),
             },
         }
     }

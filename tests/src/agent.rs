@@ -22,8 +22,19 @@ impl Agent {
     /// Starts an agent for `server_url` that registers with `provisioning_key` as `uuid`
     /// and polls every second.
     pub fn start(server_url: &str, provisioning_key: &str, uuid: &str, docker: &Docker) -> Agent {
+        Agent::start_with_env(server_url, provisioning_key, uuid, docker, &[])
+    }
+
+    /// `start` with more settings (`("PINION_PROBATION", "30")`), which win over the defaults.
+    pub fn start_with_env(
+        server_url: &str,
+        provisioning_key: &str,
+        uuid: &str,
+        docker: &Docker,
+        extra: &[(&str, &str)],
+    ) -> Agent {
         let dir = TempDir::new("agent");
-        let env = vec![
+        let mut env = vec![
             ("PINION_SERVER".to_string(), server_url.to_string()),
             ("PINION_PROVISIONING_KEY".to_string(), provisioning_key.to_string()),
             ("PINION_UUID".to_string(), uuid.to_string()),
@@ -33,6 +44,10 @@ impl Agent {
             ("PINION_DB".to_string(), dir.join("agent.db").display().to_string()),
             ("RUST_LOG".to_string(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         ];
+        for (name, value) in extra {
+            env.retain(|(k, _)| k != name);
+            env.push((name.to_string(), value.to_string()));
+        }
         let mut agent = Agent { child: None, env, dir, starts: 0 };
         agent.restart();
         agent

@@ -24,7 +24,7 @@ pub use image::{
     push_image, push_image_as, push_manifest_list, push_oci_index, ImageSpec, ManifestFormat, Pushed, PushedList,
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
 };
-pub use registry::{Auth, Registry};
+pub use registry::{Auth, Options as RegistryOptions, Registry};
 pub use server::{run_cli, run_cli_within, server_binary, ApiReply, CliOutput, Server};
 pub use token::TokenServer;
 pub use util::{docker_config_json, sha256_digest, TempDir};

@@ -60,11 +60,39 @@ pub struct Registry {
     dir: TempDir,
 }
 
+/// What a test registry does besides serving.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// POST push/pull notifications to this URL with `Authorization: Bearer <token>`.
+    pub notify: Option<(String, String)>,
+    /// Log every request (one line each) to the registry log.
+    pub access_log: bool,
+}
+
+impl Options {
+    fn notifications_yaml(&self) -> String {
+        match &self.notify {
+            Some((url, token)) => format!(
+                "notifications:\n  endpoints:\n    - name: pinion\n      url: {}\n      headers:\n        \
+                 Authorization: [{}]\n      timeout: 5s\n      threshold: 10\n      backoff: 1s\n",
+                yaml_str(url),
+                yaml_str(&format!("Bearer {token}"))
+            ),
+            None => String::new(),
+        }
+    }
+}
+
 impl Registry {
     /// Spawns a registry and returns once `GET /v2/` answers. Panics (with the registry's
     /// log) if it cannot be started; panics with an install hint if `docker-registry`
     /// (or, for the auth modes, `htpasswd`/`openssl`) is missing.
     pub fn start(auth: Auth) -> Registry {
+        Registry::start_with(auth, &Options::default())
+    }
+
+    /// `start` with notifications or an access log.
+    pub fn start_with(auth: Auth, options: &Options) -> Registry {
         let binary = require_tool("docker-registry", "docker-registry");
         let dir = TempDir::new("registry");
         let auth_yaml = match &auth {
@@ -102,12 +130,14 @@ impl Registry {
             let port = free_port();
             let config = format!(
                 "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: {}\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: {}\n\
-                 {auth_section}",
+                 {auth_section}{}",
+                !options.access_log,
                 yaml_str(&data.display().to_string()),
                 random_hex(16),
+                options.notifications_yaml(),
             );
             let config_path = dir.write(&format!("config-{attempt}.yml"), &config);
             let log_path = dir.join(&format!("registry-{attempt}.log"));

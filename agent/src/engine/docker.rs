@@ -4,7 +4,7 @@
 //! `Error::Docker` naming the operation and its object.
 
 use super::unix::{NoResolver, UnixConnector};
-use super::{pull, Container, Engine, PullProgress};
+use super::{pull, Container, ContainerHealth, Engine, PullProgress};
 use crate::Error;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -270,6 +270,17 @@ fn container_from_listing(item: &Value) -> Option<Container> {
     })
 }
 
+/// The probation-relevant part of `GET /containers/{id}/json`.
+fn health_from_inspect(c: &Value) -> ContainerHealth {
+    let state = &c["State"];
+    ContainerHealth {
+        state: state["Status"].as_str().unwrap_or_default().to_string(),
+        exit_code: state["ExitCode"].as_i64().unwrap_or(0),
+        restart_count: c["RestartCount"].as_u64().map_or(0, |n| n.min(u32::MAX.into()) as u32),
+        health: state["Health"]["Status"].as_str().filter(|s| !s.is_empty()).map(String::from),
+    }
+}
+
 impl Engine for DockerEngine {
     fn managed_containers(&self) -> Result<Vec<Container>, Error> {
         let op = "list containers";
@@ -340,6 +351,10 @@ impl Engine for DockerEngine {
             204 | 304 => Ok(()),
             _ => Err(reply.refused(op)),
         }
+    }
+
+    fn inspect(&self, id: &str) -> Result<Option<ContainerHealth>, Error> {
+        Ok(self.inspect_container(id)?.as_ref().map(health_from_inspect))
     }
 
     fn stop(&self, id: &str, timeout_secs: u32) -> Result<(), Error> {
@@ -467,6 +482,16 @@ mod tests {
         assert_eq!((c.name.as_str(), c.labels.len()), ("web_1", 0));
         assert!(container_from_listing(&json!({"Names": ["/web"]})).is_none());
         assert!(container_from_listing(&json!("garbage")).is_none());
+    }
+
+    #[test]
+    fn health_comes_from_state_and_restart_count() {
+        let inspected = json!({"RestartCount": 3, "State": {"Status": "restarting", "ExitCode": 1,
+                               "Health": {"Status": "unhealthy", "FailingStreak": 3}}});
+        let health = health_from_inspect(&inspected);
+        assert_eq!((health.state.as_str(), health.exit_code, health.restart_count), ("restarting", 1, 3));
+        assert_eq!(health.health.as_deref(), Some("unhealthy"));
+        assert_eq!(health_from_inspect(&json!({"State": {"Status": "running"}})).health, None);
     }
 
     #[test]

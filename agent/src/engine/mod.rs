@@ -34,6 +34,19 @@ pub struct Container {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What `inspect` tells of a container's health, for probation (`probation.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerHealth {
+    /// Docker's `State.Status`: `created`, `running`, `restarting`, `exited`, `dead`, …
+    pub state: String,
+    /// `State.ExitCode` of the last run (0 while it first runs).
+    pub exit_code: i64,
+    /// How often Docker's restart policy restarted it (`RestartCount`).
+    pub restart_count: u32,
+    /// `State.Health.Status` (`starting`, `healthy`, `unhealthy`) when it has a healthcheck.
+    pub health: Option<String>,
+}
+
 /// Progress of one pull, summed over its layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PullProgress {
@@ -60,6 +73,8 @@ pub trait Engine {
     /// Creates a container from a Docker `ContainerCreate` body; returns its id.
     fn create(&self, name: &str, body: &Value) -> Result<String, Error>;
     fn start(&self, id: &str) -> Result<(), Error>;
+    /// State, exit code, restart count and health of a container; `None` if it is gone.
+    fn inspect(&self, id: &str) -> Result<Option<ContainerHealth>, Error>;
     /// Stops with a grace period before SIGKILL. Stopping a stopped container is not an error.
     fn stop(&self, id: &str, timeout_secs: u32) -> Result<(), Error>;
     /// Removes (forcefully). Removing a container that is gone is not an error.

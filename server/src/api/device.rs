@@ -4,23 +4,13 @@
 use super::auth::Caller;
 use super::http::{etag_matches, Request, Response};
 use super::{device_id, Api};
-use crate::keys::{hash_secret, hex};
-use crate::store::{NewRegistration, PollAnswer};
+use crate::keys::hash_secret;
+use crate::store::NewRegistration;
+use crate::targets::poll_answer;
 use crate::Error;
 use pinion_model::{CurrentState, TargetState};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
-
-/// The poll answer for a target state: `{"<uuid>": {"apps", "config", …}}` and a strong
-/// ETag over exactly those bytes. Computed once per stored version.
-pub(super) fn poll_answer(uuid: &str, state: &TargetState) -> PollAnswer {
-    let mut wrapper = Map::new();
-    wrapper.insert(uuid.to_string(), serde_json::to_value(state).unwrap_or_else(|_| json!({})));
-    let body = Value::Object(wrapper).to_string();
-    let etag = format!("\"{}\"", &hex(&Sha256::digest(body.as_bytes()))[..32]);
-    PollAnswer { etag, body }
-}
 
 /// `GET /device/{uuid}/state`: 304 when `If-None-Match` names the stored ETag, without
 /// reading, parsing or serializing the state.

@@ -5,10 +5,14 @@
 
 mod auth;
 mod device;
+mod history;
 pub mod http;
+mod images;
 mod operator;
+mod policy;
 mod response;
 mod serve;
+mod webhook;
 
 pub use http::{Request, Response};
 pub use response::status_of;
@@ -19,16 +23,34 @@ use crate::store::Store;
 use crate::Error;
 use auth::authenticate;
 use response::error_response;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything a request handler needs.
 pub struct Api {
-    pub store: Box<dyn Store>,
-    pub resolver: Box<dyn ResolveDigests + Send + Sync>,
+    pub store: Arc<dyn Store>,
+    pub resolver: Arc<dyn ResolveDigests + Send + Sync>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: String,
+    /// SHA-256 (hex) of the registry webhook token; webhooks are off without one.
+    pub webhook_token_hash: Option<String>,
     /// How long one target-state request may spend asking registries.
     pub resolve_deadline: Duration,
+    /// Where webhook-named references go to be resolved again (the refresher thread).
+    pub refresh_requests: Option<Sender<Vec<String>>>,
+    /// The update policy of devices without their own (`--auto-update`, `--update-window`).
+    pub default_policy: crate::policy::UpdatePolicy,
+}
+
+impl Api {
+    /// Hands references to the refresher, to be asked of their registry now.
+    pub fn refresh_now(&self, references: Vec<String>) {
+        match &self.refresh_requests {
+            Some(sender) if sender.send(references).is_ok() => {}
+            _ => log::warn!("no refresher is running; the webhook's references wait for the next refresh"),
+        }
+    }
 }
 
 /// The routes, by path shape; the method is checked by each route.
@@ -40,7 +62,13 @@ enum Route<'a> {
     Devices,
     Device(&'a str),
     TargetState(&'a str),
+    TargetHistory(&'a str),
+    TargetRollback(&'a str),
     CurrentState(&'a str),
+    UpdatePolicy(&'a str),
+    PendingUpdates(&'a str),
+    Images,
+    RegistryWebhook,
     ProvisioningKeys,
     ProvisioningKey(&'a str),
 }
@@ -52,7 +80,9 @@ impl Route<'_> {
                 &["GET"]
             }
             Route::DeviceReport => &["PATCH"],
-            Route::DeviceRegister => &["POST"],
+            Route::DeviceRegister | Route::TargetRollback(_) | Route::RegistryWebhook => &["POST"],
+            Route::TargetHistory(_) | Route::Images | Route::PendingUpdates(_) => &["GET"],
+            Route::UpdatePolicy(_) => &["GET", "PUT", "DELETE"],
             Route::TargetState(_) => &["GET", "POST", "PUT", "DELETE"],
             Route::ProvisioningKeys => &["GET", "POST"],
             Route::ProvisioningKey(_) => &["DELETE"],
@@ -71,7 +101,13 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["devices"] => Route::Devices,
         ["devices", uuid] => Route::Device(uuid),
         ["devices", uuid, "target-state"] => Route::TargetState(uuid),
+        ["devices", uuid, "target-state", "history"] => Route::TargetHistory(uuid),
+        ["devices", uuid, "target-state", "rollback"] => Route::TargetRollback(uuid),
         ["devices", uuid, "current-state"] => Route::CurrentState(uuid),
+        ["devices", uuid, "update-policy"] => Route::UpdatePolicy(uuid),
+        ["devices", uuid, "pending-updates"] => Route::PendingUpdates(uuid),
+        ["images"] => Route::Images,
+        ["webhooks", "registry"] => Route::RegistryWebhook,
         ["provisioning-keys"] => Route::ProvisioningKeys,
         ["provisioning-keys", id] => Route::ProvisioningKey(id),
         _ => return None,
@@ -95,13 +131,16 @@ pub fn handle(api: &Api, request: &Request) -> Response {
 }
 
 fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, Error> {
-    if let Route::Health = route {
-        return Ok(Response::json(200, &serde_json::json!({"status": "ok"})));
+    match route {
+        Route::Health => return Ok(Response::json(200, &serde_json::json!({"status": "ok"}))),
+        // Registries authenticate with their own token, in a header or the query.
+        Route::RegistryWebhook => return webhook::receive(api, request),
+        _ => {}
     }
     let caller = authenticate(api, request)?;
     let method = request.method.as_str();
     match route {
-        Route::Health => unreachable!("answered above"),
+        Route::Health | Route::RegistryWebhook => Err(Error::NotFound { what: format!("route {}", request.path) }),
         Route::DeviceState(uuid) => device::poll(api, &caller, request, uuid),
         Route::DeviceReport => device::report(api, &caller, request),
         Route::DeviceRegister => device::register(api, &caller, request),
@@ -112,7 +151,16 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
             "DELETE" => operator::delete_target(api, &caller, uuid),
             _ => operator::set_target(api, &caller, request, uuid),
         },
+        Route::TargetHistory(uuid) => history::list(api, &caller, uuid),
+        Route::TargetRollback(uuid) => history::rollback(api, &caller, request, uuid),
         Route::CurrentState(uuid) => operator::get_current(api, &caller, uuid),
+        Route::UpdatePolicy(uuid) => match method {
+            "GET" => policy::get(api, &caller, uuid),
+            "DELETE" => policy::delete(api, &caller, uuid),
+            _ => policy::set(api, &caller, request, uuid),
+        },
+        Route::PendingUpdates(uuid) => policy::pending(api, &caller, uuid),
+        Route::Images => images::list(api, &caller),
         Route::ProvisioningKeys => match method {
             "GET" => operator::list_provisioning_keys(api, &caller),
             _ => operator::create_provisioning_key(api, &caller, request),

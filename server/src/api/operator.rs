@@ -3,12 +3,12 @@
 //! and manage provisioning keys.
 
 use super::auth::Caller;
-use super::device::poll_answer;
 use super::http::{Request, Response};
 use super::{device_id, Api};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::pinning::pin_target_state;
 use crate::store::{DeviceRecord, ProvisioningKey};
+use crate::targets::store_target;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use pinion_model::TargetState;
@@ -24,12 +24,15 @@ pub(super) fn set_target(api: &Api, caller: &Caller, request: &Request, uuid: &s
     for warning in &summary.warnings {
         log::warn!("device {uuid}: {warning}");
     }
-    let stored = serde_json::to_string(&state).unwrap_or_default();
-    let version = api.store.set_target(uuid, &stored, &poll_answer(uuid, &state))?;
+    let version = store_target(api.store.as_ref(), uuid, &state, "operator", None)?;
+    // The operator's target applies at once, whatever the update policy; it supersedes
+    // the updates the policy was holding back.
+    api.store.clear_pending_updates(uuid, None)?;
     log::info!(
-        "device {uuid}: target version {version} ({} resolved, {} pinned, {} fallback)",
+        "device {uuid}: target version {version} ({} resolved, {} pinned, {} cached, {} fallback)",
         summary.resolved,
         summary.pinned,
+        summary.cached,
         summary.fallback
     );
     let mut answer = state_object(&state);
@@ -67,9 +70,7 @@ pub(super) fn delete_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Re
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
     known_device(api, uuid)?;
-    let empty = TargetState::default();
-    let stored = serde_json::to_string(&empty).unwrap_or_default();
-    let version = api.store.set_target(uuid, &stored, &poll_answer(uuid, &empty))?;
+    let version = store_target(api.store.as_ref(), uuid, &TargetState::default(), "operator", None)?;
     log::info!("device {uuid}: target cleared (version {version})");
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "version": version})))
 }

@@ -2,8 +2,12 @@
 //! provisioning keys. A small trait, so that the SQLite store of a one-machine server
 //! and a PostgreSQL store for several replicas answer the API the same way.
 
+mod images;
+mod policy;
 mod sqlite;
 
+pub use images::{ImageStore, TrackedImage};
+pub use policy::{PendingUpdate, PolicyStore};
 pub use sqlite::SqliteStore;
 
 use crate::Error;
@@ -30,6 +34,22 @@ pub struct StoredTarget {
     /// The pinned `TargetState` as JSON.
     pub state: String,
     pub created_at: String,
+    /// Who wrote it: `operator`, `refresh`, `webhook`, `window`, `rollback`.
+    pub source: String,
+}
+
+/// A target-state version about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewTarget<'a> {
+    /// The pinned `TargetState` as JSON.
+    pub state: &'a str,
+    pub poll: &'a PollAnswer,
+    /// The floating references the state follows (canonical, `docker.io/library/nginx:latest`).
+    pub references: &'a [String],
+    pub source: &'a str,
+    /// Store only if the device is still at this version (`Error::Conflict` otherwise):
+    /// background writers read, change and write without losing an operator's write.
+    pub expected_version: Option<u64>,
 }
 
 /// What a device poll answers: the body serialized once, when the target was written,
@@ -60,7 +80,7 @@ pub struct ProvisioningKey {
     pub devices_registered: u64,
 }
 
-pub trait Store: Send + Sync {
+pub trait Store: ImageStore + PolicyStore + Send + Sync {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
     /// The stored hash of a device's key, `None` if it has none (or does not exist).
@@ -73,8 +93,14 @@ pub trait Store: Send + Sync {
 
     /// Stores a new target-state version (creating the device if needed) with the poll
     /// answer derived from it; returns the new version number.
-    fn set_target(&self, uuid: &str, state: &str, poll: &PollAnswer) -> Result<u64, Error>;
+    fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error>;
+    /// The current version.
     fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error>;
+    fn target_version(&self, uuid: &str, version: u64) -> Result<Option<StoredTarget>, Error>;
+    /// Every version, newest first.
+    fn target_history(&self, uuid: &str) -> Result<Vec<StoredTarget>, Error>;
+    /// Devices whose current target follows `reference` (canonical).
+    fn devices_using(&self, reference: &str) -> Result<Vec<String>, Error>;
     fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error>;
 
     fn set_current_state(&self, uuid: &str, state: &str) -> Result<(), Error>;

@@ -1,7 +1,7 @@
 //! The SQLite store: one file, WAL mode, every write in a transaction. Enough for a
 //! fleet that one machine serves; `Store` keeps the door open for PostgreSQL.
 
-use super::{DeviceRecord, NewRegistration, PollAnswer, ProvisioningKey, Store, StoredTarget};
+use super::{DeviceRecord, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Store, StoredTarget};
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -31,8 +31,15 @@ CREATE TABLE IF NOT EXISTS target_states (
     version      INTEGER NOT NULL,
     state        TEXT NOT NULL,
     created_at   TEXT NOT NULL,
+    source       TEXT NOT NULL DEFAULT 'operator',
     PRIMARY KEY (device_uuid, version)
 );
+CREATE TABLE IF NOT EXISTS device_images (
+    device_uuid  TEXT NOT NULL REFERENCES devices(uuid) ON DELETE CASCADE,
+    reference    TEXT NOT NULL,
+    PRIMARY KEY (device_uuid, reference)
+);
+CREATE INDEX IF NOT EXISTS device_images_by_reference ON device_images(reference);
 CREATE TABLE IF NOT EXISTS provisioning_keys (
     id                  TEXT PRIMARY KEY,
     key_hash            TEXT NOT NULL UNIQUE,
@@ -80,18 +87,20 @@ impl SqliteStore {
             });
         }
         conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
+        conn.execute_batch(super::images::SCHEMA).map_err(db("creating the schema"))?;
+        conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions
         // roll back), so a poisoned lock is still safe to use.
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+pub(super) fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::Store { op, reason: e.to_string() }
 }
 
@@ -115,6 +124,17 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ProvisioningKey> {
         created_at: row.get(2)?,
         revoked_at: row.get(3)?,
         devices_registered: row.get::<_, i64>(4)? as u64,
+    })
+}
+
+const TARGET_COLUMNS: &str = "t.version, t.state, t.created_at, t.source";
+
+fn target_from_row(row: &Row<'_>) -> rusqlite::Result<StoredTarget> {
+    Ok(StoredTarget {
+        version: row.get::<_, i64>(0)? as u64,
+        state: row.get(1)?,
+        created_at: row.get(2)?,
+        source: row.get(3)?,
     })
 }
 
@@ -193,25 +213,41 @@ impl Store for SqliteStore {
         Ok(record)
     }
 
-    fn set_target(&self, uuid: &str, state: &str, poll: &PollAnswer) -> Result<u64, Error> {
+    fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("storing a target state"))?;
         let now = rfc3339_now();
         tx.execute("INSERT OR IGNORE INTO devices (uuid, created_at) VALUES (?1, ?2)", params![uuid, now])
             .map_err(db("storing a target state"))?;
-        let version: i64 = tx
-            .query_row(
-                "UPDATE devices SET target_version = target_version + 1, poll_etag = ?2, poll_body = ?3
-                 WHERE uuid = ?1 RETURNING target_version",
-                params![uuid, poll.etag, poll.body],
-                |r| r.get(0),
-            )
+        let current: i64 = tx
+            .query_row("SELECT target_version FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
             .map_err(db("storing a target state"))?;
+        if let Some(expected) = target.expected_version {
+            if current as u64 != expected {
+                return Err(Error::Conflict {
+                    reason: format!("device {uuid} moved from target version {expected} to {current} meanwhile"),
+                });
+            }
+        }
+        let version = current + 1;
         tx.execute(
-            "INSERT INTO target_states (device_uuid, version, state, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![uuid, version, state, now],
+            "UPDATE devices SET target_version = ?2, poll_etag = ?3, poll_body = ?4 WHERE uuid = ?1",
+            params![uuid, version, target.poll.etag, target.poll.body],
         )
         .map_err(db("storing a target state"))?;
+        tx.execute(
+            "INSERT INTO target_states (device_uuid, version, state, created_at, source) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![uuid, version, target.state, now, target.source],
+        )
+        .map_err(db("storing a target state"))?;
+        tx.execute("DELETE FROM device_images WHERE device_uuid = ?1", [uuid]).map_err(db("storing a target state"))?;
+        for reference in target.references {
+            tx.execute(
+                "INSERT OR IGNORE INTO device_images (device_uuid, reference) VALUES (?1, ?2)",
+                params![uuid, reference],
+            )
+            .map_err(db("storing a target state"))?;
+        }
         tx.commit().map_err(db("storing a target state"))?;
         Ok(version as u64)
     }
@@ -219,13 +255,46 @@ impl Store for SqliteStore {
     fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error> {
         self.conn()
             .query_row(
-                "SELECT t.version, t.state, t.created_at FROM target_states t
-                 JOIN devices d ON d.uuid = t.device_uuid AND d.target_version = t.version WHERE d.uuid = ?1",
+                &format!(
+                    "SELECT {TARGET_COLUMNS} FROM target_states t
+                     JOIN devices d ON d.uuid = t.device_uuid AND d.target_version = t.version WHERE d.uuid = ?1"
+                ),
                 [uuid],
-                |r| Ok(StoredTarget { version: r.get::<_, i64>(0)? as u64, state: r.get(1)?, created_at: r.get(2)? }),
+                target_from_row,
             )
             .optional()
             .map_err(db("reading a target state"))
+    }
+
+    fn target_version(&self, uuid: &str, version: u64) -> Result<Option<StoredTarget>, Error> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {TARGET_COLUMNS} FROM target_states t WHERE t.device_uuid = ?1 AND t.version = ?2"),
+                params![uuid, version as i64],
+                target_from_row,
+            )
+            .optional()
+            .map_err(db("reading a target state"))
+    }
+
+    fn target_history(&self, uuid: &str) -> Result<Vec<StoredTarget>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {TARGET_COLUMNS} FROM target_states t WHERE t.device_uuid = ?1 ORDER BY t.version DESC"
+            ))
+            .map_err(db("reading the target history"))?;
+        let rows = stmt.query_map([uuid], target_from_row).map_err(db("reading the target history"))?;
+        rows.collect::<Result<_, _>>().map_err(db("reading the target history"))
+    }
+
+    fn devices_using(&self, reference: &str) -> Result<Vec<String>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT device_uuid FROM device_images WHERE reference = ?1 ORDER BY device_uuid")
+            .map_err(db("listing the devices of an image"))?;
+        let rows = stmt.query_map([reference], |r| r.get(0)).map_err(db("listing the devices of an image"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing the devices of an image"))
     }
 
     fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error> {
@@ -320,12 +389,25 @@ mod tests {
         PollAnswer { etag: format!("\"e{n}\""), body: format!("{{\"n\":{n}}}") }
     }
 
+    fn new_target<'a>(state: &'a str, poll: &'a PollAnswer, references: &'a [String]) -> NewTarget<'a> {
+        NewTarget { state, poll, references, source: "operator", expected_version: None }
+    }
+
     #[test]
     fn target_versions_count_up_and_poll_follows_the_latest() {
         let store = SqliteStore::in_memory().unwrap();
         assert_eq!(store.poll("d1").unwrap(), None);
-        assert_eq!(store.set_target("d1", "{\"a\":1}", &poll(1)).unwrap(), 1);
-        assert_eq!(store.set_target("d1", "{\"a\":2}", &poll(2)).unwrap(), 2);
+        let (p1, p2) = (poll(1), poll(2));
+        let nginx = ["docker.io/library/nginx:latest".to_string()];
+        assert_eq!(store.set_target("d1", &new_target("{\"a\":1}", &p1, &nginx)).unwrap(), 1);
+        assert_eq!(store.devices_using(&nginx[0]).unwrap(), ["d1"]);
+        assert_eq!(store.set_target("d1", &new_target("{\"a\":2}", &p2, &[])).unwrap(), 2);
+        assert!(store.devices_using(&nginx[0]).unwrap().is_empty(), "the new version follows no tag");
+        let stale = NewTarget { expected_version: Some(1), ..new_target("{}", &p1, &[]) };
+        assert!(matches!(store.set_target("d1", &stale), Err(Error::Conflict { .. })));
+        let history: Vec<u64> = store.target_history("d1").unwrap().iter().map(|t| t.version).collect();
+        assert_eq!(history, [2, 1]);
+        assert_eq!(store.target_version("d1", 1).unwrap().unwrap().state, "{\"a\":1}");
         assert_eq!(store.target("d1").unwrap().unwrap().state, "{\"a\":2}");
         assert_eq!(store.poll("d1").unwrap(), Some(poll(2)));
         let device = store.device("d1").unwrap().unwrap();
@@ -343,7 +425,7 @@ mod tests {
             devices_registered: 0,
         };
         store.create_provisioning_key(&key, "hash-k1").unwrap();
-        store.set_target("d1", "{}", &poll(1)).unwrap();
+        store.set_target("d1", &new_target("{}", &poll(1), &[])).unwrap();
         let reg = NewRegistration {
             uuid: "d1".into(),
             device_name: Some("gw".into()),

@@ -1,0 +1,422 @@
+//! Probation and automatic rollback: a new deployment is watched for `probation` (default
+//! 60 s) after it starts. If its container cannot be created or started, exits, keeps
+//! restarting or turns `unhealthy` within that time, the deployment before it is put back,
+//! and the rejected image and config are not tried again until the target asks for
+//! something else. The decisions are pure functions (`probation_verdict`,
+//! `restore_point`, `apply_rollbacks`); `Probation` runs them against the engine and the
+//! store, so that the planner only ever sees the services to run.
+
+use crate::apply::Activity;
+use crate::engine::{ContainerHealth, Engine};
+use crate::spec::{DesiredService, ServiceKey};
+use crate::store::{AgentStore, Deployments, Rollback, ServiceRecord};
+use crate::Error;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Restarts by Docker's restart policy a new container may have within probation.
+pub const RESTARTS_TOLERATED: u32 = 1;
+
+/// Why a container in probation has failed it, or `None` while it has not.
+/// `keep_running`: whether it should run for good (restart `always`/`unless-stopped`);
+/// otherwise exiting with code 0 is finishing, not failing.
+pub fn probation_verdict(health: &ContainerHealth, keep_running: bool) -> Option<String> {
+    let code = health.exit_code;
+    if health.health.as_deref() == Some("unhealthy") {
+        return Some("turned unhealthy within probation".into());
+    }
+    if health.restart_count > RESTARTS_TOLERATED {
+        let times = health.restart_count;
+        return Some(format!("restarted {times} times within probation (last exit code {code})"));
+    }
+    match health.state.as_str() {
+        "dead" => Some(format!("died within probation (exit code {code})")),
+        "exited" if keep_running || code != 0 => Some(format!("exited with code {code} within probation")),
+        _ => None,
+    }
+}
+
+/// The deployment to put back when `attempted` failed: the one in place before it (the
+/// previous one when `attempted` is already recorded as deployed, which it is once its
+/// container started; only while `in_probation` then). `None` when there is none, or it
+/// is the same image and config.
+pub fn restore_point<'a>(
+    attempted: &DesiredService,
+    deployments: &'a Deployments,
+    in_probation: bool,
+) -> Option<&'a DesiredService> {
+    let before = match &deployments.current {
+        Some(current) if current.same_deployment(attempted) => deployments.previous.as_ref().filter(|_| in_probation),
+        current => current.as_ref(),
+    };
+    before.filter(|before| !before.same_deployment(attempted))
+}
+
+/// `desired` (the target's services) with the rollbacks in `records` in force: a service
+/// whose target is still the rejected image and config runs the deployment put back
+/// instead. Also returns the services whose rollback no longer applies, because the
+/// target asks for another image or config now, or no longer has the service.
+pub fn apply_rollbacks(
+    mut desired: Vec<DesiredService>,
+    records: &[ServiceRecord],
+) -> (Vec<DesiredService>, Vec<ServiceKey>) {
+    let mut outdated = Vec::new();
+    for record in records {
+        let Some(rollback) = &record.rollback else { continue };
+        match desired.iter_mut().find(|d| d.key == record.key) {
+            Some(wanted) if wanted.image == rollback.from_image && wanted.config_hash == rollback.from_config_hash => {
+                *wanted = DesiredService { key: wanted.key.clone(), ..rollback.to.clone() };
+            }
+            _ => outdated.push(record.key.clone()),
+        }
+    }
+    (desired, outdated)
+}
+
+fn in_probation(record: &ServiceRecord, period: Duration, now: u64) -> bool {
+    record.rollback.is_none() && record.deployed_at > 0 && now < record.deployed_at.saturating_add(period.as_secs())
+}
+
+/// Watches deployments in probation and rolls back those that fail it.
+#[derive(Debug)]
+pub struct Probation {
+    period: Duration,
+    /// Deployments (service, config hash) that failed probation with nothing to go back
+    /// to: said once, then left to the retry backoff and Docker's restart policy.
+    judged: BTreeSet<(ServiceKey, String)>,
+    /// A deployment is in probation, or a rollback waits to be carried out.
+    busy: bool,
+}
+
+impl Probation {
+    /// `period` zero: no probation, no rollbacks.
+    pub fn new(period: Duration) -> Probation {
+        Probation { period, judged: BTreeSet::new(), busy: false }
+    }
+
+    /// Whether the agent should look again soon rather than after its poll interval.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Inspects the containers of deployments in probation that are still the target's
+    /// (`target`: its services before rollbacks) and rolls back those that fail.
+    pub fn watch(
+        &mut self,
+        engine: &dyn Engine,
+        store: &AgentStore,
+        target: &[DesiredService],
+        now: u64,
+    ) -> Result<(), Error> {
+        if self.period.is_zero() {
+            return Ok(());
+        }
+        self.judged.retain(|(key, hash)| target.iter().any(|d| &d.key == key && &d.config_hash == hash));
+        for record in store.services()?.iter().filter(|r| in_probation(r, self.period, now)) {
+            let Some(wanted) = target.iter().find(|d| d.key == record.key) else { continue };
+            let deployments = store.deployments(&record.key)?;
+            let (Some(current), Some(container)) = (&deployments.current, &record.container_id) else { continue };
+            if !current.same_deployment(wanted)
+                || self.judged.contains(&(wanted.key.clone(), current.config_hash.clone()))
+            {
+                continue;
+            }
+            let health = match engine.inspect(container) {
+                Ok(Some(health)) => health,
+                // Gone: the planner creates it again.
+                Ok(None) => continue,
+                Err(e) => {
+                    log::warn!("{}: probation: {e}", record.key);
+                    continue;
+                }
+            };
+            if let Some(reason) = probation_verdict(&health, current.keep_running) {
+                self.judged.insert((wanted.key.clone(), current.config_hash.clone()));
+                self.reject(store, current, restore_point(current, &deployments, true), reason, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The services to plan with: `target` with the rollbacks in force. Rollbacks the
+    /// target has moved past are cleared, so its new image or config is tried.
+    pub fn effective(&self, store: &AgentStore, target: Vec<DesiredService>) -> Result<Vec<DesiredService>, Error> {
+        let records = store.services()?;
+        let (desired, outdated) = apply_rollbacks(target, &records);
+        for key in outdated {
+            store.clear_rollback(&key)?;
+            let message = format!("{key}: the target changed; rollback lifted");
+            log::info!("{message}");
+            let _ = store.log_event("info", &message);
+        }
+        Ok(desired)
+    }
+
+    /// After `apply` ran `desired`: a new container that could not be created or started
+    /// is rolled back (the next round puts the earlier one back). Also decides `busy`.
+    pub fn after_apply(
+        &mut self,
+        store: &AgentStore,
+        desired: &[DesiredService],
+        failed: &BTreeMap<ServiceKey, Activity>,
+        now: u64,
+    ) -> Result<(), Error> {
+        self.busy = false;
+        if self.period.is_zero() {
+            return Ok(());
+        }
+        let records = store.services()?;
+        for (key, activity) in failed {
+            let reason = match activity {
+                Activity::Failed { kind: "start_failed", message } => format!("failed to start: {message}"),
+                Activity::Failed { kind: "create_failed", message } => format!("could not be created: {message}"),
+                _ => continue,
+            };
+            let Some(attempted) = desired.iter().find(|d| &d.key == key) else { continue };
+            let Some(record) = records.iter().find(|r| &r.key == key) else { continue };
+            // Putting the earlier deployment back failed: it is retried with backoff.
+            if record.rollback.is_some() {
+                continue;
+            }
+            let deployments = store.deployments(key)?;
+            let restore = restore_point(attempted, &deployments, in_probation(record, self.period, now));
+            self.busy |= restore.is_some();
+            self.reject(store, attempted, restore, reason, now)?;
+        }
+        self.busy |= store.services()?.iter().any(|r| in_probation(r, self.period, now));
+        Ok(())
+    }
+
+    /// Records that `rejected` failed, and the rollback to `restore` if there is one.
+    fn reject(
+        &self,
+        store: &AgentStore,
+        rejected: &DesiredService,
+        restore: Option<&DesiredService>,
+        reason: String,
+        now: u64,
+    ) -> Result<(), Error> {
+        let key = &rejected.key;
+        let Some(restore) = restore else {
+            let message = format!("{key}: {} {reason}; there is no earlier deployment to go back to", rejected.image);
+            log::warn!("{message}");
+            let _ = store.log_event("warn", &message);
+            return Ok(());
+        };
+        let message = format!("{key}: {} {reason}; rolling back to {}", rejected.image, restore.image);
+        log::warn!("{message}");
+        let _ = store.log_event("warn", &message);
+        let rollback = Rollback {
+            from_image: rejected.image.clone(),
+            from_config_hash: rejected.config_hash.clone(),
+            to: restore.clone(),
+            reason,
+            at: now,
+        };
+        store.record_rollback(key, &rollback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::unix_now;
+
+    fn health(state: &str, exit_code: i64, restart_count: u32, health: Option<&str>) -> ContainerHealth {
+        ContainerHealth { state: state.into(), exit_code, restart_count, health: health.map(String::from) }
+    }
+
+    #[test]
+    fn verdicts() {
+        let verdict = |h: ContainerHealth, keep_running| probation_verdict(&h, keep_running);
+        assert_eq!(verdict(health("running", 0, 0, None), true), None);
+        assert_eq!(verdict(health("running", 0, 0, Some("starting")), true), None);
+        assert_eq!(verdict(health("running", 0, 1, Some("healthy")), true), None, "one restart is tolerated");
+        assert_eq!(verdict(health("restarting", 1, 1, None), true), None, "not yet");
+        assert_eq!(verdict(health("exited", 1, 0, None), true).as_deref(), Some("exited with code 1 within probation"));
+        assert_eq!(
+            verdict(health("exited", 0, 0, None), true).as_deref(),
+            Some("exited with code 0 within probation"),
+            "a service kept running must not exit at all"
+        );
+        assert_eq!(verdict(health("exited", 0, 0, None), false), None, "a job that finished");
+        assert!(verdict(health("exited", 2, 0, None), false).is_some());
+        assert_eq!(
+            verdict(health("restarting", 1, 2, None), true).as_deref(),
+            Some("restarted 2 times within probation (last exit code 1)")
+        );
+        assert_eq!(
+            verdict(health("running", 0, 0, Some("unhealthy")), true).as_deref(),
+            Some("turned unhealthy within probation")
+        );
+        assert!(verdict(health("dead", 137, 0, None), false).is_some());
+        assert_eq!(verdict(health("created", 0, 0, None), true), None);
+    }
+
+    #[test]
+    fn the_restore_point_is_the_deployment_before_the_failed_one() {
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        // v2 never started: v1 is still the deployment in place.
+        let before_v2 = Deployments { current: Some(v1.clone()), previous: None };
+        assert_eq!(restore_point(&v2, &before_v2, false), Some(&v1));
+        // v2 started and failed later: the previous one, but only within probation.
+        let after_v2 = Deployments { current: Some(v2.clone()), previous: Some(v1.clone()) };
+        assert_eq!(restore_point(&v2, &after_v2, true), Some(&v1));
+        assert_eq!(restore_point(&v2, &after_v2, false), None);
+        // A first install has nothing to go back to.
+        assert_eq!(restore_point(&v1, &Deployments::default(), true), None);
+        assert_eq!(restore_point(&v1, &Deployments { current: Some(v1.clone()), previous: None }, true), None);
+        // A config change alone is a deployment too.
+        let v1b = DesiredService::example("web", "a@1", "h1b");
+        assert_eq!(restore_point(&v1b, &before_v2, false), Some(&v1));
+    }
+
+    fn record(key: &ServiceKey, rollback: Option<Rollback>) -> ServiceRecord {
+        ServiceRecord {
+            key: key.clone(),
+            image: String::new(),
+            config_hash: String::new(),
+            container_id: None,
+            failures: 0,
+            retry_at: 0,
+            last_error: None,
+            deployed_at: 1,
+            rollback,
+        }
+    }
+
+    #[test]
+    fn rollbacks_replace_the_rejected_target_until_it_changes() {
+        let (v1, v2, v3) = (
+            DesiredService::example("web", "a@1", "h1"),
+            DesiredService::example("web", "a@2", "h2"),
+            DesiredService::example("web", "a@3", "h3"),
+        );
+        let other = DesiredService::example("db", "d@1", "d1");
+        let rollback = Rollback {
+            from_image: v2.image.clone(),
+            from_config_hash: v2.config_hash.clone(),
+            to: v1.clone(),
+            reason: "exited with code 1 within probation".into(),
+            at: 1,
+        };
+        let records = [record(&v2.key, Some(rollback)), record(&other.key, None)];
+
+        let (desired, outdated) = apply_rollbacks(vec![other.clone(), v2.clone()], &records);
+        assert_eq!(desired, vec![other.clone(), v1.clone()], "v2 is not tried again");
+        assert!(outdated.is_empty());
+
+        let (desired, outdated) = apply_rollbacks(vec![other.clone(), v3.clone()], &records);
+        assert_eq!(desired, vec![other.clone(), v3], "a new target is tried");
+        assert_eq!(outdated, vec![v2.key.clone()]);
+
+        let (desired, outdated) = apply_rollbacks(vec![other.clone()], &records);
+        assert_eq!((desired, outdated), (vec![other], vec![v2.key.clone()]), "the service left the target");
+    }
+
+    /// An engine that only answers `inspect`, with `health` for every container.
+    struct Inspecting(ContainerHealth);
+
+    impl Engine for Inspecting {
+        fn managed_containers(&self) -> Result<Vec<crate::engine::Container>, Error> {
+            Ok(vec![])
+        }
+        fn has_image(&self, _: &str) -> Result<bool, Error> {
+            Ok(true)
+        }
+        fn pull(&self, _: &str, _: Option<&str>, _: &mut dyn FnMut(crate::engine::PullProgress)) -> Result<(), Error> {
+            Ok(())
+        }
+        fn create(&self, _: &str, _: &serde_json::Value) -> Result<String, Error> {
+            Ok("new".into())
+        }
+        fn start(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn inspect(&self, _: &str) -> Result<Option<ContainerHealth>, Error> {
+            Ok(Some(self.0.clone()))
+        }
+        fn stop(&self, _: &str, _: u32) -> Result<(), Error> {
+            Ok(())
+        }
+        fn remove(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn ensure_network(&self, _: &str, _: &BTreeMap<String, String>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn ensure_volume(&self, _: &str, _: &BTreeMap<String, String>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn remove_network(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn managed_networks(&self) -> Result<Vec<String>, Error> {
+            Ok(vec![])
+        }
+        fn connect_network(&self, _: &str, _: &str, _: &[String]) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_deployment_in_probation_is_rolled_back_once() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        store.record_deployed(&v2, "c2").unwrap();
+        let now = store.services().unwrap()[0].deployed_at;
+        let mut probation = Probation::new(Duration::from_secs(60));
+        probation.after_apply(&store, std::slice::from_ref(&v2), &BTreeMap::new(), now).unwrap();
+        assert!(probation.busy(), "v2 is in probation");
+
+        // Running fine: nothing happens.
+        probation.watch(&Inspecting(health("running", 0, 0, None)), &store, std::slice::from_ref(&v2), now).unwrap();
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+        // After probation, a crash is no longer judged.
+        let crashing = Inspecting(health("exited", 1, 0, None));
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 60).unwrap();
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 5).unwrap();
+        let rollback = store.rollback_of(&v2.key).unwrap().expect("rolled back");
+        assert_eq!((rollback.from_image.as_str(), rollback.to.image.as_str()), ("a@2", "a@1"));
+        assert_eq!(rollback.reason, "exited with code 1 within probation");
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
+        assert!(store.recent_events(1).unwrap()[0].message.contains("rolling back to a@1"));
+
+        // v1 is put back; it is not judged (there is nowhere further to go), nor is v2 retried.
+        store.record_deployed(&v1, "c3").unwrap();
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 6).unwrap();
+        probation.after_apply(&store, std::slice::from_ref(&v1), &BTreeMap::new(), now + 6).unwrap();
+        assert!(!probation.busy(), "a deployment under a rollback is not watched");
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
+
+        // A new target lifts the rollback.
+        let v3 = DesiredService::example("web", "a@3", "h3");
+        assert_eq!(probation.effective(&store, vec![v3.clone()]).unwrap(), vec![v3]);
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+    }
+
+    #[test]
+    fn a_new_container_that_fails_to_start_is_rolled_back() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        let message = "docker start web_1 failed (400): exec: \"nope\": not found".to_string();
+        store.record_failure(&v2.key, &v2.image, &v2.config_hash, &message, &|_| Duration::from_secs(10)).unwrap();
+        let failed = BTreeMap::from([(v2.key.clone(), Activity::Failed { kind: "start_failed", message })]);
+        let mut probation = Probation::new(Duration::from_secs(60));
+        probation.after_apply(&store, std::slice::from_ref(&v2), &failed, unix_now()).unwrap();
+        let rollback = store.rollback_of(&v2.key).unwrap().expect("rolled back");
+        assert_eq!(rollback.to, v1);
+        assert!(rollback.reason.starts_with("failed to start: "), "{}", rollback.reason);
+        assert!(probation.busy(), "the rollback is carried out soon");
+
+        // Off: nothing is rolled back.
+        store.clear_rollback(&v2.key).unwrap();
+        let failed = BTreeMap::from([(v2.key.clone(), Activity::Failed { kind: "start_failed", message: "x".into() })]);
+        Probation::new(Duration::ZERO).after_apply(&store, std::slice::from_ref(&v2), &failed, unix_now()).unwrap();
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+    }
+}

@@ -1,0 +1,77 @@
+//! `POST /webhooks/registry`: a registry (or hub) says a tag was pushed. Authenticated by
+//! the webhook token (`Authorization: Bearer`, or `?token=` for hubs that cannot send
+//! headers); the named references are handed to the refresher, which asks the registry.
+
+use super::http::{Request, Response};
+use super::Api;
+use crate::keys::{constant_time_eq, hash_secret};
+use crate::registry_events::pushed_references;
+use crate::Error;
+use serde_json::json;
+
+pub(super) fn receive(api: &Api, request: &Request) -> Result<Response, Error> {
+    let Some(expected) = &api.webhook_token_hash else {
+        return Err(Error::Forbidden {
+            reason: "registry webhooks are off; start the server with --webhook-token".into(),
+        });
+    };
+    let presented = request
+        .header("authorization")
+        .and_then(|a| a.trim().strip_prefix("Bearer ").map(str::trim))
+        .map(str::to_string)
+        .or_else(|| query_token(request.query.as_deref()));
+    let Some(token) = presented else {
+        return Err(Error::Unauthorized { reason: "the webhook needs its token (Bearer or ?token=)".into() });
+    };
+    if !constant_time_eq(hash_secret(&token).as_bytes(), expected.as_bytes()) {
+        return Err(Error::Unauthorized { reason: "the webhook token is not valid".into() });
+    }
+    let references = pushed_references(&request.body)?;
+    if !references.is_empty() {
+        log::info!("registry webhook: {} pushed", references.join(", "));
+        api.refresh_now(references.clone());
+    }
+    Ok(Response::json(202, &json!({"status": "accepted", "references": references})))
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{percent_decode, query_token};
+
+    #[test]
+    fn tokens_from_the_query() {
+        assert_eq!(query_token(Some("a=1&token=s3cr%2Bt")).as_deref(), Some("s3cr+t"));
+        assert_eq!(query_token(Some("a=1")), None);
+        assert_eq!(query_token(None), None);
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

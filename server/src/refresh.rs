@@ -1,0 +1,254 @@
+//! The background re-resolution: every floating reference a device follows is asked of
+//! its registry again, one at a time spread over the refresh interval (HEAD only, so a
+//! thousand references do not burst), and at once when a registry webhook names it.
+//! A moved tag gives each device that follows it a new target version, now or when its
+//! update window opens, as its update policy says. Every decision takes `now` as an
+//! argument, so tests inject time instead of sleeping.
+
+use crate::pinning::{Pin, ResolveDigests};
+use crate::policy::{decide, Decision, UpdatePolicy};
+use crate::store::{PendingUpdate, Store};
+use crate::targets::{repin, store_target};
+use crate::timefmt::rfc3339;
+use crate::Error;
+use jiff::Timestamp;
+use pinion_model::{Reference, TargetState};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often pending updates are checked for an opened window.
+const PENDING_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// What a moved tag did to one device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A new target version was stored.
+    Applied { version: u64 },
+    /// Held until the update window opens (`None`: autoUpdate is off, recorded only).
+    Pending { apply_after: Option<Timestamp> },
+}
+
+pub struct Refresher {
+    pub store: Arc<dyn Store>,
+    pub resolver: Arc<dyn ResolveDigests + Send + Sync>,
+    pub default_policy: UpdatePolicy,
+    pub deadline: Duration,
+}
+
+impl Refresher {
+    /// Asks the registry for each reference now and moves the devices that follow it.
+    /// Returns (device, reference, outcome) for every device that a moved tag touched.
+    pub fn refresh(&self, references: &[String], now: Timestamp, source: &str) -> Vec<(String, String, Outcome)> {
+        let parsed: Vec<Reference> = references.iter().filter_map(|r| Reference::parse(r).ok()).collect();
+        let answers = self.resolver.resolve_fresh(&parsed, self.deadline);
+        let mut outcomes = Vec::new();
+        for reference in &parsed {
+            let canonical = reference.canonical();
+            let digest = match answers.get(reference) {
+                Some(Ok(Pin { digest, stale: None, .. })) => digest.clone(),
+                Some(Ok(Pin { stale: Some(stale), .. })) => {
+                    log::warn!("refresh of {canonical}: {}; devices stay where they are", stale.reason);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    log::warn!("refresh of {canonical}: {e}");
+                    continue;
+                }
+                None => continue,
+            };
+            let devices = match self.store.devices_using(&canonical) {
+                Ok(devices) => devices,
+                Err(e) => {
+                    log::error!("{e}");
+                    continue;
+                }
+            };
+            for uuid in devices {
+                match self.tag_moved(&uuid, &canonical, &digest, now, source) {
+                    Ok(Some(outcome)) => outcomes.push((uuid, canonical.clone(), outcome)),
+                    Ok(None) => {}
+                    Err(e) => log::error!("device {uuid}, {canonical}: {e}"),
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// `reference` now points at `digest`; moves `uuid` there if its policy allows.
+    fn tag_moved(
+        &self,
+        uuid: &str,
+        reference: &str,
+        digest: &str,
+        now: Timestamp,
+        source: &str,
+    ) -> Result<Option<Outcome>, Error> {
+        let Some((version, mut state)) = self.current(uuid)? else { return Ok(None) };
+        if repin(&mut state, reference, digest, &rfc3339(now.as_second().max(0) as u64)) == 0 {
+            return Ok(None);
+        }
+        let policy = self.store.update_policy(uuid)?.unwrap_or_else(|| self.default_policy.clone());
+        let outcome = match decide(&policy, now) {
+            Decision::ApplyNow => {
+                let version =
+                    self.store_moved(uuid, version, state, &[(reference.to_string(), digest.to_string())], source)?;
+                Outcome::Applied { version }
+            }
+            Decision::HoldUntil(opening) => {
+                self.hold(uuid, reference, digest, now, Some(opening))?;
+                Outcome::Pending { apply_after: Some(opening) }
+            }
+            Decision::RecordOnly => {
+                self.hold(uuid, reference, digest, now, None)?;
+                Outcome::Pending { apply_after: None }
+            }
+        };
+        Ok(Some(outcome))
+    }
+
+    fn hold(
+        &self,
+        uuid: &str,
+        reference: &str,
+        digest: &str,
+        now: Timestamp,
+        apply_after: Option<Timestamp>,
+    ) -> Result<(), Error> {
+        log::info!(
+            "device {uuid}: {reference} moved to {digest}; held {}",
+            match apply_after {
+                Some(t) => format!("until the update window opens at {t}"),
+                None => "(autoUpdate is off)".to_string(),
+            }
+        );
+        self.store.add_pending_update(&PendingUpdate {
+            device_uuid: uuid.to_string(),
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            detected_at: rfc3339(now.as_second().max(0) as u64),
+            apply_after: apply_after.map(|t| t.as_second()),
+        })
+    }
+
+    /// Applies the pending updates whose window has opened by `now`. Returns how many
+    /// devices got a new version.
+    pub fn apply_due(&self, now: Timestamp) -> usize {
+        let due = match self.store.due_pending_updates(now.as_second()) {
+            Ok(due) => due,
+            Err(e) => {
+                log::error!("{e}");
+                return 0;
+            }
+        };
+        let mut by_device: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for update in due {
+            by_device.entry(update.device_uuid).or_default().push((update.reference, update.digest));
+        }
+        let mut applied = 0;
+        for (uuid, updates) in by_device {
+            match self.apply_pending(&uuid, &updates, now) {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(e) => log::error!("device {uuid}: pending updates not applied: {e}"),
+            }
+        }
+        applied
+    }
+
+    fn apply_pending(&self, uuid: &str, updates: &[(String, String)], now: Timestamp) -> Result<bool, Error> {
+        let references: Vec<String> = updates.iter().map(|(r, _)| r.clone()).collect();
+        let policy = self.store.update_policy(uuid)?.unwrap_or_else(|| self.default_policy.clone());
+        match decide(&policy, now) {
+            Decision::ApplyNow => {}
+            Decision::HoldUntil(opening) => {
+                for (reference, digest) in updates {
+                    self.hold(uuid, reference, digest, now, Some(opening))?;
+                }
+                return Ok(false);
+            }
+            Decision::RecordOnly => return Ok(false),
+        }
+        let Some((version, mut state)) = self.current(uuid)? else {
+            self.store.clear_pending_updates(uuid, Some(&references))?;
+            return Ok(false);
+        };
+        let stamp = rfc3339(now.as_second().max(0) as u64);
+        let changed: usize =
+            updates.iter().map(|(reference, digest)| repin(&mut state, reference, digest, &stamp)).sum();
+        if changed > 0 {
+            self.store_moved(uuid, version, state, updates, "window")?;
+        }
+        self.store.clear_pending_updates(uuid, Some(&references))?;
+        Ok(changed > 0)
+    }
+
+    fn current(&self, uuid: &str) -> Result<Option<(u64, TargetState)>, Error> {
+        let Some(target) = self.store.target(uuid)? else { return Ok(None) };
+        let state = serde_json::from_str(&target.state).map_err(|e| Error::Store {
+            op: "reading a target state",
+            reason: format!("stored state of {uuid} v{} is not valid: {e}", target.version),
+        })?;
+        Ok(Some((target.version, state)))
+    }
+
+    /// Stores the re-pinned state, unless the operator wrote a version meanwhile (then
+    /// the next refresh looks again at the operator's version).
+    fn store_moved(
+        &self,
+        uuid: &str,
+        expected: u64,
+        state: TargetState,
+        updates: &[(String, String)],
+        source: &str,
+    ) -> Result<u64, Error> {
+        let version = store_target(self.store.as_ref(), uuid, &state, source, Some(expected))?;
+        for (reference, digest) in updates {
+            log::info!("device {uuid}: {reference} moved to {digest} ({source}); target version {version}");
+        }
+        Ok(version)
+    }
+
+    /// Runs until `requests` is closed: one tracked reference every `interval / n`
+    /// (`interval` zero: only webhook requests), pending updates every 30 s, and
+    /// webhook-named references at once.
+    pub fn run(&self, interval: Duration, requests: Receiver<Vec<String>>) {
+        let mut queue: VecDeque<String> = VecDeque::new();
+        let mut next_step = Instant::now() + interval.min(Duration::from_secs(60));
+        let mut next_pending_check = Instant::now();
+        loop {
+            let now = Instant::now();
+            let wake = if interval.is_zero() { next_pending_check } else { next_step.min(next_pending_check) };
+            match requests.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(references) => {
+                    self.refresh(&references, Timestamp::now(), "webhook");
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= next_pending_check {
+                self.apply_due(Timestamp::now());
+                next_pending_check = now + PENDING_CHECK_EVERY;
+            }
+            if !interval.is_zero() && now >= next_step {
+                if queue.is_empty() {
+                    queue = match self.store.tracked_images() {
+                        Ok(images) => images.into_iter().map(|i| i.reference).collect(),
+                        Err(e) => {
+                            log::error!("{e}");
+                            VecDeque::new()
+                        }
+                    };
+                }
+                let step = interval / (queue.len().max(1) as u32);
+                if let Some(reference) = queue.pop_front() {
+                    self.refresh(&[reference], Timestamp::now(), "refresh");
+                }
+                next_step = now + step.max(Duration::from_millis(100));
+            }
+        }
+    }
+}

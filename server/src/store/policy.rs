@@ -1,0 +1,324 @@
+//! Update policies per device and the updates they hold back. A moved tag that a device's
+//! policy does not let through at once is kept here as a pending update — one per
+//! (device, reference), the newest digest winning — until its window opens
+//! (`apply_after`), or until the operator sets a target (`autoUpdate` off: no
+//! `apply_after`, recorded only).
+
+use super::sqlite::{db, SqliteStore};
+use crate::policy::{UpdatePolicy, UpdateWindow};
+use crate::timefmt::rfc3339_now;
+use crate::Error;
+use rusqlite::{params, OptionalExtension, Row};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS update_policies (
+    device_uuid      TEXT PRIMARY KEY REFERENCES devices(uuid) ON DELETE CASCADE,
+    auto_update      INTEGER NOT NULL,
+    window_start     TEXT,
+    window_end       TEXT,
+    window_timezone  TEXT,
+    updated_at       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending_updates (
+    device_uuid  TEXT NOT NULL REFERENCES devices(uuid) ON DELETE CASCADE,
+    reference    TEXT NOT NULL,
+    digest       TEXT NOT NULL,
+    detected_at  TEXT NOT NULL,
+    apply_after  INTEGER,
+    PRIMARY KEY (device_uuid, reference)
+);
+CREATE INDEX IF NOT EXISTS pending_updates_due ON pending_updates (apply_after) WHERE apply_after IS NOT NULL;
+";
+
+/// A new digest of a tag a device follows, held back by the device's update policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingUpdate {
+    pub device_uuid: String,
+    /// The canonical tag reference, e.g. `docker.io/library/nginx:latest`.
+    pub reference: String,
+    pub digest: String,
+    /// RFC 3339, when this digest was first seen for this device.
+    pub detected_at: String,
+    /// Unix time from which it may be applied (its window's opening); `None` when
+    /// `autoUpdate` is off and it is only recorded.
+    pub apply_after: Option<i64>,
+}
+
+pub trait PolicyStore {
+    /// The device's own policy; `None` when it follows the server default.
+    fn update_policy(&self, uuid: &str) -> Result<Option<UpdatePolicy>, Error>;
+    /// Sets the device's own policy; `NotFound` for an unknown device.
+    fn set_update_policy(&self, uuid: &str, policy: &UpdatePolicy) -> Result<(), Error>;
+    /// Removes the device's own policy (it follows the default again); `false` if it had none.
+    fn delete_update_policy(&self, uuid: &str) -> Result<bool, Error>;
+
+    /// Adds or replaces the pending update of (device, reference): the newest digest
+    /// wins. Re-adding the same digest keeps its `detected_at` and takes the new
+    /// `apply_after`.
+    fn add_pending_update(&self, pending: &PendingUpdate) -> Result<(), Error>;
+    /// A device's pending updates, by reference.
+    fn pending_updates(&self, uuid: &str) -> Result<Vec<PendingUpdate>, Error>;
+    /// Every pending update whose `apply_after` is set and not after `now_unix`, oldest
+    /// first. Recorded-only ones (no `apply_after`) are never due.
+    fn due_pending_updates(&self, now_unix: i64) -> Result<Vec<PendingUpdate>, Error>;
+    /// Drops a device's pending updates: all of them, or those of `references`.
+    fn clear_pending_updates(&self, uuid: &str, references: Option<&[String]>) -> Result<(), Error>;
+}
+
+const PENDING_COLUMNS: &str = "device_uuid, reference, digest, detected_at, apply_after";
+
+fn pending_from_row(row: &Row<'_>) -> rusqlite::Result<PendingUpdate> {
+    Ok(PendingUpdate {
+        device_uuid: row.get(0)?,
+        reference: row.get(1)?,
+        digest: row.get(2)?,
+        detected_at: row.get(3)?,
+        apply_after: row.get(4)?,
+    })
+}
+
+type PolicyRow = (bool, Option<String>, Option<String>, Option<String>);
+
+impl PolicyStore for SqliteStore {
+    fn update_policy(&self, uuid: &str) -> Result<Option<UpdatePolicy>, Error> {
+        let row: Option<PolicyRow> = self
+            .conn()
+            .query_row(
+                "SELECT auto_update, window_start, window_end, window_timezone FROM update_policies
+                 WHERE device_uuid = ?1",
+                [uuid],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db("reading an update policy"))?;
+        let Some((auto_update, start, end, timezone)) = row else { return Ok(None) };
+        let update_window = match (start, end, timezone) {
+            (Some(start), Some(end), Some(timezone)) => {
+                // Re-validated on the way out: a time zone the system tzdb no longer
+                // knows is an error here rather than a silently wrong window.
+                Some(UpdateWindow::new(&start, &end, &timezone).map_err(|e| Error::Store {
+                    op: "reading an update policy",
+                    reason: format!("stored update window of device {uuid}: {e}"),
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Some(UpdatePolicy { auto_update, update_window }))
+    }
+
+    fn set_update_policy(&self, uuid: &str, policy: &UpdatePolicy) -> Result<(), Error> {
+        let window = policy.update_window.as_ref();
+        self.conn()
+            .execute(
+                "INSERT INTO update_policies (device_uuid, auto_update, window_start, window_end, window_timezone, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (device_uuid) DO UPDATE SET auto_update = excluded.auto_update,
+                     window_start = excluded.window_start, window_end = excluded.window_end,
+                     window_timezone = excluded.window_timezone, updated_at = excluded.updated_at",
+                params![
+                    uuid,
+                    policy.auto_update,
+                    window.map(UpdateWindow::start),
+                    window.map(UpdateWindow::end),
+                    window.map(UpdateWindow::timezone),
+                    rfc3339_now()
+                ],
+            )
+            .map_err(|e| unknown_device_or(e, uuid, "storing an update policy"))?;
+        Ok(())
+    }
+
+    fn delete_update_policy(&self, uuid: &str) -> Result<bool, Error> {
+        let deleted = self
+            .conn()
+            .execute("DELETE FROM update_policies WHERE device_uuid = ?1", [uuid])
+            .map_err(db("removing an update policy"))?;
+        Ok(deleted > 0)
+    }
+
+    fn add_pending_update(&self, p: &PendingUpdate) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO pending_updates (device_uuid, reference, digest, detected_at, apply_after)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device_uuid, reference) DO UPDATE SET
+                     detected_at = CASE WHEN digest = excluded.digest THEN detected_at ELSE excluded.detected_at END,
+                     digest = excluded.digest, apply_after = excluded.apply_after",
+                params![p.device_uuid, p.reference, p.digest, p.detected_at, p.apply_after],
+            )
+            .map_err(|e| unknown_device_or(e, &p.device_uuid, "storing a pending update"))?;
+        Ok(())
+    }
+
+    fn pending_updates(&self, uuid: &str) -> Result<Vec<PendingUpdate>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {PENDING_COLUMNS} FROM pending_updates WHERE device_uuid = ?1 ORDER BY reference"
+            ))
+            .map_err(db("listing pending updates"))?;
+        let rows = stmt.query_map([uuid], pending_from_row).map_err(db("listing pending updates"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing pending updates"))
+    }
+
+    fn due_pending_updates(&self, now_unix: i64) -> Result<Vec<PendingUpdate>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {PENDING_COLUMNS} FROM pending_updates
+                 WHERE apply_after IS NOT NULL AND apply_after <= ?1
+                 ORDER BY apply_after, device_uuid, reference"
+            ))
+            .map_err(db("listing due pending updates"))?;
+        let rows = stmt.query_map([now_unix], pending_from_row).map_err(db("listing due pending updates"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing due pending updates"))
+    }
+
+    fn clear_pending_updates(&self, uuid: &str, references: Option<&[String]>) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("clearing pending updates"))?;
+        match references {
+            None => {
+                tx.execute("DELETE FROM pending_updates WHERE device_uuid = ?1", [uuid])
+                    .map_err(db("clearing pending updates"))?;
+            }
+            Some(references) => {
+                for reference in references {
+                    tx.execute(
+                        "DELETE FROM pending_updates WHERE device_uuid = ?1 AND reference = ?2",
+                        params![uuid, reference],
+                    )
+                    .map_err(db("clearing pending updates"))?;
+                }
+            }
+        }
+        tx.commit().map_err(db("clearing pending updates"))
+    }
+}
+
+/// A foreign-key violation means the device does not exist.
+fn unknown_device_or(e: rusqlite::Error, uuid: &str, op: &'static str) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::NotFound { what: format!("device {uuid}") }
+        }
+        e => Error::Store { op, reason: e.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A store with devices `d1` and `d2` (created by registering nothing: an empty target).
+    fn store() -> SqliteStore {
+        let store = SqliteStore::in_memory().unwrap();
+        for uuid in ["d1", "d2"] {
+            store
+                .conn()
+                .execute("INSERT INTO devices (uuid, created_at) VALUES (?1, '2026-01-01T00:00:00Z')", [uuid])
+                .unwrap();
+        }
+        store
+    }
+
+    fn pending(
+        uuid: &str,
+        reference: &str,
+        digest: &str,
+        detected_at: &str,
+        apply_after: Option<i64>,
+    ) -> PendingUpdate {
+        PendingUpdate {
+            device_uuid: uuid.into(),
+            reference: reference.into(),
+            digest: digest.into(),
+            detected_at: detected_at.into(),
+            apply_after,
+        }
+    }
+
+    const NGINX: &str = "docker.io/library/nginx:latest";
+    const REDIS: &str = "docker.io/library/redis:7";
+
+    #[test]
+    fn policies_are_stored_per_device_and_can_be_removed() {
+        let store = store();
+        assert_eq!(store.update_policy("d1").unwrap(), None);
+        let policy = UpdatePolicy {
+            auto_update: true,
+            update_window: Some(UpdateWindow::new("22:00", "02:00", "UTC").unwrap()),
+        };
+        store.set_update_policy("d1", &policy).unwrap();
+        assert_eq!(store.update_policy("d1").unwrap(), Some(policy));
+        let off = UpdatePolicy { auto_update: false, update_window: None };
+        store.set_update_policy("d1", &off).unwrap();
+        assert_eq!(store.update_policy("d1").unwrap(), Some(off), "replaced, window gone");
+        assert_eq!(store.update_policy("d2").unwrap(), None);
+        assert!(store.delete_update_policy("d1").unwrap());
+        assert!(!store.delete_update_policy("d1").unwrap());
+        assert_eq!(store.update_policy("d1").unwrap(), None);
+        assert!(matches!(store.set_update_policy("nope", &UpdatePolicy::default()), Err(Error::NotFound { .. })));
+        assert!(store.device("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_newest_digest_per_reference_wins() {
+        let store = store();
+        store.add_pending_update(&pending("d1", NGINX, "sha256:aa", "2026-06-10T10:00:00Z", Some(100))).unwrap();
+        store.add_pending_update(&pending("d1", REDIS, "sha256:cc", "2026-06-10T10:00:00Z", None)).unwrap();
+        store.add_pending_update(&pending("d1", NGINX, "sha256:bb", "2026-06-10T11:00:00Z", Some(200))).unwrap();
+        assert_eq!(
+            store.pending_updates("d1").unwrap(),
+            vec![
+                pending("d1", NGINX, "sha256:bb", "2026-06-10T11:00:00Z", Some(200)),
+                pending("d1", REDIS, "sha256:cc", "2026-06-10T10:00:00Z", None),
+            ]
+        );
+        // The same digest again (e.g. re-held after a policy change): first detection kept.
+        store.add_pending_update(&pending("d1", NGINX, "sha256:bb", "2026-06-10T12:00:00Z", Some(300))).unwrap();
+        assert_eq!(
+            store.pending_updates("d1").unwrap()[0],
+            pending("d1", NGINX, "sha256:bb", "2026-06-10T11:00:00Z", Some(300))
+        );
+        assert_eq!(store.pending_updates("d2").unwrap(), vec![]);
+        assert!(matches!(
+            store.add_pending_update(&pending("nope", NGINX, "sha256:aa", "2026-06-10T10:00:00Z", None)),
+            Err(Error::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn due_updates_are_those_whose_time_has_come() {
+        let store = store();
+        store.add_pending_update(&pending("d1", NGINX, "sha256:aa", "t", Some(100))).unwrap();
+        store.add_pending_update(&pending("d1", REDIS, "sha256:bb", "t", None)).unwrap();
+        store.add_pending_update(&pending("d2", NGINX, "sha256:aa", "t", Some(50))).unwrap();
+        store.add_pending_update(&pending("d2", REDIS, "sha256:bb", "t", Some(150))).unwrap();
+        let due = |now| -> Vec<(String, String)> {
+            store.due_pending_updates(now).unwrap().into_iter().map(|p| (p.device_uuid, p.reference)).collect()
+        };
+        assert_eq!(due(49), vec![]);
+        assert_eq!(due(50), vec![("d2".into(), NGINX.into())]);
+        assert_eq!(due(100), vec![("d2".into(), NGINX.into()), ("d1".into(), NGINX.into())], "oldest first");
+        assert_eq!(due(i64::MAX).len(), 3, "recorded-only updates are never due");
+    }
+
+    #[test]
+    fn clearing_some_or_all_of_a_devices_pending_updates() {
+        let store = store();
+        for uuid in ["d1", "d2"] {
+            store.add_pending_update(&pending(uuid, NGINX, "sha256:aa", "t", Some(1))).unwrap();
+            store.add_pending_update(&pending(uuid, REDIS, "sha256:bb", "t", None)).unwrap();
+        }
+        store.clear_pending_updates("d1", Some(&[NGINX.to_string(), "docker.io/library/other:1".into()])).unwrap();
+        let refs = |uuid| store.pending_updates(uuid).unwrap().into_iter().map(|p| p.reference).collect::<Vec<_>>();
+        assert_eq!(refs("d1"), vec![REDIS]);
+        store.clear_pending_updates("d1", Some(&[])).unwrap();
+        assert_eq!(refs("d1"), vec![REDIS]);
+        store.clear_pending_updates("d1", None).unwrap();
+        assert_eq!(refs("d1"), Vec::<String>::new());
+        assert_eq!(refs("d2"), vec![NGINX, REDIS], "other devices keep theirs");
+    }
+}

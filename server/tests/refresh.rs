@@ -1,0 +1,208 @@
+//! Moved tags, in process and with time injected: the background re-resolution and
+//! webhooks move devices now or when their update window opens; history and rollback.
+//! A table of digests stands in for the registry (the real one is in `tests/`).
+
+use jiff::Timestamp;
+use pinion_model::{Reference, TargetState};
+use pinion_server::api::{handle, Api, Request, Response};
+use pinion_server::keys::hash_secret;
+use pinion_server::pinning::{pin_target_state, Answers, Pin, ResolveDigests};
+use pinion_server::policy::{UpdatePolicy, UpdateWindow};
+use pinion_server::refresh::{Outcome, Refresher};
+use pinion_server::store::{SqliteStore, Store};
+use pinion_server::targets::store_target;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ADMIN: &str = "admin-token-for-refresh-tests-0123";
+const V1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const V3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+const LATEST: &str = "registry.example:5000/app:latest";
+const CANONICAL: &str = "registry.example:5000/app:latest";
+
+/// Stand-in registry: `LATEST` points wherever the test says.
+struct MovableTag(Arc<Mutex<&'static str>>);
+
+impl ResolveDigests for MovableTag {
+    fn resolve_all(&self, refs: &[Reference], _: Duration) -> Answers {
+        let digest = *self.0.lock().unwrap();
+        refs.iter()
+            .map(|r| (r.clone(), Ok(Pin { digest: digest.into(), media_type: "m".into(), stale: None })))
+            .collect()
+    }
+}
+
+struct Fleet {
+    store: Arc<dyn Store>,
+    tag: Arc<Mutex<&'static str>>,
+    refresher: Refresher,
+    api: Api,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let tag = Arc::new(Mutex::new(V1));
+        let resolver: Arc<dyn ResolveDigests + Send + Sync> = Arc::new(MovableTag(Arc::clone(&tag)));
+        let refresher = Refresher {
+            store: Arc::clone(&store),
+            resolver: Arc::clone(&resolver),
+            default_policy: UpdatePolicy::default(),
+            deadline: Duration::from_secs(1),
+        };
+        let api = Api {
+            store: Arc::clone(&store),
+            resolver,
+            admin_token_hash: hash_secret(ADMIN),
+            webhook_token_hash: None,
+            resolve_deadline: Duration::from_secs(1),
+            refresh_requests: None,
+            default_policy: UpdatePolicy::default(),
+        };
+        Fleet { store, tag, refresher, api }
+    }
+
+    /// The operator sets `LATEST` on `uuid` (pinned to wherever the tag is now).
+    fn follow_latest(&self, uuid: &str) {
+        let mut state: TargetState = serde_json::from_value(json!({"apps": {"1": {"appId": 1, "services": [
+            {"serviceName": "web", "imageName": LATEST}]}}}))
+        .unwrap();
+        pin_target_state(&mut state, self.api.resolver.as_ref(), Duration::from_secs(1), "T0").unwrap();
+        store_target(self.store.as_ref(), uuid, &state, "operator", None).unwrap();
+    }
+
+    fn pinned(&self, uuid: &str) -> (u64, String) {
+        let target = self.store.target(uuid).unwrap().unwrap();
+        let state: Value = serde_json::from_str(&target.state).unwrap();
+        (target.version, state["apps"]["1"]["services"][0]["imageResolution"]["digest"].as_str().unwrap().to_string())
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let request = Request {
+            method: method.into(),
+            path: path.into(),
+            headers: vec![("authorization".into(), format!("Bearer {ADMIN}"))],
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            ..Default::default()
+        };
+        handle(&self.api, &request)
+    }
+}
+
+fn at(text: &str) -> Timestamp {
+    text.parse().unwrap()
+}
+
+fn json_of(response: &Response) -> Value {
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+#[test]
+fn a_moved_tag_moves_every_device_that_follows_it_and_nothing_else() {
+    let fleet = Fleet::new();
+    fleet.follow_latest("a");
+    fleet.follow_latest("b");
+    assert!(fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "refresh").is_empty());
+
+    *fleet.tag.lock().unwrap() = V2;
+    let outcomes = fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "refresh");
+    assert_eq!(outcomes.len(), 2);
+    assert!(outcomes.iter().all(|(_, _, o)| *o == Outcome::Applied { version: 2 }), "{outcomes:?}");
+    assert_eq!(fleet.pinned("a"), (2, V2.to_string()));
+    assert_eq!(fleet.pinned("b"), (2, V2.to_string()));
+    assert!(
+        fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:01:00Z"), "refresh").is_empty(),
+        "idempotent"
+    );
+}
+
+#[test]
+fn outside_its_window_a_moved_tag_waits_and_applies_when_the_window_opens() {
+    let fleet = Fleet::new();
+    fleet.follow_latest("gw");
+    let window = UpdateWindow::new("02:00", "04:00", "Europe/Berlin").unwrap();
+    let policy = UpdatePolicy { auto_update: true, update_window: Some(window) };
+    fleet.store.set_update_policy("gw", &policy).unwrap();
+
+    *fleet.tag.lock().unwrap() = V2;
+    // 12:00 UTC = 13:00 in Berlin (CET): outside 02:00–04:00.
+    let outcomes = fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "refresh");
+    let opening = at("2026-11-29T01:00:00Z"); // 02:00 CET
+    assert_eq!(outcomes, [("gw".to_string(), CANONICAL.to_string(), Outcome::Pending { apply_after: Some(opening) })]);
+    assert_eq!(fleet.pinned("gw"), (1, V1.to_string()), "held");
+    let pending = json_of(&fleet.call("GET", "/api/v1/devices/gw/pending-updates", None));
+    assert_eq!(pending["pendingUpdates"][0]["digest"], V2, "{pending}");
+
+    assert_eq!(fleet.refresher.apply_due(at("2026-11-29T00:59:59Z")), 0, "a second before the window");
+    assert_eq!(fleet.pinned("gw"), (1, V1.to_string()));
+    assert_eq!(fleet.refresher.apply_due(at("2026-11-29T01:00:00Z")), 1, "the window opens");
+    assert_eq!(fleet.pinned("gw"), (2, V2.to_string()));
+    assert_eq!(fleet.store.target("gw").unwrap().unwrap().source, "window");
+    assert!(fleet.store.pending_updates("gw").unwrap().is_empty());
+}
+
+#[test]
+fn with_auto_update_off_a_moved_tag_is_only_recorded() {
+    let fleet = Fleet::new();
+    fleet.follow_latest("gw");
+    fleet.store.set_update_policy("gw", &UpdatePolicy { auto_update: false, update_window: None }).unwrap();
+    *fleet.tag.lock().unwrap() = V2;
+    let outcomes = fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "refresh");
+    assert_eq!(outcomes[0].2, Outcome::Pending { apply_after: None });
+    assert_eq!(fleet.refresher.apply_due(at("2030-01-01T00:00:00Z")), 0);
+    assert_eq!(fleet.pinned("gw"), (1, V1.to_string()));
+    assert_eq!(fleet.store.pending_updates("gw").unwrap()[0].digest, V2);
+
+    // A target set by the operator applies at once and supersedes what was pending.
+    let target = json!({"apps": {"1": {"appId": 1, "services": [{"serviceName": "web", "imageName": LATEST}]}}});
+    assert_eq!(fleet.call("POST", "/api/v1/devices/gw/target-state", Some(target)).status, 200);
+    assert_eq!(fleet.pinned("gw"), (2, V2.to_string()));
+    assert!(fleet.store.pending_updates("gw").unwrap().is_empty());
+}
+
+#[test]
+fn history_keeps_every_version_and_a_rollback_restores_one_without_following_back() {
+    let fleet = Fleet::new();
+    fleet.follow_latest("gw");
+    *fleet.tag.lock().unwrap() = V2;
+    fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "webhook");
+
+    let history = json_of(&fleet.call("GET", "/api/v1/devices/gw/target-state/history", None));
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!((versions[0]["version"].clone(), versions[0]["source"].clone()), (json!(2), json!("webhook")));
+    assert_eq!(versions[0]["images"][0]["digest"], V2);
+    assert_eq!(versions[1]["images"][0]["digest"], V1);
+
+    let rollback = fleet.call("POST", "/api/v1/devices/gw/target-state/rollback", None);
+    assert_eq!(rollback.status, 200, "{}", String::from_utf8_lossy(&rollback.body));
+    assert_eq!(
+        (json_of(&rollback)["version"].clone(), json_of(&rollback)["restoredVersion"].clone()),
+        (json!(3), json!(1))
+    );
+    assert_eq!(fleet.pinned("gw"), (3, V1.to_string()));
+    assert_eq!(fleet.store.target("gw").unwrap().unwrap().source, "rollback");
+
+    // The tag still points at the digest rolled away from: following it does not go back.
+    assert!(fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:05:00Z"), "refresh").is_empty());
+    assert_eq!(fleet.pinned("gw"), (3, V1.to_string()));
+    // A new push does.
+    *fleet.tag.lock().unwrap() = V3;
+    fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:10:00Z"), "refresh");
+    assert_eq!(fleet.pinned("gw"), (4, V3.to_string()));
+
+    let explicit = fleet.call("POST", "/api/v1/devices/gw/target-state/rollback", Some(json!({"version": 2})));
+    assert_eq!(json_of(&explicit)["restoredVersion"], 2);
+    assert_eq!(fleet.pinned("gw"), (5, V2.to_string()));
+    assert_eq!(
+        fleet.call("POST", "/api/v1/devices/gw/target-state/rollback", Some(json!({"version": 99}))).status,
+        404
+    );
+    assert_eq!(
+        fleet.call("POST", "/api/v1/devices/gw/target-state/rollback", Some(json!({"version": "x"}))).status,
+        400
+    );
+    assert_eq!(fleet.call("POST", "/api/v1/devices/nobody/target-state/rollback", None).status, 404);
+}
