@@ -35,6 +35,7 @@ SETTINGS (file key = environment variable):
     docker_socket    PINION_DOCKER_SOCKET     default /var/run/docker.sock
     db               PINION_DB                default /var/lib/pinion/agent.db
 Durations are whole seconds or a number with s, m or h. Logs: RUST_LOG=debug for more.
+Exit status: 2 for usage, 78 for unusable settings, 1 for other errors.
 ";
 
 pub fn main() -> ExitCode {
@@ -46,6 +47,10 @@ pub fn main() -> ExitCode {
             if let Error::Usage { .. } = error {
                 eprintln!("Try 'pinion-agent --help'.");
                 return ExitCode::from(2);
+            }
+            if let Error::Config { .. } = error {
+                // EX_CONFIG: the systemd unit does not restart on it (RestartPreventExitStatus).
+                return ExitCode::from(78);
             }
             ExitCode::FAILURE
         }

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// A service's identity on this device: the app it belongs to and its name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub app_id: String,
     pub service_name: String,
@@ -35,8 +35,10 @@ impl std::fmt::Display for ServiceKey {
 }
 
 /// One service of the target, ready to plan with. The store keeps it as JSON for each
-/// deployment, so that a rollback can create the earlier container again as it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// deployment, so that a rollback can create the earlier container again as it was
+/// (`default`: a field added later reads as its default from an older row).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DesiredService {
     pub key: ServiceKey,
     pub service_id: Option<String>,

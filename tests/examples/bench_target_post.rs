@@ -3,7 +3,7 @@
 //! and warm (tokens cached). Run: `cargo run --release -p pinion-tests --example bench_target_post`
 //! (builds pinion-server in the same profile).
 
-use pinion_tests::{push_image, Auth, ImageSpec, Registry, Server};
+use pinion_tests::{push_image, Auth, ImageSpec, Registry, RegistryOptions, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -20,15 +20,19 @@ fn target(registry: &Registry) -> Value {
     json!({"apps": {"1": {"appId": 1, "services": services}}, "config": {}})
 }
 
-fn measure(label: &str, auth: Auth) {
-    let registry = Registry::start(auth);
+fn measure(label: &str, auth: Auth, server_args: &[&str]) {
+    let registry = Registry::start_with(auth, &RegistryOptions { access_log: true, ..Default::default() });
     for i in 0..IMAGES {
         push_image(&registry, &format!("bench/app{i}"), "latest", &ImageSpec::linux_amd64(format!("app {i}")));
     }
     // The harness's own pushes ask the token server once per repository.
     let pushes = registry.token_requests();
     let config = registry.dir().write("config.json", registry.docker_config());
-    let server = Server::start(&["--registry-auth", config.to_str().unwrap()]);
+    let mut args = vec!["--registry-auth", config.to_str().unwrap()];
+    args.extend_from_slice(server_args);
+    let server = Server::start(&args);
+    let mut served = registry.requests_served();
+    let mut requests_per_post = Vec::new();
     let state = target(&registry);
     let mut times: Vec<Duration> = Vec::new();
     for round in 0..=ROUNDS {
@@ -36,9 +40,12 @@ fn measure(label: &str, auth: Auth) {
         let reply = server.set_target_state("bench-device", &state);
         let elapsed = started.elapsed();
         assert_eq!(reply.status, 200, "{}", reply.body);
+        let now_served = registry.requests_served();
+        requests_per_post.push(now_served - served);
+        served = now_served;
         assert_eq!(reply.json()["resolution"]["resolved"], IMAGES, "{}", reply.body);
         if round == 0 {
-            println!("{label}: cold POST {:.1} ms", ms(elapsed));
+            println!("{label}: cold POST {:.1} ms, {} registry requests", ms(elapsed), requests_per_post[0]);
         } else {
             times.push(elapsed);
         }
@@ -50,10 +57,12 @@ fn measure(label: &str, auth: Auth) {
     }
     println!("{label}: target-state GET (10 services), mean of 20: {:.2} ms", ms(started.elapsed()) / 20.0);
     println!(
-        "{label}: warm POST over {ROUNDS} rounds: median {:.1} ms, p90 {:.1} ms, max {:.1} ms; token requests by the server: {}",
+        "{label}: warm POST over {ROUNDS} rounds: median {:.1} ms, p90 {:.1} ms, max {:.1} ms; \
+         registry requests per warm POST (max): {}; token requests by the server in all: {}",
         ms(times[ROUNDS / 2]),
         ms(times[ROUNDS * 9 / 10]),
         ms(times[ROUNDS - 1]),
+        requests_per_post[1..].iter().max().unwrap_or(&0),
         registry.token_requests() - pushes
     );
 }
@@ -64,6 +73,9 @@ fn ms(d: Duration) -> f64 {
 
 fn main() {
     println!("target-state POST with {IMAGES} distinct images, local docker-registry on 127.0.0.1");
-    measure("anonymous", Auth::Anonymous);
-    measure("token auth", Auth::token("bench", "bench-password"));
+    // The digest cache off (TTL 0): every POST asks the registry.
+    measure("anonymous, no cache", Auth::Anonymous, &["--cache-ttl", "0"]);
+    measure("token auth, no cache", Auth::token("bench", "bench-password"), &["--cache-ttl", "0"]);
+    // The default 5-minute cache: after the first POST, answers come from the database.
+    measure("token auth, cache 5m", Auth::token("bench", "bench-password"), &[]);
 }

@@ -116,16 +116,18 @@ impl Docker {
             .unwrap_or_else(|| panic!("docker push {reference} printed no digest: {out}"))
     }
 
-    /// Containers carrying `label` (`key` or `key=value`), as `docker inspect` JSON.
+    /// Containers carrying `label` (`key` or `key=value`), as `docker inspect` JSON. A
+    /// container removed between the listing and the inspection is left out.
     pub fn containers_with_label(&self, label: &str) -> Vec<Value> {
         let ids = self.run(&["ps", "-aq", "--no-trunc", "--filter", &format!("label={label}")]);
-        let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
-        if ids.is_empty() {
-            return vec![];
-        }
-        let mut args = vec!["inspect"];
-        args.extend(ids);
-        serde_json::from_str(&self.run(&args)).expect("docker inspect prints JSON")
+        ids.lines()
+            .filter(|id| !id.is_empty())
+            .filter_map(|id| {
+                let out = self.command(&["inspect", id]).output().ok()?;
+                let mut list: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+                out.status.success().then(|| list.pop()).flatten()
+            })
+            .collect()
     }
 
     /// Force-removes every container carrying `label`, and networks carrying it.

@@ -207,6 +207,12 @@ impl Registry {
         tail_of_file(&self.log_path, 8000)
     }
 
+    /// Requests to `/v2/…` so far, counted from the access log (`Options::access_log`).
+    pub fn requests_served(&self) -> usize {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        log.lines().filter(|l| l.contains("\"HEAD /v2/") || l.contains("\"GET /v2/")).count()
+    }
+
     /// A Docker `config.json` entry for this registry with its own credentials.
     pub fn docker_config(&self) -> String {
         match self.auth.credentials() {

@@ -191,7 +191,7 @@ fn unique(label: &str) -> String {
 #[test]
 fn an_image_that_crashes_in_probation_is_rolled_back_and_not_retried_until_the_target_changes() {
     let turn = take_turn();
-    let device = Device::running_v1(&turn.docker, "rollback/crash");
+    let mut device = Device::running_v1(&turn.docker, "rollback/crash");
     let v1_before = device.container_id();
 
     let v2 = device.push("v2", r#"["/bin/sh", "-c", "exit 1"]"#);
@@ -206,6 +206,13 @@ fn an_image_that_crashes_in_probation_is_rolled_back_and_not_retried_until_the_t
     assert_eq!(device.container_id(), restored, "the restored container is left alone");
     assert_eq!(device.starts_of(&v2), 1, "v2 was tried again:\n{}", device.agent.log());
     assert!(device.agent.log().contains("rolling back to"), "{}", device.agent.log());
+
+    // The rollback is kept across a restart of the agent (its database).
+    device.agent.restart();
+    device.converge("the agent restarted", |d| d.agent.log().contains("starting"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(device.container_id(), restored, "the restarted agent left v1 alone");
+    assert_eq!(device.starts_of(&v2), 0, "the restarted agent tried v2:\n{}", device.agent.log());
 
     let status = device.agent.status();
     let service = &status["services"][0];

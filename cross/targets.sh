@@ -1,0 +1,37 @@
+# Sourced by cross/* and packaging/*: the gateway targets, their Debian names, and the
+# helpers every script shares, so each name is written once.
+CROSS_TARGETS=(armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu aarch64-unknown-linux-musl)
+
+die() { echo "${0#./}: $*" >&2; exit 1; }
+
+# Debian's architecture and the cross binutils prefix of a Rust target.
+deb_arch() {
+    case $1 in
+        armv7-unknown-linux-gnueabihf) echo armhf ;;
+        aarch64-unknown-linux-gnu | aarch64-unknown-linux-musl) echo arm64 ;;
+        x86_64-unknown-linux-gnu) echo amd64 ;;
+        *) die "no Debian architecture for $1" ;;
+    esac
+}
+tool_prefix() {
+    case $1 in
+        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf- ;;
+        aarch64-unknown-linux-*) echo aarch64-linux-gnu- ;;
+        *) echo "" ;;
+    esac
+}
+# Where cross/build puts a target's release binaries (static: cross/build --static).
+bin_dir() {
+    if [[ ${2:-} == static ]]; then echo "target/static/$1/release"; else echo "target/$1/release"; fi
+}
+# The agent's version, from the workspace manifest.
+pinion_version() { sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1; }
+# How to run a target's binary here (the same runners as .cargo/config.toml).
+qemu_cmd() {
+    case $1 in
+        armv7-unknown-linux-gnueabihf) echo "qemu-arm -L /usr/arm-linux-gnueabihf" ;;
+        aarch64-unknown-linux-gnu) echo "qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
+        aarch64-unknown-linux-musl) echo "qemu-aarch64" ;;
+        *) echo "" ;;
+    esac
+}
