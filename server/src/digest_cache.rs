@@ -144,16 +144,19 @@ mod tests {
         let nginx = Reference::parse("nginx").unwrap();
         let deadline = Duration::from_secs(1);
 
-        assert_eq!(cache.resolve_all(&[nginx.clone()], deadline)[&nginx].as_ref().unwrap().digest, "sha256:a");
-        assert_eq!(cache.resolve_all(&[nginx.clone()], deadline)[&nginx].as_ref().unwrap().stale, None);
+        assert_eq!(
+            cache.resolve_all(std::slice::from_ref(&nginx), deadline)[&nginx].as_ref().unwrap().digest,
+            "sha256:a"
+        );
+        assert_eq!(cache.resolve_all(std::slice::from_ref(&nginx), deadline)[&nginx].as_ref().unwrap().stale, None);
         assert_eq!(*registry.asked.lock().unwrap(), 1, "the second answer came from the cache");
 
         *registry.digest.lock().unwrap() = None;
-        let answer = cache.resolve_fresh(&[nginx.clone()], deadline).remove(&nginx).unwrap().unwrap();
+        let answer = cache.resolve_fresh(std::slice::from_ref(&nginx), deadline).remove(&nginx).unwrap().unwrap();
         assert_eq!(answer.digest, "sha256:a");
         assert!(answer.stale.unwrap().reason.contains("connection refused"));
 
         let other = Reference::parse("redis").unwrap();
-        assert!(cache.resolve_all(&[other.clone()], deadline)[&other].is_err(), "nothing known: fallback");
+        assert!(cache.resolve_all(std::slice::from_ref(&other), deadline)[&other].is_err(), "nothing known: fallback");
     }
 }

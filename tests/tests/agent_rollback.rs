@@ -58,7 +58,9 @@ struct Device<'a> {
 impl<'a> Device<'a> {
     fn running_v1(docker: &'a Docker, repository: &str) -> Device<'a> {
         let registry = Registry::start(Auth::Anonymous);
-        let server = Server::start(&[]);
+        // Each push to `:latest` is followed by setting the target, which must pin the new
+        // digest, not one the server's digest cache still holds.
+        let server = Server::start(&["--cache-ttl", "1"]);
         let latest = format!("{}/{repository}:latest", registry.host());
         let uuid = unique(repository.split('/').next_back().unwrap_or("rollback"));
         let v1 = push(docker, &latest, "v1", SLEEPS);

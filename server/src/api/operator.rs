@@ -71,6 +71,7 @@ pub(super) fn delete_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Re
     let uuid = device_id(uuid)?;
     known_device(api, uuid)?;
     let version = store_target(api.store.as_ref(), uuid, &TargetState::default(), "operator", None)?;
+    api.store.clear_pending_updates(uuid, None)?;
     log::info!("device {uuid}: target cleared (version {version})");
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "version": version})))
 }
