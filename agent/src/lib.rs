@@ -12,6 +12,7 @@ mod error;
 pub mod identity;
 pub mod plan;
 pub mod probation;
+pub mod registry_auth;
 pub mod report;
 pub mod run;
 pub mod spec;

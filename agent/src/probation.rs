@@ -179,9 +179,11 @@ impl Probation {
                 continue;
             }
             let deployments = store.deployments(key)?;
-            let restore = restore_point(attempted, &deployments, in_probation(record, self.period, now));
-            self.busy |= restore.is_some();
-            self.reject(store, attempted, restore, reason, now)?;
+            // Nothing to go back to: `apply` logged the failure and retries with backoff.
+            if let Some(restore) = restore_point(attempted, &deployments, in_probation(record, self.period, now)) {
+                self.busy = true;
+                self.reject(store, attempted, Some(restore), reason, now)?;
+            }
         }
         self.busy |= store.services()?.iter().any(|r| in_probation(r, self.period, now));
         Ok(())
@@ -412,6 +414,15 @@ mod tests {
         assert_eq!(rollback.to, v1);
         assert!(rollback.reason.starts_with("failed to start: "), "{}", rollback.reason);
         assert!(probation.busy(), "the rollback is carried out soon");
+
+        // A first install has nothing to go back to: the retry backoff goes on.
+        let db = DesiredService::example("db", "d@1", "d1");
+        store.record_failure(&db.key, &db.image, &db.config_hash, "x", &|_| Duration::from_secs(10)).unwrap();
+        let failed = BTreeMap::from([(db.key.clone(), Activity::Failed { kind: "start_failed", message: "x".into() })]);
+        let mut first = Probation::new(Duration::from_secs(60));
+        first.after_apply(&store, std::slice::from_ref(&db), &failed, unix_now()).unwrap();
+        assert_eq!(store.rollback_of(&db.key).unwrap(), None);
+        assert!(!first.busy());
 
         // Off: nothing is rolled back.
         store.clear_rollback(&v2.key).unwrap();

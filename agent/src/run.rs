@@ -12,6 +12,7 @@ use crate::engine::{Container, DockerEngine, Engine};
 use crate::identity::ensure_identity;
 use crate::plan::{plan, PlanInput};
 use crate::probation::Probation;
+use crate::registry_auth::RegistryAuth;
 use crate::report::{build_report, local_ip, os_version, DeviceInfo, ReportInput};
 use crate::spec::{desired_services, DesiredService, ServiceKey};
 use crate::store::{unix_now, AgentStore, Identity};
@@ -236,7 +237,9 @@ impl Agent {
                 }
             }
         };
-        apply(engine, store, steps, desired, &|_| None, &mut on_activity)
+        // Pulls from a private registry carry the credentials the server sent with the target.
+        let registry_auth = RegistryAuth::from_store(store);
+        apply(engine, store, steps, desired, &|image| registry_auth.header_for(image), &mut on_activity)
     }
 
     /// Reports when the state changed since the last delivered report, or as a heartbeat.

@@ -168,6 +168,20 @@ fn spec_from(key: &ServiceKey, text: Option<String>) -> Option<DesiredService> {
     }
 }
 
+/// Mode 0600 for the database and its WAL files (SQLite gives new WAL files the
+/// database's mode): the stored target carries registry passwords (`registry_auth`).
+fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot make {file} readable by its owner only: {e}"),
+        }
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -180,6 +194,7 @@ impl AgentStore {
         }
         let conn = Connection::open(path)
             .map_err(|e| Error::Store { op: "opening the database", reason: format!("{}: {e}", path.display()) })?;
+        restrict_to_owner(path);
         Self::init(conn)
     }
 

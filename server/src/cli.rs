@@ -6,7 +6,9 @@ use crate::keys::hash_secret;
 use crate::pinning::ResolveDigests;
 use crate::policy::{UpdatePolicy, UpdateWindow};
 use crate::refresh::Refresher;
-use crate::registry::{Credentials, Resolver, ResolverConfig};
+use crate::registry::{CredentialSource, Credentials, Resolver, ResolverConfig};
+use crate::registry_auth::StoredCredentials;
+use crate::secrets::{default_key_path, SecretKey, SECRET_KEY_FILE_ENV};
 use crate::store::{SqliteStore, Store};
 use crate::{admin_token, Error};
 use lexopt::prelude::*;
@@ -29,6 +31,9 @@ USAGE:
 SERVE OPTIONS:
     --listen ADDR              address to listen on [env PINION_LISTEN, default 0.0.0.0:3002]
     --db PATH                  SQLite database [env PINION_DB, default ./pinion-server.db]
+    --secret-key-file PATH     key that encrypts the registry passwords stored in the database;
+                               made (mode 0600) on first start; keep it with the database
+                               [env PINION_SECRET_KEY_FILE, default DB with extension .secret-key]
     --resolve-deadline DUR     time one target-state request may spend on registries [default 15s]
     --cache-ttl DUR            a digest younger than this answers without asking [default 5m]
     --refresh-interval DUR     every followed tag is asked again within this time, spread out;
@@ -45,7 +50,8 @@ SERVE OPTIONS:
     --max-body BYTES           largest request body accepted [default 1048576]
 
 REGISTRY OPTIONS:
-    --registry-auth FILE       Docker config.json with registry credentials (auths)
+    --registry-auth FILE       Docker config.json with registry credentials (auths); credentials
+                               stored with PUT /api/v1/registries/HOST/credentials win over it
     --insecure-registry HOST   speak plain http to HOST[:PORT] (loopback registries always are)
     --registry-timeout DUR     timeout of each registry request [default 10s]
 
@@ -121,6 +127,7 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
 struct Options {
     listen: Option<String>,
     db: Option<PathBuf>,
+    secret_key_file: Option<PathBuf>,
     resolve_deadline: Option<Duration>,
     cache_ttl: Option<Duration>,
     refresh_interval: Option<Duration>,
@@ -141,6 +148,7 @@ impl Options {
         match name {
             "listen" => self.listen = Some(value),
             "db" => self.db = Some(value.into()),
+            "secret-key-file" => self.secret_key_file = Some(value.into()),
             "resolve-deadline" => self.resolve_deadline = Some(duration(&value)?),
             "cache-ttl" => self.cache_ttl = Some(duration(&value)?),
             "refresh-interval" => self.refresh_interval = Some(duration(&value)?),
@@ -173,13 +181,15 @@ impl Options {
         UpdatePolicy { auto_update: self.auto_update.unwrap_or(true), update_window: self.update_window.clone() }
     }
 
-    fn resolver(&self) -> Result<Resolver, Error> {
+    /// The resolver, with the credentials stored through the API when there is a store.
+    fn resolver(&self, stored_credentials: Option<Arc<dyn CredentialSource>>) -> Result<Resolver, Error> {
         let credentials = match &self.registry_auth {
             Some(path) => Credentials::from_docker_config(path)?,
             None => Credentials::default(),
         };
         Ok(Resolver::new(ResolverConfig {
             credentials,
+            stored_credentials,
             insecure_registries: self.insecure_registries.clone(),
             request_timeout: self.registry_timeout.unwrap_or(Duration::from_secs(10)),
         }))
@@ -192,10 +202,15 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let db = options.db.clone().or_else(|| std::env::var_os("PINION_DB").map(PathBuf::from));
     let db = db.unwrap_or_else(|| PathBuf::from("pinion-server.db"));
     let webhook_token = options.webhook_token.clone().or_else(|| std::env::var("PINION_WEBHOOK_TOKEN").ok());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let secret_key_file =
+        options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
+    let secret_key = SecretKey::load_or_create(&secret_key_file.unwrap_or_else(|| default_key_path(&db)))?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?.with_secret_key(secret_key));
     let cache_ttl = options.cache_ttl.unwrap_or(Duration::from_secs(5 * 60));
+    let stored_credentials: Arc<dyn CredentialSource> = Arc::new(StoredCredentials(Arc::clone(&store)));
+    let registry = options.resolver(Some(stored_credentials))?;
     let resolver: Arc<dyn ResolveDigests + Send + Sync> =
-        Arc::new(CachedResolver::new(Box::new(options.resolver()?), Arc::clone(&store), cache_ttl));
+        Arc::new(CachedResolver::new(Box::new(registry), Arc::clone(&store), cache_ttl));
     let resolve_deadline = options.resolve_deadline.unwrap_or(Duration::from_secs(15));
     let (refresh_requests, refresh_queue) = std::sync::mpsc::channel();
     let refresher = Refresher {
@@ -249,7 +264,7 @@ fn image_parse(input: &str) -> Result<ExitCode, Error> {
 
 fn image_resolve(input: &str, options: Options) -> Result<ExitCode, Error> {
     let reference = parse_reference(input)?;
-    let resolved = options.resolver()?.resolve(&reference)?;
+    let resolved = options.resolver(None)?.resolve(&reference)?;
     let line = json!({
         "requested": input,
         "digest": resolved.digest,

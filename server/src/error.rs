@@ -53,6 +53,9 @@ pub enum Error {
     Store { op: &'static str, reason: String },
     /// A file the server reads or writes.
     Io { path: PathBuf, source: std::io::Error },
+    /// A stored secret that cannot be sealed or opened (no key, a wrong key file, an
+    /// altered value), or a key file that is not a key.
+    Secrets { reason: String },
     /// Bad command-line usage; printed with a hint to `--help`.
     Usage { reason: String },
 }
@@ -104,6 +107,7 @@ impl fmt::Display for Error {
             Conflict { reason } => write!(f, "{reason}"),
             Store { op, reason } => write!(f, "database error while {op}: {reason}"),
             Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Secrets { reason } => write!(f, "{reason}"),
             Usage { reason } => write!(f, "{reason}"),
         }
     }

@@ -53,7 +53,18 @@ pub fn store_target(
         .map_err(|e| Error::BadRequest { reason: format!("the target state cannot be stored: {e}") })?;
     let poll = poll_answer(uuid, state);
     let references = followed_references(state);
-    store.set_target(uuid, &NewTarget { state: &json, poll: &poll, references: &references, source, expected_version })
+    let registries = crate::registry_auth::registry_hosts(state);
+    store.set_target(
+        uuid,
+        &NewTarget {
+            state: &json,
+            poll: &poll,
+            references: &references,
+            registries: &registries,
+            source,
+            expected_version,
+        },
+    )
 }
 
 /// Points every service that follows `reference` (canonical) at `digest`, unless it is

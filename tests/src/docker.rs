@@ -15,6 +15,9 @@ pub const DOCKER_SOCKET_ENV: &str = "PINION_TEST_DOCKER_SOCKET";
 pub struct Docker {
     socket: PathBuf,
     cli: PathBuf,
+    /// `docker --config DIR`: the CLI's own `config.json` (registry logins) for pushes
+    /// to a registry that wants credentials; the default is the user's.
+    config: Option<PathBuf>,
 }
 
 impl Docker {
@@ -28,7 +31,7 @@ impl Docker {
         } else {
             require_tool("docker", "docker.io")
         };
-        let docker = Docker { socket, cli };
+        let docker = Docker { socket, cli, config: None };
         let ping = docker.command(&["version", "--format", "{{.Server.APIVersion}}"]).output();
         match ping {
             Ok(out) if out.status.success() => docker,
@@ -46,8 +49,19 @@ impl Docker {
         &self.socket
     }
 
+    /// The same dockerd through a CLI whose `config.json` logs in to `registry_host`
+    /// as `user` (written into `dir`, as `docker --config DIR login` would; dockerd keeps
+    /// no credentials of its own).
+    pub fn logged_in(&self, dir: &TempDir, registry_host: &str, user: &str, password: &str) -> Docker {
+        dir.write("config.json", crate::util::docker_config_json(&[(registry_host, user, password)]));
+        Docker { socket: self.socket.clone(), cli: self.cli.clone(), config: Some(dir.path().to_path_buf()) }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.cli);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
         command.arg("-H").arg(format!("unix://{}", self.socket.display())).args(args);
         command.stdin(Stdio::null());
         command

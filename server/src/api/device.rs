@@ -5,6 +5,7 @@ use super::auth::Caller;
 use super::http::{etag_matches, Request, Response};
 use super::{device_id, Api};
 use crate::keys::hash_secret;
+use crate::registry_auth::with_registry_auth;
 use crate::store::NewRegistration;
 use crate::targets::poll_answer;
 use crate::Error;
@@ -13,7 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// `GET /device/{uuid}/state`: 304 when `If-None-Match` names the stored ETag, without
-/// reading, parsing or serializing the state.
+/// reading, parsing or serializing the state. The credentials of the registries its
+/// target uses are added here, never stored in the answer (`registry_auth`).
 pub(super) fn poll(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> Result<Response, Error> {
     let uuid = device_id(uuid)?;
     caller.require_device(uuid)?;
@@ -21,6 +23,8 @@ pub(super) fn poll(api: &Api, caller: &Caller, request: &Request, uuid: &str) ->
         Some(answer) => answer,
         None => poll_answer(uuid, &TargetState::default()),
     };
+    // The credentials of the registries its target pulls from, for this device only.
+    let answer = with_registry_auth(answer, &api.store.device_registry_credentials(uuid)?);
     if request.header("if-none-match").is_some_and(|inm| etag_matches(inm, &answer.etag)) {
         return Ok(Response::empty(304).with_header("ETag", answer.etag));
     }

@@ -4,6 +4,7 @@
 //! socket.
 
 mod auth;
+mod credentials;
 mod device;
 mod history;
 pub mod http;
@@ -71,6 +72,8 @@ enum Route<'a> {
     RegistryWebhook,
     ProvisioningKeys,
     ProvisioningKey(&'a str),
+    Registries,
+    RegistryCredentials(&'a str),
 }
 
 impl Route<'_> {
@@ -86,6 +89,8 @@ impl Route<'_> {
             Route::TargetState(_) => &["GET", "POST", "PUT", "DELETE"],
             Route::ProvisioningKeys => &["GET", "POST"],
             Route::ProvisioningKey(_) => &["DELETE"],
+            Route::Registries => &["GET"],
+            Route::RegistryCredentials(_) => &["PUT", "DELETE"],
         }
     }
 }
@@ -110,6 +115,8 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["webhooks", "registry"] => Route::RegistryWebhook,
         ["provisioning-keys"] => Route::ProvisioningKeys,
         ["provisioning-keys", id] => Route::ProvisioningKey(id),
+        ["registries"] => Route::Registries,
+        ["registries", host, "credentials"] => Route::RegistryCredentials(host),
         _ => return None,
     })
 }
@@ -166,6 +173,11 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
             _ => operator::create_provisioning_key(api, &caller, request),
         },
         Route::ProvisioningKey(id) => operator::revoke_provisioning_key(api, &caller, id),
+        Route::Registries => credentials::list(api, &caller),
+        Route::RegistryCredentials(host) => match method {
+            "DELETE" => credentials::delete(api, &caller, request, host),
+            _ => credentials::put(api, &caller, request, host),
+        },
     }
 }
 

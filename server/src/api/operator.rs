@@ -7,6 +7,7 @@ use super::http::{Request, Response};
 use super::{device_id, Api};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::pinning::pin_target_state;
+use crate::registry_auth::REGISTRY_AUTH_KEY;
 use crate::store::{DeviceRecord, ProvisioningKey};
 use crate::targets::store_target;
 use crate::timefmt::rfc3339_now;
@@ -20,6 +21,14 @@ pub(super) fn set_target(api: &Api, caller: &Caller, request: &Request, uuid: &s
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
     let mut state: TargetState = request.json()?;
+    if state.extra.contains_key(REGISTRY_AUTH_KEY) {
+        return Err(Error::BadRequest {
+            reason: format!(
+                "{REGISTRY_AUTH_KEY} is added by the server from stored registry credentials \
+                 (PUT /api/v1/registries/{{host}}/credentials), not set in a target state"
+            ),
+        });
+    }
     let summary = pin_target_state(&mut state, api.resolver.as_ref(), api.resolve_deadline, &rfc3339_now())?;
     for warning in &summary.warnings {
         log::warn!("device {uuid}: {warning}");

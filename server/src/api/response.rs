@@ -28,6 +28,7 @@ pub fn status_of(error: &Error) -> (u16, &'static str) {
         | RegistryCredentials { .. } => (502, "registry_error"),
         Store { .. } => (500, "store_error"),
         Io { .. } => (500, "internal_error"),
+        Secrets { .. } => (500, "secrets_error"),
     }
 }
 

@@ -65,7 +65,8 @@ pub(crate) fn send(
     url: &str,
     accept: &str,
 ) -> Result<Response<ureq::Body>, Error> {
-    let credentials = inner.credentials.for_registry(&target.domain);
+    let found = inner.credentials_for(&target.domain);
+    let credentials = found.as_ref().map(|(user, password)| (user.as_str(), password.as_str()));
     let user = credentials.map(|(user, _)| user.to_string());
     let mut sent = match inner.plans.get(target) {
         Some(Plan::Bearer(key)) if key.user == user => match inner.tokens.get(&key) {

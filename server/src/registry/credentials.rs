@@ -13,6 +13,20 @@ use crate::Error;
 /// The largest `config.json` read; real ones are a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
+/// Where the resolver finds the user and password for a registry host: the
+/// `config.json` ones (`Credentials`), or those the operator stored through the API
+/// (`registry_auth::StoredCredentials`).
+pub trait CredentialSource: Send + Sync + fmt::Debug {
+    /// The user and password for `host` (`docker.io`, `127.0.0.1:5000`, …), if any.
+    fn credentials_for(&self, host: &str) -> Option<(String, String)>;
+}
+
+impl CredentialSource for Credentials {
+    fn credentials_for(&self, host: &str) -> Option<(String, String)> {
+        self.for_registry(host).map(|(user, password)| (user.to_string(), password.to_string()))
+    }
+}
+
 /// Registry host (normalized as Docker writes its keys) → (user, password).
 #[derive(Clone, Default)]
 pub struct Credentials {

@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use pinion_model::Reference;
 
-pub use credentials::Credentials;
+pub(crate) use credentials::normalize_host;
+pub use credentials::{CredentialSource, Credentials};
 
 use crate::Error;
 
@@ -38,6 +39,9 @@ use crate::Error;
 pub struct ResolverConfig {
     /// User and password per registry host.
     pub credentials: Credentials,
+    /// Credentials the operator stored through the API; they win over `credentials`,
+    /// and are asked at every request, so a change applies at once.
+    pub stored_credentials: Option<Arc<dyn CredentialSource>>,
     /// Registries (`host` or `host:port`) reached over plain http, like dockerd's
     /// `--insecure-registry`. Loopback registries always are.
     pub insecure_registries: Vec<String>,
@@ -49,6 +53,7 @@ impl Default for ResolverConfig {
     fn default() -> Self {
         ResolverConfig {
             credentials: Credentials::default(),
+            stored_credentials: None,
             insecure_registries: Vec::new(),
             request_timeout: Duration::from_secs(10),
         }
@@ -75,6 +80,7 @@ pub struct Resolver {
 struct Inner {
     agent: ureq::Agent,
     credentials: Credentials,
+    stored_credentials: Option<Arc<dyn CredentialSource>>,
     insecure_registries: Vec<String>,
     tokens: token::TokenCache,
     plans: auth::Plans,
@@ -96,12 +102,23 @@ struct Target {
     display: String,
 }
 
+impl Inner {
+    /// The user and password for `host`: the stored ones, else those of `config.json`.
+    fn credentials_for(&self, host: &str) -> Option<(String, String)> {
+        self.stored_credentials
+            .as_ref()
+            .and_then(|stored| stored.credentials_for(host))
+            .or_else(|| self.credentials.credentials_for(host))
+    }
+}
+
 impl Resolver {
     pub fn new(config: ResolverConfig) -> Resolver {
         Resolver {
             inner: Arc::new(Inner {
                 agent: transport::agent(config.request_timeout),
                 credentials: config.credentials,
+                stored_credentials: config.stored_credentials,
                 insecure_registries: config.insecure_registries,
                 tokens: token::TokenCache::default(),
                 plans: auth::Plans::default(),
@@ -170,6 +187,7 @@ impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
             .field("credentials", &self.inner.credentials)
+            .field("stored_credentials", &self.inner.stored_credentials)
             .field("insecure_registries", &self.inner.insecure_registries)
             .finish_non_exhaustive()
     }

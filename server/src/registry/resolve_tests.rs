@@ -512,3 +512,35 @@ fn resolver_is_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Resolver>();
 }
+
+/// Stand-in for the credentials an operator stores through the API.
+#[derive(Debug, Default)]
+struct Stored(std::sync::Mutex<Option<(String, String)>>);
+
+impl super::CredentialSource for Stored {
+    fn credentials_for(&self, _host: &str) -> Option<(String, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn stored_credentials_win_over_config_json_and_apply_at_once() {
+    let registry = FakeRegistry::start(|req| {
+        Some(match req.header("authorization") {
+            Some("Basic dXNlcjpwYXNz") => Reply::status(200).header("Content-Type", OCI_INDEX).body(INDEX),
+            _ => Reply::status(401).header("WWW-Authenticate", r#"Basic realm="basic-realm""#),
+        })
+    });
+    let stored = Arc::new(Stored::default());
+    let mut config_json = Credentials::default();
+    config_json.insert(&registry.addr, "user", "stale");
+    let resolver = Resolver::new(ResolverConfig {
+        credentials: config_json,
+        stored_credentials: Some(Arc::clone(&stored) as Arc<dyn super::CredentialSource>),
+        ..ResolverConfig::default()
+    });
+    let err = resolve(&resolver, &by_tag(&registry)).unwrap_err();
+    assert!(matches!(&err, Error::RegistryUnauthorized { reason, .. } if reason.contains("were refused")), "{err}");
+    *stored.0.lock().unwrap() = Some(("user".into(), "pass".into()));
+    assert_eq!(resolve(&resolver, &by_tag(&registry)).unwrap(), index_resolved());
+}

@@ -151,8 +151,14 @@ mod tests {
         let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
         let refs = [nginx.clone()];
         for uuid in ["d2", "d1"] {
-            let target =
-                NewTarget { state: "{}", poll: &poll, references: &refs, source: "operator", expected_version: None };
+            let target = NewTarget {
+                state: "{}",
+                poll: &poll,
+                references: &refs,
+                registries: &[],
+                source: "operator",
+                expected_version: None,
+            };
             store.set_target(uuid, &target).unwrap();
         }
         let tracked = store.tracked_images().unwrap();

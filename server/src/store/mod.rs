@@ -2,10 +2,12 @@
 //! provisioning keys. A small trait, so that the SQLite store of a one-machine server
 //! and a PostgreSQL store for several replicas answer the API the same way.
 
+mod credentials;
 mod images;
 mod policy;
 mod sqlite;
 
+pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
 pub use sqlite::SqliteStore;
@@ -46,6 +48,9 @@ pub struct NewTarget<'a> {
     pub poll: &'a PollAnswer,
     /// The floating references the state follows (canonical, `docker.io/library/nginx:latest`).
     pub references: &'a [String],
+    /// The registry hosts its services pull from (normalized, pinned images too): whose
+    /// stored credentials the device's poll carries (`device_auth`).
+    pub registries: &'a [String],
     pub source: &'a str,
     /// Store only if the device is still at this version (`Error::Conflict` otherwise):
     /// background writers read, change and write without losing an operator's write.
@@ -80,7 +85,7 @@ pub struct ProvisioningKey {
     pub devices_registered: u64,
 }
 
-pub trait Store: ImageStore + PolicyStore + Send + Sync {
+pub trait Store: ImageStore + PolicyStore + CredentialStore + Send + Sync {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
     /// The stored hash of a device's key, `None` if it has none (or does not exist).

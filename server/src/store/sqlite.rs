@@ -2,6 +2,7 @@
 //! fleet that one machine serves; `Store` keeps the door open for PostgreSQL.
 
 use super::{DeviceRecord, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Store, StoredTarget};
+use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -55,6 +56,9 @@ const DEVICE_COLUMNS: &str = "uuid, device_name, device_type, api_key_hash IS NO
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Seals and opens stored registry passwords (`credentials.rs`); without one they
+    /// can be neither stored nor read.
+    secret_key: Option<SecretKey>,
 }
 
 impl SqliteStore {
@@ -65,9 +69,22 @@ impl SqliteStore {
         Self::init(conn)
     }
 
-    /// A private in-memory database, for tests.
+    /// A private in-memory database, for tests, with a random secret key.
     pub fn in_memory() -> Result<SqliteStore, Error> {
-        Self::init(Connection::open_in_memory().map_err(db("opening the database"))?)
+        Ok(Self::init(Connection::open_in_memory().map_err(db("opening the database"))?)?
+            .with_secret_key(SecretKey::generate()))
+    }
+
+    /// The key that seals stored secrets (`secrets::SecretKey::load_or_create`).
+    pub fn with_secret_key(mut self, key: SecretKey) -> SqliteStore {
+        self.secret_key = Some(key);
+        self
+    }
+
+    pub(super) fn secret_key(&self) -> Result<&SecretKey, Error> {
+        self.secret_key
+            .as_ref()
+            .ok_or_else(|| Error::Secrets { reason: "no secret key is configured for stored credentials".into() })
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, Error> {
@@ -89,8 +106,9 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
         conn.execute_batch(super::images::SCHEMA).map_err(db("creating the schema"))?;
         conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
+        super::credentials::create_schema(&conn).map_err(db("creating the schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), secret_key: None })
     }
 
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -248,6 +266,8 @@ impl Store for SqliteStore {
             )
             .map_err(db("storing a target state"))?;
         }
+        super::credentials::write_device_registries(&tx, uuid, target.registries)
+            .map_err(db("storing a target state"))?;
         tx.commit().map_err(db("storing a target state"))?;
         Ok(version as u64)
     }
@@ -390,7 +410,7 @@ mod tests {
     }
 
     fn new_target<'a>(state: &'a str, poll: &'a PollAnswer, references: &'a [String]) -> NewTarget<'a> {
-        NewTarget { state, poll, references, source: "operator", expected_version: None }
+        NewTarget { state, poll, references, registries: &[], source: "operator", expected_version: None }
     }
 
     #[test]

@@ -35,3 +35,15 @@ qemu_cmd() {
         *) echo "" ;;
     esac
 }
+# check DESCRIPTION COMMAND...: runs COMMAND, prints a PASS or FAIL line, counts failures.
+failures=0
+check() {
+    local what=$1
+    shift
+    if "$@"; then
+        echo "${0#./}: PASS $what"
+    else
+        echo "${0#./}: FAIL $what"
+        failures=$((failures + 1))
+    fi
+}
