@@ -168,11 +168,11 @@ impl Agent {
                 .map_err(|e| Error::InvalidTarget { reason: format!("stored target is not a target state: {e}") })?,
             None => TargetState::default(),
         };
-        let (target, invalid) = desired_services(&target);
+        let (target_services, invalid) = desired_services(&target);
         let now = unix_now();
-        self.probation.watch(&self.engine, &self.store, &target, now)?;
+        self.probation.watch(&self.engine, &self.store, &target_services, now)?;
         // The target's services, but the deployment put back where one failed probation.
-        let desired = self.probation.effective(&self.store, target)?;
+        let desired = self.probation.effective(&self.store, target_services)?;
         let containers = self.engine.managed_containers()?;
         let records = self.store.services()?;
         let mut holding: BTreeSet<ServiceKey> = invalid.iter().map(|(key, _)| key.clone()).collect();

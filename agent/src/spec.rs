@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// A service's identity on this device: the app it belongs to and its name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     pub app_id: String,
     pub service_name: String,
@@ -40,6 +40,8 @@ impl std::fmt::Display for ServiceKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DesiredService {
+    /// Not stored: the store's row says whose deployment it is.
+    #[serde(skip)]
     pub key: ServiceKey,
     pub service_id: Option<String>,
     /// The pinned image (`app@sha256:…`), or the tag for a fallback.
