@@ -48,6 +48,15 @@ pub trait ResolveDigests {
     }
 }
 
+/// Every question goes to the registry: what `Cache-Control: no-cache` on a request asks for.
+pub struct Uncached<'a>(pub &'a (dyn ResolveDigests + Send + Sync));
+
+impl ResolveDigests for Uncached<'_> {
+    fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers {
+        self.0.resolve_fresh(refs, deadline)
+    }
+}
+
 impl ResolveDigests for Resolver {
     fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers {
         Resolver::resolve_all(self, refs, deadline).into_iter().map(|(r, a)| (r, a.map(Pin::from))).collect()

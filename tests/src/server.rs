@@ -325,8 +325,23 @@ impl Server {
 
     /// `method path` with an optional JSON body and optional bearer token.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>, bearer: Option<&str>) -> ApiReply {
+        self.request_with(method, path, body, bearer, &[])
+    }
+
+    /// `request` with extra headers.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> ApiReply {
         let url = format!("{}{path}", self.url());
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = bearer {
             builder = builder.header("Authorization", format!("Bearer {token}"));
         }
@@ -348,6 +363,13 @@ impl Server {
     /// `POST /api/v1/devices/{uuid}/target-state` as the operator.
     pub fn set_target_state(&self, uuid: &str, state: &Value) -> ApiReply {
         self.request("POST", &format!("/api/v1/devices/{uuid}/target-state"), Some(state), Some(&self.admin_token))
+    }
+
+    /// `set_target_state` with `Cache-Control: no-cache`: every tag asked of its registry
+    /// now, as after a push the server was not notified of.
+    pub fn set_target_state_uncached(&self, uuid: &str, state: &Value) -> ApiReply {
+        let path = format!("/api/v1/devices/{uuid}/target-state");
+        self.request_with("POST", &path, Some(state), Some(&self.admin_token), &[("Cache-Control", "no-cache")])
     }
 
     /// `GET /api/v1/devices/{uuid}/target-state` as the operator.

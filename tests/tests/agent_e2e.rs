@@ -64,8 +64,9 @@ fn target(apps: &[(u32, &str, Vec<Value>)]) -> Value {
     json!({"apps": apps, "config": {}})
 }
 
+/// Sets the target with `Cache-Control: no-cache`: these tests push and then set at once.
 fn set_target(server: &Server, uuid: &str, state: &Value) -> Value {
-    let reply = server.set_target_state(uuid, state);
+    let reply = server.set_target_state_uncached(uuid, state);
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json()
 }

@@ -96,7 +96,13 @@ fn guide_story_latest_moves_from_v1_to_v2() {
 
     let v2 = push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v2"));
     assert_ne!(v1, v2);
-    let second = set(&server, "gateway-1", &state);
+    // Within the digest cache's TTL (default 5 min) the server answers without asking...
+    let cached = set(&server, "gateway-1", &state);
+    assert_resolved(&services(&cached)[0], &image, &v1);
+    // ...unless the operator asks for the registry's answer now.
+    let reply = server.set_target_state_uncached("gateway-1", &state);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let second = reply.json();
     assert_resolved(&services(&second)[0], &image, &v2);
     assert!(
         second["version"].as_u64() > first["version"].as_u64(),
@@ -113,7 +119,7 @@ fn guide_story_latest_moves_from_v1_to_v2() {
 #[test]
 fn a_pinned_state_read_back_and_sent_again_follows_its_tag() {
     let registry = Registry::start(Auth::Anonymous);
-    let server = Server::start(&[]);
+    let server = Server::start(&["--cache-ttl", "0"]);
     let image = format!("{}/demo/app:latest", registry.host());
     push_image(&registry, "demo/app", "latest", &ImageSpec::linux_amd64("v1"));
     set(&server, "gateway-1", &target_state(&[&image]));

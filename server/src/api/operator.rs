@@ -6,7 +6,7 @@ use super::auth::Caller;
 use super::http::{Request, Response};
 use super::{device_id, Api};
 use crate::keys::{hash_secret, new_id, new_secret};
-use crate::pinning::pin_target_state;
+use crate::pinning::{pin_target_state, ResolveDigests, Uncached};
 use crate::registry_auth::REGISTRY_AUTH_KEY;
 use crate::store::{DeviceRecord, ProvisioningKey};
 use crate::targets::store_target;
@@ -29,7 +29,12 @@ pub(super) fn set_target(api: &Api, caller: &Caller, request: &Request, uuid: &s
             ),
         });
     }
-    let summary = pin_target_state(&mut state, api.resolver.as_ref(), api.resolve_deadline, &rfc3339_now())?;
+    // A digest younger than the cache TTL answers without network, unless the client
+    // asks for the registry's answer now (`Cache-Control: no-cache`).
+    let no_cache = request.header("cache-control").is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"));
+    let uncached = Uncached(api.resolver.as_ref());
+    let resolver: &dyn ResolveDigests = if no_cache { &uncached } else { api.resolver.as_ref() };
+    let summary = pin_target_state(&mut state, resolver, api.resolve_deadline, &rfc3339_now())?;
     for warning in &summary.warnings {
         log::warn!("device {uuid}: {warning}");
     }
