@@ -29,8 +29,8 @@ pinion_version() { sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1; }
 # How to run a target's binary here (the same runners as .cargo/config.toml).
 qemu_cmd() {
     case $1 in
-        armv7-unknown-linux-gnueabihf) echo "qemu-arm -L /usr/arm-linux-gnueabihf" ;;
-        aarch64-unknown-linux-gnu) echo "qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
+        armv7-unknown-linux-gnueabihf) echo "qemu-arm -L /usr/arm-linux-gnueabihf -E LD_LIBRARY_PATH=/usr/arm-linux-gnueabihf/lib" ;;
+        aarch64-unknown-linux-gnu) echo "qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib" ;;
         aarch64-unknown-linux-musl) echo "qemu-aarch64" ;;
         *) echo "" ;;
     esac

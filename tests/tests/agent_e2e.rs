@@ -272,11 +272,11 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
         digest
     };
     set_target(&server, &uuid, &state);
-    converge(&agent, "the pull of v2 starts", || agent.log().contains("pulling"));
+    let pinned_v2 = format!("{}/crash/app@{v2}", registry.host());
+    converge(&agent, "the pull of v2 starts", || agent.log().contains(&format!("pulling {pinned_v2}")));
     agent.kill();
     assert!(runs_exactly(docker, 9, "main", &pinned_v1), "download-then-kill: v1 still runs during the pull");
     agent.restart();
-    let pinned_v2 = format!("{}/crash/app@{v2}", registry.host());
     converge(&agent, "v2 running after the restart", || runs_exactly(docker, 9, "main", &pinned_v2));
     assert!(
         !agent.log().contains("new target state"),
