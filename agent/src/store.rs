@@ -202,7 +202,7 @@ impl AgentStore {
         Self::init(Connection::open_in_memory().map_err(db("opening the database"))?)
     }
 
-    fn init(conn: Connection) -> Result<AgentStore, Error> {
+    fn init(mut conn: Connection) -> Result<AgentStore, Error> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(db("configuring the database"))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db("configuring the database"))?;
@@ -214,8 +214,13 @@ impl AgentStore {
                 reason: format!("schema version {version} is newer than this agent ({SCHEMA_VERSION})"),
             });
         }
-        {
-            let tx = conn.unchecked_transaction().map_err(db("migrating the schema"))?;
+        // An up-to-date database is only read here, so `pinion-agent status` can open it
+        // while the agent writes. A migration takes the write lock first (IMMEDIATE),
+        // waiting on the busy timeout instead of failing on a stale read snapshot.
+        if version < SCHEMA_VERSION {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db("migrating the schema"))?;
             tx.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
             // A new database (version 0) got every column from `SCHEMA`.
             if (1..2).contains(&version) {
