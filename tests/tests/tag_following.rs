@@ -32,8 +32,12 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// A command that stops at once on SIGTERM (a plain `sleep` as PID 1 ignores it, and
+/// Docker would wait its 10 s grace period on every replacement).
+const SERVE: &str = r#"["/bin/sh", "-c", "trap 'exit 0' TERM; cat /version; while true; do sleep 1; done"]"#;
+
 fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
-    docker.import_busybox(reference, version, r#"["/bin/sh", "-c", "cat /version; exec sleep 3600"]"#);
+    docker.import_busybox(reference, version, SERVE);
     let digest = docker.push(reference);
     docker.run(&["rmi", reference]);
     digest
@@ -122,7 +126,7 @@ fn the_registry_webhook_moves_a_running_device_to_a_new_push() {
     let v1 = format!("{}/hook/app@{}", registry.host(), push_version(docker, &latest, "v1"));
     let agent = device_on_latest(&server, docker, &latest, &v1, "follow-hook");
 
-    docker.import_busybox(&latest, "v2", r#"["/bin/sh", "-c", "cat /version; exec sleep 3600"]"#);
+    docker.import_busybox(&latest, "v2", SERVE);
     let pushed = Instant::now();
     let v2 = format!("{}/hook/app@{}", registry.host(), docker.push(&latest));
     wait_until(&agent, "v2 running after the webhook", || running_image(docker, 5) == [v2.as_str()]);
