@@ -8,8 +8,33 @@ use crate::util::{require_tool, TempDir};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 
 pub const DOCKER_SOCKET_ENV: &str = "PINION_TEST_DOCKER_SOCKET";
+/// The label on every container an agent manages.
+pub const MANAGED: &str = "io.pinion.app-id";
+
+/// A test's turn on the shared dockerd: an agent manages every labelled container there,
+/// so the agent tests of one test binary take turns, each starting and ending clean.
+pub struct Turn {
+    pub docker: Docker,
+    _lock: MutexGuard<'static, ()>,
+}
+
+/// Waits for the turn, then removes what earlier tests left.
+pub fn take_turn() -> Turn {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let docker = Docker::connect();
+    docker.remove_labelled(MANAGED);
+    Turn { docker, _lock: lock }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.docker.remove_labelled(MANAGED);
+    }
+}
 
 /// A dockerd reached through the `docker` CLI.
 pub struct Docker {

@@ -5,33 +5,12 @@
 //! The agent manages every container labelled `io.pinion.app-id` on its dockerd, so
 //! these tests take turns (one agent on the test dockerd at a time).
 
+use pinion_tests::docker::{take_turn, MANAGED};
 use pinion_tests::{Agent, Auth, Docker, Registry, Server};
 use serde_json::{json, Value};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const CONVERGE: Duration = Duration::from_secs(90);
-const MANAGED: &str = "io.pinion.app-id";
-
-/// One agent on the shared dockerd at a time; clean before and after.
-struct Turn<'a> {
-    docker: Docker,
-    _lock: MutexGuard<'a, ()>,
-}
-
-fn take_turn() -> Turn<'static> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let docker = Docker::connect();
-    docker.remove_labelled(MANAGED);
-    Turn { docker, _lock: lock }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.docker.remove_labelled(MANAGED);
-    }
-}
 
 /// A busybox image whose container prints its version and sleeps; pushed, then removed
 /// locally so that the agent has to pull it. Returns the pushed digest.

@@ -3,34 +3,13 @@
 //! Debian docker-registry configured to notify the server). Real dockerd, registry,
 //! server and agent, as in agent_e2e.rs.
 
+use pinion_tests::docker::{take_turn, MANAGED};
 use pinion_tests::{Agent, Auth, Docker, Registry, RegistryOptions, Server};
 use serde_json::{json, Value};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const CONVERGE: Duration = Duration::from_secs(90);
-const MANAGED: &str = "io.pinion.app-id";
 const WEBHOOK_TOKEN: &str = "webhook-token-for-tests-0123456789";
-
-struct Turn<'a> {
-    docker: Docker,
-    _lock: MutexGuard<'a, ()>,
-}
-
-/// One agent on the shared dockerd at a time; clean before and after.
-fn take_turn() -> Turn<'static> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let docker = Docker::connect();
-    docker.remove_labelled(MANAGED);
-    Turn { docker, _lock: lock }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.docker.remove_labelled(MANAGED);
-    }
-}
 
 /// A command that stops at once on SIGTERM (a plain `sleep` as PID 1 ignores it, and
 /// Docker would wait its 10 s grace period on every replacement).

@@ -4,7 +4,7 @@
 //! from that registry (`registry_auth`).
 
 use super::auth::Caller;
-use super::http::{Request, Response};
+use super::http::{percent_decode, Request, Response};
 use super::{device_id, Api};
 use crate::registry::normalize_host;
 use crate::store::CredentialEntry;
@@ -144,26 +144,6 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
 
 fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
-}
-
-/// `%XX` decoded (path segments and query values); anything else kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! the webhook token (`Authorization: Bearer`, or `?token=` for hubs that cannot send
 //! headers); the named references are handed to the refresher, which asks the registry.
 
-use super::http::{Request, Response};
+use super::http::{percent_decode, Request, Response};
 use super::Api;
 use crate::keys::{constant_time_eq, hash_secret};
 use crate::registry_events::pushed_references;
@@ -38,32 +38,10 @@ fn query_token(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{percent_decode, query_token};
+    use super::query_token;
+    use crate::api::http::percent_decode;
 
     #[test]
     fn tokens_from_the_query() {
