@@ -1,18 +1,10 @@
-# Sourced by cross/* and packaging/*: the gateway targets, their Debian names, and the
-# helpers every script shares, so each name is written once.
+# Sourced by cross/* and packaging/*: the gateway targets and the helpers every script
+# shares, so each name is written once.
 CROSS_TARGETS=(armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu aarch64-unknown-linux-musl)
 
 die() { echo "${0#./}: $*" >&2; exit 1; }
 
-# Debian's architecture and the cross binutils prefix of a Rust target.
-deb_arch() {
-    case $1 in
-        armv7-unknown-linux-gnueabihf) echo armhf ;;
-        aarch64-unknown-linux-gnu | aarch64-unknown-linux-musl) echo arm64 ;;
-        x86_64-unknown-linux-gnu) echo amd64 ;;
-        *) die "no Debian architecture for $1" ;;
-    esac
-}
+# The cross binutils prefix of a Rust target (strip, readelf).
 tool_prefix() {
     case $1 in
         armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf- ;;
