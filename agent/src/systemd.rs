@@ -2,7 +2,7 @@
 //! named by `NOTIFY_SOCKET` (units with `Type=notify`), and `init_logging` writes log
 //! lines with sd-daemon priority prefixes (`<3>` error … `<7>` debug) when stderr is the
 //! journal, so `journalctl -p warning` works. Outside systemd both do what they did.
-//! The server has the same file (server/src/systemd.rs); keep the two alike.
+//! The server compiles this same file (`#[path]` in server/src/lib.rs): no crate for 80 lines.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;

@@ -17,6 +17,7 @@ pub mod registry_auth;
 pub mod registry_events;
 pub mod secrets;
 pub mod store;
+#[path = "../../agent/src/systemd.rs"]
 pub mod systemd;
 pub mod targets;
 pub mod timefmt;
