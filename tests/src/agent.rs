@@ -114,6 +114,24 @@ impl Agent {
     }
 }
 
+/// How long an agent test waits for Docker to reach what it expects.
+pub const CONVERGE: std::time::Duration = std::time::Duration::from_secs(90);
+
+impl Agent {
+    /// Waits until `check` holds and returns how long that took; panics with this
+    /// agent's log when it does not within `CONVERGE`.
+    pub fn converge(&self, what: &str, mut check: impl FnMut() -> bool) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        while started.elapsed() < CONVERGE {
+            if check() {
+                return started.elapsed();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{what}: not reached within {CONVERGE:?}; agent log:\n{}", self.log());
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();

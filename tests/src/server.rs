@@ -365,6 +365,14 @@ impl Server {
         self.request("POST", &format!("/api/v1/devices/{uuid}/target-state"), Some(state), Some(&self.admin_token))
     }
 
+    /// A new provisioning key's secret, made with the admin token.
+    pub fn provisioning_key(&self) -> String {
+        let reply =
+            self.request("POST", "/api/v1/provisioning-keys", Some(&serde_json::json!({})), Some(&self.admin_token));
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.json()["key"].as_str().unwrap_or_else(|| panic!("no key in {}", reply.body)).to_string()
+    }
+
     /// `set_target_state` with `Cache-Control: no-cache`: every tag asked of its registry
     /// now, as after a push the server was not notified of.
     pub fn set_target_state_uncached(&self, uuid: &str, state: &Value) -> ApiReply {

@@ -55,6 +55,12 @@ impl Drop for TempDir {
 /// A loopback port nobody in this process has been handed before and that was free a
 /// moment ago. Callers that bind it in a child process retry with another port if the
 /// child reports the address in use (another process may have taken it meanwhile).
+/// `label-<pid>-<n>`: a name no other test of this run uses (device ids, container names).
+pub fn unique(label: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     for _ in 0..100 {

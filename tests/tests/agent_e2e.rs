@@ -6,11 +6,10 @@
 //! these tests take turns (one agent on the test dockerd at a time).
 
 use pinion_tests::docker::{take_turn, MANAGED};
+use pinion_tests::util::unique;
 use pinion_tests::{Agent, Auth, Docker, Registry, Server};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
-
-const CONVERGE: Duration = Duration::from_secs(90);
+use std::time::Duration;
 
 /// A busybox image whose container prints its version and sleeps; pushed, then removed
 /// locally so that the agent has to pull it. Returns the pushed digest.
@@ -19,12 +18,6 @@ fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
     let digest = docker.push(reference);
     docker.run(&["rmi", reference]);
     digest
-}
-
-fn provisioning_key(server: &Server) -> String {
-    let reply = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.json()["key"].as_str().unwrap().to_string()
 }
 
 fn service(name: &str, image: &str, extra: Value) -> Value {
@@ -59,26 +52,10 @@ fn running(docker: &Docker, app_id: u32, name: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until `check` holds, panicking with the agent's log if it does not in time.
-fn converge(agent: &Agent, what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while started.elapsed() < CONVERGE {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("{what}: not reached within {CONVERGE:?}; agent log:\n{}", agent.log());
-}
-
 /// Exactly one container for the service, running the image `image`.
 fn runs_exactly(docker: &Docker, app_id: u32, name: &str, image: &str) -> bool {
     let containers = running(docker, app_id, name);
     containers.len() == 1 && containers[0]["Config"]["Image"] == image && containers[0]["State"]["Running"] == true
-}
-
-fn unique(label: &str) -> String {
-    format!("{label}-{}-{}", std::process::id(), Instant::now().elapsed().subsec_nanos())
 }
 
 #[test]
@@ -96,8 +73,8 @@ fn a_new_push_to_latest_replaces_the_container_with_exactly_one_running() {
     let pinned_v1 = format!("{}/guide/web@{v1}", registry.host());
     assert_eq!(answer["apps"]["1001"]["services"][0]["imageName"], pinned_v1);
 
-    let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
-    converge(&agent, "v1 running", || runs_exactly(docker, 1001, "nginx", &pinned_v1));
+    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    agent.converge("v1 running", || runs_exactly(docker, 1001, "nginx", &pinned_v1));
 
     let v2 = push_version(docker, &latest, "v2");
     assert_ne!(v1, v2);
@@ -105,10 +82,10 @@ fn a_new_push_to_latest_replaces_the_container_with_exactly_one_running() {
     let pinned_v2 = format!("{}/guide/web@{v2}", registry.host());
     assert_eq!(answer["apps"]["1001"]["services"][0]["imageName"], pinned_v2);
     assert_eq!(answer["version"], 2);
-    converge(&agent, "v2 replaces v1", || runs_exactly(docker, 1001, "nginx", &pinned_v2));
+    agent.converge("v2 replaces v1", || runs_exactly(docker, 1001, "nginx", &pinned_v2));
 
     // The device reported what it runs.
-    converge(&agent, "report of v2 running", || {
+    agent.converge("report of v2 running", || {
         let current =
             server.request("GET", &format!("/api/v1/devices/{uuid}/current-state"), None, Some(server.admin_token()));
         let service = &current.json()["apps"]["1001"]["services"]["nginx"];
@@ -133,8 +110,8 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
         vec![service("web", &image, json!({"environment": {"MODE": "a"}})), service("worker", &image, json!({}))],
     )]);
     set_target(&server, &uuid, &two_services);
-    let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
-    converge(&agent, "both services running", || {
+    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    agent.converge("both services running", || {
         runs_exactly(docker, 1, "web", &pinned) && runs_exactly(docker, 1, "worker", &pinned)
     });
     let web_id = running(docker, 1, "web")[0]["Id"].clone();
@@ -147,7 +124,7 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
         vec![service("web", &image, json!({"environment": {"MODE": "b"}})), service("worker", &image, json!({}))],
     )]);
     set_target(&server, &uuid, &changed);
-    converge(&agent, "web recreated with MODE=b", || {
+    agent.converge("web recreated with MODE=b", || {
         let web = running(docker, 1, "web");
         web.len() == 1
             && web[0]["Id"] != web_id
@@ -161,14 +138,14 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
         (2, "extra", vec![service("sidecar", &image, json!({}))]),
     ]);
     set_target(&server, &uuid, &reshaped);
-    converge(&agent, "worker removed, sidecar added", || {
+    agent.converge("worker removed, sidecar added", || {
         running(docker, 1, "worker").is_empty() && runs_exactly(docker, 2, "sidecar", &pinned)
     });
 
     // A container removed by hand comes back.
     let sidecar = running(docker, 2, "sidecar")[0]["Id"].as_str().unwrap().to_string();
     docker.run(&["rm", "-f", &sidecar]);
-    converge(&agent, "sidecar brought back", || {
+    agent.converge("sidecar brought back", || {
         let now = running(docker, 2, "sidecar");
         now.len() == 1 && now[0]["Id"] != sidecar.as_str() && now[0]["State"]["Running"] == true
     });
@@ -197,12 +174,12 @@ fn without_the_server_containers_keep_running_and_the_agent_catches_up() {
     let uuid = unique("offline");
     let state = target(&[(7, "app", vec![service("main", &latest, json!({}))])]);
     set_target(&server, &uuid, &state);
-    let mut agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
+    let mut agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
     let pinned_v1 = format!("{}/offline/app@{v1}", registry.host());
-    converge(&agent, "v1 running", || runs_exactly(docker, 7, "main", &pinned_v1));
+    agent.converge("v1 running", || runs_exactly(docker, 7, "main", &pinned_v1));
 
     server.stop();
-    converge(&agent, "the agent notices the server is away", || agent.log().contains("poll failed"));
+    agent.converge("the agent notices the server is away", || agent.log().contains("poll failed"));
     std::thread::sleep(Duration::from_secs(3));
     assert!(runs_exactly(docker, 7, "main", &pinned_v1), "the container keeps running without the server");
 
@@ -210,13 +187,13 @@ fn without_the_server_containers_keep_running_and_the_agent_catches_up() {
     agent.kill();
     docker.remove_labelled(MANAGED);
     agent.restart();
-    converge(&agent, "stored target run again with the server away", || runs_exactly(docker, 7, "main", &pinned_v1));
+    agent.converge("stored target run again with the server away", || runs_exactly(docker, 7, "main", &pinned_v1));
 
     server.restart();
     let v2 = push_version(docker, &latest, "v2");
     set_target(&server, &uuid, &state);
     let pinned_v2 = format!("{}/offline/app@{v2}", registry.host());
-    converge(&agent, "caught up with v2 after the server came back", || runs_exactly(docker, 7, "main", &pinned_v2));
+    agent.converge("caught up with v2 after the server came back", || runs_exactly(docker, 7, "main", &pinned_v2));
 }
 
 #[test]
@@ -230,9 +207,9 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
     let uuid = unique("crash");
     let state = target(&[(9, "app", vec![service("main", &latest, json!({}))])]);
     set_target(&server, &uuid, &state);
-    let mut agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
+    let mut agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
     let pinned_v1 = format!("{}/crash/app@{v1}", registry.host());
-    converge(&agent, "v1 running", || runs_exactly(docker, 9, "main", &pinned_v1));
+    agent.converge("v1 running", || runs_exactly(docker, 9, "main", &pinned_v1));
 
     // v2 carries a large layer, so that its pull takes a while.
     let big = format!("{}/crash/app:latest", registry.host());
@@ -252,11 +229,11 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
     };
     set_target(&server, &uuid, &state);
     let pinned_v2 = format!("{}/crash/app@{v2}", registry.host());
-    converge(&agent, "the pull of v2 starts", || agent.log().contains(&format!("pulling {pinned_v2}")));
+    agent.converge("the pull of v2 starts", || agent.log().contains(&format!("pulling {pinned_v2}")));
     agent.kill();
     assert!(runs_exactly(docker, 9, "main", &pinned_v1), "download-then-kill: v1 still runs during the pull");
     agent.restart();
-    converge(&agent, "v2 running after the restart", || runs_exactly(docker, 9, "main", &pinned_v2));
+    agent.converge("v2 running after the restart", || runs_exactly(docker, 9, "main", &pinned_v2));
     assert!(
         !agent.log().contains("new target state"),
         "the restarted agent polled with its stored ETag and did not refetch:\n{}",
@@ -283,6 +260,6 @@ fn a_tag_kept_as_fallback_still_runs_on_the_device() {
     assert_eq!(service["imageName"], image.as_str());
 
     registry.restart();
-    let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, docker);
-    converge(&agent, "the tag runs", || runs_exactly(docker, 3, "main", &image));
+    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    agent.converge("the tag runs", || runs_exactly(docker, 3, "main", &image));
 }

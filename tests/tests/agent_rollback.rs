@@ -8,6 +8,7 @@
 //! these tests take turns (one agent on the test dockerd at a time).
 
 use pinion_tests::docker::{take_turn, MANAGED};
+use pinion_tests::util::unique;
 use pinion_tests::{Agent, Auth, Docker, Registry, Server};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ impl<'a> Device<'a> {
         set_latest(&server, &uuid, &latest, &v1);
         let agent = Agent::start_with_env(
             &server.url(),
-            &provisioning_key(&server),
+            &server.provisioning_key(),
             &uuid,
             docker,
             &[("PINION_PROBATION", PROBATION_SECS)],
@@ -157,16 +158,6 @@ fn set_latest(server: &Server, uuid: &str, latest: &str, expected: &str) {
     let reply = server.set_target_state(uuid, &state);
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["apps"][APP.to_string()]["services"][0]["imageName"], expected, "{}", reply.body);
-}
-
-fn provisioning_key(server: &Server) -> String {
-    let reply = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.json()["key"].as_str().unwrap().to_string()
-}
-
-fn unique(label: &str) -> String {
-    format!("{label}-{}-{}", std::process::id(), Instant::now().elapsed().subsec_nanos())
 }
 
 #[test]

@@ -8,24 +8,13 @@
 //! these tests take turns (one agent on the test dockerd at a time).
 
 use pinion_tests::docker::{take_turn, MANAGED};
+use pinion_tests::util::unique;
 use pinion_tests::{Agent, Auth, Docker, Registry, Server, TempDir};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
 
-const CONVERGE: Duration = Duration::from_secs(90);
 const USER: &str = "fleet";
 const PASSWORD: &str = "s3cret-pass";
-
-fn unique(label: &str) -> String {
-    format!("{label}-{}-{}", std::process::id(), Instant::now().elapsed().subsec_nanos())
-}
-
-fn provisioning_key(server: &Server) -> String {
-    let reply = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    reply.json()["key"].as_str().unwrap().to_string()
-}
 
 fn target(image: &str) -> Value {
     json!({"apps": {"5": {"appId": 5, "appName": "private", "services": [
@@ -48,17 +37,6 @@ fn runs_exactly(docker: &Docker, image: &str) -> bool {
         .filter(|c| c["Config"]["Labels"]["io.pinion.service-name"] == "main")
         .collect();
     containers.len() == 1 && containers[0]["Config"]["Image"] == image && containers[0]["State"]["Running"] == true
-}
-
-fn converge(agent: &Agent, what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while started.elapsed() < CONVERGE {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("{what}: not reached within {CONVERGE:?}; agent log:\n{}", agent.log());
 }
 
 fn file_with_wal(path: &std::path::Path) -> Vec<u8> {
@@ -112,8 +90,8 @@ fn a_device_pulls_from_an_htpasswd_registry_with_credentials_stored_in_the_serve
     // The agent pulls the pinned image through dockerd with the credentials its poll
     // carried: the image is nowhere else, and the registry refuses anonymous pulls.
     assert!(!turn.docker.try_run(&["image", "inspect", &pinned]), "the image must be pulled");
-    let agent = Agent::start(&server.url(), &provisioning_key(&server), &uuid, &turn.docker);
-    converge(&agent, "the private image running", || runs_exactly(&turn.docker, &pinned));
+    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, &turn.docker);
+    agent.converge("the private image running", || runs_exactly(&turn.docker, &pinned));
 
     assert!(!agent.log().contains(PASSWORD), "the agent logged the password:\n{}", agent.log());
     assert!(!agent.status().to_string().contains(PASSWORD), "pinion-agent status shows the password");

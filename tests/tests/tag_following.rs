@@ -6,9 +6,8 @@
 use pinion_tests::docker::{take_turn, MANAGED};
 use pinion_tests::{Agent, Auth, Docker, Registry, RegistryOptions, Server};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const CONVERGE: Duration = Duration::from_secs(90);
 const WEBHOOK_TOKEN: &str = "webhook-token-for-tests-0123456789";
 
 /// A command that stops at once on SIGTERM (a plain `sleep` as PID 1 ignores it, and
@@ -22,11 +21,6 @@ fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
     digest
 }
 
-fn provisioning_key(server: &Server) -> String {
-    let reply = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
-    reply.json()["key"].as_str().unwrap().to_string()
-}
-
 fn running_image(docker: &Docker, app_id: u32) -> Vec<String> {
     docker
         .containers_with_label(&format!("{MANAGED}={app_id}"))
@@ -36,25 +30,14 @@ fn running_image(docker: &Docker, app_id: u32) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(agent: &Agent, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < CONVERGE {
-        if check() {
-            return started.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not reached within {CONVERGE:?}; agent log:\n{}", agent.log());
-}
-
 /// Sets `latest` on a new device, starts its agent, waits for v1 to run.
 fn device_on_latest(server: &Server, docker: &Docker, latest: &str, v1: &str, uuid: &str) -> Agent {
     let state = json!({"apps": {"5": {"appId": 5, "appName": "app", "services": [
         {"serviceId": 1, "serviceName": "main", "imageName": latest}]}}, "config": {}});
     let reply = server.set_target_state(uuid, &state);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let agent = Agent::start(&server.url(), &provisioning_key(server), uuid, docker);
-    wait_until(&agent, "v1 running", || running_image(docker, 5) == [v1]);
+    let agent = Agent::start(&server.url(), &server.provisioning_key(), uuid, docker);
+    agent.converge("v1 running", || running_image(docker, 5) == [v1]);
     agent
 }
 
@@ -80,7 +63,7 @@ fn the_background_re_resolution_moves_a_running_device_to_a_new_push() {
     let agent = device_on_latest(&server, docker, &latest, &v1, "follow-refresh");
 
     let v2 = format!("{}/follow/app@{}", registry.host(), push_version(docker, &latest, "v2"));
-    wait_until(&agent, "v2 running without anyone setting a target", || running_image(docker, 5) == [v2.as_str()]);
+    agent.converge("v2 running without anyone setting a target", || running_image(docker, 5) == [v2.as_str()]);
     let versions = history(&server, "follow-refresh");
     assert_eq!(versions[0]["source"], "refresh", "{versions:?}");
     assert_eq!(versions[0]["images"][0]["imageName"], v2.as_str());
@@ -108,7 +91,7 @@ fn the_registry_webhook_moves_a_running_device_to_a_new_push() {
     docker.import_busybox(&latest, "v2", SERVE);
     let pushed = Instant::now();
     let v2 = format!("{}/hook/app@{}", registry.host(), docker.push(&latest));
-    wait_until(&agent, "v2 running after the webhook", || running_image(docker, 5) == [v2.as_str()]);
+    agent.converge("v2 running after the webhook", || running_image(docker, 5) == [v2.as_str()]);
     // A figure for BENCHMARKS.md, not an assertion: the image is local, so no download.
     println!("push to new container running: {:.1} s", pushed.elapsed().as_secs_f64());
     let versions = history(&server, "follow-hook");
