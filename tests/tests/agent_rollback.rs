@@ -39,8 +39,9 @@ impl<'a> Device<'a> {
     fn running_v1(docker: &'a Docker, repository: &str) -> Device<'a> {
         let registry = Registry::start(Auth::Anonymous);
         // Each push to `:latest` is followed by setting the target, which must pin the new
-        // digest, not one the server's digest cache still holds.
-        let server = Server::start(&["--cache-ttl", "1"]);
+        // digest, not one the server's digest cache still holds: no cache at all, since a
+        // background refresh a moment before the push would leave a fresh entry for v1.
+        let server = Server::start(&["--cache-ttl", "0"]);
         let latest = format!("{}/{repository}:latest", registry.host());
         let uuid = unique(repository.split('/').next_back().unwrap_or("rollback"));
         let v1 = push(docker, &latest, "v1", SLEEPS);
