@@ -15,9 +15,11 @@ pub const DOCKER_SOCKET_ENV: &str = "PINION_TEST_DOCKER_SOCKET";
 pub const MANAGED: &str = "io.pinion.app-id";
 
 /// A test's turn on the shared dockerd: an agent manages every labelled container there,
-/// so the agent tests of one test binary take turns, each starting and ending clean.
+/// so the agent tests take turns, each starting and ending clean: the tests of one binary
+/// through a mutex, test binaries run side by side through a lock file beside the socket.
 pub struct Turn {
     pub docker: Docker,
+    _file_lock: std::fs::File,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -25,9 +27,17 @@ pub struct Turn {
 pub fn take_turn() -> Turn {
     static LOCK: Mutex<()> = Mutex::new(());
     let lock = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let path = std::env::temp_dir().join("pinion-test-docker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    file.lock().unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
     let docker = Docker::connect();
     docker.remove_labelled(MANAGED);
-    Turn { docker, _lock: lock }
+    Turn { docker, _file_lock: file, _lock: lock }
 }
 
 impl Drop for Turn {
