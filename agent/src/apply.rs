@@ -45,6 +45,11 @@ pub fn apply(
         if service.is_some_and(|key| failed.contains_key(key)) {
             continue;
         }
+        // One line per step, so that a log cut short by a crash says where it was.
+        match service {
+            Some(key) => log::debug!("{key}: {step}"),
+            None => log::debug!("{step}"),
+        }
         if let Err((kind, error)) = run_step(engine, store, step, &by_key, auth_for, activity) {
             let message = error.to_string();
             log::warn!("{message}");
@@ -78,6 +83,15 @@ fn step_service(step: &Step) -> Option<&ServiceKey> {
 }
 
 type StepError = (&'static str, Error);
+
+/// `kind` for a failure of the step itself; `engine_unreachable` when Docker could not be
+/// reached at all, which says nothing of the image (probation rolls back only the former).
+fn failed(kind: &'static str) -> impl Fn(Error) -> StepError {
+    move |e| match e {
+        Error::DockerUnreachable { .. } => ("engine_unreachable", e),
+        e => (kind, e),
+    }
+}
 
 fn run_step(
     engine: &dyn Engine,
@@ -122,10 +136,12 @@ fn run_step(
         }
         Step::CreateAndStart { service, name, body } => {
             activity(service, Some(&Activity::Installing));
-            let id = engine.create(name, body).map_err(|e| ("create_failed", e))?;
-            engine.start(&id).map_err(|e| ("start_failed", e))?;
+            let id = engine.create(name, body).map_err(failed("create_failed"))?;
+            log::debug!("{service}: created {name} ({}), starting it", short(&id));
+            engine.start(&id).map_err(failed("start_failed"))?;
             activity(service, None);
             if let Some(wanted) = desired.get(service) {
+                log::debug!("{service}: recording the deployment of {}", short(&id));
                 store.record_deployed(wanted, &id).map_err(|e| ("store_failed", e))?;
                 let message = format!("started {name} ({}) from {}", short(&id), wanted.image);
                 log::info!("{message}");
@@ -144,7 +160,15 @@ fn run_step(
             })
         }
         Step::Start { service, container } => {
-            engine.start(container).map_err(|e| ("start_failed", e))?;
+            // The deployment's own container, stopped after it ran (dockerd restarting stops
+            // it, and answers starts with errors while it goes down): failing to start it
+            // again says nothing of the image, so it is retried, not rolled back
+            // (`probation::after_apply` rolls back on `start_failed` only).
+            let ran_before = store.services().is_ok_and(|records| {
+                records.iter().any(|r| &r.key == service && r.container_id.as_deref() == Some(container))
+            });
+            let kind = if ran_before { "restart_failed" } else { "start_failed" };
+            engine.start(container).map_err(failed(kind))?;
             if let Some(wanted) = desired.get(service) {
                 store.record_deployed(wanted, container).map_err(|e| ("store_failed", e))?;
             }

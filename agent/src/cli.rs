@@ -22,7 +22,12 @@ USAGE:
     -V, --version    print the version
 
 SETTINGS (file key = environment variable):
-    server           PINION_SERVER            the server's base URL
+    server           PINION_SERVER            the server's base URL: https, or http to loopback
+    allow_insecure_server PINION_ALLOW_INSECURE_SERVER
+                                              true allows plain http to other hosts (default false)
+    ca_file          PINION_CA_FILE           PEM file of a private (fleet) CA to trust for the
+                                              server besides the system's CAs ($SSL_CERT_FILE or
+                                              /etc/ssl/certs/ca-certificates.crt; else built-in)
     uuid             PINION_UUID              this device's id (made when registering if unset)
     device_key       PINION_DEVICE_KEY        this device's key, or:
     provisioning_key PINION_PROVISIONING_KEY  key to register with

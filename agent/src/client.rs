@@ -23,9 +23,12 @@ pub struct ServerClient {
 }
 
 impl ServerClient {
-    pub fn new(base: &str, timeout: Duration) -> ServerClient {
+    /// A client of the server at `base` (checked by `Config::server_url`), trusting for
+    /// https what `tls` (`tls::server_trust`) holds.
+    pub fn new(base: &str, timeout: Duration, tls: ureq::tls::TlsConfig) -> ServerClient {
         let http = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
+            .tls_config(tls)
             .http_status_as_error(false)
             .user_agent(format!("pinion-agent/{}", env!("CARGO_PKG_VERSION")))
             .build()
@@ -99,9 +102,31 @@ impl ServerClient {
 fn unreachable(url: &str, error: ureq::Error) -> Error {
     let reason = match error {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        other => other.to_string(),
+        ureq::Error::Rustls(e) => tls_reason(&e.to_string()),
+        // From inside the transport, rustls's refusal of the certificate comes as `Io`.
+        other => {
+            let text = other.to_string();
+            if text.contains("invalid peer certificate") {
+                tls_reason(&text)
+            } else {
+                text
+            }
+        }
     };
     Error::ServerUnreachable { url: url.to_string(), reason }
+}
+
+/// A failed TLS handshake in words, saying what to do when it is the usual one: a
+/// server certificate from a CA the agent does not trust.
+fn tls_reason(rustls_error: &str) -> String {
+    if rustls_error.contains("UnknownIssuer") {
+        format!(
+            "TLS handshake refused ({rustls_error}): the server's certificate is from an unknown issuer, \
+             not signed by a CA this agent trusts; set ca_file (PINION_CA_FILE) to the fleet CA's PEM file"
+        )
+    } else {
+        format!("TLS handshake failed: {rustls_error}")
+    }
 }
 
 /// The body of a 2xx answer; otherwise the server's `message` in an error.
@@ -117,4 +142,17 @@ fn expect_success(url: &str, mut response: ureq::http::Response<ureq::Body>) -> 
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| body.chars().take(200).collect());
     Err(Error::ServerStatus { url: url.to_string(), status, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_issuer_says_which_key_to_set() {
+        let reason = tls_reason("invalid peer certificate: UnknownIssuer");
+        assert!(reason.contains("unknown issuer") && reason.contains("ca_file"), "{reason}");
+        let other = tls_reason("invalid peer certificate: Expired");
+        assert!(other.contains("Expired") && !other.contains("ca_file"), "{other}");
+    }
 }

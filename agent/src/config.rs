@@ -16,8 +16,14 @@ pub const DEFAULT_PROBATION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The server's base URL (`https://pinion.example.com`).
+    /// The server's base URL (`https://pinion.example.com`); plain http only to loopback
+    /// unless `allow_insecure_server` (`server_url`).
     pub server: Option<String>,
+    /// Allows a plain-http server URL to a host other than loopback. Default false.
+    pub allow_insecure_server: bool,
+    /// A PEM file of CAs trusted for the server connection besides the system's (a
+    /// private fleet CA).
+    pub ca_file: Option<PathBuf>,
     pub uuid: Option<String>,
     pub device_key: Option<String>,
     pub provisioning_key: Option<String>,
@@ -37,6 +43,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: None,
+            allow_insecure_server: false,
+            ca_file: None,
             uuid: None,
             device_key: None,
             provisioning_key: None,
@@ -54,6 +62,8 @@ impl Default for Config {
 /// Every key, with the environment variable that overrides it.
 const KEYS: &[(&str, &str)] = &[
     ("server", "PINION_SERVER"),
+    ("allow_insecure_server", "PINION_ALLOW_INSECURE_SERVER"),
+    ("ca_file", "PINION_CA_FILE"),
     ("uuid", "PINION_UUID"),
     ("device_key", "PINION_DEVICE_KEY"),
     ("provisioning_key", "PINION_PROVISIONING_KEY"),
@@ -97,6 +107,8 @@ impl Config {
         let duration = |v: &str| parse_duration(v).and_then(|d| positive(key, d));
         match key {
             "server" => self.server = Some(value.trim_end_matches('/').to_string()),
+            "allow_insecure_server" => self.allow_insecure_server = boolean(key, value)?,
+            "ca_file" => self.ca_file = Some(value.into()),
             "uuid" => self.uuid = Some(value.to_string()),
             "device_key" => self.device_key = Some(value.to_string()),
             "provisioning_key" => self.provisioning_key = Some(value.to_string()),
@@ -113,6 +125,28 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The server URL, when it is set and allowed (`tls::check_server_url`): checked at
+    /// startup, before anything connects, so a refused URL is never tried.
+    pub fn server_url(&self) -> Result<&str, Error> {
+        let server = self.server.as_deref().ok_or_else(|| Error::Config {
+            source_name: "server".into(),
+            reason: "the server URL is not set (server in the config file, or PINION_SERVER)".into(),
+        })?;
+        crate::tls::check_server_url(server, self.allow_insecure_server)
+            .map_err(|reason| Error::Config { source_name: "server".into(), reason })?;
+        Ok(server)
+    }
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{key} must be true or false, not {other:?}")),
     }
 }
 
@@ -194,7 +228,10 @@ mod tests {
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
-        let dir = std::env::temp_dir().join(format!("pinion-config-{}-{}", std::process::id(), text.len()));
+        // A directory per call: the tests run side by side in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pinion-config-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
         std::fs::write(&path, text).unwrap();
@@ -231,6 +268,34 @@ mod tests {
         assert!(err("poll_interval = 0").contains("more than 0"));
         assert!(err("uuid = \"a\"\nuuid = \"b\"").contains("set twice"));
         assert!(err("uuid = \"a\" b").contains("unexpected text"));
+        assert!(err("allow_insecure_server = 1").contains("must be true or false"));
+        assert!(err("allow_insecure_server = \"yes\"").contains("must be true or false"));
+    }
+
+    #[test]
+    fn transport_security_keys() {
+        let config =
+            load("server = \"http://pinion.example.invalid\"\nca_file = \"/etc/pinion/fleet-ca.pem\"\n", &[]).unwrap();
+        assert!(!config.allow_insecure_server, "off by default");
+        assert_eq!(config.ca_file, Some(PathBuf::from("/etc/pinion/fleet-ca.pem")));
+        let refused = config.server_url().unwrap_err();
+        assert!(matches!(refused, Error::Config { .. }));
+        assert!(refused.to_string().contains("allow_insecure_server = true"), "{refused}");
+
+        let allowed = load("server = \"http://pinion.example.invalid\"\nallow_insecure_server = true\n", &[]).unwrap();
+        assert_eq!(allowed.server_url().unwrap(), "http://pinion.example.invalid");
+        let by_env = load(
+            "server = \"http://10.0.0.5:3002\"\nallow_insecure_server = true\n",
+            &[("PINION_ALLOW_INSECURE_SERVER", "false"), ("PINION_CA_FILE", "/tmp/ca.pem")],
+        )
+        .unwrap();
+        assert!(by_env.server_url().is_err(), "the environment wins over the file");
+        assert_eq!(by_env.ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+        assert!(load("server = \"ftp://pinion.example.com\"\nallow_insecure_server = true", &[])
+            .unwrap()
+            .server_url()
+            .is_err());
+        assert!(load("", &[]).unwrap().server_url().unwrap_err().to_string().contains("not set"));
     }
 
     #[test]

@@ -18,5 +18,6 @@ pub mod run;
 pub mod spec;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 
 pub use error::Error;

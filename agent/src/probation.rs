@@ -31,7 +31,11 @@ pub fn probation_verdict(health: &ContainerHealth, keep_running: bool) -> Option
     }
     match health.state.as_str() {
         "dead" => Some(format!("died within probation (exit code {code})")),
-        "exited" if keep_running || code != 0 => Some(format!("exited with code {code} within probation")),
+        // Docker restarts a service kept running (restart `always`/`unless-stopped`) whatever
+        // its exit code, so one that is `exited` was stopped: by a person, or by the engine
+        // shutting down (a reboot). That is no failure of the deployment; it is started again.
+        "exited" if keep_running => None,
+        "exited" if code != 0 => Some(format!("exited with code {code} within probation")),
         _ => None,
     }
 }
@@ -235,12 +239,13 @@ mod tests {
         assert_eq!(verdict(health("running", 0, 0, Some("starting")), true), None);
         assert_eq!(verdict(health("running", 0, 1, Some("healthy")), true), None, "one restart is tolerated");
         assert_eq!(verdict(health("restarting", 1, 1, None), true), None, "not yet");
-        assert_eq!(verdict(health("exited", 1, 0, None), true).as_deref(), Some("exited with code 1 within probation"));
         assert_eq!(
-            verdict(health("exited", 0, 0, None), true).as_deref(),
-            Some("exited with code 0 within probation"),
-            "a service kept running must not exit at all"
+            verdict(health("exited", 1, 0, None), false).as_deref(),
+            Some("exited with code 1 within probation")
         );
+        // Docker would have restarted it had it crashed: it was stopped (dockerd restarted, a reboot).
+        assert_eq!(verdict(health("exited", 143, 0, None), true), None, "stopped, not failed");
+        assert_eq!(verdict(health("exited", 0, 0, None), true), None, "stopped, not failed");
         assert_eq!(verdict(health("exited", 0, 0, None), false), None, "a job that finished");
         assert!(verdict(health("exited", 2, 0, None), false).is_some());
         assert_eq!(
@@ -376,14 +381,15 @@ mod tests {
         probation.watch(&Inspecting(health("running", 0, 0, None)), &store, std::slice::from_ref(&v2), now).unwrap();
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
         // After probation, a crash is no longer judged.
-        let crashing = Inspecting(health("exited", 1, 0, None));
+        // Crashing as Docker shows it under restart `always`: restarted again and again.
+        let crashing = Inspecting(health("restarting", 1, 2, None));
         probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 60).unwrap();
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
 
         probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 5).unwrap();
         let rollback = store.rollback_of(&v2.key).unwrap().expect("rolled back");
         assert_eq!((rollback.from_image.as_str(), rollback.to.image.as_str()), ("a@2", "a@1"));
-        assert_eq!(rollback.reason, "exited with code 1 within probation");
+        assert_eq!(rollback.reason, "restarted 2 times within probation (last exit code 1)");
         assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
         assert!(store.recent_events(1).unwrap()[0].message.contains("rolling back to a@1"));
 

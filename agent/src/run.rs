@@ -8,14 +8,14 @@
 use crate::apply::{apply, Activity};
 use crate::client::{Poll, ServerClient};
 use crate::config::Config;
-use crate::engine::{Container, DockerEngine, Engine};
+use crate::engine::{Container, DockerEngine, Engine, LABEL_CONFIG_HASH};
 use crate::identity::ensure_identity;
-use crate::plan::{plan, PlanInput};
+use crate::plan::{container_key, plan, PlanInput};
 use crate::probation::Probation;
 use crate::registry_auth::RegistryAuth;
 use crate::report::{build_report, local_ip, os_version, DeviceInfo, ReportInput};
 use crate::spec::{desired_services, DesiredService, ServiceKey};
-use crate::store::{unix_now, AgentStore, Identity};
+use crate::store::{unix_now, AgentStore, Identity, ServiceRecord};
 use crate::Error;
 use pinion_model::TargetState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,15 +33,15 @@ const PROBATION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Runs until the process is stopped. Errors here are the ones the agent cannot go on
 /// from (no server configured, no identity, its database unusable).
 pub fn run(config: Config) -> Result<(), Error> {
-    let server = config.server.clone().ok_or_else(|| Error::Config {
-        source_name: "server".into(),
-        reason: "the server URL is not set (server in the config file, or PINION_SERVER)".into(),
-    })?;
+    // Both refuse before anything is opened or connected (exit 78).
+    let server = config.server_url()?.to_string();
+    let trust = crate::tls::server_trust(config.ca_file.as_deref(), &crate::tls::system_ca_bundle())?;
     let store = AgentStore::open(&config.db)?;
-    let client = ServerClient::new(&server, SERVER_TIMEOUT);
+    let client = ServerClient::new(&server, SERVER_TIMEOUT, trust.config);
     log::info!(
-        "pinion-agent {} starting; server {server}, database {}",
+        "pinion-agent {} starting; server {server} (trusting {}), database {}",
         env!("CARGO_PKG_VERSION"),
+        trust.description,
         config.db.display()
     );
 
@@ -200,6 +200,13 @@ impl Agent {
             log::error!("{e}");
         }
         let containers = if steps.is_empty() { containers } else { self.engine.managed_containers()? };
+        for (wanted, container) in unrecorded(&desired, &containers, &self.store.services()?) {
+            let short = container.get(..12).unwrap_or(container);
+            let message = format!("{}: {short} runs {} but was not recorded; recorded it", wanted.key, wanted.image);
+            log::info!("{message}");
+            self.store.record_deployed(wanted, container)?;
+            let _ = self.store.log_event("info", &message);
+        }
         self.report(&desired, &invalid, &containers, &activities);
         Ok(())
     }
@@ -286,6 +293,34 @@ impl Agent {
     }
 }
 
+/// Desired services running in a container of theirs that the store does not record as
+/// their deployment, with the container's id: the agent died between starting it and
+/// recording it (Docker finishes a start its client gave up on), or lost its database.
+fn unrecorded<'a>(
+    desired: &'a [DesiredService],
+    containers: &'a [Container],
+    records: &[ServiceRecord],
+) -> Vec<(&'a DesiredService, &'a str)> {
+    desired
+        .iter()
+        .filter_map(|wanted| {
+            let running = containers.iter().find(|c| {
+                c.state == "running"
+                    && container_key(c).as_ref() == Some(&wanted.key)
+                    && c.labels.get(LABEL_CONFIG_HASH) == Some(&wanted.config_hash)
+            })?;
+            let recorded = records.iter().any(|r| {
+                r.key == wanted.key
+                    && r.image == wanted.image
+                    && r.config_hash == wanted.config_hash
+                    && r.container_id.as_deref() == Some(running.id.as_str())
+                    && r.last_error.is_none()
+            });
+            (!recorded).then_some((wanted, running.id.as_str()))
+        })
+        .collect()
+}
+
 /// `base` doubled per failure after the first, capped at 15 minutes, with jitter.
 fn backoff(base: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(10);
@@ -318,6 +353,44 @@ mod tests {
         assert!(backoff(base, 1) >= Duration::from_secs(9) && backoff(base, 1) <= Duration::from_secs(11));
         assert!(backoff(base, 3) >= Duration::from_secs(36) && backoff(base, 3) <= Duration::from_secs(44));
         assert!(backoff(base, 40) <= MAX_POLL_BACKOFF + MAX_POLL_BACKOFF / 10);
+    }
+
+    #[test]
+    fn a_running_container_not_recorded_as_the_deployment_is_found() {
+        use crate::engine::{LABEL_APP_ID, LABEL_SERVICE_NAME};
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        let container = |id: &str, hash: &str, state: &str| Container {
+            id: id.into(),
+            name: "web_1".into(),
+            image: String::new(),
+            state: state.into(),
+            status: String::new(),
+            labels: [(LABEL_APP_ID, "1"), (LABEL_SERVICE_NAME, "web"), (LABEL_CONFIG_HASH, hash)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let record = |wanted: &DesiredService, id: &str| ServiceRecord {
+            key: wanted.key.clone(),
+            image: wanted.image.clone(),
+            config_hash: wanted.config_hash.clone(),
+            container_id: Some(id.into()),
+            failures: 0,
+            retry_at: 0,
+            last_error: None,
+            deployed_at: 1,
+            rollback: None,
+        };
+        let desired = [v2.clone()];
+        // Killed after starting v2's container, before recording it: v1 is on record.
+        let running_v2 = [container("c2", "h2", "running")];
+        let found = unrecorded(&desired, &running_v2, &[record(&v1, "c1")]);
+        assert_eq!(found.iter().map(|(d, id)| (d.image.as_str(), *id)).collect::<Vec<_>>(), [("a@2", "c2")]);
+        assert!(unrecorded(&desired, &running_v2, &[]).len() == 1, "nothing on record at all");
+        assert!(unrecorded(&desired, &running_v2, &[record(&v2, "c2")]).is_empty(), "recorded");
+        // Not yet started, or still the old one: nothing to record.
+        assert!(unrecorded(&desired, &[container("c2", "h2", "created")], &[record(&v1, "c1")]).is_empty());
+        assert!(unrecorded(&desired, &[container("c1", "h1", "running")], &[record(&v1, "c1")]).is_empty());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The `pinion-server` command line: `serve`, `image parse`, `image resolve`.
 
-use crate::api::{self, Api};
+use crate::api::rate_limit::{DEFAULT_AUTH_FAILURES_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_MINUTE};
+use crate::api::{self, Api, ClientLimits};
 use crate::digest_cache::CachedResolver;
 use crate::keys::hash_secret;
 use crate::pinning::ResolveDigests;
 use crate::policy::{UpdatePolicy, UpdateWindow};
 use crate::refresh::Refresher;
-use crate::registry::{CredentialSource, Credentials, Resolver, ResolverConfig};
+use crate::registry::{CredentialSource, Credentials, RegistryAccess, Resolver, ResolverConfig};
 use crate::registry_auth::StoredCredentials;
 use crate::secrets::{default_key_path, SecretKey, SECRET_KEY_FILE_ENV};
 use crate::store::{SqliteStore, Store};
@@ -48,12 +49,33 @@ SERVE OPTIONS:
                                it they wait as pending updates [default: none, any time]
     --workers N                HTTP worker threads [default 16]
     --max-body BYTES           largest request body accepted [default 1048576]
+    --auth-failures-per-minute N
+                               refused credentials (401/403) one client address may have per
+                               minute (a burst of N, then one every 60/N s); over it, every
+                               call but /health is answered 429 with Retry-After, without
+                               looking at its credentials; 0 = no limit [default 20]
+    --registrations-per-minute N
+                               POST /api/v1/device/register calls per minute and client
+                               address, same rule; 0 = no limit [default 30]
 
 REGISTRY OPTIONS:
     --registry-auth FILE       Docker config.json with registry credentials (auths); credentials
                                stored with PUT /api/v1/registries/HOST/credentials win over it
     --insecure-registry HOST   speak plain http to HOST[:PORT] (loopback registries always are)
     --registry-timeout DUR     timeout of each registry request [default 10s]
+    --allowed-registries HOST[,HOST...]
+                               resolve only images of these registries (HOST or HOST:PORT;
+                               docker.io for Docker Hub; repeatable): a target state naming
+                               another registry is refused (HTTP 422) and nothing is stored,
+                               webhook and refresh references to others are ignored
+                               [default: any registry]
+    --allow-link-local-registries
+                               let registries, token realms and redirects reach link-local
+                               (169.254.0.0/16, fe80::/10) and cloud metadata addresses
+                               (169.254.169.254, fd00:ec2::254, 100.100.100.200,
+                               metadata.google.internal), refused by default even when a name
+                               resolves to one; naming such a host in --allowed-registries
+                               allows that host only
 
 Durations are whole seconds or a number with s, m or h (30s, 15m, 2h).
 --auto-update and --update-window apply to devices without their own policy
@@ -104,6 +126,18 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
                 println!("pinion-server {}", env!("CARGO_PKG_VERSION"));
                 return Ok(ExitCode::SUCCESS);
             }
+            Long("allow-link-local-registries") => {
+                options.allow_link_local_registries = match parser.optional_value() {
+                    None => true,
+                    Some(value) => match value.string().map_err(usage)?.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        other => {
+                            return Err(usage(format!("--allow-link-local-registries={other:?}: use true or false")))
+                        }
+                    },
+                };
+            }
             Long(name) => {
                 let name = name.to_string();
                 let value = parser.value().map_err(usage)?.string().map_err(usage)?;
@@ -134,9 +168,13 @@ struct Options {
     webhook_token: Option<String>,
     workers: Option<usize>,
     max_body: Option<usize>,
+    auth_failures_per_minute: Option<u32>,
+    registrations_per_minute: Option<u32>,
     registry_auth: Option<PathBuf>,
     insecure_registries: Vec<String>,
     registry_timeout: Option<Duration>,
+    allowed_registries: Vec<String>,
+    allow_link_local_registries: bool,
     auto_update: Option<bool>,
     update_window: Option<UpdateWindow>,
 }
@@ -145,6 +183,7 @@ impl Options {
     fn set(&mut self, name: &str, value: String) -> Result<(), Error> {
         let duration = |v: &str| parse_duration(v).map_err(|e| usage(format!("--{name}: {e}")));
         let number = |v: &str| v.parse::<usize>().map_err(|_| usage(format!("--{name}: {v:?} is not a number")));
+        let per_minute = |v: &str| v.parse::<u32>().map_err(|_| usage(format!("--{name}: {v:?} is not a number")));
         match name {
             "listen" => self.listen = Some(value),
             "db" => self.db = Some(value.into()),
@@ -155,8 +194,15 @@ impl Options {
             "webhook-token" => self.webhook_token = Some(value),
             "workers" => self.workers = Some(number(&value)?),
             "max-body" => self.max_body = Some(number(&value)?),
+            "auth-failures-per-minute" => self.auth_failures_per_minute = Some(per_minute(&value)?),
+            "registrations-per-minute" => self.registrations_per_minute = Some(per_minute(&value)?),
             "registry-auth" => self.registry_auth = Some(value.into()),
             "insecure-registry" => self.insecure_registries.push(value),
+            "allowed-registries" => {
+                let hosts = value.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string);
+                self.allowed_registries.extend(hosts);
+                RegistryAccess::new(&self.allowed_registries, false).map_err(|e| usage(format!("--{name}: {e}")))?;
+            }
             "registry-timeout" | "timeout" => self.registry_timeout = Some(duration(&value)?),
             "auto-update" => {
                 self.auto_update = Some(match value.as_str() {
@@ -192,6 +238,8 @@ impl Options {
             stored_credentials,
             insecure_registries: self.insecure_registries.clone(),
             request_timeout: self.registry_timeout.unwrap_or(Duration::from_secs(10)),
+            access: RegistryAccess::new(&self.allowed_registries, self.allow_link_local_registries)
+                .map_err(|e| usage(format!("--allowed-registries: {e}")))?,
         }))
     }
 }
@@ -239,7 +287,11 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let server = crate::listener::bind(&listen)?;
     log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
     crate::systemd::ready();
-    api::serve(server, api, options.workers.unwrap_or(16), options.max_body.unwrap_or(1 << 20));
+    let limits = ClientLimits::per_minute(
+        options.auth_failures_per_minute.unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
+        options.registrations_per_minute.unwrap_or(DEFAULT_REGISTRATIONS_PER_MINUTE),
+    );
+    api::serve(server, api, limits, options.workers.unwrap_or(16), options.max_body.unwrap_or(1 << 20));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -103,6 +103,10 @@ impl ResolveDigests for CachedResolver {
     fn resolve_fresh(&self, refs: &[Reference], deadline: Duration) -> Answers {
         self.ask(refs, deadline)
     }
+
+    fn admit(&self, reference: &Reference) -> Result<(), Error> {
+        self.registry.admit(reference)
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub enum Error {
     RegistryProtocol { registry: String, reference: String, reason: String },
     /// A Docker `config.json` credentials file that cannot be read or parsed.
     RegistryCredentials { path: PathBuf, reason: String },
+    /// A registry (or token realm, or redirect target) the server may not contact: not on
+    /// `--allowed-registries`, or a link-local or cloud metadata address. Nothing was sent.
+    RegistryNotAllowed { registry: String, reference: String, reason: String },
 
     // --- requests ---
     /// A request body or parameter that is not acceptable; `reason` says what to fix.
@@ -47,6 +50,9 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     /// The request conflicts with what is stored (e.g. a device already registered).
     Conflict { reason: String },
+    /// A client address over its limit of `attempts` (failed authentications,
+    /// registrations); refused without looking at its credentials.
+    TooManyAttempts { client: String, attempts: &'static str, retry_after_secs: u64 },
 
     // --- local resources ---
     /// The store (SQLite) failed; `op` says what it was doing.
@@ -92,6 +98,9 @@ impl fmt::Display for Error {
             RegistryCredentials { path, reason } => {
                 write!(f, "registry credentials {}: {reason}", path.display())
             }
+            RegistryNotAllowed { registry, reference, reason } => {
+                write!(f, "registry {registry} is not allowed, {reference} was not resolved: {reason}")
+            }
             BadRequest { reason } => write!(f, "{reason}"),
             InvalidImage { app, service, source } => {
                 write!(f, "app {app}, service {service}: {source}")
@@ -105,6 +114,9 @@ impl fmt::Display for Error {
             MethodNotAllowed { method, path } => write!(f, "{method} is not allowed on {path}"),
             PayloadTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
             Conflict { reason } => write!(f, "{reason}"),
+            TooManyAttempts { client, attempts, retry_after_secs } => {
+                write!(f, "too many {attempts} from {client}; retry after {retry_after_secs} s")
+            }
             Store { op, reason } => write!(f, "database error while {op}: {reason}"),
             Io { path, source } => write!(f, "{}: {source}", path.display()),
             Secrets { reason } => write!(f, "{reason}"),

@@ -31,9 +31,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Device ids: the uuids agents make and short names like `test-device-123`.
+/// Device ids: the uuids agents make and short names like `test-device-123`. Not `.` or
+/// `..`: HTTP clients resolve those path segments away, so such a device could never be
+/// reached again at `/devices/{uuid}`.
 pub fn is_valid_device_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !matches!(id, "." | "..")
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -62,11 +66,11 @@ mod tests {
 
     #[test]
     fn device_ids() {
-        for ok in ["test-device-123", "0f8fad5b-d9cb-469f-a165-70867728950e", "a", "A.b_c"] {
+        for ok in ["test-device-123", "0f8fad5b-d9cb-469f-a165-70867728950e", "a", "A.b_c", "...", ".a"] {
             assert!(is_valid_device_id(ok), "{ok}");
         }
         let long = "x".repeat(65);
-        for bad in ["", "a/b", "a b", "ä", "a\0", "..%2f", long.as_str()] {
+        for bad in ["", "a/b", "a b", "ä", "a\0", "..%2f", ".", "..", long.as_str()] {
             assert!(!is_valid_device_id(bad), "{bad}");
         }
     }

@@ -46,6 +46,11 @@ pub trait ResolveDigests {
     fn resolve_fresh(&self, refs: &[Reference], deadline: Duration) -> Answers {
         self.resolve_all(refs, deadline)
     }
+    /// Refuses, without asking anyone, a reference whose registry this server may not
+    /// contact (`--allowed-registries`, link-local and metadata hosts).
+    fn admit(&self, _reference: &Reference) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Every question goes to the registry: what `Cache-Control: no-cache` on a request asks for.
@@ -55,11 +60,17 @@ impl ResolveDigests for Uncached<'_> {
     fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers {
         self.0.resolve_fresh(refs, deadline)
     }
+    fn admit(&self, reference: &Reference) -> Result<(), Error> {
+        self.0.admit(reference)
+    }
 }
 
 impl ResolveDigests for Resolver {
     fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers {
         Resolver::resolve_all(self, refs, deadline).into_iter().map(|(r, a)| (r, a.map(Pin::from))).collect()
+    }
+    fn admit(&self, reference: &Reference) -> Result<(), Error> {
+        Resolver::admit(self, reference)
     }
 }
 
@@ -84,7 +95,9 @@ pub struct RequestedImage {
 }
 
 /// Pins every service of `state` in place and says how it went. A reference that does
-/// not parse is an error naming its app and service, and nothing is changed.
+/// not parse is an error naming its app and service, and nothing is changed; so is one
+/// on a registry the resolver does not `admit` (digest references included: the list
+/// says where images may come from).
 pub fn pin_target_state(
     state: &mut TargetState,
     resolver: &dyn ResolveDigests,
@@ -92,6 +105,16 @@ pub fn pin_target_state(
     now: &str,
 ) -> Result<ResolutionSummary, Error> {
     let requested = requested_images(state)?;
+    for image in &requested {
+        resolver.admit(&image.reference).map_err(|e| match e {
+            Error::RegistryNotAllowed { registry, reason, .. } => Error::RegistryNotAllowed {
+                registry,
+                reference: format!("{} (app {}, service {})", image.written, image.app, image.service),
+                reason,
+            },
+            other => other,
+        })?;
+    }
     let mut floating: Vec<Reference> = Vec::new();
     for image in &requested {
         let query = registry_query(&image.reference);

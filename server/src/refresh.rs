@@ -41,7 +41,14 @@ impl Refresher {
     /// Asks the registry for each reference now and moves the devices that follow it.
     /// Returns (device, reference, outcome) for every device that a moved tag touched.
     pub fn refresh(&self, references: &[String], now: Timestamp, source: &str) -> Vec<(String, String, Outcome)> {
-        let parsed: Vec<Reference> = references.iter().filter_map(|r| Reference::parse(r).ok()).collect();
+        let mut parsed: Vec<Reference> = references.iter().filter_map(|r| Reference::parse(r).ok()).collect();
+        parsed.retain(|reference| match self.resolver.admit(reference) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("{source} of {}: ignored: {e}", reference.canonical());
+                false
+            }
+        });
         let answers = self.resolver.resolve_fresh(&parsed, self.deadline);
         let mut outcomes = Vec::new();
         for reference in &parsed {

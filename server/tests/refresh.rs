@@ -206,3 +206,48 @@ fn history_keeps_every_version_and_a_rollback_restores_one_without_following_bac
     );
     assert_eq!(fleet.call("POST", "/api/v1/devices/nobody/target-state/rollback", None).status, 404);
 }
+
+/// Stand-in registry behind `--allowed-registries ghcr.io`: admits only ghcr.io, and
+/// records what it is asked.
+struct OnlyGhcr(Mutex<Vec<String>>);
+
+impl ResolveDigests for OnlyGhcr {
+    fn resolve_all(&self, refs: &[Reference], _: Duration) -> Answers {
+        self.0.lock().unwrap().extend(refs.iter().map(Reference::canonical));
+        refs.iter().map(|r| (r.clone(), Ok(Pin { digest: V2.into(), media_type: "m".into(), stale: None }))).collect()
+    }
+
+    fn admit(&self, reference: &Reference) -> Result<(), pinion_server::Error> {
+        match reference.domain() {
+            "ghcr.io" => Ok(()),
+            other => Err(pinion_server::Error::RegistryNotAllowed {
+                registry: other.to_string(),
+                reference: reference.canonical(),
+                reason: format!("{other} is not in --allowed-registries (ghcr.io)"),
+            }),
+        }
+    }
+}
+
+#[test]
+fn a_refresh_or_webhook_reference_on_a_registry_not_allowed_is_ignored_without_asking() {
+    let fleet = Fleet::new();
+    fleet.follow_latest("a");
+    let registry = Arc::new(OnlyGhcr(Mutex::new(Vec::new())));
+    let refresher = Refresher {
+        store: Arc::clone(&fleet.store),
+        resolver: Arc::clone(&registry) as Arc<dyn ResolveDigests + Send + Sync>,
+        default_policy: UpdatePolicy::default(),
+        deadline: Duration::from_secs(1),
+    };
+    for source in ["refresh", "webhook"] {
+        let outcomes = refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), source);
+        assert!(outcomes.is_empty(), "{outcomes:?}");
+    }
+    assert!(registry.0.lock().unwrap().is_empty(), "asked {:?}", registry.0.lock().unwrap());
+    assert_eq!(fleet.pinned("a").1, V1, "the device stays where it was");
+
+    // An admitted reference is asked as before.
+    refresher.refresh(&["ghcr.io/owner/app:latest".into()], at("2026-11-28T12:00:00Z"), "refresh");
+    assert_eq!(registry.0.lock().unwrap().as_slice(), ["ghcr.io/owner/app:latest"]);
+}

@@ -83,12 +83,18 @@ impl Agent {
         }
     }
 
+    /// The process id while it runs (benchmarks read `/proc/PID/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The current run's log file (each `restart` starts a new one).
+    pub fn log_path(&self) -> PathBuf {
         self.dir.join(&format!("agent-{}.log", self.starts))
     }
 

@@ -47,6 +47,7 @@ impl Drop for Turn {
 }
 
 /// A dockerd reached through the `docker` CLI.
+#[derive(Debug, Clone)]
 pub struct Docker {
     socket: PathBuf,
     cli: PathBuf,
@@ -60,6 +61,13 @@ impl Docker {
     pub fn connect() -> Docker {
         let socket: PathBuf =
             std::env::var_os(DOCKER_SOCKET_ENV).map(PathBuf::from).unwrap_or_else(|| "/var/run/docker.sock".into());
+        Docker::at(&socket)
+    }
+
+    /// The dockerd at `socket` (a test's own, `dockerd::PrivateDockerd`); panics with how
+    /// to start one if it does not answer.
+    pub fn at(socket: &std::path::Path) -> Docker {
+        let socket = socket.to_path_buf();
         // Debian's CLI matches Debian's engine; a newer one elsewhere on PATH may not.
         let cli = if std::path::Path::new("/usr/bin/docker").is_file() {
             PathBuf::from("/usr/bin/docker")

@@ -1,17 +1,25 @@
-//! Hand-written fake registries (tiny_http on 127.0.0.1) for the faults a real
-//! docker-registry cannot be made to produce: no `Docker-Content-Digest` header, a
-//! registry that never answers, a 429 rate limit with `Retry-After`, and a digest
-//! header that does not match the body. Everything else is tested against the real
-//! registry (`Registry`). Each fake logs the requests it saw.
+//! Hand-written fake registries (tiny_http, or a bare socket, on 127.0.0.1) for the
+//! faults a real docker-registry cannot be made to produce: no `Docker-Content-Digest`
+//! header, a registry that never answers, a 429 rate limit with `Retry-After`, a digest
+//! header that does not match the body, 5xx answers, a redirect loop, a connection reset,
+//! a 1 MiB header line, an endless body and a body dripping one byte a second.
+//! Everything else is tested against the real registry (`Registry`). Each fake logs the
+//! requests it saw.
 
 use crate::util::sha256_digest;
 use serde_json::json;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// The `Retry-After` the rate-limited fake sends.
 pub const RETRY_AFTER_SECS: u64 = 42;
+
+/// The size of the header line `giant_header` sends.
+pub const GIANT_HEADER_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -20,12 +28,31 @@ enum Fault {
     RateLimited,
     LyingDigest,
     Schema1,
+    Status(u16),
+    RedirectLoop,
+    // Served from a bare socket (`serve_raw`):
+    ConnectionReset,
+    GiantHeader,
+    EndlessBody,
+    SlowDrip,
+}
+
+impl Fault {
+    fn is_raw(self) -> bool {
+        matches!(self, Fault::ConnectionReset | Fault::GiantHeader | Fault::EndlessBody | Fault::SlowDrip)
+    }
+}
+
+/// How a fake listens: tiny_http, or a bare socket for what tiny_http will not send.
+enum Backend {
+    Tiny(Arc<tiny_http::Server>),
+    Raw(Arc<AtomicBool>),
 }
 
 /// A fake registry; stops on drop (requests held by `hangs` are then dropped, which
-/// closes their connections).
+/// closes their connections; dripping and endless answers stop within a second).
 pub struct FakeRegistry {
-    server: Arc<tiny_http::Server>,
+    backend: Backend,
     addr: SocketAddr,
     manifest: Arc<Vec<u8>>,
     claimed: String,
@@ -66,7 +93,45 @@ impl FakeRegistry {
         FakeRegistry::start(Fault::Schema1)
     }
 
+    /// Answers every manifest request with `status` (500, 502, 503…) and a distribution
+    /// error body.
+    pub fn status(status: u16) -> FakeRegistry {
+        FakeRegistry::start(Fault::Status(status))
+    }
+
+    /// Redirects every manifest request (`307`) to the same manifest with another query,
+    /// for ever.
+    pub fn redirect_loop() -> FakeRegistry {
+        FakeRegistry::start(Fault::RedirectLoop)
+    }
+
+    /// Accepts each connection, waits for the request to arrive, and closes the socket
+    /// without reading it: the kernel answers with a TCP reset.
+    pub fn connection_reset() -> FakeRegistry {
+        FakeRegistry::start(Fault::ConnectionReset)
+    }
+
+    /// Answers `200` whose headers include one line of `GIANT_HEADER_BYTES` (1 MiB).
+    pub fn giant_header() -> FakeRegistry {
+        FakeRegistry::start(Fault::GiantHeader)
+    }
+
+    /// `HEAD` is a `200` without `Docker-Content-Digest` (so a resolver GETs); `GET` is a
+    /// `200` without length whose body never ends.
+    pub fn endless_body() -> FakeRegistry {
+        FakeRegistry::start(Fault::EndlessBody)
+    }
+
+    /// `HEAD` is a `200` without `Docker-Content-Digest`; `GET` sends its headers at once
+    /// and then the manifest one byte a second.
+    pub fn slow_drip() -> FakeRegistry {
+        FakeRegistry::start(Fault::SlowDrip)
+    }
+
     fn start(fault: Fault) -> FakeRegistry {
+        if fault.is_raw() {
+            return FakeRegistry::start_raw(fault);
+        }
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding a fake registry"));
         let addr = server.server_addr().to_ip().expect("fake registry has an IP address");
         let manifest = Arc::new(fake_manifest());
@@ -95,7 +160,33 @@ impl FakeRegistry {
                 })
                 .expect("spawning a fake registry thread")
         };
-        FakeRegistry { server, addr, manifest, claimed, seen, thread: Some(thread) }
+        FakeRegistry { backend: Backend::Tiny(server), addr, manifest, claimed, seen, thread: Some(thread) }
+    }
+
+    fn start_raw(fault: Fault) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a fake registry");
+        let addr = listener.local_addr().expect("fake registry has an address");
+        let manifest = Arc::new(fake_manifest());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (manifest, seen, stop) = (Arc::clone(&manifest), Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name(format!("fake-registry-{fault:?}"))
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let Ok(stream) = stream else { continue };
+                        let (manifest, seen, stop) = (Arc::clone(&manifest), Arc::clone(&seen), Arc::clone(&stop));
+                        std::thread::spawn(move || serve_raw(fault, stream, &manifest, &seen, &stop));
+                    }
+                })
+                .expect("spawning a fake registry thread")
+        };
+        let claimed = String::new();
+        FakeRegistry { backend: Backend::Raw(stop), addr, manifest, claimed, seen, thread: Some(thread) }
     }
 
     /// `127.0.0.1:PORT`.
@@ -126,7 +217,14 @@ impl FakeRegistry {
 
 impl Drop for FakeRegistry {
     fn drop(&mut self) {
-        self.server.unblock();
+        match &self.backend {
+            Backend::Tiny(server) => server.unblock(),
+            Backend::Raw(stop) => {
+                stop.store(true, Ordering::SeqCst);
+                // Wakes the accept loop, which then sees `stop`.
+                let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -191,9 +289,120 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
                 None,
             )
         }
-        Fault::Hangs => unreachable!("hanging requests are held, not answered"),
+        Fault::Status(status) => {
+            let body = json!({"errors": [{"code": "UNKNOWN", "message": format!("fake registry answers {status}")}]})
+                .to_string();
+            let length = body.len();
+            tiny_http::Response::new(
+                status.into(),
+                vec![api, json_type()],
+                std::io::Cursor::new(body.into_bytes()),
+                Some(length),
+                None,
+            )
+        }
+        Fault::RedirectLoop => {
+            let hop = request.url().rsplit_once("hop=").and_then(|(_, n)| n.parse::<u64>().ok()).unwrap_or(0);
+            tiny_http::Response::new(
+                307.into(),
+                vec![api, header("Location", &format!("{path}?hop={}", hop + 1))],
+                std::io::Cursor::new(Vec::new()),
+                Some(0),
+                None,
+            )
+        }
+        Fault::Hangs | Fault::ConnectionReset | Fault::GiantHeader | Fault::EndlessBody | Fault::SlowDrip => {
+            unreachable!("{fault:?} is not answered by tiny_http")
+        }
     };
     let _ = request.respond(response);
+}
+
+/// One connection of a bare-socket fault. Every write stops at the first error (the
+/// client gave up) or when the fake is dropped.
+fn serve_raw(fault: Fault, mut stream: TcpStream, manifest: &[u8], seen: &Mutex<Vec<String>>, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let record = |head: &[u8]| {
+        let text = String::from_utf8_lossy(head);
+        let line = text.lines().next().unwrap_or("");
+        let mut parts = line.split(' ');
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if !method.is_empty() {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{method} {target}"));
+        }
+        method == "HEAD"
+    };
+    if fault == Fault::ConnectionReset {
+        // Closing with unread data makes the kernel send RST instead of FIN.
+        let mut peeked = [0u8; 1024];
+        if let Ok(n) = stream.peek(&mut peeked) {
+            record(&peeked[..n]);
+        }
+        return;
+    }
+    let Some(head) = read_head(&mut stream) else { return };
+    let is_head = record(&head);
+    let start = |extra: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n{extra}\r\n",
+            crate::image::DOCKER_MANIFEST
+        )
+    };
+    let keep_going = || !stop.load(Ordering::SeqCst);
+    match fault {
+        Fault::GiantHeader => {
+            let _ = stream.write_all(start("").trim_end_matches("\r\n").as_bytes());
+            let _ = stream.write_all(b"\r\nX-Padding: ");
+            let chunk = [b'a'; 16 * 1024];
+            let mut sent = 0;
+            while sent < GIANT_HEADER_BYTES && keep_going() {
+                if stream.write_all(&chunk).is_err() {
+                    return;
+                }
+                sent += chunk.len();
+            }
+            let _ = stream.write_all(format!("\r\nContent-Length: {}\r\n\r\n", manifest.len()).as_bytes());
+            let _ = stream.write_all(manifest);
+        }
+        Fault::EndlessBody | Fault::SlowDrip if is_head => {
+            let _ = stream.write_all(start(&format!("Content-Length: {}\r\n", manifest.len())).as_bytes());
+        }
+        Fault::EndlessBody => {
+            // No length: the body ends when the connection does, which is never.
+            if stream.write_all(start("").as_bytes()).is_err() {
+                return;
+            }
+            let chunk = [b' '; 64 * 1024];
+            while keep_going() && stream.write_all(&chunk).is_ok() {}
+        }
+        Fault::SlowDrip => {
+            if stream.write_all(start(&format!("Content-Length: {}\r\n", manifest.len())).as_bytes()).is_err() {
+                return;
+            }
+            for byte in manifest {
+                if !keep_going() || stream.write_all(std::slice::from_ref(byte)).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        _ => unreachable!("{fault:?} is answered by tiny_http"),
+    }
+    let _ = stream.flush();
+}
+
+/// The request line and headers, up to the blank line (at most 64 KiB).
+fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 || head.len() > 64 * 1024 {
+            return None;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    Some(head)
 }
 
 const SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";

@@ -9,17 +9,20 @@
 pub mod agent;
 pub mod client;
 pub mod docker;
+pub mod dockerd;
 pub mod fake;
 pub mod image;
+pub mod raw_http;
 pub mod registry;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod util;
 
 pub use agent::Agent;
 pub use client::{HttpReply, RegistryClient, ACCEPT_ALL_MANIFESTS};
 pub use docker::Docker;
-pub use fake::{FakeRegistry, RETRY_AFTER_SECS};
+pub use fake::{FakeRegistry, GIANT_HEADER_BYTES, RETRY_AFTER_SECS};
 pub use image::{
     push_image, push_image_as, push_manifest_list, push_oci_index, ImageSpec, ManifestFormat, Pushed, PushedList,
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,

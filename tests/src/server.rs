@@ -244,6 +244,15 @@ impl Server {
         }
     }
 
+    /// Kills the server process with SIGKILL (std's `Child::kill` on Unix), as a power
+    /// cut or the OOM killer would, mid-write; returns how it ended. Database, port and
+    /// token stay for `restart`. Panics if it is not running.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("kill: pinion-server is not running");
+        child.kill().expect("sending SIGKILL to pinion-server");
+        child.wait().expect("waiting for the killed pinion-server")
+    }
+
     /// Starts the server again on the same port, database, token and arguments.
     pub fn restart(&mut self) {
         self.stop();

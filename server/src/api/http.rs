@@ -15,7 +15,7 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body, already gunzipped when it came with `Content-Encoding: gzip`.
     pub body: Vec<u8>,
-    /// The client's address, for logs.
+    /// The client's address, for logs and the per-address limits (`rate_limit`).
     pub peer: Option<std::net::SocketAddr>,
 }
 
@@ -24,10 +24,15 @@ impl Request {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// The body as JSON of type `T`; a clear 400 when it is not.
+    /// The body as JSON of type `T`; a clear 400 when it is not. Every route's body is a
+    /// JSON object: anything else is refused here, since serde would also read an array
+    /// as a struct's fields in order (`[]` as all defaults, `["u", "p"]` as credentials).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
         if self.body.is_empty() {
             return Err(Error::BadRequest { reason: "the request needs a JSON body".into() });
+        }
+        if self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::BadRequest { reason: "the body must be a JSON object".into() });
         }
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::BadRequest { reason: format!("the body is not valid JSON for this route: {e}") })
@@ -99,7 +104,17 @@ pub fn percent_decode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::etag_matches;
+    use super::{etag_matches, Request};
+    use serde_json::Value;
+
+    #[test]
+    fn bodies_are_json_objects_only() {
+        let with = |body: &str| Request { body: body.as_bytes().to_vec(), ..Default::default() };
+        assert!(with(" \n{\"a\": 1}").json::<Value>().is_ok());
+        for bad in ["", "[]", "[\"u\", \"p\"]", "null", "1", "\"{\"", "x{"] {
+            assert!(with(bad).json::<Value>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn etags_match_quoted_unquoted_weak_and_in_lists() {

@@ -1,7 +1,7 @@
 //! The HTTP API of DESIGN.md's wire contract, under `/api/v1`: device routes (poll,
 //! report, register) and operator routes (target state, devices, provisioning keys).
 //! `handle` is a plain function from `Request` to `Response`; `serve` puts it on a
-//! socket.
+//! socket, behind the per-address limits of `handle_limited`.
 
 mod auth;
 mod credentials;
@@ -11,11 +11,13 @@ pub mod http;
 mod images;
 mod operator;
 mod policy;
+pub mod rate_limit;
 mod response;
 mod serve;
 mod webhook;
 
 pub use http::{Request, Response};
+pub use rate_limit::ClientLimits;
 pub use response::status_of;
 pub use serve::serve;
 
@@ -26,7 +28,7 @@ use auth::authenticate;
 use response::error_response;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Everything a request handler needs.
 pub struct Api {
@@ -135,6 +137,26 @@ pub fn handle(api: &Api, request: &Request) -> Response {
         Ok(response) => response,
         Err(error) => error_response(&error),
     }
+}
+
+/// `handle` behind `limits`: an address over its limit of failed authentications (or, on
+/// `POST /device/register`, of registrations) is answered 429 before its credentials are
+/// looked at, so a brute force learns nothing more; every 401 and 403 counts against it.
+/// Successful calls never count, and `/health` is never limited.
+pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
+    let registering = match route(&request.path) {
+        None | Some(Route::Health) => return handle(api, request),
+        Some(route) => matches!(route, Route::DeviceRegister) && request.method == "POST",
+    };
+    if let Err(error) = limits.admit(request.peer, registering, Instant::now()) {
+        log::debug!("{} {}: {error}", request.method, request.path);
+        return error_response(&error);
+    }
+    let response = handle(api, request);
+    if matches!(response.status, 401 | 403) {
+        limits.record_failure(request.peer, Instant::now());
+    }
+    response
 }
 
 fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, Error> {

@@ -18,6 +18,8 @@ pub fn status_of(error: &Error) -> (u16, &'static str) {
         MethodNotAllowed { .. } => (405, "method_not_allowed"),
         Conflict { .. } => (409, "conflict"),
         PayloadTooLarge { .. } => (413, "payload_too_large"),
+        TooManyAttempts { .. } => (429, "too_many_attempts"),
+        RegistryNotAllowed { .. } => (422, "registry_not_allowed"),
         RateLimited { .. } => (503, "registry_rate_limited"),
         ResolutionDeadline { .. } | RegistryTimeout { .. } => (504, "registry_timeout"),
         RegistryUnreachable { .. }
@@ -40,6 +42,9 @@ pub fn error_response(error: &Error) -> Response {
     let response = Response::json(status, &json!({"error": code, "message": error.to_string()}));
     match error {
         Error::Unauthorized { .. } => response.with_header("WWW-Authenticate", "Bearer realm=\"pinion\""),
+        Error::TooManyAttempts { retry_after_secs, .. } => {
+            response.with_header("Retry-After", retry_after_secs.to_string())
+        }
         _ => response,
     }
 }

@@ -1,10 +1,11 @@
 //! Puts `handle` on a socket with tiny_http: a fixed pool of worker threads, each
 //! taking the next request, reading its body within the size limit (gunzipping it when
-//! sent with `Content-Encoding: gzip`), and writing the answer.
+//! sent with `Content-Encoding: gzip`), answering it within the per-address limits
+//! (`rate_limit`), and writing the answer.
 
 use super::http::{Request, Response};
 use super::response::error_response;
-use super::{handle, Api};
+use super::{handle_limited, Api, ClientLimits};
 use crate::Error;
 use flate2::read::GzDecoder;
 use std::io::Read;
@@ -12,16 +13,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Serves until the process ends. `max_body` applies to the body as received and,
-/// for gzip bodies, once more after decompression.
-pub fn serve(server: tiny_http::Server, api: Api, workers: usize, max_body: usize) {
+/// for gzip bodies, once more after decompression; `limits` are shared by all workers.
+pub fn serve(server: tiny_http::Server, api: Api, limits: ClientLimits, workers: usize, max_body: usize) {
     let server = Arc::new(server);
     let api = Arc::new(api);
+    let limits = Arc::new(limits);
     let threads: Vec<_> = (0..workers.max(1))
         .map(|i| {
-            let (server, api) = (Arc::clone(&server), Arc::clone(&api));
+            let (server, api, limits) = (Arc::clone(&server), Arc::clone(&api), Arc::clone(&limits));
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
-                .spawn(move || worker(&server, &api, max_body))
+                .spawn(move || worker(&server, &api, &limits, max_body))
                 .expect("spawning an HTTP worker thread")
         })
         .collect();
@@ -30,7 +32,7 @@ pub fn serve(server: tiny_http::Server, api: Api, workers: usize, max_body: usiz
     }
 }
 
-fn worker(server: &tiny_http::Server, api: &Api, max_body: usize) {
+fn worker(server: &tiny_http::Server, api: &Api, limits: &ClientLimits, max_body: usize) {
     loop {
         let mut incoming = match server.recv() {
             Ok(request) => request,
@@ -41,7 +43,7 @@ fn worker(server: &tiny_http::Server, api: &Api, max_body: usize) {
         };
         let started = Instant::now();
         let (response, close) = match read_request(&mut incoming, max_body) {
-            Ok(request) => (handle(api, &request), false),
+            Ok(request) => (handle_limited(api, limits, &request), false),
             Err(error) => (error_response(&error), true),
         };
         let (method, url, status) = (incoming.method().to_string(), incoming.url().to_string(), response.status);

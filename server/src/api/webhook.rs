@@ -26,12 +26,26 @@ pub(super) fn receive(api: &Api, request: &Request) -> Result<Response, Error> {
     if !constant_time_eq(hash_secret(&token).as_bytes(), expected.as_bytes()) {
         return Err(Error::Unauthorized { reason: "the webhook token is not valid".into() });
     }
-    let references = pushed_references(&request.body)?;
+    let (references, ignored): (Vec<String>, Vec<String>) =
+        pushed_references(&request.body)?.into_iter().partition(|r| admitted(api, r));
     if !references.is_empty() {
         log::info!("registry webhook: {} pushed", references.join(", "));
         api.refresh_now(references.clone());
     }
-    Ok(Response::json(202, &json!({"status": "accepted", "references": references})))
+    Ok(Response::json(202, &json!({"status": "accepted", "references": references, "ignored": ignored})))
+}
+
+/// Whether the server may ask `reference`'s registry (`--allowed-registries`); a refused
+/// one is logged and ignored.
+fn admitted(api: &Api, reference: &str) -> bool {
+    let Ok(parsed) = pinion_model::Reference::parse(reference) else { return true };
+    match api.resolver.admit(&parsed) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("registry webhook: {reference} ignored: {e}");
+            false
+        }
+    }
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {

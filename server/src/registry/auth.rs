@@ -129,7 +129,7 @@ pub(crate) fn send(
                 _ => {
                     fetched.push(key.clone());
                     let asker = Asker { domain: &target.domain, scheme: target.scheme, reference: &target.display };
-                    token::fetch(&inner.agent, &inner.tokens, &key, credentials, &asker)?
+                    token::fetch(&inner.agent, &inner.tokens, &key, credentials, &asker, &inner.access)?
                 }
             };
             inner.plans.set(target, Plan::Bearer(key.clone()));

@@ -7,7 +7,7 @@
 /// One challenge: the scheme (lowercased) and its parameters (names lowercased, values as
 /// sent, empty values kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Challenge {
+pub struct Challenge {
     pub scheme: String,
     pub params: Vec<(String, String)>,
 }
@@ -29,12 +29,12 @@ impl Challenge {
 }
 
 /// All challenges of all `WWW-Authenticate` header values, in order.
-pub(crate) fn parse_all<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+pub fn parse_all<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
     headers.into_iter().flat_map(parse).collect()
 }
 
 /// The challenges in one `WWW-Authenticate` header value.
-pub(crate) fn parse(header: &str) -> Vec<Challenge> {
+pub fn parse(header: &str) -> Vec<Challenge> {
     let mut cur = Cursor { s: header.as_bytes(), i: 0 };
     let mut out = Vec::new();
     let mut next_scheme: Option<String> = None;

@@ -57,7 +57,12 @@ pub(crate) struct FakeRegistry {
 impl FakeRegistry {
     /// Serves until the test process ends. `None` from the handler: never answer.
     pub fn start(handler: impl Fn(&Seen) -> Option<Reply> + Send + Sync + 'static) -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        FakeRegistry::start_on("127.0.0.1", handler)
+    }
+
+    /// `start` on another loopback address (`127.0.0.2`): another host, for redirects.
+    pub fn start_on(ip: &str, handler: impl Fn(&Seen) -> Option<Reply> + Send + Sync + 'static) -> FakeRegistry {
+        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
         let addr = listener.local_addr().expect("local addr").to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);

@@ -6,13 +6,18 @@
 //!
 //! The path of one resolution: `transport` picks the URL and scheme, `manifest` sends
 //! `HEAD` (then `GET` if needed) through `auth`, which follows `401` challenges
-//! (`challenge`) with tokens (`token`) or Basic credentials (`credentials`).
+//! (`challenge`) with tokens (`token`) or Basic credentials (`credentials`). Which hosts
+//! may be contacted at all is `allowed`; `guard` enforces it on every connection.
 
+mod allowed;
 mod auth;
 mod base64;
-mod challenge;
+// Public (not part of the API) so that `fuzz/` can reach the `WWW-Authenticate` parser.
+#[doc(hidden)]
+pub mod challenge;
 mod credentials;
 mod fanout;
+mod guard;
 mod manifest;
 mod status;
 mod token;
@@ -22,6 +27,8 @@ mod transport;
 mod fake_registry;
 #[cfg(test)]
 mod resolve_tests;
+#[cfg(test)]
+mod safety_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use std::time::Duration;
 
 use pinion_model::Reference;
 
+pub use allowed::RegistryAccess;
 pub(crate) use credentials::normalize_host;
 pub use credentials::{CredentialSource, Credentials};
 
@@ -47,6 +55,9 @@ pub struct ResolverConfig {
     pub insecure_registries: Vec<String>,
     /// Timeout of each HTTP request (connect to last byte).
     pub request_timeout: Duration,
+    /// Which registries may be asked (`--allowed-registries`, link-local and metadata
+    /// addresses).
+    pub access: RegistryAccess,
 }
 
 impl Default for ResolverConfig {
@@ -56,6 +67,7 @@ impl Default for ResolverConfig {
             stored_credentials: None,
             insecure_registries: Vec::new(),
             request_timeout: Duration::from_secs(10),
+            access: RegistryAccess::default(),
         }
     }
 }
@@ -84,6 +96,7 @@ struct Inner {
     insecure_registries: Vec<String>,
     tokens: token::TokenCache,
     plans: auth::Plans,
+    access: Arc<RegistryAccess>,
 }
 
 /// One manifest to ask a registry for, with everything the request path needs.
@@ -114,21 +127,43 @@ impl Inner {
 
 impl Resolver {
     pub fn new(config: ResolverConfig) -> Resolver {
+        Resolver::with_dns(config, ureq::unversioned::resolver::DefaultResolver::default())
+    }
+
+    /// A resolver whose names are looked up by `dns` (tests: names that must resolve to
+    /// addresses no test may connect to), always through the `guard`.
+    pub(crate) fn with_dns(config: ResolverConfig, dns: impl ureq::unversioned::resolver::Resolver) -> Resolver {
+        let access = Arc::new(config.access);
+        let guarded = guard::Guarded { inner: dns, access: Arc::clone(&access) };
         Resolver {
             inner: Arc::new(Inner {
-                agent: transport::agent(config.request_timeout),
+                agent: transport::agent(config.request_timeout, guarded),
                 credentials: config.credentials,
                 stored_credentials: config.stored_credentials,
                 insecure_registries: config.insecure_registries,
                 tokens: token::TokenCache::default(),
                 plans: auth::Plans::default(),
+                access,
             }),
         }
     }
 
+    /// Refuses, without asking anyone, a reference whose registry may not be contacted
+    /// (not on `--allowed-registries`, or a link-local or metadata host not allowed).
+    pub fn admit(&self, reference: &Reference) -> Result<(), Error> {
+        let domain = reference.domain();
+        self.inner.access.check_registry(domain).map_err(|reason| Error::RegistryNotAllowed {
+            registry: domain.to_string(),
+            reference: reference.canonical(),
+            reason,
+        })
+    }
+
     /// The digest `reference` points at. A reference with a digest is checked to exist
-    /// (`HEAD` by digest) and answers with that digest.
+    /// (`HEAD` by digest) and answers with that digest. A reference `admit` refuses is
+    /// refused before any connection.
     pub fn resolve(&self, reference: &Reference) -> Result<Resolved, Error> {
+        self.admit(reference)?;
         let target = self.target(reference);
         log::debug!("resolving {} at {}", target.display, transport::api_host(&target.domain));
         let result = manifest::resolve(&self.inner, &target);
@@ -189,6 +224,7 @@ impl std::fmt::Debug for Resolver {
             .field("credentials", &self.inner.credentials)
             .field("stored_credentials", &self.inner.stored_credentials)
             .field("insecure_registries", &self.inner.insecure_registries)
+            .field("access", &self.inner.access)
             .finish_non_exhaustive()
     }
 }

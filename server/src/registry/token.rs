@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::allowed::RegistryAccess;
 use super::base64;
 use super::transport::{self, header};
 use crate::Error;
@@ -90,13 +91,15 @@ pub(crate) struct Asker<'a> {
 
 /// Asks the realm for a fresh token and caches it. `credentials` go along as Basic
 /// authentication; they are refused to a plain-http realm elsewhere (see
-/// [`may_send_credentials`]).
+/// [`may_send_credentials`]). A realm `access` refuses (a metadata or link-local host)
+/// is not asked at all.
 pub(crate) fn fetch(
     agent: &ureq::Agent,
     cache: &TokenCache,
     key: &TokenKey,
     credentials: Option<(&str, &str)>,
     asker: &Asker,
+    access: &RegistryAccess,
 ) -> Result<String, Error> {
     let Some((realm_scheme, realm_authority)) = transport::scheme_and_authority(&key.realm) else {
         return Err(Error::RegistryProtocol {
@@ -105,6 +108,13 @@ pub(crate) fn fetch(
             reason: format!("Bearer challenge with unusable realm {:?}", key.realm),
         });
     };
+    if let Err(reason) = access.check_host(realm_authority) {
+        return Err(Error::RegistryNotAllowed {
+            registry: realm_authority.to_string(),
+            reference: asker.reference.to_string(),
+            reason: format!("token realm {} of {}: {reason}", key.realm, asker.domain),
+        });
+    }
     if credentials.is_some() && !may_send_credentials(&realm_scheme, realm_authority, asker) {
         return Err(Error::RegistryUnauthorized {
             registry: asker.domain.to_string(),

@@ -1,14 +1,17 @@
 //! Where and how to reach a registry: the API host for a reference's domain (`docker.io`
 //! is served at `registry-1.docker.io`), http or https (plain http only for loopback and
 //! configured insecure registries, like dockerd), the one ureq agent every request goes
-//! through (per-request timeout, no `Authorization` across redirects), and how transport
-//! failures become errors.
+//! through (per-request timeout, no `Authorization` across redirects, capped header size,
+//! every connection through `guard`), and how transport failures become errors.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response};
+use ureq::unversioned::resolver::Resolver;
+use ureq::unversioned::transport::DefaultConnector;
 
+use super::guard::Refused;
 use crate::Error;
 
 /// Sent on every request, so registry operators can tell who is asking.
@@ -21,10 +24,11 @@ const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 const MAX_REDIRECTS: u32 = 5;
 
 /// The one HTTP client: every request times out after `request_timeout` (connect to last
-/// body byte); HTTP error statuses are answers, not errors; `Authorization` is never
-/// carried across a redirect.
-pub(crate) fn agent(request_timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+/// body byte, redirects included); HTTP error statuses are answers, not errors;
+/// `Authorization` is never carried across a redirect; every connection's addresses come
+/// from `resolver` (the `guard`).
+pub(crate) fn agent(request_timeout: Duration, resolver: impl Resolver) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(request_timeout))
         .http_status_as_error(false)
         .user_agent(USER_AGENT)
@@ -33,8 +37,8 @@ pub(crate) fn agent(request_timeout: Duration) -> ureq::Agent {
         .redirect_auth_headers(ureq::config::RedirectAuthHeaders::Never)
         // Digests are over the manifest bytes; ask for them uncompressed.
         .accept_encoding("")
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
 }
 
 /// The host serving the registry API for a reference's domain.
@@ -155,6 +159,12 @@ pub(crate) fn failure(err: ureq::Error, registry: &str, reference: &str) -> Erro
     let registry = registry.to_string();
     let reference = reference.to_string();
     match err {
+        ureq::Error::Other(ref other) if other.is::<Refused>() => match other.downcast_ref::<Refused>() {
+            Some(refused) => {
+                Error::RegistryNotAllowed { registry: refused.host.clone(), reference, reason: refused.reason.clone() }
+            }
+            None => Error::RegistryUnreachable { registry, reason: err.to_string() },
+        },
         ureq::Error::Timeout(_) => Error::RegistryTimeout { registry, reference },
         ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
             Error::RegistryTimeout { registry, reference }

@@ -245,7 +245,8 @@ impl CredentialStore for SqliteStore {
 
     fn device_registry_credentials(&self, uuid: &str) -> Result<Vec<RegistryCredential>, Error> {
         let rows: Vec<Row> = {
-            let conn = self.conn();
+            // Asked at every device poll: a read connection, not the writer's lock.
+            let conn = self.reader()?;
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {ROW_COLUMNS} FROM device_registries r

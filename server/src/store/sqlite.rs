@@ -5,8 +5,9 @@ use super::{DeviceRecord, NewRegistration, NewTarget, PollAnswer, ProvisioningKe
 use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use std::path::Path;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,8 +55,19 @@ CREATE TABLE IF NOT EXISTS provisioning_keys (
 const DEVICE_COLUMNS: &str = "uuid, device_name, device_type, api_key_hash IS NOT NULL, created_at, \
                               registered_at, target_version, reported_at";
 
+/// Idle read connections kept for reuse; more are opened when every one is busy.
+const MAX_IDLE_READERS: usize = 32;
+/// Page cache of each read connection, in KiB (a negative `cache_size`).
+const READER_CACHE_KIB: i64 = -256;
+
 pub struct SqliteStore {
+    /// The one connection that writes (SQLite has one writer at a time anyway).
     conn: Mutex<Connection>,
+    /// Read-only connections to the same file for the hot reads (device polls and key
+    /// lookups): WAL lets them read while the writer writes, so polls neither wait for
+    /// a target being stored nor for each other. `None` for an in-memory database,
+    /// which other connections cannot open: its reads share `conn`.
+    readers: Option<ReaderPool>,
     /// Seals and opens stored registry passwords (`credentials.rs`); without one they
     /// can be neither stored nor read.
     secret_key: Option<SecretKey>,
@@ -66,7 +78,9 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, Error> {
         let conn = Connection::open(path)
             .map_err(|e| Error::Store { op: "opening the database", reason: format!("{}: {e}", path.display()) })?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        store.readers = Some(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
+        Ok(store)
     }
 
     /// A private in-memory database, for tests, with a random secret key.
@@ -108,13 +122,74 @@ impl SqliteStore {
         conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
         super::credentials::create_schema(&conn).map_err(db("creating the schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
-        Ok(SqliteStore { conn: Mutex::new(conn), secret_key: None })
+        Ok(SqliteStore { conn: Mutex::new(conn), readers: None, secret_key: None })
     }
 
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions
         // roll back), so a poisoned lock is still safe to use.
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection for reads only, not shared with any other thread while held: one
+    /// from the pool (its prepared statements cached), or a new one. Every write is
+    /// committed before its request is answered, so a read started after it sees it.
+    pub(super) fn reader(&self) -> Result<Reader<'_>, Error> {
+        let Some(pool) = &self.readers else {
+            return Ok(Reader::Shared(self.conn()));
+        };
+        let idle = pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&pool.path)?,
+        };
+        Ok(Reader::Pooled { conn: Some(conn), pool })
+    }
+}
+
+pub(super) struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Store { op: "opening a read connection", reason: format!("{}: {e}", path.display()) })?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db("configuring a read connection"))?;
+    // Reads only: a write through it would be a bug, and SQLite refuses it.
+    conn.pragma_update(None, "query_only", true).map_err(db("configuring a read connection"))?;
+    // A small page cache each (SQLite's default is 2 MB): there is one reader per busy
+    // worker, and the operating system caches the file for all of them.
+    conn.pragma_update(None, "cache_size", READER_CACHE_KIB).map_err(db("configuring a read connection"))?;
+    Ok(conn)
+}
+
+/// A read connection, returned to the pool when dropped.
+pub(super) enum Reader<'a> {
+    Shared(MutexGuard<'a, Connection>),
+    Pooled { conn: Option<Connection>, pool: &'a ReaderPool },
+}
+
+impl Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Reader::Shared(guard) => guard,
+            Reader::Pooled { conn, .. } => conn.as_ref().expect("a pooled connection until dropped"),
+        }
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Reader::Pooled { conn, pool } = self {
+            let mut idle = pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.extend(conn.take());
+            }
+        }
     }
 }
 
@@ -176,17 +251,17 @@ impl Store for SqliteStore {
     }
 
     fn device_key_hash(&self, uuid: &str) -> Result<Option<String>, Error> {
-        self.conn()
-            .query_row("SELECT api_key_hash FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
-            .optional()
+        self.reader()?
+            .prepare_cached("SELECT api_key_hash FROM devices WHERE uuid = ?1")
+            .and_then(|mut stmt| stmt.query_row([uuid], |r| r.get(0)).optional())
             .map(Option::flatten)
             .map_err(db("reading a device key"))
     }
 
     fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<String>, Error> {
-        self.conn()
-            .query_row("SELECT uuid FROM devices WHERE api_key_hash = ?1", [key_hash], |r| r.get(0))
-            .optional()
+        self.reader()?
+            .prepare_cached("SELECT uuid FROM devices WHERE api_key_hash = ?1")
+            .and_then(|mut stmt| stmt.query_row([key_hash], |r| r.get(0)).optional())
             .map_err(db("looking up a device key"))
     }
 
@@ -319,11 +394,9 @@ impl Store for SqliteStore {
 
     fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error> {
         let row: Option<(Option<String>, Option<String>)> = self
-            .conn()
-            .query_row("SELECT poll_etag, poll_body FROM devices WHERE uuid = ?1", [uuid], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
+            .reader()?
+            .prepare_cached("SELECT poll_etag, poll_body FROM devices WHERE uuid = ?1")
+            .and_then(|mut stmt| stmt.query_row([uuid], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db("reading a device's target state"))?;
         Ok(match row {
             Some((Some(etag), Some(body))) => Some(PollAnswer { etag, body }),
@@ -370,13 +443,11 @@ impl Store for SqliteStore {
     }
 
     fn provisioning_key_by_hash(&self, key_hash: &str) -> Result<Option<ProvisioningKey>, Error> {
-        self.conn()
-            .query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE key_hash = ?1 AND revoked_at IS NULL"),
-                [key_hash],
-                key_from_row,
-            )
-            .optional()
+        self.reader()?
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
+            ))
+            .and_then(|mut stmt| stmt.query_row([key_hash], key_from_row).optional())
             .map_err(db("reading a provisioning key"))
     }
 
@@ -461,6 +532,24 @@ mod tests {
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap().unwrap().devices_registered, 1);
         assert!(store.revoke_provisioning_key("k1").unwrap());
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap(), None);
+    }
+
+    #[test]
+    fn reads_on_the_pooled_connections_see_every_committed_write() {
+        let dir = std::env::temp_dir().join(format!("pinion-readers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("server.db")).unwrap();
+        assert!(store.readers.is_some(), "a file database reads on its own connections");
+        let held = store.reader().unwrap(); // busy: the next read opens another connection
+        for n in 1..=3 {
+            store.set_target("d1", &new_target("{}", &poll(n), &[])).unwrap();
+            assert_eq!(store.poll("d1").unwrap(), Some(poll(n)));
+        }
+        drop(held);
+        assert_eq!(store.readers.as_ref().unwrap().idle.lock().unwrap().len(), 2, "both returned to the pool");
+        assert_eq!(store.device_by_key_hash("no-such-hash").unwrap(), None);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,0 +1,58 @@
+-- wrk script for scripts/bench: spreads requests over the provisioned fleet, each with
+-- that device's own key. Arguments (after --): FLEET_FILE MODE [REPORT_FILE], MODE one of
+-- 304 (GET with If-None-Match = the device's ETag), 200 (GET, no ETag), report (PATCH
+-- /device/state with the report template, @UUID@ replaced). Counts answers whose status
+-- is not the one MODE expects and prints them at the end.
+
+local devices, n = {}, 0
+local mode, prefix, suffix
+local expected = { ["304"] = 304, ["200"] = 200, report = 200 }
+local threads = {}
+
+function setup(thread)
+    table.insert(threads, thread)
+    thread:set("id", #threads)
+end
+
+function init(args)
+    mode = args[2]
+    for line in io.lines(args[1]) do
+        local uuid, key, etag = line:match("^(%S+) (%S+) (%S+)$")
+        n = n + 1
+        devices[n] = { "/api/v1/device/" .. uuid .. "/state", key, '"' .. etag .. '"', uuid }
+    end
+    if mode == "report" then
+        local f = assert(io.open(args[3]))
+        prefix, suffix = f:read("*a"):match("^(.-)@UUID@(.*)$")
+        f:close()
+    end
+    math.randomseed(id * 7919)
+    unexpected = 0
+end
+
+function request()
+    local d = devices[math.random(n)]
+    if mode == "304" then
+        return wrk.format("GET", d[1], { ["X-Device-API-Key"] = d[2], ["If-None-Match"] = d[3] })
+    elseif mode == "200" then
+        return wrk.format("GET", d[1], { ["X-Device-API-Key"] = d[2] })
+    end
+    return wrk.format("PATCH", "/api/v1/device/state",
+        { ["X-Device-API-Key"] = d[2], ["Content-Type"] = "application/json" }, prefix .. d[4] .. suffix)
+end
+
+function response(status, headers, body)
+    if status ~= expected[mode] then
+        unexpected = unexpected + 1
+    end
+end
+
+function done(summary, latency, requests)
+    local total = 0
+    for _, thread in ipairs(threads) do
+        total = total + (thread:get("unexpected") or 0)
+    end
+    if total > 0 then
+        io.write("unexpected status: " .. total .. " answers\n")
+    end
+end

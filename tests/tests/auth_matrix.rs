@@ -1,0 +1,316 @@
+//! Who may call what, against the real `pinion-server`: every route of `api::route()` ×
+//! every method × every kind of caller, each answer's status compared with a table
+//! written out by hand (`intended`), every 401/403/405 checked for the JSON error shape.
+//! Then the per-address limit of failed authentication and registration: a brute force
+//! is answered 429 with `Retry-After`, the right token included (no oracle), successful
+//! polls never count, and with the limit off nothing is ever 429.
+
+use pinion_tests::raw_http::{exchange, RawRequest};
+use pinion_tests::util::random_hex;
+use pinion_tests::{ApiReply, HttpReply, Server};
+use serde_json::{json, Value};
+
+/// Methods every route is asked with (HEAD is left out: its answer has no body to check).
+const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The kinds of caller, in the order of each row of `intended`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Caller {
+    Anonymous,
+    /// The key of the device the route names (`DEVICE`).
+    OwnDevice,
+    /// The key of another registered device (`OTHER_DEVICE`).
+    OtherDevice,
+    Provisioning,
+    Admin,
+    /// The registry webhook token, as a Bearer token.
+    Webhook,
+}
+
+const CALLERS: [Caller; 6] =
+    [Caller::Anonymous, Caller::OwnDevice, Caller::OtherDevice, Caller::Provisioning, Caller::Admin, Caller::Webhook];
+
+const DEVICE: &str = "matrix-dev-a";
+const OTHER_DEVICE: &str = "matrix-dev-b";
+const REGISTRY_HOST: &str = "registry.lan:5000";
+
+// Rows of intended statuses, one column per caller in `CALLERS` order:
+//                         anonymous  own device  other device  provisioning  admin  webhook
+const OPEN: [u16; 6] = [200, 200, 200, 200, 200, 200];
+const OWN_DEVICE_ONLY: [u16; 6] = [401, 200, 403, 403, 403, 401];
+const REGISTRATION: [u16; 6] = [401, 403, 403, 201, 201, 401];
+const WEBHOOK_ONLY: [u16; 6] = [401, 401, 401, 401, 401, 202];
+const fn admin_only(status: u16) -> [u16; 6] {
+    [401, 403, 403, 403, status, 401]
+}
+
+/// One route as `api::route()` knows it: a label, the path asked, and for each method it
+/// takes (`Route::methods()`, in that order) the intended status per caller. Every other
+/// method is intended to be 405 for every caller.
+struct RouteCase {
+    label: &'static str,
+    path: String,
+    methods: Vec<(&'static str, [u16; 6])>,
+}
+
+/// The intended answers, route × method × caller.
+fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
+    let route = |label, path: String, methods: Vec<(&'static str, [u16; 6])>| RouteCase { label, path, methods };
+    let device = |rest: &str| format!("/api/v1/devices/{DEVICE}{rest}");
+    vec![
+        route("health", "/api/v1/health".into(), vec![("GET", OPEN)]),
+        route("device poll", format!("/api/v1/device/{DEVICE}/state"), vec![("GET", OWN_DEVICE_ONLY)]),
+        route("device report", "/api/v1/device/state".into(), vec![("PATCH", OWN_DEVICE_ONLY)]),
+        route("device register", "/api/v1/device/register".into(), vec![("POST", REGISTRATION)]),
+        route("devices", "/api/v1/devices".into(), vec![("GET", admin_only(200))]),
+        route("device", device(""), vec![("GET", admin_only(200))]),
+        route(
+            "target state",
+            device("/target-state"),
+            vec![
+                ("GET", admin_only(200)),
+                ("POST", admin_only(200)),
+                ("PUT", admin_only(200)),
+                ("DELETE", admin_only(200)),
+            ],
+        ),
+        route("target history", device("/target-state/history"), vec![("GET", admin_only(200))]),
+        route("target rollback", device("/target-state/rollback"), vec![("POST", admin_only(200))]),
+        route("current state", device("/current-state"), vec![("GET", admin_only(200))]),
+        route(
+            "update policy",
+            device("/update-policy"),
+            vec![("GET", admin_only(200)), ("PUT", admin_only(200)), ("DELETE", admin_only(200))],
+        ),
+        route("pending updates", device("/pending-updates"), vec![("GET", admin_only(200))]),
+        route("images", "/api/v1/images".into(), vec![("GET", admin_only(200))]),
+        route("registry webhook", "/api/v1/webhooks/registry".into(), vec![("POST", WEBHOOK_ONLY)]),
+        route(
+            "provisioning keys",
+            "/api/v1/provisioning-keys".into(),
+            vec![("GET", admin_only(200)), ("POST", admin_only(201))],
+        ),
+        route(
+            "provisioning key",
+            format!("/api/v1/provisioning-keys/{spare_provisioning_key_id}"),
+            vec![("DELETE", admin_only(200))],
+        ),
+        route("registries", "/api/v1/registries".into(), vec![("GET", admin_only(200))]),
+        route(
+            "registry credentials",
+            format!("/api/v1/registries/{REGISTRY_HOST}/credentials"),
+            vec![("PUT", admin_only(200)), ("DELETE", admin_only(200))],
+        ),
+    ]
+}
+
+/// The body a route is asked with: what its intended caller would send.
+fn body_for(label: &str, method: &str) -> Option<Value> {
+    let state = json!({"apps": {}, "config": {"RESIN_SUPERVISOR_POLL_INTERVAL": "60000"}});
+    match (label, method) {
+        ("device report", _) => Some(json!({DEVICE: {"apps": {}, "config": {}, "os_version": "matrix"}})),
+        // A fresh uuid each time, so that each caller the route takes registers anew.
+        ("device register", _) => Some(json!({"uuid": format!("matrix-new-{}", random_hex(6)),
+                                               "deviceApiKey": random_hex(20)})),
+        ("target state", "POST" | "PUT") => Some(state),
+        ("target rollback", _) => Some(json!({"version": 1})),
+        ("update policy", "PUT") => Some(json!({"autoUpdate": false})),
+        ("registry webhook", _) => Some(json!({"events": []})),
+        ("provisioning keys", "POST") => Some(json!({"description": "matrix"})),
+        ("registry credentials", "PUT") => Some(json!({"username": "matrix", "password": "secret"})),
+        (_, "POST" | "PUT" | "PATCH") => Some(json!({})),
+        _ => None,
+    }
+}
+
+/// The callers' credentials on one server.
+struct Credentials {
+    own_device_key: String,
+    other_device_key: String,
+    provisioning_key: String,
+    admin_token: String,
+    webhook_token: String,
+}
+
+impl Credentials {
+    fn bearer(&self, caller: Caller) -> Option<&str> {
+        match caller {
+            Caller::Anonymous => None,
+            Caller::OwnDevice => Some(&self.own_device_key),
+            Caller::OtherDevice => Some(&self.other_device_key),
+            Caller::Provisioning => Some(&self.provisioning_key),
+            Caller::Admin => Some(&self.admin_token),
+            Caller::Webhook => Some(&self.webhook_token),
+        }
+    }
+}
+
+fn register(server: &Server, provisioning_key: &str, uuid: &str, device_key: &str) {
+    let body = json!({"uuid": uuid, "deviceName": uuid, "deviceType": "test", "deviceApiKey": device_key});
+    let reply = server.request("POST", "/api/v1/device/register", Some(&body), Some(provisioning_key));
+    assert_eq!(reply.status, 201, "registering {uuid}: {}", reply.body);
+}
+
+/// `None` when `reply` is a JSON error `{"error": code, "message": "<non-empty>"}` and
+/// nothing else; what is wrong with it otherwise.
+fn error_shape_problem(reply: &ApiReply, code: &str) -> Option<String> {
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(&reply.body) else {
+        return Some(format!("body is not a JSON object: {:?}", reply.body));
+    };
+    let message_ok = object.get("message").and_then(Value::as_str).is_some_and(|m| !m.trim().is_empty());
+    let keys_ok = object.len() == 2;
+    (object.get("error").and_then(Value::as_str) != Some(code) || !message_ok || !keys_ok)
+        .then(|| format!("expected {{\"error\": {code:?}, \"message\": …}}, got {}", reply.body))
+}
+
+fn error_code(status: u16) -> Option<&'static str> {
+    match status {
+        401 => Some("unauthorized"),
+        403 => Some("forbidden"),
+        405 => Some("method_not_allowed"),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_route_method_and_caller_gets_the_intended_status() {
+    let webhook_token = random_hex(16);
+    // Half the cells fail authentication on purpose: the limits must not get in the way.
+    let server = Server::start(&[
+        "--webhook-token",
+        &webhook_token,
+        "--auth-failures-per-minute",
+        "1000000",
+        "--registrations-per-minute",
+        "1000000",
+    ]);
+    let provisioning_key = server.provisioning_key();
+    let credentials = Credentials {
+        own_device_key: random_hex(20),
+        other_device_key: random_hex(20),
+        provisioning_key,
+        admin_token: server.admin_token().to_string(),
+        webhook_token,
+    };
+    register(&server, &credentials.provisioning_key, DEVICE, &credentials.own_device_key);
+    register(&server, &credentials.provisioning_key, OTHER_DEVICE, &credentials.other_device_key);
+    // Version 1 of the target, so that history and rollback have something to show.
+    let state = json!({"apps": {}, "config": {}});
+    assert_eq!(server.set_target_state(DEVICE, &state).status, 200);
+    let spare = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
+    assert_eq!(spare.status, 201, "{}", spare.body);
+    let spare_id = spare.json()["id"].as_str().expect("a provisioning key id").to_string();
+
+    let table = intended(&spare_id);
+    assert_eq!(table.len(), 18, "one row per route of api::route()");
+    let mut wrong = Vec::new();
+    let mut cells = 0;
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for route in &table {
+        for method in METHODS {
+            let row = route.methods.iter().find(|(m, _)| *m == method).map(|(_, row)| *row).unwrap_or([405; 6]);
+            for (caller, intended_status) in CALLERS.into_iter().zip(row) {
+                let body = body_for(route.label, method);
+                let reply = server.request(method, &route.path, body.as_ref(), credentials.bearer(caller));
+                cells += 1;
+                *by_status.entry(reply.status).or_default() += 1;
+                let cell = format!("{} {method} {} as {caller:?}", route.label, route.path);
+                if reply.status != intended_status {
+                    wrong.push(format!("{cell}: {} instead of {intended_status}: {}", reply.status, reply.body));
+                } else if let Some(problem) =
+                    error_code(reply.status).and_then(|code| error_shape_problem(&reply, code))
+                {
+                    wrong.push(format!("{cell}: {problem}"));
+                }
+            }
+        }
+    }
+    eprintln!("auth matrix: {cells} cells (18 routes × {} methods × {} callers), statuses {by_status:?}", 6, 6);
+    assert_eq!(cells, 18 * METHODS.len() * CALLERS.len());
+    assert!(wrong.is_empty(), "{} of {cells} cells differ from the table:\n{}", wrong.len(), wrong.join("\n"));
+    // The X-Device-API-Key header is the same credential as a Bearer device key.
+    let poll = format!("/api/v1/device/{DEVICE}/state");
+    let by_header = server.request_with("GET", &poll, None, None, &[("X-Device-API-Key", &credentials.own_device_key)]);
+    assert_eq!(by_header.status, 200, "{}", by_header.body);
+    let other = server.request_with("GET", &poll, None, None, &[("X-Device-API-Key", &credentials.other_device_key)]);
+    assert_eq!(other.status, 403, "{}", other.body);
+}
+
+fn address(server: &Server) -> String {
+    server.url().trim_start_matches("http://").to_string()
+}
+
+fn send(server: &Server, request: RawRequest) -> HttpReply {
+    exchange(&address(server), &request).unwrap_or_else(|e| panic!("{e}\nserver output:\n{}", server.log()))
+}
+
+/// The answer is the 429 of a limit: `Retry-After` in whole seconds within a minute,
+/// and the JSON error body.
+fn assert_limited(reply: &HttpReply, what: &str) {
+    assert_eq!(reply.status, 429, "{what}: {}", reply.text());
+    let retry_after: u64 = reply
+        .header("Retry-After")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no whole-second Retry-After in {:?}", reply.headers));
+    assert!((1..=60).contains(&retry_after), "{what}: Retry-After {retry_after}");
+    let body: Value = serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{what}: {e}: {}", reply.text()));
+    assert_eq!(body["error"], "too_many_attempts", "{what}: {body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("127.0.0.1")), "{what}: {body}");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{what}: {body}");
+}
+
+#[test]
+fn wrong_tokens_from_one_address_are_limited_and_then_the_right_one_is_refused_too() {
+    const LIMIT: usize = 2;
+    let server = Server::start(&["--auth-failures-per-minute", &LIMIT.to_string()]);
+    let provisioning_key = server.provisioning_key();
+    let device_key = random_hex(20);
+    register(&server, &provisioning_key, "limited-dev", &device_key);
+    let poll = RawRequest::new("GET", "/api/v1/device/limited-dev/state").header("X-Device-API-Key", &device_key);
+    // Successful polls never count, however many.
+    for i in 0..50 {
+        assert_eq!(send(&server, poll.clone()).status, 200, "poll {i}");
+    }
+    let devices = RawRequest::new("GET", "/api/v1/devices");
+    for i in 0..LIMIT {
+        let reply = send(&server, devices.clone().bearer(&format!("wrong-{i}")));
+        assert_eq!(reply.status, 401, "wrong token {i} is checked: {}", reply.text());
+    }
+    assert_limited(&send(&server, devices.clone().bearer("wrong-last")), "wrong token over the limit");
+    // No oracle: while limited, credentials are not looked at, right or wrong.
+    assert_limited(&send(&server, devices.clone().bearer(server.admin_token())), "the admin token while limited");
+    assert_limited(&send(&server, poll.clone()), "the device's poll from the limited address");
+    let health = send(&server, RawRequest::new("GET", "/api/v1/health"));
+    assert_eq!(health.status, 200, "/health is never limited");
+
+    // The same from a server with the limit off: every wrong token is a 401, never a 429.
+    let unlimited = Server::start(&["--auth-failures-per-minute", "0"]);
+    for i in 0..50 {
+        let reply = send(&unlimited, devices.clone().bearer(&format!("wrong-{i}")));
+        assert_eq!(reply.status, 401, "wrong token {i} with the limit off: {}", reply.text());
+    }
+    assert_eq!(send(&unlimited, devices.clone().bearer(unlimited.admin_token())).status, 200);
+}
+
+#[test]
+fn registrations_are_limited_per_address_and_other_routes_are_not() {
+    const LIMIT: usize = 2;
+    let server = Server::start(&["--registrations-per-minute", &LIMIT.to_string()]);
+    let provisioning_key = server.provisioning_key();
+    let registration = |n: usize| json!({"uuid": format!("reg-limit-{n}"), "deviceApiKey": random_hex(20)}).to_string();
+    let register = |n: usize| {
+        RawRequest::new("POST", "/api/v1/device/register")
+            .bearer(&provisioning_key)
+            .header("Content-Type", "application/json")
+            .body(registration(n))
+    };
+    for n in 0..LIMIT {
+        let reply = send(&server, register(n));
+        assert_eq!(reply.status, 201, "registration {n}: {}", reply.text());
+    }
+    assert_limited(&send(&server, register(LIMIT)), "a registration over the limit");
+    let devices = server.request("GET", "/api/v1/devices", None, Some(server.admin_token()));
+    assert_eq!(devices.status, 200, "other routes do not count registrations: {}", devices.body);
+    let registered = devices.json()["devices"].as_array().map(Vec::len);
+    assert_eq!(registered, Some(LIMIT), "the refused registration stored nothing: {}", devices.body);
+}
