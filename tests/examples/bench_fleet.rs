@@ -163,6 +163,6 @@ fn main() {
         started.elapsed().as_secs_f64(),
         state.len(),
         poll_bytes.load(Ordering::Relaxed),
-        report_template().to_string().len() + 6
+        report_template().to_string().len() + 5
     );
 }

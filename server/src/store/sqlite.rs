@@ -79,7 +79,10 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| Error::Store { op: "opening the database", reason: format!("{}: {e}", path.display()) })?;
         let mut store = Self::init(conn)?;
-        store.readers = Some(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
+        // `:memory:` and "" name a private database that no second connection can open.
+        if !matches!(path.to_str(), Some(":memory:" | "")) {
+            store.readers = Some(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
+        }
         Ok(store)
     }
 
