@@ -84,8 +84,9 @@ fn step_service(step: &Step) -> Option<&ServiceKey> {
 
 type StepError = (&'static str, Error);
 
-/// `kind` for a failure of the step itself; `engine_unreachable` when Docker could not be
-/// reached at all, which says nothing of the image (probation rolls back only the former).
+/// `kind` for a failure of the step itself, or `engine_unreachable` when Docker could not
+/// be reached at all: that says nothing of the image, and probation rolls back only on
+/// `create_failed` and `start_failed`.
 fn failed(kind: &'static str) -> impl Fn(Error) -> StepError {
     move |e| match e {
         Error::DockerUnreachable { .. } => ("engine_unreachable", e),

@@ -1,9 +1,10 @@
 //! Faults in the middle of an update, end to end with real parts only: the agent
 //! SIGKILLed at twenty seeded random points of an update, dockerd restarted during a
-//! pull, the registry stopped during a pull, the server stopped and started again while
-//! the agent polls and reports, and the disk Docker pulls to full. After each the agent
-//! must say what failed, keep the old container running where it can, never run two
-//! containers for one service, keep its identity and last target, and converge.
+//! pull and while a new container starts, the registry stopped during a pull, the
+//! server stopped and started again while the agent polls and reports, and the disk
+//! Docker pulls to full. After each the agent must say what failed, keep the old
+//! container running where it can, never run two containers for one service, keep its
+//! identity and last target, and converge.
 //!
 //! Restarts of dockerd and the full disk use a private dockerd on a tmpfs
 //! (`pinion_tests::dockerd`); the others the shared test dockerd, one agent at a time.
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 /// The app every test deploys.
 const APP: u32 = 61;
-/// Prints its version and runs until SIGTERM, which it obeys
-/// within a fifth of a second: a stop is then quick, and its window real but short).
+/// Prints its version and runs until SIGTERM, which it obeys within a fifth of a second
+/// (a stop is then quick, and its window real but short).
 const CMD: &str = r#"["/bin/sh", "-c", "trap 'exit 0' TERM; cat /version; while true; do sleep 0.2; done"]"#;
 /// Agent logs name each step as it starts (`apply.rs`), so a kill can be placed.
 const AGENT_LOG: &str = "info,pinion_agent=debug";
@@ -270,7 +271,7 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// The phases of one update as they appeared, with when, from setting the target.
+/// The phases the log shows after `offset`, in order.
 fn phases_seen(path: &Path, offset: u64) -> Vec<String> {
     lines_after(path, offset).iter().filter_map(|l| phase_of(l)).collect()
 }
@@ -523,7 +524,7 @@ impl<'a> Update<'a> {
 }
 
 #[test]
-fn dockerd_restarted_during_a_pull_brings_v1_back_reports_and_converges() {
+fn dockerd_restarted_during_a_pull_and_during_a_start_brings_the_service_back_and_converges() {
     let turn = take_turn();
     let mut dockerd = PrivateDockerd::start(1024);
     let private = dockerd.docker();
@@ -549,9 +550,11 @@ fn dockerd_restarted_during_a_pull_brings_v1_back_reports_and_converges() {
     dockerd.restart();
     eprintln!("agent_faults: dockerd restarted while v3 started: {:?}", containers(&private));
     until(&update.agent, "v3 running after dockerd came back", || update.runs(&v3));
+    until(&update.agent, "v3 recorded as deployed", || update.agent.status()["services"][0]["upToDate"] == true);
     let status = update.agent.status();
     assert_eq!(status["services"][0]["rollback"], Value::Null, "an engine restart is no reason to roll back: {status}");
-    assert_eq!(status["services"][0]["upToDate"], true, "{status}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(update.runs(&v3), "v3 stays: {:?}\n{}", containers(&private), update.agent.log());
 }
 
 #[test]
