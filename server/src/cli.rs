@@ -280,6 +280,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         resolve_deadline,
         refresh_requests: Some(refresh_requests),
         default_policy: options.default_policy(),
+        poll_cache: Default::default(),
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");

@@ -58,6 +58,7 @@ impl Fixture {
                 admin_token_hash: hash_secret(ADMIN),
                 resolve_deadline: Duration::from_secs(1),
                 default_policy: pinion_server::policy::UpdatePolicy::default(),
+                poll_cache: Default::default(),
             },
         }
     }
@@ -372,4 +373,43 @@ fn bad_requests_get_json_errors() {
     }
     let not_allowed = raw("PATCH", "/api/v1/devices/dev-1/target-state", b"");
     assert_eq!(not_allowed.header("allow"), Some("GET, POST, PUT, DELETE"));
+}
+
+#[test]
+fn unchanged_polls_answered_from_memory_see_every_new_target_and_only_their_own_key() {
+    let f = Fixture::new();
+    f.register("gw-1", KEY_A);
+    f.register("gw-2", KEY_B);
+    f.set_target("gw-1", guide_target("nginx:latest"));
+    let poll = |uuid: &str, key: &str, etag: &str| {
+        let request = Request {
+            method: "GET".into(),
+            path: format!("/api/v1/device/{uuid}/state"),
+            headers: vec![("x-device-api-key".into(), key.into()), ("if-none-match".into(), etag.into())],
+            ..Default::default()
+        };
+        handle(&f.api, &request)
+    };
+    let etag = |response: &Response| response.header("ETag").unwrap_or_default().to_string();
+
+    let first = poll("gw-1", KEY_A, "\"none\"");
+    assert_eq!(first.status, 200);
+    let v1 = etag(&first);
+    for _ in 0..3 {
+        // The first 304 remembers the key and ETag; the next ones are answered from memory.
+        assert_eq!((poll("gw-1", KEY_A, &v1).status, etag(&poll("gw-1", KEY_A, &v1))), (304, v1.clone()));
+    }
+    assert_eq!(poll("gw-1", KEY_B, &v1).status, 403, "another device's key, its ETag known or not");
+    assert_eq!(poll("gw-1", "not-a-key", &v1).status, 401);
+
+    // A new target is seen by the very next poll.
+    *f.latest.lock().unwrap() = DIGEST_V2;
+    f.set_target("gw-1", guide_target("nginx:latest"));
+    let moved = poll("gw-1", KEY_A, &v1);
+    assert_eq!(moved.status, 200, "not the remembered 304");
+    assert!(text(&moved).contains(DIGEST_V2), "{}", text(&moved));
+    let v2 = etag(&moved);
+    assert_ne!(v2, v1);
+    assert_eq!(poll("gw-1", KEY_A, &v2).status, 304);
+    assert_eq!(poll("gw-1", KEY_A, &v1).status, 200, "the old ETag is no longer current");
 }

@@ -52,6 +52,7 @@ impl Fixture {
                 resolve_deadline: Duration::from_secs(1),
                 refresh_requests: None,
                 default_policy: pinion_server::policy::UpdatePolicy::default(),
+                poll_cache: Default::default(),
             },
             db,
         }

@@ -60,6 +60,7 @@ impl Fleet {
             resolve_deadline: Duration::from_secs(1),
             refresh_requests: None,
             default_policy: UpdatePolicy::default(),
+            poll_cache: Default::default(),
         };
         Fleet { store, tag, refresher, api }
     }

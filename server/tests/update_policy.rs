@@ -42,6 +42,7 @@ impl Fixture {
                 resolve_deadline: Duration::from_secs(1),
                 refresh_requests: None,
                 default_policy,
+                poll_cache: Default::default(),
             },
         }
     }

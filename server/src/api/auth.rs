@@ -46,6 +46,15 @@ pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
     Ok(Caller::Unrecognized)
 }
 
+/// The key a request presents, as `authenticate` reads it: `X-Device-API-Key` when
+/// there is one, the Bearer token otherwise.
+pub fn presented_key(request: &Request) -> Option<&str> {
+    match request.header("x-device-api-key") {
+        Some(key) => Some(key.trim()),
+        None => bearer_token(request.header("authorization")?),
+    }
+}
+
 fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim().split_once(' ')?;
     let token = token.trim();

@@ -1,7 +1,7 @@
 //! The routes agents call: poll the target state (ETag, answered from the stored body),
 //! report the current state (plain or gzip JSON), and register with a provisioning key.
 
-use super::auth::Caller;
+use super::auth::{authenticate, presented_key, Caller};
 use super::http::{etag_matches, Request, Response};
 use super::{device_id, Api};
 use crate::keys::hash_secret;
@@ -14,9 +14,23 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// `GET /device/{uuid}/state`: 304 when `If-None-Match` names the stored ETag, without
-/// reading, parsing or serializing the state. The credentials of the registries its
-/// target uses are added here, never stored in the answer (`registry_auth`).
-pub(super) fn poll(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> Result<Response, Error> {
+/// reading, parsing or serializing the state; an unchanged poll of a key seen before is
+/// answered from memory, without the store (`poll_cache`). The credentials of the
+/// registries its target uses are added here, never stored in the answer
+/// (`registry_auth`).
+pub(super) fn poll(api: &Api, request: &Request, uuid: &str) -> Result<Response, Error> {
+    // Read before anything else: a write after this outdates what this poll remembers.
+    let generation = api.store.poll_generation();
+    let key_hash = presented_key(request).map(hash_secret);
+    let if_none_match = request.header("if-none-match");
+    if let (Some(generation), Some(key_hash), Some(if_none_match)) = (generation, &key_hash, if_none_match) {
+        if let Some(etag) = api.poll_cache.etag(key_hash, uuid, generation) {
+            if etag_matches(if_none_match, &etag) {
+                return Ok(Response::empty(304).with_header("ETag", etag));
+            }
+        }
+    }
+    let caller = authenticate(api, request)?;
     let uuid = device_id(uuid)?;
     caller.require_device(uuid)?;
     let answer = match api.store.poll(uuid)? {
@@ -25,7 +39,10 @@ pub(super) fn poll(api: &Api, caller: &Caller, request: &Request, uuid: &str) ->
     };
     // The credentials of the registries its target pulls from, for this device only.
     let answer = with_registry_auth(answer, &api.store.device_registry_credentials(uuid)?);
-    if request.header("if-none-match").is_some_and(|inm| etag_matches(inm, &answer.etag)) {
+    if let (Some(generation), Some(key_hash), Caller::Device(_)) = (generation, &key_hash, &caller) {
+        api.poll_cache.remember(key_hash, uuid, &answer.etag, generation);
+    }
+    if if_none_match.is_some_and(|inm| etag_matches(inm, &answer.etag)) {
         return Ok(Response::empty(304).with_header("ETag", answer.etag));
     }
     Ok(Response::raw_json(200, answer.body.into_bytes())

@@ -11,6 +11,7 @@ pub mod http;
 mod images;
 mod operator;
 mod policy;
+pub mod poll_cache;
 pub mod rate_limit;
 mod response;
 mod serve;
@@ -44,6 +45,8 @@ pub struct Api {
     pub refresh_requests: Option<Sender<Vec<String>>>,
     /// The update policy of devices without their own (`--auto-update`, `--update-window`).
     pub default_policy: crate::policy::UpdatePolicy,
+    /// Unchanged device polls, answered without the store.
+    pub poll_cache: poll_cache::PollCache,
 }
 
 impl Api {
@@ -164,13 +167,17 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         Route::Health => return Ok(Response::json(200, &serde_json::json!({"status": "ok"}))),
         // Registries authenticate with their own token, in a header or the query.
         Route::RegistryWebhook => return webhook::receive(api, request),
+        // Most of a fleet's traffic: its unchanged polls may be answered before the store
+        // is asked who is calling.
+        Route::DeviceState(uuid) => return device::poll(api, request, uuid),
         _ => {}
     }
     let caller = authenticate(api, request)?;
     let method = request.method.as_str();
     match route {
-        Route::Health | Route::RegistryWebhook => Err(Error::NotFound { what: format!("route {}", request.path) }),
-        Route::DeviceState(uuid) => device::poll(api, &caller, request, uuid),
+        Route::Health | Route::RegistryWebhook | Route::DeviceState(_) => {
+            Err(Error::NotFound { what: format!("route {}", request.path) })
+        }
         Route::DeviceReport => device::report(api, &caller, request),
         Route::DeviceRegister => device::register(api, &caller, request),
         Route::Devices => operator::list_devices(api, &caller),

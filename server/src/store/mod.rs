@@ -118,4 +118,10 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + Send + Sync {
     fn provisioning_keys(&self) -> Result<Vec<ProvisioningKey>, Error>;
     /// Revokes a key; `false` if there is no such key.
     fn revoke_provisioning_key(&self, id: &str) -> Result<bool, Error>;
+
+    /// A number that moves whenever a device's key or poll answer (target, registry
+    /// credentials) may have changed, through any writer: the API keeps unchanged polls
+    /// in memory while it stands still (`api/poll_cache.rs`). `None`: this store cannot
+    /// tell (several replicas writing one database), and every poll asks the store.
+    fn poll_generation(&self) -> Option<u64>;
 }

@@ -6,8 +6,9 @@ use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct SqliteStore {
     /// Seals and opens stored registry passwords (`credentials.rs`); without one they
     /// can be neither stored nor read.
     secret_key: Option<SecretKey>,
+    /// Moved each time the writer connection is let go (`Store::poll_generation`).
+    generation: AtomicU64,
 }
 
 impl SqliteStore {
@@ -125,13 +128,28 @@ impl SqliteStore {
         conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
         super::credentials::create_schema(&conn).map_err(db("creating the schema"))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
-        Ok(SqliteStore { conn: Mutex::new(conn), readers: None, secret_key: None })
+        Ok(SqliteStore { conn: Mutex::new(conn), readers: None, secret_key: None, generation: AtomicU64::new(0) })
     }
 
-    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
+    /// The writer connection. Whatever is done with it may change a device's key or poll
+    /// answer, so letting it go (after the commit) moves the poll generation.
+    pub(super) fn conn(&self) -> Writer<'_> {
+        Writer { guard: self.lock_conn(), generation: &self.generation }
+    }
+
+    /// The writer connection for what never changes a key or a poll answer (reports).
+    pub(super) fn conn_for_reports(&self) -> MutexGuard<'_, Connection> {
+        self.lock_conn()
+    }
+
+    fn lock_conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions
         // roll back), so a poisoned lock is still safe to use.
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn poll_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A connection for reads only, not shared with any other thread while held: one
@@ -139,7 +157,7 @@ impl SqliteStore {
     /// committed before its request is answered, so a read started after it sees it.
     pub(super) fn reader(&self) -> Result<Reader<'_>, Error> {
         let Some(pool) = &self.readers else {
-            return Ok(Reader::Shared(self.conn()));
+            return Ok(Reader::Shared(self.lock_conn()));
         };
         let idle = pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let conn = match idle {
@@ -166,6 +184,33 @@ fn open_reader(path: &Path) -> Result<Connection, Error> {
     // worker, and the operating system caches the file for all of them.
     conn.pragma_update(None, "cache_size", READER_CACHE_KIB).map_err(db("configuring a read connection"))?;
     Ok(conn)
+}
+
+/// The writer connection, held; dropping it moves the poll generation.
+pub(super) struct Writer<'a> {
+    guard: MutexGuard<'a, Connection>,
+    generation: &'a AtomicU64,
+}
+
+impl Deref for Writer<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.guard
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.guard
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // Still holding the lock, after any transaction of this writer has committed.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A read connection, returned to the pool when dropped.
@@ -409,7 +454,7 @@ impl Store for SqliteStore {
 
     fn set_current_state(&self, uuid: &str, state: &str) -> Result<(), Error> {
         let changed = self
-            .conn()
+            .conn_for_reports()
             .execute(
                 "UPDATE devices SET current_state = ?2, reported_at = ?3 WHERE uuid = ?1",
                 params![uuid, state, rfc3339_now()],
@@ -472,6 +517,12 @@ impl Store for SqliteStore {
             )
             .map_err(db("revoking a provisioning key"))?;
         Ok(changed > 0)
+    }
+
+    /// Every write goes through this process's one writer connection (one server process
+    /// serves a SQLite file), so its generation sees them all.
+    fn poll_generation(&self) -> Option<u64> {
+        Some(SqliteStore::poll_generation(self))
     }
 }
 
