@@ -46,12 +46,18 @@ fn worker(server: &tiny_http::Server, api: &Api, limits: &ClientLimits, max_body
             Ok(request) => (handle_limited(api, limits, &request), false),
             Err(error) => (error_response(&error), true),
         };
-        let (method, url, status) = (incoming.method().to_string(), incoming.url().to_string(), response.status);
-        let peer = incoming.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        if let Err(e) = incoming.respond(to_tiny(response, close)) {
-            log::debug!("{peer} {method} {url}: writing the answer failed: {e}");
+        // Formatted only when debug logging is on: most answers are 304s of a few µs.
+        let trace = log::log_enabled!(log::Level::Debug).then(|| {
+            let peer = incoming.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+            format!("{peer} {} {} {}", incoming.method(), incoming.url(), response.status)
+        });
+        let written = incoming.respond(to_tiny(response, close));
+        if let Some(trace) = trace {
+            match written {
+                Ok(()) => log::debug!("{trace} {} µs", started.elapsed().as_micros()),
+                Err(e) => log::debug!("{trace}: writing the answer failed: {e}"),
+            }
         }
-        log::debug!("{peer} {method} {url} {status} {} µs", started.elapsed().as_micros());
     }
 }
 
