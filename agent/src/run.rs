@@ -199,8 +199,13 @@ impl Agent {
         if let Err(e) = self.probation.after_apply(&self.store, &desired, &activities, unix_now()) {
             log::error!("{e}");
         }
-        let containers = if steps.is_empty() { containers } else { self.engine.managed_containers()? };
-        for (wanted, container) in unrecorded(&desired, &containers, &self.store.services()?) {
+        // Nothing applied: what was read before still holds (no second read each idle cycle).
+        let (containers, records) = if steps.is_empty() {
+            (containers, records)
+        } else {
+            (self.engine.managed_containers()?, self.store.services()?)
+        };
+        for (wanted, container) in unrecorded(&desired, &containers, &records) {
             let short = container.get(..12).unwrap_or(container);
             let message = format!("{}: {short} runs {} but was not recorded; recorded it", wanted.key, wanted.image);
             log::info!("{message}");
