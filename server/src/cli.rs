@@ -36,7 +36,12 @@ SERVE OPTIONS:
                                made (mode 0600) on first start; keep it with the database
                                [env PINION_SECRET_KEY_FILE, default DB with extension .secret-key]
     --resolve-deadline DUR     time one target-state request may spend on registries [default 15s]
-    --cache-ttl DUR            a digest younger than this answers without asking [default 5m]
+    --cache-ttl DUR            setting a target asks the registry for every tag (a manifest
+                               HEAD); with a TTL, a digest it gave less than DUR ago answers
+                               instead, marked cached with its age; a request with
+                               Cache-Control: no-cache asks regardless. Whatever the TTL, the
+                               last digest answers (as cached) when the registry cannot
+                               [default 0: off]
     --refresh-interval DUR     every followed tag is asked again within this time, spread out;
                                0 turns the background re-resolution off [default 15m]
     --webhook-token TOKEN      token registries send to POST /api/v1/webhooks/registry
@@ -254,7 +259,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
     let secret_key = SecretKey::load_or_create(&secret_key_file.unwrap_or_else(|| default_key_path(&db)))?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?.with_secret_key(secret_key));
-    let cache_ttl = options.cache_ttl.unwrap_or(Duration::from_secs(5 * 60));
+    let cache_ttl = options.cache_ttl.unwrap_or(Duration::ZERO);
     let stored_credentials: Arc<dyn CredentialSource> = Arc::new(StoredCredentials(Arc::clone(&store)));
     let registry = options.resolver(Some(stored_credentials))?;
     let resolver: Arc<dyn ResolveDigests + Send + Sync> =
@@ -281,6 +286,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         refresh_requests: Some(refresh_requests),
         default_policy: options.default_policy(),
         poll_cache: Default::default(),
+        log_retention: Default::default(),
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");

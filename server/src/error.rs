@@ -48,6 +48,8 @@ pub enum Error {
     MethodNotAllowed { method: String, path: String },
     /// A body over the configured size limit.
     PayloadTooLarge { limit: usize },
+    /// A log upload with more lines than one request may carry.
+    TooManyLogLines { limit: usize },
     /// The request conflicts with what is stored (e.g. a device already registered).
     Conflict { reason: String },
     /// A client address over its limit of `attempts` (failed authentications,
@@ -113,6 +115,9 @@ impl fmt::Display for Error {
             NotFound { what } => write!(f, "{what} not found"),
             MethodNotAllowed { method, path } => write!(f, "{method} is not allowed on {path}"),
             PayloadTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
+            TooManyLogLines { limit } => {
+                write!(f, "more than {limit} log lines in one request; send them in smaller batches")
+            }
             Conflict { reason } => write!(f, "{reason}"),
             TooManyAttempts { client, attempts, retry_after_secs } => {
                 write!(f, "too many {attempts} from {client}; retry after {retry_after_secs} s")

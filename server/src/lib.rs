@@ -5,6 +5,7 @@
 pub mod admin_token;
 pub mod api;
 pub mod cli;
+pub mod device_logs;
 pub mod digest_cache;
 mod error;
 pub mod keys;
@@ -20,6 +21,7 @@ pub mod store;
 #[path = "../../agent/src/systemd.rs"]
 pub mod systemd;
 pub mod targets;
+pub mod telemetry;
 pub mod timefmt;
 
 pub use error::Error;

@@ -59,6 +59,7 @@ impl Fixture {
                 resolve_deadline: Duration::from_secs(1),
                 default_policy: pinion_server::policy::UpdatePolicy::default(),
                 poll_cache: Default::default(),
+                log_retention: Default::default(),
             },
         }
     }
@@ -93,7 +94,7 @@ impl Fixture {
         let body =
             json!({"uuid": uuid, "deviceName": "gw", "deviceType": "raspberrypi4-64", "deviceApiKey": device_key});
         let response = self.call("POST", "/api/v1/device/register", Some(&key), Some(body));
-        assert_eq!(response.status, 201, "{}", text(&response));
+        assert_eq!(response.status, 200, "{}", text(&response));
     }
 }
 
@@ -271,8 +272,13 @@ fn registration_needs_a_provisioning_key_and_happens_once() {
         json_of(&f.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), Some(json!({"description": "line 2"}))));
     let key = created["key"].as_str().unwrap();
     assert_eq!(key.len(), 64);
-    let again = f.call("POST", "/api/v1/device/register", Some(key), Some(body));
-    assert_eq!(again.status, 409, "{}", text(&again));
+    let again = f.call("POST", "/api/v1/device/register", Some(key), Some(body.clone()));
+    assert_eq!(again.status, 200, "the same registration again: {}", text(&again));
+    assert_eq!(f.call("GET", "/api/v1/device/dev-1/state", Some(KEY_A), None).status, 200);
+    let other_key = json!({"uuid": "dev-1", "deviceApiKey": KEY_B});
+    let taken = f.call("POST", "/api/v1/device/register", Some(key), Some(other_key));
+    assert_eq!(taken.status, 409, "another key once the device polled: {}", text(&taken));
+    assert_eq!(f.call("POST", "/api/v1/device/register", Some(key), Some(body)).status, 200, "the same key still");
     let short = json!({"uuid": "dev-2", "deviceApiKey": "short"});
     assert_eq!(f.call("POST", "/api/v1/device/register", Some(key), Some(short)).status, 400);
 

@@ -61,6 +61,7 @@ impl Fleet {
             refresh_requests: None,
             default_policy: UpdatePolicy::default(),
             poll_cache: Default::default(),
+            log_retention: Default::default(),
         };
         Fleet { store, tag, refresher, api }
     }

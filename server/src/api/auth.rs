@@ -5,7 +5,7 @@
 use super::http::Request;
 use super::Api;
 use crate::keys::{constant_time_eq, hash_secret};
-use crate::store::ProvisioningKey;
+use crate::store::{KeyOwner, ProvisioningKey};
 use crate::Error;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +15,7 @@ pub enum Caller {
     /// Credentials that match nothing we know.
     Unrecognized,
     Admin,
-    Device(String),
+    Device(KeyOwner),
     Provisioning(ProvisioningKey),
 }
 
@@ -23,7 +23,7 @@ pub enum Caller {
 pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
     if let Some(key) = request.header("x-device-api-key") {
         return Ok(match api.store.device_by_key_hash(&hash_secret(key.trim()))? {
-            Some(uuid) => Caller::Device(uuid),
+            Some(owner) => Caller::Device(owner),
             None => Caller::Unrecognized,
         });
     }
@@ -37,8 +37,8 @@ pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
     if constant_time_eq(hash.as_bytes(), api.admin_token_hash.as_bytes()) {
         return Ok(Caller::Admin);
     }
-    if let Some(uuid) = api.store.device_by_key_hash(&hash)? {
-        return Ok(Caller::Device(uuid));
+    if let Some(owner) = api.store.device_by_key_hash(&hash)? {
+        return Ok(Caller::Device(owner));
     }
     if let Some(key) = api.store.provisioning_key_by_hash(&hash)? {
         return Ok(Caller::Provisioning(key));
@@ -81,10 +81,10 @@ impl Caller {
     /// Routes of one device: only that device's key.
     pub fn require_device(&self, uuid: &str) -> Result<(), Error> {
         match self {
-            Caller::Device(own) if own == uuid => Ok(()),
-            Caller::Device(own) => {
-                Err(Error::Forbidden { reason: format!("the key of device {own} does not reach device {uuid}") })
-            }
+            Caller::Device(own) if own.uuid == uuid => Ok(()),
+            Caller::Device(own) => Err(Error::Forbidden {
+                reason: format!("the key of device {} does not reach device {uuid}", own.uuid),
+            }),
             other => Err(other.refused("the device's own key")),
         }
     }
@@ -92,7 +92,7 @@ impl Caller {
     /// The device routes that take the device from the body: any device key.
     pub fn device(&self) -> Result<&str, Error> {
         match self {
-            Caller::Device(own) => Ok(own),
+            Caller::Device(own) => Ok(&own.uuid),
             other => Err(other.refused("a device key")),
         }
     }

@@ -80,7 +80,7 @@ pub(super) fn list(api: &Api, caller: &Caller) -> Result<Response, Error> {
 pub(super) fn delete(api: &Api, caller: &Caller, request: &Request, host: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let host = registry_host(host)?;
-    let device = query_value(request.query.as_deref(), "device");
+    let device = request.query_value("device");
     let device = match &device {
         Some(device) => Some(device_id(device)?),
         None => None,
@@ -142,9 +142,6 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
-}
 
 #[cfg(test)]
 mod tests {
@@ -169,11 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn query_values() {
-        assert_eq!(query_value(Some("device=d1"), "device").as_deref(), Some("d1"));
-        assert_eq!(query_value(Some("x=1&device=a%2Db"), "device").as_deref(), Some("a-b"));
-        assert_eq!(query_value(Some("devices=d1"), "device"), None);
-        assert_eq!(query_value(None, "device"), None);
+    fn percent_decoding_keeps_what_is_not_an_escape() {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
     }

@@ -1,16 +1,18 @@
-//! The routes agents call: poll the target state (ETag, answered from the stored body),
-//! report the current state (plain or gzip JSON), and register with a provisioning key.
+//! The routes agents call to stay in step: poll the target state (ETag, answered from the
+//! stored body) and report the current state (plain or gzip JSON). Registration is in
+//! `registration.rs`, logs in `telemetry.rs`.
 
 use super::auth::{authenticate, presented_key, Caller};
 use super::http::{etag_matches, Request, Response};
 use super::{device_id, Api};
 use crate::keys::hash_secret;
 use crate::registry_auth::with_registry_auth;
-use crate::store::NewRegistration;
+use crate::store::NewReport;
 use crate::targets::poll_answer;
+use crate::telemetry::split_report;
+use crate::timefmt::unix_now;
 use crate::Error;
 use pinion_model::{CurrentState, TargetState};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// `GET /device/{uuid}/state`: 304 when `If-None-Match` names the stored ETag, without
@@ -33,6 +35,12 @@ pub(super) fn poll(api: &Api, request: &Request, uuid: &str) -> Result<Response,
     let caller = authenticate(api, request)?;
     let uuid = device_id(uuid)?;
     caller.require_device(uuid)?;
+    if let Caller::Device(owner) = &caller {
+        if !owner.registration_complete {
+            // The first poll with the registered key: the agent has its identity.
+            api.store.complete_registration(uuid)?;
+        }
+    }
     let answer = match api.store.poll(uuid)? {
         Some(answer) => answer,
         None => poll_answer(uuid, &TargetState::default()),
@@ -51,6 +59,7 @@ pub(super) fn poll(api: &Api, request: &Request, uuid: &str) -> Result<Response,
 }
 
 /// `PATCH /device/state`: `{"<uuid>": {current state}}`, only for the caller's own uuid.
+/// System facts and metrics it leaves out keep their last known value (`telemetry`).
 pub(super) fn report(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     let own = caller.device()?;
     let body: Map<String, Value> = request.json()?;
@@ -69,53 +78,22 @@ pub(super) fn report(api: &Api, caller: &Caller, request: &Request) -> Result<Re
             .map_err(|e| Error::BadRequest { reason: format!("the report for {uuid} is not a device state: {e}") })?;
         reports.push((uuid, state));
     }
+    let mut warnings = Vec::new();
     for (uuid, state) in reports {
+        let parts = split_report(&state.extra);
         let json = serde_json::to_string(&state).unwrap_or_default();
-        api.store.set_current_state(&uuid, &json)?;
+        let known = Value::Object(parts.known).to_string();
+        let sample = parts.sample.map(|sample| Value::Object(sample).to_string());
+        let now = unix_now() as i64;
+        api.store.record_report(&uuid, &NewReport { state: &json, known: &known, sample: sample.as_deref(), now })?;
+        for warning in parts.warnings {
+            log::warn!("device {uuid}: {warning}");
+            warnings.push(warning);
+        }
     }
-    Ok(Response::json(200, &json!({"status": "ok"})))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Registration {
-    uuid: String,
-    device_name: Option<String>,
-    device_type: Option<String>,
-    device_api_key: String,
-}
-
-/// Shortest device key accepted: 128 bits as hex. Agents make 256-bit keys.
-const MIN_DEVICE_KEY_LEN: usize = 32;
-
-/// `POST /device/register` with a provisioning key: stores the device and the hash of the
-/// key the agent made. A device registers once; a second attempt is a conflict.
-pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
-    let key = caller.require_provisioning()?;
-    let registration: Registration = request.json()?;
-    device_id(&registration.uuid)?;
-    if registration.device_api_key.len() < MIN_DEVICE_KEY_LEN
-        || registration.device_api_key.bytes().any(|b| !b.is_ascii_graphic())
-    {
-        return Err(Error::BadRequest {
-            reason: format!("deviceApiKey must be at least {MIN_DEVICE_KEY_LEN} printable characters"),
-        });
+    let mut answer = json!({"status": "ok"});
+    if !warnings.is_empty() {
+        answer["warnings"] = warnings.into();
     }
-    let device = api.store.register_device(&NewRegistration {
-        uuid: registration.uuid,
-        device_name: registration.device_name,
-        device_type: registration.device_type,
-        key_hash: hash_secret(&registration.device_api_key),
-        provisioning_key_id: key.map(|k| k.id.clone()).unwrap_or_else(|| "admin".into()),
-    })?;
-    log::info!("device {} registered", device.uuid);
-    Ok(Response::json(
-        201,
-        &json!({
-            "uuid": device.uuid,
-            "deviceName": device.device_name,
-            "deviceType": device.device_type,
-            "registeredAt": device.registered_at,
-        }),
-    ))
+    Ok(Response::json(200, &answer))
 }

@@ -24,6 +24,21 @@ impl Request {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    /// A query parameter, percent-decoded (the first, if it is given more than once).
+    pub fn query_value(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
+    }
+
+    /// A numeric query parameter within `range`, `default` when absent; a clear 400 otherwise.
+    pub fn query_number(&self, name: &str, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize, Error> {
+        let Some(text) = self.query_value(name) else {
+            return Ok(default);
+        };
+        text.parse().ok().filter(|n| range.contains(n)).ok_or_else(|| Error::BadRequest {
+            reason: format!("{name} must be a whole number from {} to {}, not {text:?}", range.start(), range.end()),
+        })
+    }
+
     /// The body as JSON of type `T`; a clear 400 when it is not. Every route's body is a
     /// JSON object: anything else is refused here, since serde would also read an array
     /// as a struct's fields in order (`[]` as all defaults, `["u", "p"]` as credentials).
@@ -113,6 +128,20 @@ mod tests {
         assert!(with(" \n{\"a\": 1}").json::<Value>().is_ok());
         for bad in ["", "[]", "[\"u\", \"p\"]", "null", "1", "\"{\"", "x{"] {
             assert!(with(bad).json::<Value>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn query_values_and_numbers() {
+        let with = |query: &str| Request { query: Some(query.into()), ..Default::default() };
+        assert_eq!(with("device=d1").query_value("device").as_deref(), Some("d1"));
+        assert_eq!(with("x=1&device=a%2Db").query_value("device").as_deref(), Some("a-b"));
+        assert_eq!(with("devices=d1").query_value("device"), None);
+        assert_eq!(Request::default().query_value("device"), None);
+        assert_eq!(with("limit=5").query_number("limit", 100, 1..=1000).unwrap(), 5);
+        assert_eq!(with("").query_number("limit", 100, 1..=1000).unwrap(), 100);
+        for bad in ["limit=0", "limit=1001", "limit=-1", "limit=1e3", "limit="] {
+            assert!(with(bad).query_number("limit", 100, 1..=1000).is_err(), "{bad}");
         }
     }
 

@@ -13,8 +13,10 @@ mod operator;
 mod policy;
 pub mod poll_cache;
 pub mod rate_limit;
+mod registration;
 mod response;
 mod serve;
+mod telemetry;
 mod webhook;
 
 pub use http::{Request, Response};
@@ -47,6 +49,8 @@ pub struct Api {
     pub default_policy: crate::policy::UpdatePolicy,
     /// Unchanged device polls, answered without the store.
     pub poll_cache: poll_cache::PollCache,
+    /// How much of each device's log is kept.
+    pub log_retention: crate::device_logs::LogRetention,
 }
 
 impl Api {
@@ -65,12 +69,16 @@ enum Route<'a> {
     DeviceState(&'a str),
     DeviceReport,
     DeviceRegister,
+    KeyExchange(&'a str),
+    DeviceLogs(&'a str),
     Devices,
     Device(&'a str),
     TargetState(&'a str),
     TargetHistory(&'a str),
     TargetRollback(&'a str),
     CurrentState(&'a str),
+    Logs(&'a str),
+    Metrics(&'a str),
     UpdatePolicy(&'a str),
     PendingUpdates(&'a str),
     Images,
@@ -87,8 +95,10 @@ impl Route<'_> {
             Route::Health | Route::DeviceState(_) | Route::Devices | Route::Device(_) | Route::CurrentState(_) => {
                 &["GET"]
             }
+            Route::Logs(_) | Route::Metrics(_) => &["GET"],
             Route::DeviceReport => &["PATCH"],
             Route::DeviceRegister | Route::TargetRollback(_) | Route::RegistryWebhook => &["POST"],
+            Route::KeyExchange(_) | Route::DeviceLogs(_) => &["POST"],
             Route::TargetHistory(_) | Route::Images | Route::PendingUpdates(_) => &["GET"],
             Route::UpdatePolicy(_) => &["GET", "PUT", "DELETE"],
             Route::TargetState(_) => &["GET", "POST", "PUT", "DELETE"],
@@ -108,12 +118,16 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["device", uuid, "state"] => Route::DeviceState(uuid),
         ["device", "state"] => Route::DeviceReport,
         ["device", "register"] => Route::DeviceRegister,
+        ["device", uuid, "key-exchange"] => Route::KeyExchange(uuid),
+        ["device", uuid, "logs"] => Route::DeviceLogs(uuid),
         ["devices"] => Route::Devices,
         ["devices", uuid] => Route::Device(uuid),
         ["devices", uuid, "target-state"] => Route::TargetState(uuid),
         ["devices", uuid, "target-state", "history"] => Route::TargetHistory(uuid),
         ["devices", uuid, "target-state", "rollback"] => Route::TargetRollback(uuid),
         ["devices", uuid, "current-state"] => Route::CurrentState(uuid),
+        ["devices", uuid, "logs"] => Route::Logs(uuid),
+        ["devices", uuid, "metrics"] => Route::Metrics(uuid),
         ["devices", uuid, "update-policy"] => Route::UpdatePolicy(uuid),
         ["devices", uuid, "pending-updates"] => Route::PendingUpdates(uuid),
         ["images"] => Route::Images,
@@ -145,18 +159,21 @@ pub fn handle(api: &Api, request: &Request) -> Response {
 /// `handle` behind `limits`: an address over its limit of failed authentications (or, on
 /// `POST /device/register`, of registrations) is answered 429 before its credentials are
 /// looked at, so a brute force learns nothing more; every 401 and 403 counts against it.
-/// Successful calls never count, and `/health` is never limited.
+/// A key exchange naming an unknown device counts as a failure too (it is how uuids
+/// would be enumerated). Successful calls never count, and `/health` is never limited.
 pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
-    let registering = match route(&request.path) {
+    let (registering, key_exchange) = match route(&request.path) {
         None | Some(Route::Health) => return handle(api, request),
-        Some(route) => matches!(route, Route::DeviceRegister) && request.method == "POST",
+        Some(Route::DeviceRegister) => (request.method == "POST", false),
+        Some(Route::KeyExchange(_)) => (false, true),
+        Some(_) => (false, false),
     };
     if let Err(error) = limits.admit(request.peer, registering, Instant::now()) {
         log::debug!("{} {}: {error}", request.method, request.path);
         return error_response(&error);
     }
     let response = handle(api, request);
-    if matches!(response.status, 401 | 403) {
+    if matches!(response.status, 401 | 403) || (key_exchange && response.status == 404) {
         limits.record_failure(request.peer, Instant::now());
     }
     response
@@ -170,16 +187,23 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         // Most of a fleet's traffic: its unchanged polls may be answered before the store
         // is asked who is calling.
         Route::DeviceState(uuid) => return device::poll(api, request, uuid),
+        // Its statuses are the original server's, for a key checked against the body.
+        Route::KeyExchange(uuid) => return registration::key_exchange(api, request, uuid),
+        Route::DeviceLogs(uuid) => return telemetry::receive_logs(api, request, uuid),
         _ => {}
     }
     let caller = authenticate(api, request)?;
     let method = request.method.as_str();
     match route {
-        Route::Health | Route::RegistryWebhook | Route::DeviceState(_) => {
+        Route::Health
+        | Route::RegistryWebhook
+        | Route::DeviceState(_)
+        | Route::KeyExchange(_)
+        | Route::DeviceLogs(_) => {
             Err(Error::NotFound { what: format!("route {}", request.path) })
         }
         Route::DeviceReport => device::report(api, &caller, request),
-        Route::DeviceRegister => device::register(api, &caller, request),
+        Route::DeviceRegister => registration::register(api, &caller, request),
         Route::Devices => operator::list_devices(api, &caller),
         Route::Device(uuid) => operator::get_device(api, &caller, uuid),
         Route::TargetState(uuid) => match method {
@@ -190,6 +214,8 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         Route::TargetHistory(uuid) => history::list(api, &caller, uuid),
         Route::TargetRollback(uuid) => history::rollback(api, &caller, request, uuid),
         Route::CurrentState(uuid) => operator::get_current(api, &caller, uuid),
+        Route::Logs(uuid) => telemetry::list_logs(api, &caller, request, uuid),
+        Route::Metrics(uuid) => telemetry::list_metrics(api, &caller, request, uuid),
         Route::UpdatePolicy(uuid) => match method {
             "GET" => policy::get(api, &caller, uuid),
             "DELETE" => policy::delete(api, &caller, uuid),

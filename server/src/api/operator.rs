@@ -10,6 +10,7 @@ use crate::pinning::{pin_target_state, ResolveDigests, Uncached};
 use crate::registry_auth::REGISTRY_AUTH_KEY;
 use crate::store::{DeviceRecord, ProvisioningKey};
 use crate::targets::store_target;
+use crate::telemetry::with_last_known;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use pinion_model::TargetState;
@@ -90,14 +91,19 @@ pub(super) fn delete_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Re
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "version": version})))
 }
 
-/// `GET /devices/{uuid}/current-state`: the device's last report, as it sent it.
+/// `GET /devices/{uuid}/current-state`: the device's last report as it sent it, the
+/// system facts and metrics it left out filled in from the last known ones, which are
+/// also under `system_info` (as the platform's original server answers).
 pub(super) fn get_current(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
-    known_device(api, uuid)?;
-    let mut answer = match api.store.current_state(uuid)? {
+    let current = api.store.current_report(uuid)?.ok_or_else(|| Error::NotFound { what: format!("device {uuid}") })?;
+    let system_info: Map<String, Value> =
+        current.system_info.and_then(|info| serde_json::from_str(&info).ok()).unwrap_or_default();
+    let mut answer = match current.state {
         Some((state, reported_at)) => {
-            let mut answer: Map<String, Value> = serde_json::from_str(&state).unwrap_or_default();
+            let report: Map<String, Value> = serde_json::from_str(&state).unwrap_or_default();
+            let mut answer = with_last_known(report, &system_info);
             answer.insert("reportedAt".into(), reported_at.into());
             answer
         }
@@ -107,6 +113,7 @@ pub(super) fn get_current(api: &Api, caller: &Caller, uuid: &str) -> Result<Resp
             answer
         }
     };
+    answer.insert("system_info".into(), system_info.into());
     answer.insert("uuid".into(), uuid.into());
     Ok(Response::json(200, &answer))
 }
@@ -176,6 +183,7 @@ fn state_object(state: &TargetState) -> Map<String, Value> {
 
 fn device_json(device: &DeviceRecord) -> Value {
     json!({
+        "id": device.id,
         "uuid": device.uuid,
         "deviceName": device.device_name,
         "deviceType": device.device_type,

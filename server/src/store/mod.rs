@@ -4,13 +4,16 @@
 
 mod credentials;
 mod images;
+mod migrations;
 mod policy;
 mod sqlite;
+mod telemetry;
 
 pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
 pub use sqlite::SqliteStore;
+pub use telemetry::{CurrentReport, LogPage, MetricsSample, NewReport, TelemetryStore};
 
 use crate::Error;
 
@@ -27,6 +30,19 @@ pub struct DeviceRecord {
     /// 0 until a target state is set.
     pub target_version: u64,
     pub last_report_at: Option<String>,
+    /// A number of its own, never reused: the `id` the platform's original agent reads
+    /// from its registration answer. 0 only for rows made by hand.
+    pub id: u64,
+    /// Whether its agent has used its key since registering (a poll or a key exchange):
+    /// until then the same uuid may register again with another key.
+    pub registration_complete: bool,
+}
+
+/// The device a key belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyOwner {
+    pub uuid: String,
+    pub registration_complete: bool,
 }
 
 /// One stored version of a device's target state.
@@ -73,6 +89,9 @@ pub struct NewRegistration {
     pub device_type: Option<String>,
     pub key_hash: String,
     pub provisioning_key_id: String,
+    /// System facts the registration carried (`os_version`, `agent_version`,
+    /// `mac_address`, `application_id`) as a JSON object, merged into the last known ones.
+    pub system_info: Option<String>,
 }
 
 /// A provisioning key without its secret (only the hash is ever stored).
@@ -85,16 +104,19 @@ pub struct ProvisioningKey {
     pub devices_registered: u64,
 }
 
-pub trait Store: ImageStore + PolicyStore + CredentialStore + Send + Sync {
+pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + Send + Sync {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
     /// The stored hash of a device's key, `None` if it has none (or does not exist).
     fn device_key_hash(&self, uuid: &str) -> Result<Option<String>, Error>;
     /// The device whose key hashes to `key_hash`, if any.
-    fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<String>, Error>;
-    /// Registers a device, creating it or completing one the operator prepared.
-    /// `Error::Conflict` if it already has a key.
+    fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<KeyOwner>, Error>;
+    /// Registers a device, creating it or completing one the operator prepared. The
+    /// same key again changes nothing; another key replaces the first only while the
+    /// registration is not complete, and is `Error::Conflict` after.
     fn register_device(&self, registration: &NewRegistration) -> Result<DeviceRecord, Error>;
+    /// Marks a registration complete: its agent has used the key it registered.
+    fn complete_registration(&self, uuid: &str) -> Result<(), Error>;
 
     /// Stores a new target-state version (creating the device if needed) with the poll
     /// answer derived from it; returns the new version number.
@@ -107,10 +129,6 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + Send + Sync {
     /// Devices whose current target follows `reference` (canonical).
     fn devices_using(&self, reference: &str) -> Result<Vec<String>, Error>;
     fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error>;
-
-    fn set_current_state(&self, uuid: &str, state: &str) -> Result<(), Error>;
-    /// The last report (JSON) and when it came.
-    fn current_state(&self, uuid: &str) -> Result<Option<(String, String)>, Error>;
 
     fn create_provisioning_key(&self, key: &ProvisioningKey, key_hash: &str) -> Result<(), Error>;
     /// A key that is not revoked, by the hash of its secret.

@@ -1,20 +1,19 @@
 //! The SQLite store: one file, WAL mode, every write in a transaction. Enough for a
 //! fleet that one machine serves; `Store` keeps the door open for PostgreSQL.
 
-use super::{DeviceRecord, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Store, StoredTarget};
+use super::{DeviceRecord, KeyOwner, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Store, StoredTarget};
 use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
+/// The tables of schema version 1; later versions are `migrations::MIGRATIONS`.
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
     uuid            TEXT PRIMARY KEY,
     device_name     TEXT,
@@ -54,7 +53,7 @@ CREATE TABLE IF NOT EXISTS provisioning_keys (
 ";
 
 const DEVICE_COLUMNS: &str = "uuid, device_name, device_type, api_key_hash IS NOT NULL, created_at, \
-                              registered_at, target_version, reported_at";
+                              registered_at, target_version, reported_at, id, activated_at IS NOT NULL";
 
 /// Idle read connections kept for reuse; more are opened when every one is busy.
 const MAX_IDLE_READERS: usize = 32;
@@ -107,7 +106,7 @@ impl SqliteStore {
             .ok_or_else(|| Error::Secrets { reason: "no secret key is configured for stored credentials".into() })
     }
 
-    fn init(conn: Connection) -> Result<SqliteStore, Error> {
+    fn init(mut conn: Connection) -> Result<SqliteStore, Error> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(db("configuring the database"))?;
         // WAL: readers never wait for the writer. FULL: an acknowledged target survives power loss.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db("enabling WAL"))?;
@@ -115,19 +114,18 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db("configuring the database"))?;
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db("reading the schema version"))?;
-        if version > SCHEMA_VERSION {
+        let latest = super::migrations::latest();
+        if version > latest {
             return Err(Error::Store {
                 op: "opening the database",
-                reason: format!(
-                    "schema version {version} is newer than this server ({SCHEMA_VERSION}); upgrade pinion-server"
-                ),
+                reason: format!("schema version {version} is newer than this server ({latest}); upgrade pinion-server"),
             });
         }
         conn.execute_batch(SCHEMA).map_err(db("creating the schema"))?;
         conn.execute_batch(super::images::SCHEMA).map_err(db("creating the schema"))?;
         conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
         super::credentials::create_schema(&conn).map_err(db("creating the schema"))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
+        super::migrations::migrate(&mut conn)?;
         Ok(SqliteStore { conn: Mutex::new(conn), readers: None, secret_key: None, generation: AtomicU64::new(0) })
     }
 
@@ -255,7 +253,23 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         registered_at: row.get(5)?,
         target_version: row.get::<_, i64>(6)? as u64,
         last_report_at: row.get(7)?,
+        id: row.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
+        registration_complete: row.get(9)?,
     })
+}
+
+/// Adds a device row with the next device number, unless the device exists; true if added.
+pub(super) fn insert_device(tx: &Transaction<'_>, uuid: &str, now: &str) -> rusqlite::Result<bool> {
+    let exists: bool = tx.query_row("SELECT count(*) > 0 FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))?;
+    if exists {
+        return Ok(false);
+    }
+    let id: i64 =
+        tx.query_row("UPDATE counters SET value = value + 1 WHERE name = 'device_id' RETURNING value", [], |r| {
+            r.get(0)
+        })?;
+    tx.execute("INSERT INTO devices (uuid, id, created_at) VALUES (?1, ?2, ?3)", params![uuid, id, now])?;
+    Ok(true)
 }
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ProvisioningKey> {
@@ -306,47 +320,78 @@ impl Store for SqliteStore {
             .map_err(db("reading a device key"))
     }
 
-    fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<String>, Error> {
+    fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<KeyOwner>, Error> {
         self.reader()?
-            .prepare_cached("SELECT uuid FROM devices WHERE api_key_hash = ?1")
-            .and_then(|mut stmt| stmt.query_row([key_hash], |r| r.get(0)).optional())
+            .prepare_cached("SELECT uuid, activated_at IS NOT NULL FROM devices WHERE api_key_hash = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([key_hash], |r| Ok(KeyOwner { uuid: r.get(0)?, registration_complete: r.get(1)? }))
+                    .optional()
+            })
             .map_err(db("looking up a device key"))
+    }
+
+    fn complete_registration(&self, uuid: &str) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "UPDATE devices SET activated_at = ?2 WHERE uuid = ?1 AND activated_at IS NULL AND api_key_hash IS NOT NULL",
+                params![uuid, rfc3339_now()],
+            )
+            .map_err(db("completing a registration"))?;
+        Ok(())
     }
 
     fn register_device(&self, reg: &NewRegistration) -> Result<DeviceRecord, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("registering a device"))?;
-        let existing: Option<bool> = tx
-            .query_row("SELECT api_key_hash IS NOT NULL FROM devices WHERE uuid = ?1", [&reg.uuid], |r| r.get(0))
+        let now = rfc3339_now();
+        let existing: Option<(Option<String>, bool)> = tx
+            .query_row("SELECT api_key_hash, activated_at IS NOT NULL FROM devices WHERE uuid = ?1", [&reg.uuid], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(db("registering a device"))?;
-        let now = rfc3339_now();
-        match existing {
-            Some(true) => {
-                return Err(Error::Conflict { reason: format!("device {} is already registered", reg.uuid) })
+        let first = match existing {
+            // The same key again: the agent did not see our answer. Nothing changes.
+            Some((Some(hash), _)) if hash == reg.key_hash => false,
+            Some((Some(_), true)) => {
+                return Err(Error::Conflict {
+                    reason: format!("device {} is already registered with another key", reg.uuid),
+                })
             }
-            Some(false) => tx.execute(
-                "UPDATE devices SET device_name = COALESCE(?2, device_name), device_type = COALESCE(?3, device_type),
-                     api_key_hash = ?4, provisioned_by = ?5, registered_at = ?6 WHERE uuid = ?1",
-                params![reg.uuid, reg.device_name, reg.device_type, reg.key_hash, reg.provisioning_key_id, now],
-            ),
-            None => tx.execute(
-                "INSERT INTO devices (uuid, device_name, device_type, api_key_hash, provisioned_by, created_at, registered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                params![reg.uuid, reg.device_name, reg.device_type, reg.key_hash, reg.provisioning_key_id, now],
-            ),
-        }
+            // Registered but never polled nor exchanged its key: the agent lost its key
+            // between the phases and comes back with a new one.
+            Some((Some(_), false)) => false,
+            Some((None, _)) => true,
+            None => insert_device(&tx, &reg.uuid, &now).map_err(db("registering a device"))?,
+        };
+        tx.execute(
+            "UPDATE devices SET device_name = COALESCE(?2, device_name), device_type = COALESCE(?3, device_type),
+                 api_key_hash = ?4, provisioned_by = ?5, registered_at = COALESCE(registered_at, ?6),
+                 system_info = json_patch(COALESCE(system_info, '{}'), ?7)
+             WHERE uuid = ?1",
+            params![
+                reg.uuid,
+                reg.device_name,
+                reg.device_type,
+                reg.key_hash,
+                reg.provisioning_key_id,
+                now,
+                reg.system_info.as_deref().unwrap_or("{}")
+            ],
+        )
         .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
                 Error::Conflict { reason: "this device key is already in use".into() }
             }
             e => Error::Store { op: "registering a device", reason: e.to_string() },
         })?;
-        tx.execute(
-            "UPDATE provisioning_keys SET devices_registered = devices_registered + 1 WHERE id = ?1",
-            [&reg.provisioning_key_id],
-        )
-        .map_err(db("registering a device"))?;
+        if first {
+            tx.execute(
+                "UPDATE provisioning_keys SET devices_registered = devices_registered + 1 WHERE id = ?1",
+                [&reg.provisioning_key_id],
+            )
+            .map_err(db("registering a device"))?;
+        }
         let record = tx
             .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?1"), [&reg.uuid], device_from_row)
             .map_err(db("registering a device"))?;
@@ -358,8 +403,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("storing a target state"))?;
         let now = rfc3339_now();
-        tx.execute("INSERT OR IGNORE INTO devices (uuid, created_at) VALUES (?1, ?2)", params![uuid, now])
-            .map_err(db("storing a target state"))?;
+        insert_device(&tx, uuid, &now).map_err(db("storing a target state"))?;
         let current: i64 = tx
             .query_row("SELECT target_version FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
             .map_err(db("storing a target state"))?;
@@ -448,34 +492,6 @@ impl Store for SqliteStore {
             .map_err(db("reading a device's target state"))?;
         Ok(match row {
             Some((Some(etag), Some(body))) => Some(PollAnswer { etag, body }),
-            _ => None,
-        })
-    }
-
-    fn set_current_state(&self, uuid: &str, state: &str) -> Result<(), Error> {
-        let changed = self
-            .conn_for_reports()
-            .execute(
-                "UPDATE devices SET current_state = ?2, reported_at = ?3 WHERE uuid = ?1",
-                params![uuid, state, rfc3339_now()],
-            )
-            .map_err(db("storing a device report"))?;
-        if changed == 0 {
-            return Err(Error::NotFound { what: format!("device {uuid}") });
-        }
-        Ok(())
-    }
-
-    fn current_state(&self, uuid: &str) -> Result<Option<(String, String)>, Error> {
-        let row: Option<(Option<String>, Option<String>)> = self
-            .conn()
-            .query_row("SELECT current_state, reported_at FROM devices WHERE uuid = ?1", [uuid], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(db("reading a device report"))?;
-        Ok(match row {
-            Some((Some(state), Some(at))) => Some((state, at)),
             _ => None,
         })
     }
@@ -577,13 +593,26 @@ mod tests {
             device_type: None,
             key_hash: "hash-d1".into(),
             provisioning_key_id: "k1".into(),
+            system_info: None,
         };
         let device = store.register_device(&reg).unwrap();
         assert!(device.registered);
+        assert_eq!((device.id, device.registration_complete), (1, false));
         assert_eq!(device.target_version, 1, "the prepared target is kept");
         assert_eq!(store.device_key_hash("d1").unwrap().as_deref(), Some("hash-d1"));
-        assert!(matches!(store.register_device(&reg), Err(Error::Conflict { .. })));
+        assert_eq!(store.register_device(&reg).unwrap(), device, "the same registration again changes nothing");
+        // Not complete yet: the agent may come back with another key (it crashed between phases).
+        let again = NewRegistration { key_hash: "hash-d1-b".into(), ..reg.clone() };
+        assert_eq!(store.register_device(&again).unwrap().id, 1, "the device keeps its number");
+        assert_eq!(store.device_by_key_hash("hash-d1").unwrap(), None, "the first key no longer works");
+        store.complete_registration("d1").unwrap();
+        let owner = store.device_by_key_hash("hash-d1-b").unwrap().unwrap();
+        assert!(owner.registration_complete);
+        assert!(matches!(store.register_device(&reg), Err(Error::Conflict { .. })), "complete: another key is refused");
+        assert!(store.register_device(&again).is_ok(), "complete: the same key is still idempotent");
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap().unwrap().devices_registered, 1);
+        let other = NewRegistration { uuid: "d2".into(), key_hash: "hash-d2".into(), ..reg.clone() };
+        assert_eq!(store.register_device(&other).unwrap().id, 2, "numbers count up");
         assert!(store.revoke_provisioning_key("k1").unwrap());
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap(), None);
     }
@@ -604,11 +633,5 @@ mod tests {
         assert_eq!(store.device_by_key_hash("no-such-hash").unwrap(), None);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_report_for_an_unknown_device_is_not_found() {
-        let store = SqliteStore::in_memory().unwrap();
-        assert!(matches!(store.set_current_state("nope", "{}"), Err(Error::NotFound { .. })));
     }
 }

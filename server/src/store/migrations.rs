@@ -1,0 +1,105 @@
+//! The numbered changes to the SQLite schema since its first version, applied in order,
+//! each in its own transaction with `user_version` moved to its number, so a database
+//! from any earlier pinion is brought up to date on open and a newer one is refused.
+
+use super::sqlite::db;
+use crate::Error;
+use rusqlite::Connection;
+
+pub(super) struct Migration {
+    pub version: i64,
+    pub sql: &'static str,
+}
+
+/// Version 1 is the tables `CREATE TABLE IF NOT EXISTS` makes; every later change is here.
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2,
+    // Device numbers for the original agent's registration answer (`id`), never reused;
+    // when a registration completed (its first poll or key exchange); the last known
+    // system facts; and the bounded logs and metrics series. Devices registered before
+    // this version had completed (a second registration was refused then).
+    sql: "
+        ALTER TABLE devices ADD COLUMN id INTEGER;
+        ALTER TABLE devices ADD COLUMN activated_at TEXT;
+        ALTER TABLE devices ADD COLUMN system_info TEXT;
+        UPDATE devices SET id = rowid;
+        UPDATE devices SET activated_at = registered_at WHERE api_key_hash IS NOT NULL;
+        CREATE UNIQUE INDEX devices_by_id ON devices(id);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO counters (name, value) SELECT 'device_id', COALESCE(MAX(id), 0) FROM devices;
+        CREATE TABLE device_logs (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_uuid   TEXT NOT NULL REFERENCES devices(uuid) ON DELETE CASCADE,
+            service_name  TEXT,
+            bytes         INTEGER NOT NULL,
+            line          TEXT NOT NULL,
+            received_at   TEXT NOT NULL
+        );
+        CREATE INDEX device_logs_by_device ON device_logs(device_uuid, id);
+        CREATE INDEX device_logs_by_service ON device_logs(device_uuid, service_name, id);
+        CREATE TABLE device_metrics (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_uuid  TEXT NOT NULL REFERENCES devices(uuid) ON DELETE CASCADE,
+            recorded_at  INTEGER NOT NULL,
+            sample       TEXT NOT NULL
+        );
+        CREATE INDEX device_metrics_by_device ON device_metrics(device_uuid, id);
+    ",
+}];
+
+/// The version a database is at once every migration has run.
+pub(super) fn latest() -> i64 {
+    MIGRATIONS.last().map_or(1, |m| m.version)
+}
+
+/// Applies every migration newer than the database's `user_version` (0 counts as 1: a
+/// new database whose first-version tables were just made).
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    for migration in MIGRATIONS {
+        let tx = conn.transaction().map_err(db("migrating the schema"))?;
+        let version: i64 =
+            tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db("reading the schema version"))?;
+        if version.max(1) >= migration.version {
+            continue;
+        }
+        tx.execute_batch(migration.sql).map_err(|e| Error::Store {
+            op: "migrating the schema",
+            reason: format!("to version {}: {e}", migration.version),
+        })?;
+        tx.pragma_update(None, "user_version", migration.version).map_err(db("writing the schema version"))?;
+        tx.commit().map_err(db("migrating the schema"))?;
+        log::info!("database schema migrated to version {}", migration.version);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_gets_device_numbers_in_the_order_devices_came() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::sqlite::SCHEMA).unwrap();
+        conn.execute_batch(
+            "INSERT INTO devices (uuid, created_at, api_key_hash, registered_at) VALUES ('b', 't', 'h', 't');
+             INSERT INTO devices (uuid, created_at) VALUES ('a', 't');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(String, i64, bool)> = conn
+            .prepare("SELECT uuid, id, activated_at IS NOT NULL FROM devices ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("b".to_string(), 1, true), ("a".to_string(), 2, false)]);
+        let next: i64 = conn.query_row("SELECT value FROM counters WHERE name = 'device_id'", [], |r| r.get(0)).unwrap();
+        assert_eq!(next, 2);
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, latest());
+        migrate(&mut conn).unwrap(); // nothing left to do, and no error for it
+    }
+}
