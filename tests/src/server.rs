@@ -369,6 +369,23 @@ impl Server {
         ApiReply { status, body, elapsed: start.elapsed() }
     }
 
+    /// Any body with exactly the headers given (gzip, NDJSON, a device's own headers).
+    pub fn send_bytes(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> ApiReply {
+        let url = format!("{}{path}", self.url());
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let start = Instant::now();
+        let mut response = self
+            .agent
+            .run(builder.body(body).expect("valid request"))
+            .unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nserver output:\n{}", self.log()));
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        ApiReply { status, body, elapsed: start.elapsed() }
+    }
+
     /// `POST /api/v1/devices/{uuid}/target-state` as the operator.
     pub fn set_target_state(&self, uuid: &str, state: &Value) -> ApiReply {
         self.request("POST", &format!("/api/v1/devices/{uuid}/target-state"), Some(state), Some(&self.admin_token))
