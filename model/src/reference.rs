@@ -1,7 +1,8 @@
 //! Image references parsed and normalized exactly as Docker's distribution/reference
 //! (`ParseNormalizedNamed`) does, so that `nginx`, `docker.io/library/nginx:latest` and
 //! `index.docker.io/library/nginx` name the same repository and a pinned reference is
-//! the string Docker itself would print.
+//! the string Docker itself would print; and what an image field may hold besides a
+//! name, as `ParseAnyReference` reads it: a local image ID (`ImageRef`).
 
 mod grammar;
 
@@ -20,6 +21,79 @@ const OFFICIAL_REPO_PREFIX: &str = "library/";
 const DEFAULT_TAG: &str = "latest";
 /// Longest repository path (after normalization, without the domain) Docker accepts.
 pub const REPOSITORY_PATH_MAX: usize = 255;
+/// The digest algorithms Docker registers: a one-component name `sha256:…` is an image
+/// ID, however mistyped, never the repository `library/sha256` with a tag.
+const DIGEST_ALGORITHMS: [&str; 3] = ["sha256", "sha384", "sha512"];
+/// The algorithm `ParseAnyReference` gives a bare 64-hex image ID.
+const IMAGE_ID_ALGORITHM: &str = "sha256";
+
+/// What an image field names, read as Docker's `ParseAnyReference` reads it (`docker
+/// run`, `docker create` and the Engine API do): an image ID, or a repository reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ImageRef {
+    /// A repository in a registry, with its tag and digest.
+    Named(Reference),
+    /// An image already on the engine, named by its ID; no registry can be asked for it.
+    Id(ImageId),
+}
+
+/// A local image ID as written: `sha256:<64 hex>` (or another algorithm Docker knows,
+/// with its length), or 64 lowercase hex alone.
+#[derive(Debug, Clone, Eq)]
+pub struct ImageId(String);
+
+impl ImageRef {
+    /// `ParseAnyReference`: 64 lowercase hex is an image ID (`sha256:` implied); a valid
+    /// digest is an image ID; anything else must be a repository reference.
+    pub fn parse(input: &str) -> Result<ImageRef, Error> {
+        if grammar::is_identifier(input) || is_valid_digest(input) {
+            return Ok(ImageRef::Id(ImageId(input.to_string())));
+        }
+        Reference::parse(input).map(ImageRef::Named)
+    }
+
+    /// The repository reference, unless this is an image ID.
+    pub fn named(&self) -> Option<&Reference> {
+        match self {
+            ImageRef::Named(reference) => Some(reference),
+            ImageRef::Id(_) => None,
+        }
+    }
+}
+
+impl ImageId {
+    /// The ID exactly as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The ID as a digest: `sha256:` added to bare hex, as `ParseAnyReference` does.
+    pub fn digest(&self) -> String {
+        if grammar::is_identifier(&self.0) {
+            format!("{IMAGE_ID_ALGORITHM}:{}", self.0)
+        } else {
+            self.0.clone()
+        }
+    }
+}
+
+/// Two spellings of one ID (`<hex>`, `sha256:<hex>`) are the same image.
+impl PartialEq for ImageId {
+    fn eq(&self, other: &ImageId) -> bool {
+        self.digest() == other.digest()
+    }
+}
+
+impl std::hash::Hash for ImageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest().hash(state)
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A normalized image reference: `domain/path[:tag][@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,7 +105,10 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses a reference the way `docker pull` does (familiar names allowed).
+    /// Parses a reference the way `docker pull` does (familiar names allowed). Unlike
+    /// Go's `ParseNormalizedNamed`, a one-component name `sha256:…` (any algorithm Docker
+    /// knows) is refused rather than read as the Hub repository `library/sha256`: it is
+    /// an image ID, valid (`ImageRef::parse` takes it) or mistyped.
     pub fn parse(input: &str) -> Result<Reference, Error> {
         parse_normalized(input).map_err(|reason| Error::InvalidReference { reference: input.to_string(), reason })
     }
@@ -131,6 +208,17 @@ fn parse_normalized(input: &str) -> Result<Reference, &'static str> {
     }
     if grammar::is_identifier(input) {
         return Err("cannot specify 64-byte hexadecimal strings");
+    }
+    // A one-component name with a digest algorithm for a repository: an image ID.
+    let algorithm = input.split_once(':').map(|(name, _)| name).filter(|name| DIGEST_ALGORITHMS.contains(name));
+    if let Some(algorithm) = algorithm.filter(|_| !input.contains('/')) {
+        return Err(if is_valid_digest(input) {
+            "an image ID names a local image, not a repository"
+        } else if algorithm == IMAGE_ID_ALGORITHM {
+            "an image ID is sha256: and 64 lowercase hex digits"
+        } else {
+            "an image ID is an algorithm, ':' and its digest in lowercase hex (sha384: 96, sha512: 128 digits)"
+        });
     }
     let (domain, remainder) = split_docker_domain(input);
     // Go checks the remainder up to its first ':', whatever that colon separates.

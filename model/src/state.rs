@@ -58,12 +58,14 @@ pub struct ImageResolution {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     pub status: ResolutionStatus,
+    /// When the registry gave `digest`: the time of the request for `resolved`, earlier
+    /// for `cached` (`cacheAge` seconds before it), the time of the request otherwise.
     #[serde(rename = "resolvedAt")]
     pub resolved_at: String,
-    /// Why the registry could not be asked (fallback and cached).
+    /// Why the registry could not be asked (fallback; cached when it could not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Seconds since the registry last gave the digest used (cached only).
+    /// Seconds between the registry giving the digest used and this request (cached only).
     #[serde(rename = "cacheAge", default, skip_serializing_if = "Option::is_none")]
     pub cache_age: Option<u64>,
     /// After a rollback: the digest rolled away from, which following the tag does not
@@ -77,11 +79,13 @@ pub struct ImageResolution {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ResolutionStatus {
-    /// The registry was asked and answered with a digest.
+    /// The registry was asked during this request and answered with a digest.
     Resolved,
-    /// The request already carried a digest.
+    /// The request already carried a digest, or named a local image ID: nobody was asked.
     Pinned,
-    /// The registry could not be asked; the last digest it gave is used (`cacheAge`).
+    /// The digest is the last one the registry gave (`cacheAge` seconds ago), not asked
+    /// again: the registry could not answer (`error` says why), or the server runs with a
+    /// `--cache-ttl` longer than that age.
     Cached,
     /// The registry could not be asked or refused, and no digest is known; the tag is kept.
     Fallback,

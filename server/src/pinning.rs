@@ -1,32 +1,59 @@
 //! Turning the target state an operator sets into the one a device receives: every
 //! floating tag replaced by the digest the registry serves for it now, so that a new
-//! push to `:latest` becomes a plain string difference on the device.
+//! push to `:latest` becomes a plain string difference on the device. Each service's
+//! `imageResolution` says where its digest came from: the registry now (`resolved`),
+//! the request itself or a local image ID (`pinned`), the last answer the registry gave
+//! (`cached`, with its age), or nowhere (`fallback`).
 //!
 //! `requested_images` and `apply_resolutions` are pure; the registry sits behind
 //! `ResolveDigests`.
 
 use crate::registry::{Resolved, Resolver};
+use crate::timefmt::rfc3339;
 use crate::Error;
-use pinion_model::{ImageResolution, Reference, ResolutionStatus, Service, TargetState};
+use pinion_model::{ImageRef, ImageResolution, Reference, ResolutionStatus, Service, TargetState};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
-/// The digest a reference is pinned to, and whether it is a fresh answer.
+/// The digest a reference is pinned to, and whether the registry gave it just now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     pub digest: String,
     pub media_type: String,
-    /// Set when the registry could not be asked and the last digest it gave is used.
+    /// Set when the registry was not asked now and the last digest it gave is used.
     pub stale: Option<Staleness>,
 }
 
+/// A digest that is the registry's earlier answer, not one it gave just now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staleness {
     /// Seconds since the registry gave this digest.
     pub age_secs: u64,
-    /// Why the registry could not be asked now.
-    pub reason: String,
+    /// When the registry gave it (Unix seconds).
+    pub given_at: u64,
+    /// Why the registry was not asked now.
+    pub why: WhyCached,
+}
+
+/// Why an earlier answer of the registry stands in for asking it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhyCached {
+    /// The registry was asked and could not answer (unreachable, timeout, 5xx, rate
+    /// limit); the error as the operator reads it.
+    RegistryUnavailable(String),
+    /// The answer is younger than `--cache-ttl`, so the registry was not asked.
+    WithinTtl { ttl_secs: u64 },
+}
+
+impl fmt::Display for WhyCached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WhyCached::RegistryUnavailable(reason) => f.write_str(reason),
+            WhyCached::WithinTtl { ttl_secs } => write!(f, "younger than --cache-ttl ({ttl_secs} s), not asked again"),
+        }
+    }
 }
 
 impl From<Resolved> for Pin {
@@ -40,7 +67,8 @@ pub type Answers = HashMap<Reference, Result<Pin, Error>>;
 /// Answers many references at once, within a deadline (the registry through the digest
 /// cache, or a test's table).
 pub trait ResolveDigests {
-    /// A digest per reference; a fresh cache entry may answer without asking the registry.
+    /// A digest per reference, asked of the registry; only a server run with
+    /// `--cache-ttl` answers a young enough entry without asking (marked `stale`).
     fn resolve_all(&self, refs: &[Reference], deadline: Duration) -> Answers;
     /// A digest per reference from the registry now (the background re-resolution).
     fn resolve_fresh(&self, refs: &[Reference], deadline: Duration) -> Answers {
@@ -53,7 +81,8 @@ pub trait ResolveDigests {
     }
 }
 
-/// Every question goes to the registry: what `Cache-Control: no-cache` on a request asks for.
+/// Every question goes to the registry, whatever `--cache-ttl` says: what
+/// `Cache-Control: no-cache` on a request asks for.
 pub struct Uncached<'a>(pub &'a (dyn ResolveDigests + Send + Sync));
 
 impl ResolveDigests for Uncached<'_> {
@@ -91,13 +120,14 @@ pub struct RequestedImage {
     pub app: String,
     pub service: String,
     pub written: String,
-    pub reference: Reference,
+    pub image: ImageRef,
 }
 
 /// Pins every service of `state` in place and says how it went. A reference that does
 /// not parse is an error naming its app and service, and nothing is changed; so is one
 /// on a registry the resolver does not `admit` (digest references included: the list
-/// says where images may come from).
+/// says where images may come from). An image ID names no registry: it is neither
+/// admitted nor asked for.
 pub fn pin_target_state(
     state: &mut TargetState,
     resolver: &dyn ResolveDigests,
@@ -106,7 +136,8 @@ pub fn pin_target_state(
 ) -> Result<ResolutionSummary, Error> {
     let requested = requested_images(state)?;
     for image in &requested {
-        resolver.admit(&image.reference).map_err(|e| match e {
+        let Some(reference) = image.image.named() else { continue };
+        resolver.admit(reference).map_err(|e| match e {
             Error::RegistryNotAllowed { registry, reason, .. } => Error::RegistryNotAllowed {
                 registry,
                 reference: format!("{} (app {}, service {})", image.written, image.app, image.service),
@@ -116,9 +147,9 @@ pub fn pin_target_state(
         })?;
     }
     let mut floating: Vec<Reference> = Vec::new();
-    for image in &requested {
-        let query = registry_query(&image.reference);
-        if image.reference.digest().is_none() && !floating.contains(&query) {
+    for reference in requested.iter().filter_map(|image| image.image.named()) {
+        let query = registry_query(reference);
+        if reference.digest().is_none() && !floating.contains(&query) {
             floating.push(query);
         }
     }
@@ -127,8 +158,10 @@ pub fn pin_target_state(
 }
 
 /// The image of every service, in the order services appear. The image is `imageName`
-/// (or `config.image` when there is no `imageName`); a service read back from a pinned
-/// state and sent again asks for the tag it was pinned from, so it keeps following it.
+/// (or `config.image` when there is no `imageName`), read as Docker's
+/// `ParseAnyReference` reads it (an image ID or a reference); a service read back from a
+/// pinned state and sent again asks for the tag it was pinned from, so it keeps
+/// following it.
 pub fn requested_images(state: &TargetState) -> Result<Vec<RequestedImage>, Error> {
     let mut images = Vec::new();
     for (app_key, app) in state.apps.iter() {
@@ -151,13 +184,13 @@ pub fn requested_images(state: &TargetState) -> Result<Vec<RequestedImage>, Erro
             };
             let written = re_requested(service, written).unwrap_or(written);
             let parse = |s: &str| {
-                Reference::parse(s).map_err(|source| Error::InvalidImage {
+                ImageRef::parse(s).map_err(|source| Error::InvalidImage {
                     app: app_label.clone(),
                     service: service_label.clone(),
                     source,
                 })
             };
-            let reference = parse(written)?;
+            let image = parse(written)?;
             if let (Some(image_name), Some(config_image)) = (service.image_name.as_deref(), config_image) {
                 if config_image != image_name && parse(config_image)? != parse(image_name)? {
                     return Err(invalid("imageName and config.image name different images", config_image));
@@ -167,7 +200,7 @@ pub fn requested_images(state: &TargetState) -> Result<Vec<RequestedImage>, Erro
                 app: app_label.clone(),
                 service: service_label,
                 written: written.to_string(),
-                reference,
+                image,
             });
         }
     }
@@ -188,7 +221,7 @@ fn re_requested<'a>(service: &'a Service, image_name: &str) -> Option<&'a str> {
 }
 
 /// Writes each service's pinned image and `imageResolution`. `requested` must come from
-/// `requested_images(state)` (same order).
+/// `requested_images(state)` (same order); `now` is the time of the request.
 pub fn apply_resolutions(
     state: &mut TargetState,
     requested: &[RequestedImage],
@@ -198,59 +231,102 @@ pub fn apply_resolutions(
     let mut summary = ResolutionSummary { total: requested.len(), ..Default::default() };
     let services = state.apps.iter_mut().flat_map(|(_, app)| app.services.iter_mut().map(|(_, s)| s));
     for (service, image) in services.zip(requested) {
-        let mut cache_age = None;
-        let (image_name, digest, status, error) = match image.reference.digest() {
-            Some(digest) => {
-                summary.pinned += 1;
-                (image.reference.pinned(digest), Some(digest.to_string()), ResolutionStatus::Pinned, None)
-            }
-            None => match answers.get(&registry_query(&image.reference)) {
-                Some(Ok(Pin { digest, stale: None, .. })) => {
-                    summary.resolved += 1;
-                    (image.reference.pinned(digest), Some(digest.clone()), ResolutionStatus::Resolved, None)
-                }
-                Some(Ok(Pin { digest, stale: Some(stale), .. })) => {
-                    summary.cached += 1;
-                    summary.warnings.push(format!(
-                        "app {}, service {}: {} pinned to the digest the registry gave {} s ago: {}",
-                        image.app, image.service, image.written, stale.age_secs, stale.reason
-                    ));
-                    cache_age = Some(stale.age_secs);
-                    let pinned = image.reference.pinned(digest);
-                    (pinned, Some(digest.clone()), ResolutionStatus::Cached, Some(stale.reason.clone()))
-                }
-                failed => {
-                    summary.fallback += 1;
-                    let reason = match failed {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "the registry was not asked".to_string(),
-                    };
-                    summary.warnings.push(format!(
-                        "app {}, service {}: {} kept as a tag: {reason}",
-                        image.app, image.service, image.written
-                    ));
-                    (image.written.clone(), None, ResolutionStatus::Fallback, Some(reason))
-                }
-            },
-        };
+        let outcome = resolution_of(image, answers);
+        match outcome.status {
+            ResolutionStatus::Resolved => summary.resolved += 1,
+            ResolutionStatus::Pinned => summary.pinned += 1,
+            ResolutionStatus::Cached => summary.cached += 1,
+            ResolutionStatus::Fallback => summary.fallback += 1,
+        }
+        if let Some(warning) = &outcome.warning {
+            summary.warnings.push(format!("app {}, service {}: {} {warning}", image.app, image.service, image.written));
+        }
         if let Some(config) = service.config.as_mut() {
             if config.contains_key("image") {
-                config.insert("image".into(), image_name.clone().into());
+                config.insert("image".into(), outcome.image_name.clone().into());
             }
         }
-        service.image_name = Some(image_name);
+        service.image_name = Some(outcome.image_name);
         service.image_resolution = Some(ImageResolution {
             requested: image.written.clone(),
-            digest,
-            status,
-            resolved_at: now.to_string(),
-            error,
-            cache_age,
+            digest: outcome.digest,
+            status: outcome.status,
+            resolved_at: outcome.resolved_at.unwrap_or_else(|| now.to_string()),
+            error: outcome.error,
+            cache_age: outcome.cache_age,
             rolled_back_from: None,
             extra: Default::default(),
         });
     }
     summary
+}
+
+/// How one service's image was pinned, before it is written into the service.
+struct Outcome {
+    image_name: String,
+    digest: Option<String>,
+    status: ResolutionStatus,
+    /// When the registry gave the digest, if not during this request.
+    resolved_at: Option<String>,
+    error: Option<String>,
+    cache_age: Option<u64>,
+    /// For the summary, after "app A, service S: <written> ".
+    warning: Option<String>,
+}
+
+/// Where the digest of `image` comes from, truthfully: the image itself (an ID or a
+/// digest reference), the registry now, its earlier answer, or nowhere.
+fn resolution_of(image: &RequestedImage, answers: &Answers) -> Outcome {
+    let plain = |image_name: String, digest: Option<String>, status| Outcome {
+        image_name,
+        digest,
+        status,
+        resolved_at: None,
+        error: None,
+        cache_age: None,
+        warning: None,
+    };
+    let reference = match &image.image {
+        ImageRef::Id(id) => return plain(image.written.clone(), Some(id.digest()), ResolutionStatus::Pinned),
+        ImageRef::Named(reference) => reference,
+    };
+    if let Some(digest) = reference.digest() {
+        return plain(reference.pinned(digest), Some(digest.to_string()), ResolutionStatus::Pinned);
+    }
+    match answers.get(&registry_query(reference)) {
+        Some(Ok(Pin { digest, stale: None, .. })) => {
+            plain(reference.pinned(digest), Some(digest.clone()), ResolutionStatus::Resolved)
+        }
+        Some(Ok(Pin { digest, stale: Some(stale), .. })) => {
+            let (error, warning) = match &stale.why {
+                WhyCached::RegistryUnavailable(reason) => (
+                    Some(reason.clone()),
+                    Some(format!("pinned to the digest the registry gave {} s ago: {reason}", stale.age_secs)),
+                ),
+                WhyCached::WithinTtl { .. } => (None, None),
+            };
+            Outcome {
+                image_name: reference.pinned(digest),
+                digest: Some(digest.clone()),
+                status: ResolutionStatus::Cached,
+                resolved_at: Some(rfc3339(stale.given_at)),
+                error,
+                cache_age: Some(stale.age_secs),
+                warning,
+            }
+        }
+        failed => {
+            let reason = match failed {
+                Some(Err(e)) => e.to_string(),
+                _ => "the registry was not asked".to_string(),
+            };
+            Outcome {
+                warning: Some(format!("kept as a tag: {reason}")),
+                error: Some(reason),
+                ..plain(image.written.clone(), None, ResolutionStatus::Fallback)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +439,103 @@ mod tests {
         let err = pin_target_state(&mut target, &resolver(), Duration::from_secs(1), "T").unwrap_err();
         assert!(err.to_string().starts_with("app demo, service s1:"), "{err}");
         assert_eq!(target, before);
+    }
+
+    /// A resolver that may contact no registry at all.
+    struct NoRegistryAllowed;
+
+    impl ResolveDigests for NoRegistryAllowed {
+        fn resolve_all(&self, refs: &[Reference], _: Duration) -> Answers {
+            panic!("no registry may be asked, yet {refs:?} were");
+        }
+        fn admit(&self, reference: &Reference) -> Result<(), Error> {
+            Err(Error::RegistryNotAllowed {
+                registry: reference.domain().into(),
+                reference: reference.to_string(),
+                reason: "none is".into(),
+            })
+        }
+    }
+
+    const HEX: &str = "4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
+
+    #[test]
+    fn image_ids_are_kept_as_written_and_pinned_without_any_registry() {
+        let id = format!("sha256:{HEX}");
+        let mut target = state(&[&id, HEX]);
+        let summary = pin_target_state(&mut target, &NoRegistryAllowed, Duration::from_secs(1), "T").unwrap();
+        assert_eq!((summary.total, summary.pinned, summary.resolved), (2, 2, 0));
+        for (i, written) in [id.as_str(), HEX].into_iter().enumerate() {
+            let s = service(&target, i);
+            assert_eq!(s["imageName"], written, "stored as given");
+            assert_eq!(s["config"]["image"], written);
+            assert_eq!(
+                s["imageResolution"],
+                json!({"requested": written, "digest": id, "status": "pinned", "resolvedAt": "T"})
+            );
+        }
+        // Read back and sent again, an ID stays what it is; nothing follows it, and it
+        // names no registry to send credentials for.
+        assert!(matches!(requested_images(&target).unwrap()[1].image, ImageRef::Id(_)));
+        assert!(crate::targets::followed_references(&target).is_empty());
+        assert!(crate::registry_auth::registry_hosts(&target).is_empty());
+    }
+
+    #[test]
+    fn two_spellings_of_one_image_id_agree_and_a_short_one_is_refused() {
+        let mut target: TargetState = serde_json::from_value(json!({"apps": [{"appName": "a", "services": [
+            {"serviceName": "s", "imageName": format!("sha256:{HEX}"), "config": {"image": HEX}}]}]}))
+        .unwrap();
+        pin_target_state(&mut target, &NoRegistryAllowed, Duration::from_secs(1), "T").unwrap();
+
+        let mut target = state(&["sha256:short"]);
+        let err = pin_target_state(&mut target, &resolver(), Duration::from_secs(1), "T").unwrap_err();
+        assert!(matches!(err, Error::InvalidImage { .. }), "{err:?}");
+        assert!(err.to_string().contains("an image ID is sha256: and 64 lowercase hex digits"), "{err}");
+    }
+
+    /// The answers a resolver would give for `nginx:latest`.
+    fn answered(pin: Result<Pin, Error>) -> (TargetState, ResolutionSummary) {
+        let mut target = state(&["nginx:latest"]);
+        let requested = requested_images(&target).unwrap();
+        let answers: Answers = [(registry_query(&requested[0].image.named().unwrap().clone()), pin)].into();
+        let summary = apply_resolutions(&mut target, &requested, &answers, "2026-01-01T00:10:00Z");
+        (target, summary)
+    }
+
+    fn cached_pin(why: WhyCached) -> Result<Pin, Error> {
+        let given_at = 1_767_225_600; // 2026-01-01T00:00:00Z
+        Ok(Pin { digest: D1.into(), media_type: "m".into(), stale: Some(Staleness { age_secs: 600, given_at, why }) })
+    }
+
+    #[test]
+    fn a_digest_from_the_cache_says_so_with_the_time_the_registry_gave_it() {
+        let (target, summary) = answered(cached_pin(WhyCached::WithinTtl { ttl_secs: 900 }));
+        assert_eq!((summary.cached, summary.resolved), (1, 0));
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+        assert_eq!(
+            service(&target, 0)["imageResolution"],
+            json!({"requested": "nginx:latest", "digest": D1, "status": "cached", "cacheAge": 600,
+                   "resolvedAt": "2026-01-01T00:00:00Z"})
+        );
+
+        let (target, summary) = answered(cached_pin(WhyCached::RegistryUnavailable("connection refused".into())));
+        assert_eq!(summary.cached, 1);
+        assert!(summary.warnings[0].contains("gave 600 s ago: connection refused"), "{:?}", summary.warnings);
+        let s = service(&target, 0);
+        assert_eq!(s["imageName"], format!("nginx@{D1}"));
+        assert_eq!(
+            s["imageResolution"],
+            json!({"requested": "nginx:latest", "digest": D1, "status": "cached", "cacheAge": 600,
+                   "resolvedAt": "2026-01-01T00:00:00Z", "error": "connection refused"})
+        );
+    }
+
+    #[test]
+    fn a_fresh_answer_is_resolved_now() {
+        let (target, summary) = answered(Ok(Pin { digest: D1.into(), media_type: "m".into(), stale: None }));
+        assert_eq!(summary.resolved, 1);
+        assert_eq!(service(&target, 0)["imageResolution"]["resolvedAt"], "2026-01-01T00:10:00Z");
     }
 
     #[test]

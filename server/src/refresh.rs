@@ -56,7 +56,7 @@ impl Refresher {
             let digest = match answers.get(reference) {
                 Some(Ok(Pin { digest, stale: None, .. })) => digest.clone(),
                 Some(Ok(Pin { stale: Some(stale), .. })) => {
-                    log::warn!("refresh of {canonical}: {}; devices stay where they are", stale.reason);
+                    log::warn!("refresh of {canonical}: {}; devices stay where they are", stale.why);
                     continue;
                 }
                 Some(Err(e)) => {
