@@ -7,6 +7,7 @@ use crate::plan::Step;
 use crate::spec::{DesiredService, ServiceKey};
 use crate::store::AgentStore;
 use crate::Error;
+use pinion_model::{ImageId, ImageRef};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -110,6 +111,9 @@ fn run_step(
             if engine.has_image(image).map_err(|e| ("pull_failed", e))? {
                 return Ok(());
             }
+            if let Ok(ImageRef::Id(id)) = ImageRef::parse(image) {
+                return Err(("pull_failed", not_pullable(service, &id)));
+            }
             log::info!("{}/{}: pulling {image}", service.app_id, service.service_name);
             activity(service, Some(&Activity::Downloading { percent: None }));
             let auth = auth_for(image);
@@ -179,14 +183,105 @@ fn run_step(
     }
 }
 
+/// An image ID names an image already on the engine; a registry has no name for it, and
+/// pulling it would ask Docker Hub for a repository `sha256`.
+fn not_pullable(service: &ServiceKey, id: &ImageId) -> Error {
+    Error::InvalidTarget {
+        reason: format!(
+            "{service}: image ID {id} is not on this device, and an image ID cannot be pulled; \
+             load the image here, or name it by repository and tag or digest"
+        ),
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::retry_backoff;
-    use std::time::Duration;
+    use super::*;
+    use crate::engine::{Container, ContainerHealth};
+    use serde_json::Value;
+    use std::cell::RefCell;
+
+    /// An engine with no image at all, which records the pulls it is asked for.
+    #[derive(Default)]
+    struct NoImages {
+        pulled: RefCell<Vec<String>>,
+    }
+
+    impl Engine for NoImages {
+        fn managed_containers(&self) -> Result<Vec<Container>, Error> {
+            Ok(vec![])
+        }
+        fn has_image(&self, _: &str) -> Result<bool, Error> {
+            Ok(false)
+        }
+        fn pull(&self, image: &str, _: Option<&str>, _: &mut dyn FnMut(PullProgress)) -> Result<(), Error> {
+            self.pulled.borrow_mut().push(image.to_string());
+            Ok(())
+        }
+        fn create(&self, _: &str, _: &Value) -> Result<String, Error> {
+            Ok("new".into())
+        }
+        fn start(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn inspect(&self, _: &str) -> Result<Option<ContainerHealth>, Error> {
+            Ok(None)
+        }
+        fn stop(&self, _: &str, _: u32) -> Result<(), Error> {
+            Ok(())
+        }
+        fn remove(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn ensure_network(&self, _: &str, _: &BTreeMap<String, String>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn ensure_volume(&self, _: &str, _: &BTreeMap<String, String>) -> Result<(), Error> {
+            Ok(())
+        }
+        fn remove_network(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn managed_networks(&self) -> Result<Vec<String>, Error> {
+            Ok(vec![])
+        }
+        fn connect_network(&self, _: &str, _: &str, _: &[String]) -> Result<(), Error> {
+            Ok(())
+        }
+        fn log_tail(&self, _: &str, _: u32) -> Result<Vec<crate::engine::LogLine>, Error> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn an_image_id_that_is_not_here_fails_as_pull_failed_without_asking_docker_hub() {
+        let hex = "4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";
+        let store = AgentStore::in_memory().unwrap();
+        for image in [format!("sha256:{hex}"), hex.to_string()] {
+            let engine = NoImages::default();
+            let wanted = DesiredService::example("web", &image, "h");
+            let steps = [Step::Pull { service: wanted.key.clone(), image: image.clone() }];
+            let failed = apply(&engine, &store, &steps, std::slice::from_ref(&wanted), &|_| None, &mut |_, _| {});
+            match &failed[&wanted.key] {
+                Activity::Failed { kind: "pull_failed", message } => {
+                    assert!(message.contains(&format!("image ID {image} is not on this device")), "{message}");
+                    assert!(message.contains("cannot be pulled"), "{message}");
+                }
+                other => panic!("{image}: {other:?}"),
+            }
+            assert!(engine.pulled.borrow().is_empty(), "{image}: no pull was tried");
+        }
+        // A repository reference that is not here is pulled.
+        let engine = NoImages::default();
+        let wanted = DesiredService::example("web", "busybox:1.36", "h");
+        let steps = [Step::Pull { service: wanted.key.clone(), image: "busybox:1.36".into() }];
+        assert!(apply(&engine, &store, &steps, &[wanted], &|_| None, &mut |_, _| {}).is_empty());
+        assert_eq!(engine.pulled.borrow().as_slice(), ["busybox:1.36"]);
+    }
 
     #[test]
     fn retry_backoff_doubles_and_caps() {

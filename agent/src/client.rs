@@ -1,5 +1,5 @@
 //! The agent's side of the wire contract: register with a provisioning key, poll the
-//! target state with `If-None-Match`, and report the current state.
+//! target state with `If-None-Match`, report the current state, and send log lines.
 
 use crate::Error;
 use serde_json::{json, Value};
@@ -7,6 +7,8 @@ use std::time::Duration;
 
 /// The largest poll answer accepted.
 const MAX_TARGET_BYTES: u64 = 4 << 20;
+/// Sending logs is a side errand of reconciling: it may not hold it up for long.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The answer to a poll.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +96,23 @@ impl ServerClient {
             .header("X-Device-API-Key", device_key)
             .header("Content-Type", "application/json")
             .send(body)
+            .map_err(|e| unreachable(&url, e))?;
+        expect_success(&url, response).map(|_| ())
+    }
+
+    /// `POST /device/{uuid}/logs` with NDJSON lines (one JSON object each, `\n` after
+    /// each), within `LOGS_TIMEOUT` whatever the client's own timeout.
+    pub fn send_logs(&self, uuid: &str, device_key: &str, ndjson: &str) -> Result<(), Error> {
+        let url = self.url(&format!("/device/{uuid}/logs"));
+        let response = self
+            .http
+            .post(&url)
+            .config()
+            .timeout_global(Some(LOGS_TIMEOUT))
+            .build()
+            .header("X-Device-API-Key", device_key)
+            .header("Content-Type", "application/x-ndjson")
+            .send(ndjson)
             .map_err(|e| unreachable(&url, e))?;
         expect_success(&url, response).map(|_| ())
     }

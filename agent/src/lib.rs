@@ -1,7 +1,8 @@
 //! pinion-agent: runs on each gateway, polls its target state from the server and
 //! reconciles Docker to it. The data path: `client` (poll, ETag) → `store` (SQLite) →
 //! `spec` → `probation` (rollbacks in force) → `plan` (pure) → `apply` (through `engine`)
-//! → `report` → `client`.
+//! → `report` → `client`. A deployment that fails leaves its container's last lines
+//! for the operator (`failure_logs` → `client`).
 
 pub mod apply;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod failure_logs;
 pub mod identity;
 pub mod plan;
 pub mod probation;

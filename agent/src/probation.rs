@@ -8,6 +8,7 @@
 
 use crate::apply::Activity;
 use crate::engine::{ContainerHealth, Engine};
+use crate::failure_logs::FailureLogs;
 use crate::spec::{DesiredService, ServiceKey};
 use crate::store::{AgentStore, Deployments, Rollback, ServiceRecord};
 use crate::Error;
@@ -104,12 +105,14 @@ impl Probation {
     }
 
     /// Inspects the containers of deployments in probation that are still the target's
-    /// (`target`: its services before rollbacks) and rolls back those that fail.
+    /// (`target`: its services before rollbacks) and rolls back those that fail; the
+    /// last lines of a failed one go to `failure_logs`, with the reason.
     pub fn watch(
         &mut self,
         engine: &dyn Engine,
         store: &AgentStore,
         target: &[DesiredService],
+        failure_logs: &mut FailureLogs,
         now: u64,
     ) -> Result<(), Error> {
         if self.period.is_zero() {
@@ -136,7 +139,8 @@ impl Probation {
             };
             if let Some(reason) = probation_verdict(&health, current.keep_running) {
                 self.judged.insert((wanted.key.clone(), current.config_hash.clone()));
-                self.reject(store, current, restore_point(current, &deployments, true), reason, now)?;
+                let said = self.reject(store, current, restore_point(current, &deployments, true), reason, now)?;
+                failure_logs.collect(engine, current, Some(container), &said);
             }
         }
         Ok(())
@@ -193,7 +197,8 @@ impl Probation {
         Ok(())
     }
 
-    /// Records that `rejected` failed, and the rollback to `restore` if there is one.
+    /// Records that `rejected` failed, and the rollback to `restore` if there is one;
+    /// returns what it logged.
     fn reject(
         &self,
         store: &AgentStore,
@@ -201,13 +206,13 @@ impl Probation {
         restore: Option<&DesiredService>,
         reason: String,
         now: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<String, Error> {
         let key = &rejected.key;
         let Some(restore) = restore else {
             let message = format!("{key}: {} {reason}; there is no earlier deployment to go back to", rejected.image);
             log::warn!("{message}");
             let _ = store.log_event("warn", &message);
-            return Ok(());
+            return Ok(message);
         };
         let message = format!("{key}: {} {reason}; rolling back to {}", rejected.image, restore.image);
         log::warn!("{message}");
@@ -219,7 +224,8 @@ impl Probation {
             reason,
             at: now,
         };
-        store.record_rollback(key, &rollback)
+        store.record_rollback(key, &rollback)?;
+        Ok(message)
     }
 }
 
@@ -364,6 +370,9 @@ mod tests {
         fn connect_network(&self, _: &str, _: &str, _: &[String]) -> Result<(), Error> {
             Ok(())
         }
+        fn log_tail(&self, _: &str, _: u32) -> Result<Vec<crate::engine::LogLine>, Error> {
+            Ok(vec![crate::engine::LogLine { stderr: true, timestamp_ms: Some(1), text: "panic: no config".into() }])
+        }
     }
 
     #[test]
@@ -374,30 +383,44 @@ mod tests {
         store.record_deployed(&v2, "c2").unwrap();
         let now = store.services().unwrap()[0].deployed_at;
         let mut probation = Probation::new(Duration::from_secs(60));
+        let mut logs = FailureLogs::new();
         probation.after_apply(&store, std::slice::from_ref(&v2), &BTreeMap::new(), now).unwrap();
         assert!(probation.busy(), "v2 is in probation");
 
         // Running fine: nothing happens.
-        probation.watch(&Inspecting(health("running", 0, 0, None)), &store, std::slice::from_ref(&v2), now).unwrap();
+        probation
+            .watch(&Inspecting(health("running", 0, 0, None)), &store, std::slice::from_ref(&v2), &mut logs, now)
+            .unwrap();
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
         // After probation, a crash is no longer judged.
         // Crashing as Docker shows it under restart `always`: restarted again and again.
         let crashing = Inspecting(health("restarting", 1, 2, None));
-        probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 60).unwrap();
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, now + 60).unwrap();
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
 
-        probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 5).unwrap();
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, now + 5).unwrap();
         let rollback = store.rollback_of(&v2.key).unwrap().expect("rolled back");
         assert_eq!((rollback.from_image.as_str(), rollback.to.image.as_str()), ("a@2", "a@1"));
         assert_eq!(rollback.reason, "restarted 2 times within probation (last exit code 1)");
         assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
         assert!(store.recent_events(1).unwrap()[0].message.contains("rolling back to a@1"));
+        // The operator gets the container's last lines and the reason, once.
+        let sent: Vec<serde_json::Value> = logs.pending().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(
+            (sent[0]["message"].as_str(), sent[0]["containerId"].as_str()),
+            (Some("panic: no config"), Some("c2"))
+        );
+        let said = sent[1]["message"].as_str().unwrap();
+        assert!(said.contains("restarted 2 times within probation") && said.contains("rolling back to a@1"), "{said}");
+        assert_eq!(sent[1]["source"]["type"], "manager");
 
         // v1 is put back; it is not judged (there is nowhere further to go), nor is v2 retried.
         store.record_deployed(&v1, "c3").unwrap();
-        probation.watch(&crashing, &store, std::slice::from_ref(&v2), now + 6).unwrap();
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, now + 6).unwrap();
         probation.after_apply(&store, std::slice::from_ref(&v1), &BTreeMap::new(), now + 6).unwrap();
         assert!(!probation.busy(), "a deployment under a rollback is not watched");
+        assert_eq!(logs.pending().count(), 2, "said once");
         assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
 
         // A new target lifts the rollback.

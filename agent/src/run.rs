@@ -3,12 +3,15 @@
 //! on from the stored target regardless, so containers keep running, and come back
 //! when removed, without network. While a new deployment is in probation, the agent
 //! reconciles every few seconds in between (without polling), so that one failing is
-//! caught and rolled back (`probation.rs`).
+//! caught and rolled back (`probation.rs`). The last lines of a deployment that failed
+//! go to the server after the cycle that saw it fail, while the server answers polls
+//! (`failure_logs.rs`).
 
 use crate::apply::{apply, Activity};
 use crate::client::{Poll, ServerClient};
 use crate::config::Config;
 use crate::engine::{Container, DockerEngine, Engine, LABEL_CONFIG_HASH};
+use crate::failure_logs::{failed_starts, FailureLogs};
 use crate::identity::ensure_identity;
 use crate::plan::{container_key, plan, PlanInput};
 use crate::probation::Probation;
@@ -51,6 +54,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut agent = Agent {
         info: DeviceInfo { os_version: os_version(), local_ip: server_host(&server).and_then(|h| local_ip(&h)) },
         probation: Probation::new(config.probation),
+        failure_logs: FailureLogs::new(),
         config,
         store,
         client,
@@ -99,6 +103,8 @@ struct Agent {
     engine: DockerEngine,
     info: DeviceInfo,
     probation: Probation,
+    /// Last lines of failed deployments, waiting to be sent.
+    failure_logs: FailureLogs,
     poll_failures: u32,
     next_poll: Instant,
     /// The last report delivered, and when.
@@ -117,6 +123,10 @@ impl Agent {
         if let Err(e) = self.reconcile() {
             log::error!("{e}");
             let _ = self.store.log_event("error", &e.to_string());
+        }
+        // Not while the server is away: each try would wait for its timeout.
+        if self.poll_failures == 0 {
+            self.failure_logs.send(&self.client, &self.identity.uuid, &self.identity.device_key);
         }
     }
 
@@ -170,7 +180,7 @@ impl Agent {
         };
         let (target_services, invalid) = desired_services(&target);
         let now = unix_now();
-        self.probation.watch(&self.engine, &self.store, &target_services, now)?;
+        self.probation.watch(&self.engine, &self.store, &target_services, &mut self.failure_logs, now)?;
         // The target's services, but the deployment put back where one failed probation.
         let desired = self.probation.effective(&self.store, target_services)?;
         let containers = self.engine.managed_containers()?;
@@ -205,6 +215,9 @@ impl Agent {
         } else {
             (self.engine.managed_containers()?, self.store.services()?)
         };
+        for failed in failed_starts(&steps, &desired, &activities, &containers) {
+            self.failure_logs.collect(&self.engine, failed.service, failed.container, &failed.why);
+        }
         for (wanted, container) in unrecorded(&desired, &containers, &records) {
             let short = container.get(..12).unwrap_or(container);
             let message = format!("{}: {short} runs {} but was not recorded; recorded it", wanted.key, wanted.image);

@@ -3,12 +3,13 @@
 //! after it goes to `/v<version>/…`, and Docker's `{"message": …}` errors become
 //! `Error::Docker` naming the operation and its object.
 
+use super::log_stream::LogTail;
 use super::unix::{NoResolver, UnixConnector};
-use super::{pull, Container, ContainerHealth, Engine, PullProgress};
+use super::{pull, Container, ContainerHealth, Engine, LogLine, PullProgress};
 use crate::Error;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::BufReader;
+use std::io::{BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ureq::http::{Request, Response};
@@ -24,6 +25,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const PULL_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Replies other than a pull's are small; a bigger one is refused rather than held.
 const MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
+/// A log tail is read for an operator after a failure: it must not hold up the agent.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a log stream read at most (over the local socket). Docker splits entries at
+/// 16 KiB, so this is enough for 50 of them; only `MAX_LOG_TAIL_BYTES` are kept.
+const MAX_LOG_READ_BYTES: u64 = 1024 * 1024;
+/// Bytes of log text kept from one tail, the newest.
+const MAX_LOG_TAIL_BYTES: usize = 64 * 1024;
 
 /// A Docker engine reached over its unix socket.
 #[derive(Debug)]
@@ -453,6 +461,36 @@ impl Engine for DockerEngine {
         } else {
             Err(reply.refused(op))
         }
+    }
+
+    fn log_tail(&self, container: &str, lines: u32) -> Result<Vec<LogLine>, Error> {
+        let op = format!("logs {container}");
+        let path = format!("/containers/{}/logs?stdout=1&stderr=1&timestamps=1&tail={lines}", segment(container));
+        let response = self.send(&op, "GET", &path, None, &[], Deadline::Within(LOGS_TIMEOUT))?;
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(String::from);
+        let mut body = response.into_body();
+        match status {
+            200 => {}
+            404 => return Ok(Vec::new()),
+            // e.g. 501: a logging driver that cannot be read back (`none`, `syslog`).
+            _ => {
+                let body = body.with_config().limit(MAX_REPLY_BYTES).read_to_vec().unwrap_or_default();
+                return Err(Reply { status, body }.refused(op));
+            }
+        }
+        let mut tail = LogTail::new(content_type.as_deref(), lines as usize, MAX_LOG_TAIL_BYTES);
+        let mut reader = body.as_reader().take(MAX_LOG_READ_BYTES);
+        let mut chunk = [0u8; 8192];
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => tail.push(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.unreachable(&op, format!("reading the log stream: {e}"))),
+            }
+        }
+        Ok(tail.finish())
     }
 }
 

@@ -2,10 +2,12 @@
 //! the Docker Engine API over the unix socket (`docker.rs`); tests record calls instead.
 
 mod docker;
+mod log_stream;
 mod pull;
 mod unix;
 
 pub use docker::DockerEngine;
+pub use log_stream::LogLine;
 
 use crate::Error;
 use serde_json::Value;
@@ -90,4 +92,8 @@ pub trait Engine {
     /// Connects a container to one more network, reachable there by `aliases`
     /// (`POST /networks/{network}/connect`). Already connected is not an error.
     fn connect_network(&self, network: &str, container: &str, aliases: &[String]) -> Result<(), Error>;
+    /// The last `lines` lines the container (id or name) wrote to stdout and stderr,
+    /// oldest first, with Docker's timestamps; bounded in bytes (`log_stream.rs`). A
+    /// container that is gone has none.
+    fn log_tail(&self, container: &str, lines: u32) -> Result<Vec<LogLine>, Error>;
 }
