@@ -54,6 +54,15 @@ SERVE OPTIONS:
                                it they wait as pending updates [default: none, any time]
     --workers N                HTTP worker threads [default 16]
     --max-body BYTES           largest request body accepted [default 1048576]
+    --max-connections N        open connections at most; past it the connections that have
+                               waited longest (idle, or slow to send their request) are
+                               closed [default: what the open-files limit allows, which the
+                               server raises to its hard limit, less 128]
+    --idle-timeout DUR         how long a keep-alive connection may wait for its next
+                               request [default 75s: longer than a device's 60 s poll]
+    --head-timeout DUR         from a connection's opening or first byte to the end of its
+                               request head [default 10s]
+    --body-timeout DUR         for a request's body after its head [default 30s]
     --auth-failures-per-minute N
                                refused credentials (401/403) one client address may have per
                                minute (a burst of N, then one every 60/N s); over it, every
@@ -173,6 +182,10 @@ struct Options {
     webhook_token: Option<String>,
     workers: Option<usize>,
     max_body: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<Duration>,
+    head_timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
     auth_failures_per_minute: Option<u32>,
     registrations_per_minute: Option<u32>,
     registry_auth: Option<PathBuf>,
@@ -185,6 +198,20 @@ struct Options {
 }
 
 impl Options {
+    /// The HTTP server's limits: each flag, or its default (`http_server::Limits`).
+    fn server_limits(&self) -> crate::http_server::Limits {
+        let default = crate::http_server::Limits::default();
+        crate::http_server::Limits {
+            max_connections: crate::http_server::connection_limit(self.max_connections),
+            workers: self.workers.unwrap_or(default.workers).max(1),
+            head_timeout: self.head_timeout.unwrap_or(default.head_timeout),
+            body_timeout: self.body_timeout.unwrap_or(default.body_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(default.idle_timeout),
+            write_timeout: default.write_timeout,
+            max_body: self.max_body.unwrap_or(default.max_body),
+        }
+    }
+
     fn set(&mut self, name: &str, value: String) -> Result<(), Error> {
         let duration = |v: &str| parse_duration(v).map_err(|e| usage(format!("--{name}: {e}")));
         let number = |v: &str| v.parse::<usize>().map_err(|_| usage(format!("--{name}: {v:?} is not a number")));
@@ -199,6 +226,10 @@ impl Options {
             "webhook-token" => self.webhook_token = Some(value),
             "workers" => self.workers = Some(number(&value)?),
             "max-body" => self.max_body = Some(number(&value)?),
+            "max-connections" => self.max_connections = Some(number(&value)?),
+            "idle-timeout" => self.idle_timeout = Some(duration(&value)?),
+            "head-timeout" => self.head_timeout = Some(duration(&value)?),
+            "body-timeout" => self.body_timeout = Some(duration(&value)?),
             "auth-failures-per-minute" => self.auth_failures_per_minute = Some(per_minute(&value)?),
             "registrations-per-minute" => self.registrations_per_minute = Some(per_minute(&value)?),
             "registry-auth" => self.registry_auth = Some(value.into()),
@@ -291,14 +322,15 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");
     }
-    let server = crate::listener::bind(&listen)?;
+    let listener = crate::listener::bind(&listen)?;
     log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
     crate::systemd::ready();
     let limits = ClientLimits::per_minute(
         options.auth_failures_per_minute.unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
         options.registrations_per_minute.unwrap_or(DEFAULT_REGISTRATIONS_PER_MINUTE),
     );
-    api::serve(server, api, limits, options.workers.unwrap_or(16), options.max_body.unwrap_or(1 << 20));
+    let server_limits = options.server_limits();
+    api::serve(listener, api, limits, server_limits).map_err(|source| Error::Io { path: listen.into(), source })?;
     Ok(ExitCode::SUCCESS)
 }
 

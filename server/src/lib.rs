@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device_logs;
 pub mod digest_cache;
 mod error;
+pub mod http_server;
 pub mod keys;
 mod listener;
 pub mod pinning;

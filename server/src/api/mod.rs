@@ -1,7 +1,8 @@
 //! The HTTP API of DESIGN.md's wire contract, under `/api/v1`: device routes (poll,
 //! report, register) and operator routes (target state, devices, provisioning keys).
 //! `handle` is a plain function from `Request` to `Response`; `serve` puts it on a
-//! socket, behind the per-address limits of `handle_limited`.
+//! socket, behind the per-address limits of `handle_limited`, with `refuse_before_body`
+//! deciding whether a large body is worth reading.
 
 mod auth;
 mod credentials;
@@ -177,6 +178,46 @@ pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Re
         limits.record_failure(request.peer, Instant::now());
     }
     response
+}
+
+/// For a request whose large (or chunked, or `Expect: 100-continue`) body has not been
+/// read: refuses it on its head alone — an unknown route or method, an address over its
+/// limits, or no valid credential of any kind (counted as a failure) — answered as
+/// `handle_limited` would have. `None` lets the body be read; the route still checks
+/// that the credential is the right kind.
+pub fn refuse_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> Option<Response> {
+    let Some(route) = route(&request.path) else {
+        return Some(error_response(&Error::NotFound { what: format!("route {}", request.path) }));
+    };
+    let methods = route.methods();
+    if !methods.contains(&request.method.as_str()) {
+        let error = Error::MethodNotAllowed { method: request.method.clone(), path: request.path.clone() };
+        return Some(error_response(&error).with_header("Allow", methods.join(", ")));
+    }
+    if matches!(route, Route::Health) {
+        return None;
+    }
+    let registering = matches!(route, Route::DeviceRegister);
+    if let Err(error) = limits.admit(request.peer, registering, Instant::now()) {
+        return Some(error_response(&error));
+    }
+    let credential = match route {
+        Route::RegistryWebhook => webhook::check_token(api, request),
+        _ => match authenticate(api, request) {
+            Ok(auth::Caller::Anonymous) => Err(Error::Unauthorized { reason: "this route needs credentials".into() }),
+            Ok(auth::Caller::Unrecognized) => {
+                Err(Error::Unauthorized { reason: "the credentials given are not valid".into() })
+            }
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        },
+    };
+    let error = credential.err()?;
+    let response = error_response(&error);
+    if matches!(response.status, 401 | 403) {
+        limits.record_failure(request.peer, Instant::now());
+    }
+    Some(response)
 }
 
 fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, Error> {

@@ -10,6 +10,19 @@ use crate::Error;
 use serde_json::json;
 
 pub(super) fn receive(api: &Api, request: &Request) -> Result<Response, Error> {
+    check_token(api, request)?;
+    let (references, ignored): (Vec<String>, Vec<String>) =
+        pushed_references(&request.body)?.into_iter().partition(|r| admitted(api, r));
+    if !references.is_empty() {
+        log::info!("registry webhook: {} pushed", references.join(", "));
+        api.refresh_now(references.clone());
+    }
+    Ok(Response::json(202, &json!({"status": "accepted", "references": references, "ignored": ignored})))
+}
+
+/// The webhook token, in the header or the query: 403 while webhooks are off, 401 when
+/// missing or wrong.
+pub(super) fn check_token(api: &Api, request: &Request) -> Result<(), Error> {
     let Some(expected) = &api.webhook_token_hash else {
         return Err(Error::Forbidden {
             reason: "registry webhooks are off; start the server with --webhook-token".into(),
@@ -26,13 +39,7 @@ pub(super) fn receive(api: &Api, request: &Request) -> Result<Response, Error> {
     if !constant_time_eq(hash_secret(&token).as_bytes(), expected.as_bytes()) {
         return Err(Error::Unauthorized { reason: "the webhook token is not valid".into() });
     }
-    let (references, ignored): (Vec<String>, Vec<String>) =
-        pushed_references(&request.body)?.into_iter().partition(|r| admitted(api, r));
-    if !references.is_empty() {
-        log::info!("registry webhook: {} pushed", references.join(", "));
-        api.refresh_now(references.clone());
-    }
-    Ok(Response::json(202, &json!({"status": "accepted", "references": references, "ignored": ignored})))
+    Ok(())
 }
 
 /// Whether the server may ask `reference`'s registry (`--allowed-registries`); a refused

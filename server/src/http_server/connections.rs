@@ -1,0 +1,364 @@
+//! The connection loop: one thread that owns every connection not being answered. It
+//! accepts, reads request heads (and small bodies) as bytes arrive, hands complete
+//! requests to the workers, takes keep-alive connections back, and closes those whose
+//! time is up. No client can make it wait: every socket here is non-blocking.
+//!
+//! At the connection limit the connections that have waited longest (idle, or with a
+//! head still trickling in) are closed to make room, as nginx reuses its idle
+//! keep-alive connections: a flood of idle sockets cannot keep a device out.
+
+use super::epoll::{Epoll, Wakeup};
+use super::head::{parse_head, BodyFraming, Head, HeadError, MAX_HEAD_BYTES};
+use super::worker::{self, Body, Job};
+use super::{Limits, Service, SMALL_BODY};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LISTENER: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
+/// How often deadlines are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How long accepting pauses when the process is out of descriptors and nothing can be closed.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Bytes read ahead at most: a head and a small body.
+const READ_AHEAD: usize = MAX_HEAD_BYTES + SMALL_BODY;
+
+/// One client connection and what it has sent that is not yet answered.
+pub(super) struct Conn {
+    pub stream: TcpStream,
+    pub peer: Option<SocketAddr>,
+    pub buf: Vec<u8>,
+    phase: Phase,
+    /// When its current wait began: the longest waiting are closed first at the limit.
+    waiting_since: Instant,
+    deadline: Instant,
+    /// The count of open connections, one less when this one is dropped (closed).
+    open: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of a request.
+    Idle,
+    /// Part of a head has come.
+    Head,
+    /// The head has come; its small body is coming.
+    Body,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What workers hand back: connections kept alive, and a wake-up for this loop.
+pub(super) struct Handback {
+    conns: Mutex<Vec<Conn>>,
+    wakeup: Wakeup,
+}
+
+impl Handback {
+    pub fn give(&self, conn: Conn) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.wakeup.wake();
+    }
+}
+
+struct Loop {
+    listener: TcpListener,
+    epoll: Epoll,
+    limits: Limits,
+    conns: HashMap<u64, Conn>,
+    open: Arc<AtomicUsize>,
+    handback: Arc<Handback>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// Accepting paused (out of descriptors) until then.
+    paused_until: Option<Instant>,
+    /// The last time running out of descriptors was logged.
+    logged_exhaustion: Option<Instant>,
+}
+
+pub(super) fn run(listener: TcpListener, limits: Limits, service: Arc<dyn Service>) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let epoll = Epoll::new()?;
+    let handback = Arc::new(Handback { conns: Mutex::new(Vec::new()), wakeup: Wakeup::new()? });
+    epoll.add(listener.as_raw_fd(), LISTENER)?;
+    epoll.add(handback.wakeup.raw_fd(), WAKE)?;
+    let jobs = worker::start(&limits, service, Arc::clone(&handback))?;
+    log::info!(
+        "serving with {} workers, at most {} connections (head {} s, body {} s, idle {} s)",
+        limits.workers,
+        limits.max_connections,
+        limits.head_timeout.as_secs(),
+        limits.body_timeout.as_secs(),
+        limits.idle_timeout.as_secs()
+    );
+    let mut state = Loop {
+        listener,
+        epoll,
+        limits,
+        conns: HashMap::new(),
+        open: Arc::new(AtomicUsize::new(0)),
+        handback,
+        jobs,
+        paused_until: None,
+        logged_exhaustion: None,
+    };
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut ready = Vec::with_capacity(1024);
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    loop {
+        let now = Instant::now();
+        let mut wait = next_sweep.saturating_duration_since(now);
+        if let Some(until) = state.paused_until {
+            wait = wait.min(until.saturating_duration_since(now));
+        }
+        state.epoll.wait(&mut events, wait, &mut ready)?;
+        for &token in &ready {
+            match token {
+                LISTENER => state.accept_all(),
+                WAKE => state.take_back(),
+                fd => state.read_ready(fd),
+            }
+        }
+        let now = Instant::now();
+        if state.paused_until.is_some_and(|until| now >= until) {
+            state.paused_until = None;
+            state.epoll.add(state.listener.as_raw_fd(), LISTENER)?;
+        }
+        if now >= next_sweep {
+            state.sweep(now);
+            next_sweep = now + SWEEP_EVERY;
+        }
+    }
+}
+
+impl Loop {
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    self.log_exhaustion(&e);
+                    if self.evict_longest_waiting() == 0 {
+                        // Nothing to close: stop accepting for a moment rather than spin.
+                        let _ = self.epoll.remove(self.listener.as_raw_fd());
+                        self.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                        return;
+                    }
+                }
+                // ECONNABORTED and the like: that client is gone, the next may not be.
+                Err(e) => log::debug!("accepting a connection: {e}"),
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.open.load(Ordering::Relaxed) >= self.limits.max_connections && self.evict_longest_waiting() == 0 {
+            // Every connection is being answered: this one is refused (closed at once).
+            log::debug!("connection from {peer} refused: {} connections are being answered", self.open.load(Ordering::Relaxed));
+            return;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let conn = Conn {
+            stream,
+            peer: Some(peer),
+            buf: Vec::new(),
+            phase: Phase::Idle,
+            waiting_since: now,
+            // A new connection has the head's time to send it.
+            deadline: now + self.limits.head_timeout,
+            open: Arc::clone(&self.open),
+        };
+        if let Err(e) = conn.stream.set_nonblocking(true) {
+            log::debug!("connection from {peer}: {e}");
+            return;
+        }
+        self.watch(conn);
+    }
+
+    /// Puts a connection in the epoll set and the table; reads what it already sent.
+    fn watch(&mut self, conn: Conn) {
+        let fd = conn.stream.as_raw_fd();
+        if let Err(e) = self.epoll.add(fd, fd as u64) {
+            log::warn!("watching a connection: {e}");
+            return;
+        }
+        let pending = !conn.buf.is_empty();
+        self.conns.insert(fd as u64, conn);
+        if pending {
+            self.advance(fd as u64);
+        }
+    }
+
+    /// Closes the connections that have waited longest: one in 64 of them (at least one),
+    /// so that a flood at the limit costs a scan per 64 connections, not per connection.
+    fn evict_longest_waiting(&mut self) -> usize {
+        if self.conns.is_empty() {
+            return 0;
+        }
+        let mut waiting: Vec<(Instant, u64)> = self.conns.iter().map(|(fd, c)| (c.waiting_since, *fd)).collect();
+        let count = (waiting.len() / 64).max(1);
+        if count < waiting.len() {
+            waiting.select_nth_unstable(count - 1);
+        }
+        for (_, fd) in &waiting[..count] {
+            self.conns.remove(fd);
+        }
+        log::debug!("at the connection limit: closed the {count} connections that had waited longest");
+        count
+    }
+
+    fn log_exhaustion(&mut self, error: &io::Error) {
+        let now = Instant::now();
+        if self.logged_exhaustion.is_none_or(|at| now.duration_since(at) > Duration::from_secs(10)) {
+            log::warn!(
+                "out of descriptors with {} connections open ({error}); closing the longest waiting. \
+                 Raise LimitNOFILE or lower --max-connections",
+                self.open.load(Ordering::Relaxed)
+            );
+            self.logged_exhaustion = Some(now);
+        }
+    }
+
+    /// Connections the workers are done with, for their next request.
+    fn take_back(&mut self) {
+        self.handback.wakeup.clear();
+        let conns = std::mem::take(&mut *self.handback.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        let now = Instant::now();
+        for mut conn in conns {
+            if conn.stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            conn.phase = Phase::Idle;
+            conn.waiting_since = now;
+            conn.deadline = now + self.limits.idle_timeout;
+            self.watch(conn);
+        }
+    }
+
+    fn read_ready(&mut self, fd: u64) {
+        let Some(conn) = self.conns.get_mut(&fd) else { return };
+        let mut chunk = [0u8; 16 * 1024];
+        let mut ended = false;
+        while conn.buf.len() < READ_AHEAD {
+            let room = (READ_AHEAD - conn.buf.len()).min(chunk.len());
+            match conn.stream.read(&mut chunk[..room]) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.conns.remove(&fd);
+                    return;
+                }
+            }
+        }
+        self.advance(fd);
+        if ended {
+            // A client that sent its request and shut its side still gets its answer
+            // (the request went to a worker); anything short of a request is dropped.
+            self.conns.remove(&fd);
+        }
+    }
+
+    /// Moves a connection's request on with what it has sent: a complete request goes
+    /// to a worker, a broken one is answered and closed.
+    fn advance(&mut self, fd: u64) {
+        let Some(conn) = self.conns.get_mut(&fd) else { return };
+        if conn.buf.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if conn.phase == Phase::Idle {
+            conn.phase = Phase::Head;
+            conn.waiting_since = now;
+            conn.deadline = now + self.limits.head_timeout;
+        }
+        let head = match parse_head(&conn.buf) {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(error) => return self.refuse(fd, &error),
+        };
+        let body = match head.body {
+            BodyFraming::None => Body::Empty,
+            BodyFraming::Length(n) if n > self.limits.max_body as u64 => {
+                let message = format!("request body larger than {} bytes", self.limits.max_body);
+                return self.answer_and_close(fd, 413, "payload_too_large", &message);
+            }
+            BodyFraming::Length(n) if n as usize <= SMALL_BODY && !head.expect_continue => {
+                let end = head.len + n as usize;
+                if conn.buf.len() < end {
+                    if conn.phase == Phase::Head {
+                        conn.phase = Phase::Body;
+                        conn.deadline = now + self.limits.body_timeout;
+                    }
+                    return;
+                }
+                Body::Read(conn.buf[head.len..end].to_vec())
+            }
+            _ => Body::Pending,
+        };
+        self.dispatch(fd, head, body);
+    }
+
+    fn dispatch(&mut self, fd: u64, head: Head, body: Body) {
+        let Some(mut conn) = self.conns.remove(&fd) else { return };
+        let _ = self.epoll.remove(fd as i32);
+        let consumed = head.len + if let Body::Read(bytes) = &body { bytes.len() } else { 0 };
+        conn.buf.drain(..consumed);
+        if conn.stream.set_nonblocking(false).is_err() {
+            return;
+        }
+        // The workers live as long as the process; a send fails only while it exits.
+        let _ = self.jobs.send(Job { conn, head, body });
+    }
+
+    fn refuse(&mut self, fd: u64, error: &HeadError) {
+        let code = match error.status() {
+            431 => "request_header_fields_too_large",
+            501 => "not_implemented",
+            _ => "bad_request",
+        };
+        self.answer_and_close(fd, error.status(), code, &error.message());
+    }
+
+    /// Answers without a worker (the socket's buffer takes a short answer whole) and closes.
+    fn answer_and_close(&mut self, fd: u64, status: u16, code: &str, message: &str) {
+        let Some(mut conn) = self.conns.remove(&fd) else { return };
+        let response = worker::error_response(status, code, message);
+        let _ = conn.stream.write_all(&worker::serialize(&response, false));
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<u64> = self.conns.iter().filter(|(_, c)| c.deadline <= now).map(|(fd, _)| *fd).collect();
+        for fd in expired {
+            if let Some(conn) = self.conns.remove(&fd) {
+                log::debug!(
+                    "closed {} after its {} timeout",
+                    conn.peer.map(|p| p.to_string()).unwrap_or_default(),
+                    match conn.phase {
+                        Phase::Idle => "idle",
+                        Phase::Head => "head",
+                        Phase::Body => "body",
+                    }
+                );
+            }
+        }
+    }
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}

@@ -1,0 +1,107 @@
+//! The few Linux calls the connection loop needs: an epoll set that says which sockets
+//! have bytes to read, and an eventfd that wakes it when a worker hands a connection
+//! back. Each `unsafe` block is one system call on descriptors this module owns or was
+//! lent; nothing else in the server touches raw descriptors.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: no pointers; the descriptor returned is owned from here on.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Watches `fd` for readability (and hang-up), reported with `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+    }
+
+    /// Stops watching `fd`. Closing a descriptor also removes it.
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: token };
+        // SAFETY: a valid epoll descriptor, and a pointer to an event that outlives the call.
+        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) }).map(|_| ())
+    }
+
+    /// Waits up to `timeout` and fills `tokens` with those ready.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration, tokens: &mut Vec<u64>) -> io::Result<()> {
+        tokens.clear();
+        let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: `events` is a writable buffer of the length passed.
+        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, millis) };
+        match check(n) {
+            Ok(n) => {
+                tokens.extend(events[..n as usize].iter().map(|e| e.u64));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A counter the kernel can wait on: written by workers, read by the connection loop.
+pub struct Wakeup {
+    fd: OwnedFd,
+}
+
+impl Wakeup {
+    pub fn new() -> io::Result<Wakeup> {
+        // SAFETY: no pointers; the descriptor returned is owned from here on.
+        let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        Ok(Wakeup { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a u64 that lives through the call. A full counter
+        // (EAGAIN) already means "wake up", so the result does not matter.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter after a wake-up.
+    pub fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a u64 that lives through the call.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit; returns (before, after).
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a pointer to a writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    let before = limit.rlim_cur as u64;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: a pointer to an initialized rlimit.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) })?;
+    }
+    Ok((before, limit.rlim_cur as u64))
+}

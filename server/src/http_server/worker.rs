@@ -1,0 +1,264 @@
+//! The workers: each takes a request whose head has arrived, reads its body if it is a
+//! large one (after the service has admitted it), answers it through the service (a
+//! panic there is a 500 for that request alone), writes the answer, and hands a
+//! keep-alive connection back to the connection loop.
+
+use super::body::{BodyError, DeadlineStream, Incoming};
+use super::connections::{Conn, Handback};
+use super::head::Head;
+use super::{Limits, Service};
+use crate::api::{Request, Response};
+use flate2::read::GzDecoder;
+use serde_json::json;
+use std::io::{self, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A request for a worker.
+pub(super) struct Job {
+    pub conn: Conn,
+    pub head: Head,
+    pub body: Body,
+}
+
+pub(super) enum Body {
+    Empty,
+    /// A small body, read with the head.
+    Read(Vec<u8>),
+    /// Still on the socket (and partly in the connection's buffer).
+    Pending,
+}
+
+/// Starts the workers; the sender takes their jobs.
+pub(super) fn start(limits: &Limits, service: Arc<dyn Service>, handback: Arc<Handback>) -> io::Result<Sender<Job>> {
+    let (jobs, queue) = channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..limits.workers.max(1) {
+        let (queue, service, handback, limits) =
+            (Arc::clone(&queue), Arc::clone(&service), Arc::clone(&handback), limits.clone());
+        std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .spawn(move || work(&queue, service.as_ref(), &handback, &limits))?;
+    }
+    Ok(jobs)
+}
+
+fn work(queue: &Mutex<Receiver<Job>>, service: &dyn Service, handback: &Handback, limits: &Limits) {
+    loop {
+        let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        if let Some(conn) = answer(job, service, limits) {
+            handback.give(conn);
+        }
+    }
+}
+
+/// Answers one request; the connection back if it may serve another.
+fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
+    let Job { mut conn, head, body } = job;
+    let started = Instant::now();
+    let (path, query) = match head.target.split_once('?') {
+        Some((path, query)) => (path.to_string(), Some(query.to_string())),
+        None => (head.target.clone(), None),
+    };
+    let mut request = Request { method: head.method.clone(), path, query, headers: head.headers.clone(), body: Vec::new(), peer: conn.peer };
+    let _ = conn.stream.set_write_timeout(Some(limits.write_timeout));
+    let raw = match body {
+        Body::Empty => Vec::new(),
+        Body::Read(bytes) => bytes,
+        Body::Pending => {
+            if let Some(refusal) = guarded(|| service.refuse_before_body(&request)).unwrap_or_else(|| Some(panicked())) {
+                write_answer(&mut conn, &request, &refusal, false, started);
+                return None;
+            }
+            if head.expect_continue && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                return None;
+            }
+            match read_body(&mut conn, &head, limits) {
+                Ok(bytes) => bytes,
+                Err(BodyError::TooLarge { limit }) => {
+                    let response = error_response(413, "payload_too_large", &format!("request body larger than {limit} bytes"));
+                    write_answer(&mut conn, &request, &response, false, started);
+                    return None;
+                }
+                Err(BodyError::Malformed(why)) => {
+                    let response = error_response(400, "bad_request", &format!("malformed chunked body: {why}"));
+                    write_answer(&mut conn, &request, &response, false, started);
+                    return None;
+                }
+                Err(BodyError::Incomplete(why)) => {
+                    log::debug!("{} {}: {why}", request.method, request.path);
+                    return None;
+                }
+            }
+        }
+    };
+    let gzip = request.header("content-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    request.body = if gzip {
+        match gunzip(&raw, limits.max_body) {
+            Ok(body) => body,
+            Err(response) => {
+                write_answer(&mut conn, &request, &response, false, started);
+                return None;
+            }
+        }
+    } else {
+        raw
+    };
+    let response = guarded(|| service.handle(&request)).unwrap_or_else(panicked);
+    let keep_alive = head.keep_alive && response.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
+    write_answer(&mut conn, &request, &response, keep_alive, started).then_some(conn)
+}
+
+/// Runs the service, turning a panic into `None` (its message is logged by the panic hook).
+fn guarded<T>(call: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(call)).ok()
+}
+
+fn panicked() -> Response {
+    log::error!("a request handler panicked; answered 500, the server goes on");
+    error_response(500, "internal_error", "the server failed on this request; it is logged")
+}
+
+fn read_body(conn: &mut Conn, head: &Head, limits: &Limits) -> Result<Vec<u8>, BodyError> {
+    let deadline = Instant::now() + limits.body_timeout;
+    let mut incoming = Incoming {
+        buf: std::mem::take(&mut conn.buf),
+        pos: 0,
+        source: DeadlineStream { stream: &conn.stream, deadline },
+    };
+    let body = match head.body {
+        super::head::BodyFraming::Length(n) => incoming.read_length(n, limits.max_body),
+        super::head::BodyFraming::Chunked => incoming.read_chunked(limits.max_body),
+        super::head::BodyFraming::None => Ok(Vec::new()),
+    };
+    conn.buf = incoming.into_leftover();
+    body
+}
+
+fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Response> {
+    let mut body = Vec::new();
+    GzDecoder::new(raw)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| error_response(400, "bad_request", &format!("reading the request body failed: {e}")))?;
+    if body.len() > limit {
+        return Err(error_response(413, "payload_too_large", &format!("request body larger than {limit} bytes")));
+    }
+    Ok(body)
+}
+
+/// Writes the answer; true if it was written whole.
+fn write_answer(conn: &mut Conn, request: &Request, response: &Response, keep_alive: bool, started: Instant) -> bool {
+    let written = conn.stream.write_all(&serialize(response, keep_alive));
+    if log::log_enabled!(log::Level::Debug) {
+        // The path only: a query may carry a token (`?token=` of a webhook).
+        let peer = conn.peer.map(|p| p.to_string()).unwrap_or_default();
+        match &written {
+            Ok(()) => log::debug!("{peer} {} {} {} {} µs", request.method, request.path, response.status, started.elapsed().as_micros()),
+            Err(e) => log::debug!("{peer} {} {} {}: writing the answer failed: {e}", request.method, request.path, response.status),
+        }
+    }
+    written.is_ok()
+}
+
+/// A JSON error in the API's shape, for what fails below the API.
+pub(super) fn error_response(status: u16, code: &str, message: &str) -> Response {
+    Response::json(status, &json!({"error": code, "message": message}))
+}
+
+/// Status line, headers (with `Content-Length` and, when closing, `Connection: close`)
+/// and body, as one buffer: one write, one packet for a small answer.
+pub(super) fn serialize(response: &Response, keep_alive: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + response.body.len());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+    for (name, value) in &response.headers {
+        let framing = name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection");
+        // A header that would split the head is dropped, never sent.
+        let splits = |s: &str| s.bytes().any(|b| b == b'\r' || b == b'\n');
+        if !framing && !splits(name) && !splits(value) {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+    }
+    // A 304 or 204 has no body, and a length would describe the one it stands for.
+    let bodiless = matches!(response.status, 204 | 304);
+    if !bodiless {
+        let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodiless {
+        out.extend_from_slice(&response.body);
+    }
+    out
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_carry_their_length_and_never_a_header_that_splits_the_head() {
+        let response = Response::json(200, &json!({"a": 1}))
+            .with_header("ETag", "\"e\"")
+            .with_header("X-Bad", "a\r\nSet-Cookie: x")
+            .with_header("Content-Length", "999");
+        let text = String::from_utf8(serialize(&response, true)).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: \"e\"\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
+        );
+        let closing = String::from_utf8(serialize(&Response::empty(304), false)).unwrap();
+        assert_eq!(closing, "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn a_panic_in_the_service_is_a_500_for_that_request() {
+        let answered = guarded(|| -> Response { panic!("a bug") }).unwrap_or_else(panicked);
+        assert_eq!(answered.status, 500);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&answered.body).unwrap()["error"], "internal_error");
+    }
+
+    #[test]
+    fn gzip_bodies_are_bounded_after_decompression() {
+        use flate2::write::GzEncoder;
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&vec![b'a'; 10_000]).unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert_eq!(gunzip(&bomb, 10_000).unwrap().len(), 10_000);
+        assert_eq!(gunzip(&bomb, 9_999).unwrap_err().status, 413);
+        assert_eq!(gunzip(b"not gzip", 100).unwrap_err().status, 400);
+    }
+}
