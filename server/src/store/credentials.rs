@@ -203,7 +203,7 @@ impl CredentialStore for SqliteStore {
     }
 
     fn registry_credential_entries(&self) -> Result<Vec<CredentialEntry>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(
                 "SELECT host, device_uuid, username, updated_at FROM registry_credentials ORDER BY host, device_uuid",
@@ -225,7 +225,7 @@ impl CredentialStore for SqliteStore {
 
     fn registry_credentials_for(&self, host: &str, device: Option<&str>) -> Result<Option<RegistryCredential>, Error> {
         let row = self
-            .conn()
+            .reader()?
             .query_row(
                 &format!(
                     "SELECT {ROW_COLUMNS} FROM registry_credentials c

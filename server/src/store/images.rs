@@ -61,7 +61,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<TrackedImage> {
 
 impl ImageStore for SqliteStore {
     fn tracked_image(&self, reference: &str) -> Result<Option<TrackedImage>, Error> {
-        self.conn()
+        self.reader()?
             .query_row(&format!("SELECT {COLUMNS} FROM image_digests i WHERE i.reference = ?1"), [reference], from_row)
             .optional()
             .map_err(db("reading the digest cache"))
@@ -74,7 +74,7 @@ impl ImageStore for SqliteStore {
         media_type: &str,
         now: i64,
     ) -> Result<Option<String>, Error> {
-        let mut conn = self.conn();
+        let mut conn = self.conn_outside_polls();
         let tx = conn.transaction().map_err(db("writing the digest cache"))?;
         let before: Option<String> = tx
             .query_row("SELECT digest FROM image_digests WHERE reference = ?1", [reference], |r| r.get(0))
@@ -96,7 +96,7 @@ impl ImageStore for SqliteStore {
     }
 
     fn record_resolution_error(&self, reference: &str, error: &str, now: i64) -> Result<(), Error> {
-        self.conn()
+        self.conn_outside_polls()
             .execute(
                 "INSERT INTO image_digests (reference, last_error, last_error_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (reference) DO UPDATE SET last_error = excluded.last_error,
@@ -108,7 +108,7 @@ impl ImageStore for SqliteStore {
     }
 
     fn tracked_images(&self) -> Result<Vec<TrackedImage>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(
                 "SELECT d.reference, i.digest, i.media_type, i.checked_at, i.changed_at, i.last_error,

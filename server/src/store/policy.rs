@@ -82,7 +82,7 @@ type PolicyRow = (bool, Option<String>, Option<String>, Option<String>);
 impl PolicyStore for SqliteStore {
     fn update_policy(&self, uuid: &str) -> Result<Option<UpdatePolicy>, Error> {
         let row: Option<PolicyRow> = self
-            .conn()
+            .reader()?
             .query_row(
                 "SELECT auto_update, window_start, window_end, window_timezone FROM update_policies
                  WHERE device_uuid = ?1",
@@ -108,7 +108,7 @@ impl PolicyStore for SqliteStore {
 
     fn set_update_policy(&self, uuid: &str, policy: &UpdatePolicy) -> Result<(), Error> {
         let window = policy.update_window.as_ref();
-        self.conn()
+        self.conn_outside_polls()
             .execute(
                 "INSERT INTO update_policies (device_uuid, auto_update, window_start, window_end, window_timezone, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -130,14 +130,14 @@ impl PolicyStore for SqliteStore {
 
     fn delete_update_policy(&self, uuid: &str) -> Result<bool, Error> {
         let deleted = self
-            .conn()
+            .conn_outside_polls()
             .execute("DELETE FROM update_policies WHERE device_uuid = ?1", [uuid])
             .map_err(db("removing an update policy"))?;
         Ok(deleted > 0)
     }
 
     fn add_pending_update(&self, p: &PendingUpdate) -> Result<(), Error> {
-        self.conn()
+        self.conn_outside_polls()
             .execute(
                 "INSERT INTO pending_updates (device_uuid, reference, digest, detected_at, apply_after)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -151,7 +151,7 @@ impl PolicyStore for SqliteStore {
     }
 
     fn pending_updates(&self, uuid: &str) -> Result<Vec<PendingUpdate>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {PENDING_COLUMNS} FROM pending_updates WHERE device_uuid = ?1 ORDER BY reference"
@@ -162,7 +162,7 @@ impl PolicyStore for SqliteStore {
     }
 
     fn due_pending_updates(&self, now_unix: i64) -> Result<Vec<PendingUpdate>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {PENDING_COLUMNS} FROM pending_updates
@@ -175,7 +175,7 @@ impl PolicyStore for SqliteStore {
     }
 
     fn clear_pending_updates(&self, uuid: &str, references: Option<&[String]>) -> Result<(), Error> {
-        let mut conn = self.conn();
+        let mut conn = self.conn_outside_polls();
         let tx = conn.transaction().map_err(db("clearing pending updates"))?;
         match references {
             None => {

@@ -135,8 +135,10 @@ impl SqliteStore {
         Writer { guard: self.lock_conn(), generation: &self.generation }
     }
 
-    /// The writer connection for what never changes a key or a poll answer (reports).
-    pub(super) fn conn_for_reports(&self) -> MutexGuard<'_, Connection> {
+    /// The writer connection for what never changes a device's key or poll answer
+    /// (reports, logs, the digest cache, policies, pending updates, provisioning keys):
+    /// letting it go keeps the poll generation, so the poll cache stays warm.
+    pub(super) fn conn_outside_polls(&self) -> MutexGuard<'_, Connection> {
         self.lock_conn()
     }
 
@@ -297,14 +299,14 @@ const KEY_COLUMNS: &str = "id, description, created_at, revoked_at, devices_regi
 
 impl Store for SqliteStore {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error> {
-        self.conn()
+        self.reader()?
             .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?1"), [uuid], device_from_row)
             .optional()
             .map_err(db("reading a device"))
     }
 
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY uuid"))
             .map_err(db("listing devices"))?;
@@ -331,7 +333,7 @@ impl Store for SqliteStore {
     }
 
     fn complete_registration(&self, uuid: &str) -> Result<(), Error> {
-        self.conn()
+        self.conn_outside_polls()
             .execute(
                 "UPDATE devices SET activated_at = ?2 WHERE uuid = ?1 AND activated_at IS NULL AND api_key_hash IS NOT NULL",
                 params![uuid, rfc3339_now()],
@@ -440,7 +442,7 @@ impl Store for SqliteStore {
     }
 
     fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error> {
-        self.conn()
+        self.reader()?
             .query_row(
                 &format!(
                     "SELECT {TARGET_COLUMNS} FROM target_states t
@@ -454,7 +456,7 @@ impl Store for SqliteStore {
     }
 
     fn target_version(&self, uuid: &str, version: u64) -> Result<Option<StoredTarget>, Error> {
-        self.conn()
+        self.reader()?
             .query_row(
                 &format!("SELECT {TARGET_COLUMNS} FROM target_states t WHERE t.device_uuid = ?1 AND t.version = ?2"),
                 params![uuid, version as i64],
@@ -465,7 +467,7 @@ impl Store for SqliteStore {
     }
 
     fn target_history(&self, uuid: &str) -> Result<Vec<StoredTarget>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {TARGET_COLUMNS} FROM target_states t WHERE t.device_uuid = ?1 ORDER BY t.version DESC"
@@ -476,7 +478,7 @@ impl Store for SqliteStore {
     }
 
     fn devices_using(&self, reference: &str) -> Result<Vec<String>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare("SELECT device_uuid FROM device_images WHERE reference = ?1 ORDER BY device_uuid")
             .map_err(db("listing the devices of an image"))?;
@@ -497,7 +499,7 @@ impl Store for SqliteStore {
     }
 
     fn create_provisioning_key(&self, key: &ProvisioningKey, key_hash: &str) -> Result<(), Error> {
-        self.conn()
+        self.conn_outside_polls()
             .execute(
                 "INSERT INTO provisioning_keys (id, key_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![key.id, key_hash, key.description, key.created_at],
@@ -516,7 +518,7 @@ impl Store for SqliteStore {
     }
 
     fn provisioning_keys(&self) -> Result<Vec<ProvisioningKey>, Error> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare(&format!("SELECT {KEY_COLUMNS} FROM provisioning_keys ORDER BY created_at, id"))
             .map_err(db("listing provisioning keys"))?;
@@ -526,7 +528,7 @@ impl Store for SqliteStore {
 
     fn revoke_provisioning_key(&self, id: &str) -> Result<bool, Error> {
         let changed = self
-            .conn()
+            .conn_outside_polls()
             .execute(
                 "UPDATE provisioning_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
                 params![id, rfc3339_now()],
@@ -615,6 +617,46 @@ mod tests {
         assert_eq!(store.register_device(&other).unwrap().id, 2, "numbers count up");
         assert!(store.revoke_provisioning_key("k1").unwrap());
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap(), None);
+    }
+
+    #[test]
+    fn only_writes_that_change_a_key_or_a_poll_answer_move_the_poll_generation() {
+        use crate::store::{ImageStore, PolicyStore, TelemetryStore};
+        let store = SqliteStore::in_memory().unwrap();
+        let moved = |before: u64| SqliteStore::poll_generation(&store) != before;
+        let nginx = ["docker.io/library/nginx:latest".to_string()];
+        let before = SqliteStore::poll_generation(&store);
+        store.set_target("d1", &new_target("{}", &poll(1), &nginx)).unwrap();
+        assert!(moved(before), "a new target");
+        let reg = NewRegistration {
+            uuid: "d1".into(),
+            device_name: None,
+            device_type: None,
+            key_hash: "hash-d1".into(),
+            provisioning_key_id: "admin".into(),
+            system_info: None,
+        };
+        let before = SqliteStore::poll_generation(&store);
+        store.register_device(&reg).unwrap();
+        assert!(moved(before), "a new key");
+
+        let before = SqliteStore::poll_generation(&store);
+        // What a dashboard, the refresher and reporting devices do all day.
+        store.device("d1").unwrap();
+        store.devices().unwrap();
+        store.target("d1").unwrap();
+        store.target_history("d1").unwrap();
+        store.devices_using(&nginx[0]).unwrap();
+        store.tracked_images().unwrap();
+        store.tracked_image(&nginx[0]).unwrap();
+        store.update_policy("d1").unwrap();
+        store.provisioning_keys().unwrap();
+        store.record_digest(&nginx[0], "sha256:a", "m", 1).unwrap();
+        store.record_resolution_error(&nginx[0], "down", 2).unwrap();
+        store.complete_registration("d1").unwrap();
+        let report = crate::store::NewReport { state: "{}", known: "{}", sample: None, now: 3 };
+        store.record_report("d1", &report).unwrap();
+        assert!(!moved(before), "reads, reports and the digest cache keep the poll cache warm");
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub trait TelemetryStore {
 
 impl TelemetryStore for SqliteStore {
     fn record_report(&self, uuid: &str, report: &NewReport<'_>) -> Result<(), Error> {
-        let mut conn = self.conn_for_reports();
+        let mut conn = self.conn_outside_polls();
         let tx = conn.transaction().map_err(db("storing a device report"))?;
         let changed = tx
             .execute(
@@ -127,7 +127,7 @@ impl TelemetryStore for SqliteStore {
     }
 
     fn append_logs(&self, uuid: &str, lines: &[LogLine], retention: LogRetention) -> Result<(), Error> {
-        let mut conn = self.conn_for_reports();
+        let mut conn = self.conn_outside_polls();
         let tx = conn.transaction().map_err(db("storing device logs"))?;
         let now = rfc3339_now();
         {
