@@ -50,9 +50,8 @@ pub fn parse_log_lines(body: &[u8], now_ms: i64) -> Result<Vec<LogLine>, Error> 
         if lines.len() == MAX_LINES_PER_REQUEST {
             return Err(Error::TooManyLogLines { limit: MAX_LINES_PER_REQUEST });
         }
-        let line = parse_line(raw, now_ms).map_err(|reason| Error::BadRequest {
-            reason: format!("log line {}: {reason}", index + 1),
-        })?;
+        let line = parse_line(raw, now_ms)
+            .map_err(|reason| Error::BadRequest { reason: format!("log line {}: {reason}", index + 1) })?;
         lines.push(line);
     }
     Ok(lines)
@@ -80,8 +79,9 @@ fn parse_line(raw: &str, now_ms: i64) -> Result<LogLine, String> {
         None | Some(Value::Null) => now_ms,
         Some(Value::Number(n)) => match n.as_i64() {
             Some(ms) => ms,
-            None => n.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e15).ok_or("\"timestamp\" is out of range")?
-                as i64,
+            None => {
+                n.as_f64().filter(|f| f.is_finite() && f.abs() < 9.0e15).ok_or("\"timestamp\" is out of range")? as i64
+            }
         },
         Some(_) => return Err("\"timestamp\" must be milliseconds since the epoch".into()),
     };
@@ -150,7 +150,11 @@ mod tests {
     use super::*;
 
     fn parsed(body: &str) -> Vec<Value> {
-        parse_log_lines(body.as_bytes(), 1_000).unwrap().iter().map(|l| serde_json::from_str(&l.json).unwrap()).collect()
+        parse_log_lines(body.as_bytes(), 1_000)
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(&l.json).unwrap())
+            .collect()
     }
 
     #[test]

@@ -104,20 +104,23 @@ impl Refresher {
                 Outcome::Applied { version }
             }
             Decision::HoldUntil(opening) => {
-                self.hold(uuid, reference, digest, now, Some(opening))?;
+                self.hold(uuid, version, reference, digest, now, Some(opening))?;
                 Outcome::Pending { apply_after: Some(opening) }
             }
             Decision::RecordOnly => {
-                self.hold(uuid, reference, digest, now, None)?;
+                self.hold(uuid, version, reference, digest, now, None)?;
                 Outcome::Pending { apply_after: None }
             }
         };
         Ok(Some(outcome))
     }
 
+    /// Keeps a moved tag back for `uuid`, whose target was at `from_version` when the
+    /// move was seen.
     fn hold(
         &self,
         uuid: &str,
+        from_version: u64,
         reference: &str,
         digest: &str,
         now: Timestamp,
@@ -136,6 +139,7 @@ impl Refresher {
             digest: digest.to_string(),
             detected_at: rfc3339(now.as_second().max(0) as u64),
             apply_after: apply_after.map(|t| t.as_second()),
+            from_version,
         })
     }
 
@@ -149,9 +153,9 @@ impl Refresher {
                 return 0;
             }
         };
-        let mut by_device: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let mut by_device: BTreeMap<String, Vec<PendingUpdate>> = BTreeMap::new();
         for update in due {
-            by_device.entry(update.device_uuid).or_default().push((update.reference, update.digest));
+            by_device.entry(update.device_uuid.clone()).or_default().push(update);
         }
         let mut applied = 0;
         for (uuid, updates) in by_device {
@@ -164,30 +168,44 @@ impl Refresher {
         applied
     }
 
-    fn apply_pending(&self, uuid: &str, updates: &[(String, String)], now: Timestamp) -> Result<bool, Error> {
-        let references: Vec<String> = updates.iter().map(|(r, _)| r.clone()).collect();
+    fn apply_pending(&self, uuid: &str, updates: &[PendingUpdate], now: Timestamp) -> Result<bool, Error> {
+        let references: Vec<String> = updates.iter().map(|u| u.reference.clone()).collect();
+        let Some((version, mut state)) = self.current(uuid)? else {
+            self.store.clear_pending_updates(uuid, Some(&references))?;
+            return Ok(false);
+        };
+        // Made from a version the target has since left (the operator wrote another):
+        // the operator's version stands, the held digest is dropped.
+        let (current, stale): (Vec<&PendingUpdate>, Vec<&PendingUpdate>) =
+            updates.iter().partition(|u| u.from_version == 0 || u.from_version == version);
+        if !stale.is_empty() {
+            let stale: Vec<String> = stale.iter().map(|u| u.reference.clone()).collect();
+            log::info!("device {uuid}: target moved on to version {version}; held {} dropped", stale.join(", "));
+            self.store.clear_pending_updates(uuid, Some(&stale))?;
+        }
+        if current.is_empty() {
+            return Ok(false);
+        }
         let policy = self.store.update_policy(uuid)?.unwrap_or_else(|| self.default_policy.clone());
         match decide(&policy, now) {
             Decision::ApplyNow => {}
             Decision::HoldUntil(opening) => {
-                for (reference, digest) in updates {
-                    self.hold(uuid, reference, digest, now, Some(opening))?;
+                for update in current {
+                    self.hold(uuid, version, &update.reference, &update.digest, now, Some(opening))?;
                 }
                 return Ok(false);
             }
             Decision::RecordOnly => return Ok(false),
         }
-        let Some((version, mut state)) = self.current(uuid)? else {
-            self.store.clear_pending_updates(uuid, Some(&references))?;
-            return Ok(false);
-        };
         let stamp = rfc3339(now.as_second().max(0) as u64);
+        let moves: Vec<(String, String)> = current.iter().map(|u| (u.reference.clone(), u.digest.clone())).collect();
         let changed: usize =
-            updates.iter().map(|(reference, digest)| repin(&mut state, reference, digest, &stamp)).sum();
+            moves.iter().map(|(reference, digest)| repin(&mut state, reference, digest, &stamp)).sum();
         if changed > 0 {
-            self.store_moved(uuid, version, state, updates, "window")?;
+            self.store_moved(uuid, version, state, &moves, "window")?;
         }
-        self.store.clear_pending_updates(uuid, Some(&references))?;
+        let applied: Vec<String> = moves.into_iter().map(|(reference, _)| reference).collect();
+        self.store.clear_pending_updates(uuid, Some(&applied))?;
         Ok(changed > 0)
     }
 

@@ -63,8 +63,16 @@ pub fn store_target(
             registries: &registries,
             source,
             expected_version,
+            supersedes_pending: supersedes_pending(source),
         },
     )
+}
+
+/// A version the operator writes (or rolls back to) supersedes the updates the policy
+/// was holding back for the device: they are dropped in the same transaction, so none
+/// can later be applied over it. Versions the refresher writes leave the others held.
+pub fn supersedes_pending(source: &str) -> bool {
+    matches!(source, "operator" | "rollback")
 }
 
 /// Points every service that follows `reference` (canonical) at `digest`, unless it is

@@ -53,10 +53,9 @@ pub fn split_report(report: &Map<String, Value>) -> ReportParts {
         } else if METRIC_FIELDS.contains(&name.as_str()) {
             let value = match (name.as_str(), value) {
                 ("top_processes", Value::Array(list)) if list.len() > MAX_TOP_PROCESSES => {
-                    parts.warnings.push(format!(
-                        "top_processes: {} entries, the first {MAX_TOP_PROCESSES} kept",
-                        list.len()
-                    ));
+                    parts
+                        .warnings
+                        .push(format!("top_processes: {} entries, the first {MAX_TOP_PROCESSES} kept", list.len()));
                     Value::Array(list[..MAX_TOP_PROCESSES].to_vec())
                 }
                 _ => value.clone(),

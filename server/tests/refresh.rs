@@ -9,7 +9,7 @@ use pinion_server::keys::hash_secret;
 use pinion_server::pinning::{pin_target_state, Answers, Pin, ResolveDigests};
 use pinion_server::policy::{UpdatePolicy, UpdateWindow};
 use pinion_server::refresh::{Outcome, Refresher};
-use pinion_server::store::{SqliteStore, Store};
+use pinion_server::store::{PendingUpdate, SqliteStore, Store};
 use pinion_server::targets::store_target;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -143,6 +143,50 @@ fn outside_its_window_a_moved_tag_waits_and_applies_when_the_window_opens() {
     assert_eq!(fleet.pinned("gw"), (2, V2.to_string()));
     assert_eq!(fleet.store.target("gw").unwrap().unwrap().source, "window");
     assert!(fleet.store.pending_updates("gw").unwrap().is_empty());
+}
+
+/// The race the refresher had with an operator: it saw the tag move while the device was
+/// at version 1 and held the digest; the operator wrote version 2 meanwhile; its hold
+/// landed after the operator's write. The interleaving is forced by making those store
+/// calls in that order. When the window opens, version 2 must stand.
+#[test]
+fn a_held_update_that_lands_after_the_operators_newer_target_is_dropped_not_applied() {
+    let fleet = Fleet::new();
+    fleet.follow_latest("gw");
+    let window = UpdateWindow::new("02:00", "04:00", "Europe/Berlin").unwrap();
+    fleet.store.set_update_policy("gw", &UpdatePolicy { auto_update: true, update_window: Some(window) }).unwrap();
+    let opening = at("2026-11-29T01:00:00Z");
+
+    *fleet.tag.lock().unwrap() = V2;
+    let outcomes = fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "refresh");
+    assert_eq!(outcomes[0].2, Outcome::Pending { apply_after: Some(opening) });
+    assert_eq!(fleet.store.pending_updates("gw").unwrap()[0].from_version, 1);
+
+    // The operator's write (pinned to V3) drops what was held, in the same transaction.
+    *fleet.tag.lock().unwrap() = V3;
+    let target = json!({"apps": {"1": {"appId": 1, "services": [{"serviceName": "web", "imageName": LATEST}]}}});
+    assert_eq!(fleet.call("POST", "/api/v1/devices/gw/target-state", Some(target)).status, 200);
+    assert_eq!(fleet.pinned("gw"), (2, V3.to_string()));
+    assert!(fleet.store.pending_updates("gw").unwrap().is_empty(), "superseded by the operator's write");
+
+    // The refresher's hold, decided at version 1, lands now.
+    let late = PendingUpdate {
+        device_uuid: "gw".into(),
+        reference: CANONICAL.into(),
+        digest: V2.into(),
+        detected_at: "2026-11-28T12:00:00Z".into(),
+        apply_after: Some(opening.as_second()),
+        from_version: 1,
+    };
+    fleet.store.add_pending_update(&late).unwrap();
+    assert_eq!(fleet.refresher.apply_due(opening), 0, "nothing applied over the operator's version");
+    assert_eq!(fleet.pinned("gw"), (2, V3.to_string()));
+    assert!(fleet.store.pending_updates("gw").unwrap().is_empty(), "the stale hold is dropped");
+
+    // A hold made from the version that stands is applied as before.
+    fleet.store.add_pending_update(&PendingUpdate { from_version: 2, ..late }).unwrap();
+    assert_eq!(fleet.refresher.apply_due(opening), 1);
+    assert_eq!(fleet.pinned("gw"), (3, V2.to_string()));
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl Fixture {
                 digest: DIGEST.into(),
                 detected_at: "2026-06-10T10:00:00Z".into(),
                 apply_after,
+                from_version: 0,
             })
             .unwrap();
     }

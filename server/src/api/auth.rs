@@ -82,9 +82,9 @@ impl Caller {
     pub fn require_device(&self, uuid: &str) -> Result<(), Error> {
         match self {
             Caller::Device(own) if own.uuid == uuid => Ok(()),
-            Caller::Device(own) => Err(Error::Forbidden {
-                reason: format!("the key of device {} does not reach device {uuid}", own.uuid),
-            }),
+            Caller::Device(own) => {
+                Err(Error::Forbidden { reason: format!("the key of device {} does not reach device {uuid}", own.uuid) })
+            }
             other => Err(other.refused("the device's own key")),
         }
     }

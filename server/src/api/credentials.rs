@@ -142,7 +142,6 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,9 +73,9 @@ pub(super) fn rollback(api: &Api, caller: &Caller, request: &Request, uuid: &str
         .target_version(uuid, version)?
         .ok_or_else(|| Error::NotFound { what: format!("target version {version} of {uuid}") })?;
     let state = rolled_back(&parse(uuid, &old)?, &parse(uuid, &current)?);
+    // The operator chose this version: updates held for the one it replaces are void
+    // (dropped in the same write).
     let new_version = store_target(api.store.as_ref(), uuid, &state, "rollback", Some(current.version))?;
-    // The operator chose this version: updates held for the one it replaces are void.
-    api.store.clear_pending_updates(uuid, None)?;
     log::info!("device {uuid}: rolled back to version {version} as version {new_version}");
     Ok(Response::json(
         200,

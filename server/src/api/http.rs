@@ -26,11 +26,20 @@ impl Request {
 
     /// A query parameter, percent-decoded (the first, if it is given more than once).
     pub fn query_value(&self, name: &str) -> Option<String> {
-        self.query.as_deref()?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
+        self.query
+            .as_deref()?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(percent_decode)
     }
 
     /// A numeric query parameter within `range`, `default` when absent; a clear 400 otherwise.
-    pub fn query_number(&self, name: &str, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize, Error> {
+    pub fn query_number(
+        &self,
+        name: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, Error> {
         let Some(text) = self.query_value(name) else {
             return Ok(default);
         };

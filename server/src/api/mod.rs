@@ -240,9 +240,7 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         | Route::RegistryWebhook
         | Route::DeviceState(_)
         | Route::KeyExchange(_)
-        | Route::DeviceLogs(_) => {
-            Err(Error::NotFound { what: format!("route {}", request.path) })
-        }
+        | Route::DeviceLogs(_) => Err(Error::NotFound { what: format!("route {}", request.path) }),
         Route::DeviceReport => device::report(api, &caller, request),
         Route::DeviceRegister => registration::register(api, &caller, request),
         Route::Devices => operator::list_devices(api, &caller),

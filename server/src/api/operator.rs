@@ -39,10 +39,9 @@ pub(super) fn set_target(api: &Api, caller: &Caller, request: &Request, uuid: &s
     for warning in &summary.warnings {
         log::warn!("device {uuid}: {warning}");
     }
-    let version = store_target(api.store.as_ref(), uuid, &state, "operator", None)?;
     // The operator's target applies at once, whatever the update policy; it supersedes
-    // the updates the policy was holding back.
-    api.store.clear_pending_updates(uuid, None)?;
+    // the updates the policy was holding back (dropped in the same write).
+    let version = store_target(api.store.as_ref(), uuid, &state, "operator", None)?;
     log::info!(
         "device {uuid}: target version {version} ({} resolved, {} pinned, {} cached, {} fallback)",
         summary.resolved,
@@ -86,7 +85,6 @@ pub(super) fn delete_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Re
     let uuid = device_id(uuid)?;
     known_device(api, uuid)?;
     let version = store_target(api.store.as_ref(), uuid, &TargetState::default(), "operator", None)?;
-    api.store.clear_pending_updates(uuid, None)?;
     log::info!("device {uuid}: target cleared (version {version})");
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "version": version})))
 }

@@ -223,6 +223,9 @@ mod tests {
         let endless_trailers = format!("0\r\n{}", "T: v\r\n".repeat(MAX_TRAILERS + 2));
         assert!(matches!(incoming(endless_trailers.as_bytes(), b"").read_chunked(10), Err(BodyError::Malformed(_))));
         // A huge declared chunk is refused by the limit before anything is allocated.
-        assert_eq!(incoming(b"ffffffffffff\r\n", b"").read_chunked(1 << 20), Err(BodyError::TooLarge { limit: 1 << 20 }));
+        assert_eq!(
+            incoming(b"ffffffffffff\r\n", b"").read_chunked(1 << 20),
+            Err(BodyError::TooLarge { limit: 1 << 20 })
+        );
     }
 }

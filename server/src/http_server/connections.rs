@@ -163,7 +163,10 @@ impl Loop {
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
         if self.open.load(Ordering::Relaxed) >= self.limits.max_connections && self.evict_longest_waiting() == 0 {
             // Every connection is being answered: this one is refused (closed at once).
-            log::debug!("connection from {peer} refused: {} connections are being answered", self.open.load(Ordering::Relaxed));
+            log::debug!(
+                "connection from {peer} refused: {} connections are being answered",
+                self.open.load(Ordering::Relaxed)
+            );
             return;
         }
         self.open.fetch_add(1, Ordering::Relaxed);

@@ -48,7 +48,8 @@ impl Epoll {
         tokens.clear();
         let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: `events` is a writable buffer of the length passed.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, millis) };
+        let n =
+            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, millis) };
         match check(n) {
             Ok(n) => {
                 tokens.extend(events[..n as usize].iter().map(|e| e.u64));

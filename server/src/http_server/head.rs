@@ -83,16 +83,18 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         .collect();
     let values = |name: &'static str| headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str());
     let tokens = |name: &'static str| -> Vec<String> {
-        values(name).flat_map(|v| v.split(',')).map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect()
+        values(name)
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
     };
 
     let codings = tokens("transfer-encoding");
     let lengths: Vec<&str> = values("content-length").flat_map(|v| v.split(',')).map(str::trim).collect();
     let body = match (codings.as_slice(), lengths.as_slice()) {
         // Both framings at once is how requests are smuggled past a proxy.
-        (&[_, ..], &[_, ..]) => {
-            return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length".into()))
-        }
+        (&[_, ..], &[_, ..]) => return Err(HeadError::Malformed("both Transfer-Encoding and Content-Length".into())),
         ([coding], []) if coding == "chunked" => BodyFraming::Chunked,
         ([], []) => BodyFraming::None,
         ([.., last], []) => return Err(HeadError::UnsupportedCoding(last.clone())),
@@ -159,7 +161,10 @@ mod tests {
     fn body_framing() {
         assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").body, BodyFraming::Length(12));
         assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, BodyFraming::None);
-        assert_eq!(head("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").body, BodyFraming::Length(5));
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").body,
+            BodyFraming::Length(5)
+        );
         assert_eq!(head("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").body, BodyFraming::Chunked);
         assert!(head("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expect_continue);
         for (text, status) in [

@@ -65,13 +65,21 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
         Some((path, query)) => (path.to_string(), Some(query.to_string())),
         None => (head.target.clone(), None),
     };
-    let mut request = Request { method: head.method.clone(), path, query, headers: head.headers.clone(), body: Vec::new(), peer: conn.peer };
+    let mut request = Request {
+        method: head.method.clone(),
+        path,
+        query,
+        headers: head.headers.clone(),
+        body: Vec::new(),
+        peer: conn.peer,
+    };
     let _ = conn.stream.set_write_timeout(Some(limits.write_timeout));
     let raw = match body {
         Body::Empty => Vec::new(),
         Body::Read(bytes) => bytes,
         Body::Pending => {
-            if let Some(refusal) = guarded(|| service.refuse_before_body(&request)).unwrap_or_else(|| Some(panicked())) {
+            if let Some(refusal) = guarded(|| service.refuse_before_body(&request)).unwrap_or_else(|| Some(panicked()))
+            {
                 write_answer(&mut conn, &request, &refusal, false, started);
                 return None;
             }
@@ -81,7 +89,8 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
             match read_body(&mut conn, &head, limits) {
                 Ok(bytes) => bytes,
                 Err(BodyError::TooLarge { limit }) => {
-                    let response = error_response(413, "payload_too_large", &format!("request body larger than {limit} bytes"));
+                    let response =
+                        error_response(413, "payload_too_large", &format!("request body larger than {limit} bytes"));
                     write_answer(&mut conn, &request, &response, false, started);
                     return None;
                 }
@@ -159,8 +168,19 @@ fn write_answer(conn: &mut Conn, request: &Request, response: &Response, keep_al
         // The path only: a query may carry a token (`?token=` of a webhook).
         let peer = conn.peer.map(|p| p.to_string()).unwrap_or_default();
         match &written {
-            Ok(()) => log::debug!("{peer} {} {} {} {} µs", request.method, request.path, response.status, started.elapsed().as_micros()),
-            Err(e) => log::debug!("{peer} {} {} {}: writing the answer failed: {e}", request.method, request.path, response.status),
+            Ok(()) => log::debug!(
+                "{peer} {} {} {} {} µs",
+                request.method,
+                request.path,
+                response.status,
+                started.elapsed().as_micros()
+            ),
+            Err(e) => log::debug!(
+                "{peer} {} {} {}: writing the answer failed: {e}",
+                request.method,
+                request.path,
+                response.status
+            ),
         }
     }
     written.is_ok()

@@ -292,6 +292,7 @@ mod tests {
             registries: &hosts,
             source: "operator",
             expected_version: None,
+            supersedes_pending: true,
         };
         store.set_target(uuid, &target).unwrap();
     }
@@ -382,6 +383,7 @@ mod tests {
                 registries: &[],
                 source: "operator",
                 expected_version: None,
+                supersedes_pending: true,
             };
             store.set_target("old", &target).unwrap();
             store.conn().execute_batch("DROP TABLE device_registries").unwrap();

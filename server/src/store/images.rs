@@ -158,6 +158,7 @@ mod tests {
                 registries: &[],
                 source: "operator",
                 expected_version: None,
+                supersedes_pending: true,
             };
             store.set_target(uuid, &target).unwrap();
         }

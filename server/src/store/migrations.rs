@@ -12,18 +12,20 @@ pub(super) struct Migration {
 }
 
 /// Version 1 is the tables `CREATE TABLE IF NOT EXISTS` makes; every later change is here.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2,
-    // Device numbers for the original agent's registration answer (`id`), never reused;
-    // when a registration completed (its first poll or key exchange); the last known
-    // system facts; and the bounded logs and metrics series. Devices registered before
-    // this version had completed (a second registration was refused then).
-    sql: "
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2,
+        // Device numbers for the original agent's registration answer (`id`), never reused;
+        // when a registration completed (its first poll or key exchange); the last known
+        // system facts; and the bounded logs and metrics series. Devices registered before
+        // this version had completed (a second registration was refused then).
+        sql: "
         ALTER TABLE devices ADD COLUMN id INTEGER;
-        ALTER TABLE devices ADD COLUMN activated_at TEXT;
+        ALTER TABLE devices ADD COLUMN registration_completed_at TEXT;
         ALTER TABLE devices ADD COLUMN system_info TEXT;
         UPDATE devices SET id = rowid;
-        UPDATE devices SET activated_at = registered_at WHERE api_key_hash IS NOT NULL;
+        -- When exactly is not known: their registration time stands in.
+        UPDATE devices SET registration_completed_at = registered_at WHERE api_key_hash IS NOT NULL;
         CREATE UNIQUE INDEX devices_by_id ON devices(id);
         CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
         INSERT INTO counters (name, value) SELECT 'device_id', COALESCE(MAX(id), 0) FROM devices;
@@ -45,7 +47,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX device_metrics_by_device ON device_metrics(device_uuid, id);
     ",
-}];
+    },
+    Migration {
+        version: 3,
+        // The target version a pending update was made from: one made before the
+        // operator wrote a newer version is dropped, never applied over it. 0: unknown
+        // (made before this version), applied as before.
+        sql: "ALTER TABLE pending_updates ADD COLUMN from_version INTEGER NOT NULL DEFAULT 0;",
+    },
+];
 
 /// The version a database is at once every migration has run.
 pub(super) fn latest() -> i64 {
@@ -81,6 +91,7 @@ mod tests {
     fn a_version_1_database_gets_device_numbers_in_the_order_devices_came() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(super::super::sqlite::SCHEMA).unwrap();
+        conn.execute_batch(super::super::policy::SCHEMA).unwrap();
         conn.execute_batch(
             "INSERT INTO devices (uuid, created_at, api_key_hash, registered_at) VALUES ('b', 't', 'h', 't');
              INSERT INTO devices (uuid, created_at) VALUES ('a', 't');
@@ -89,14 +100,15 @@ mod tests {
         .unwrap();
         migrate(&mut conn).unwrap();
         let rows: Vec<(String, i64, bool)> = conn
-            .prepare("SELECT uuid, id, activated_at IS NOT NULL FROM devices ORDER BY id")
+            .prepare("SELECT uuid, id, registration_completed_at IS NOT NULL FROM devices ORDER BY id")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(rows, [("b".to_string(), 1, true), ("a".to_string(), 2, false)]);
-        let next: i64 = conn.query_row("SELECT value FROM counters WHERE name = 'device_id'", [], |r| r.get(0)).unwrap();
+        let next: i64 =
+            conn.query_row("SELECT value FROM counters WHERE name = 'device_id'", [], |r| r.get(0)).unwrap();
         assert_eq!(next, 2);
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, latest());

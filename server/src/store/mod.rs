@@ -71,6 +71,8 @@ pub struct NewTarget<'a> {
     /// Store only if the device is still at this version (`Error::Conflict` otherwise):
     /// background writers read, change and write without losing an operator's write.
     pub expected_version: Option<u64>,
+    /// Drop the device's pending updates in the same transaction (`targets::supersedes_pending`).
+    pub supersedes_pending: bool,
 }
 
 /// What a device poll answers: the body serialized once, when the target was written,

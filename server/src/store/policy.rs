@@ -42,6 +42,9 @@ pub struct PendingUpdate {
     /// Unix time from which it may be applied (its window's opening); `None` when
     /// `autoUpdate` is off and it is only recorded.
     pub apply_after: Option<i64>,
+    /// The device's target version it was made from: once the target has moved on, it
+    /// is dropped instead of applied. 0 when not known (made by an older server).
+    pub from_version: u64,
 }
 
 pub trait PolicyStore {
@@ -65,7 +68,7 @@ pub trait PolicyStore {
     fn clear_pending_updates(&self, uuid: &str, references: Option<&[String]>) -> Result<(), Error>;
 }
 
-const PENDING_COLUMNS: &str = "device_uuid, reference, digest, detected_at, apply_after";
+const PENDING_COLUMNS: &str = "device_uuid, reference, digest, detected_at, apply_after, from_version";
 
 fn pending_from_row(row: &Row<'_>) -> rusqlite::Result<PendingUpdate> {
     Ok(PendingUpdate {
@@ -74,6 +77,7 @@ fn pending_from_row(row: &Row<'_>) -> rusqlite::Result<PendingUpdate> {
         digest: row.get(2)?,
         detected_at: row.get(3)?,
         apply_after: row.get(4)?,
+        from_version: row.get::<_, i64>(5)?.max(0) as u64,
     })
 }
 
@@ -139,12 +143,13 @@ impl PolicyStore for SqliteStore {
     fn add_pending_update(&self, p: &PendingUpdate) -> Result<(), Error> {
         self.conn_outside_polls()
             .execute(
-                "INSERT INTO pending_updates (device_uuid, reference, digest, detected_at, apply_after)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO pending_updates (device_uuid, reference, digest, detected_at, apply_after, from_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (device_uuid, reference) DO UPDATE SET
                      detected_at = CASE WHEN digest = excluded.digest THEN detected_at ELSE excluded.detected_at END,
-                     digest = excluded.digest, apply_after = excluded.apply_after",
-                params![p.device_uuid, p.reference, p.digest, p.detected_at, p.apply_after],
+                     digest = excluded.digest, apply_after = excluded.apply_after,
+                     from_version = excluded.from_version",
+                params![p.device_uuid, p.reference, p.digest, p.detected_at, p.apply_after, p.from_version as i64],
             )
             .map_err(|e| unknown_device_or(e, &p.device_uuid, "storing a pending update"))?;
         Ok(())
@@ -236,6 +241,7 @@ mod tests {
             digest: digest.into(),
             detected_at: detected_at.into(),
             apply_after,
+            from_version: 1,
         }
     }
 

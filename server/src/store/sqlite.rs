@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS provisioning_keys (
 ";
 
 const DEVICE_COLUMNS: &str = "uuid, device_name, device_type, api_key_hash IS NOT NULL, created_at, \
-                              registered_at, target_version, reported_at, id, activated_at IS NOT NULL";
+                              registered_at, target_version, reported_at, id, registration_completed_at IS NOT NULL";
 
 /// Idle read connections kept for reuse; more are opened when every one is busy.
 const MAX_IDLE_READERS: usize = 32;
@@ -324,7 +324,7 @@ impl Store for SqliteStore {
 
     fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<KeyOwner>, Error> {
         self.reader()?
-            .prepare_cached("SELECT uuid, activated_at IS NOT NULL FROM devices WHERE api_key_hash = ?1")
+            .prepare_cached("SELECT uuid, registration_completed_at IS NOT NULL FROM devices WHERE api_key_hash = ?1")
             .and_then(|mut stmt| {
                 stmt.query_row([key_hash], |r| Ok(KeyOwner { uuid: r.get(0)?, registration_complete: r.get(1)? }))
                     .optional()
@@ -335,7 +335,7 @@ impl Store for SqliteStore {
     fn complete_registration(&self, uuid: &str) -> Result<(), Error> {
         self.conn_outside_polls()
             .execute(
-                "UPDATE devices SET activated_at = ?2 WHERE uuid = ?1 AND activated_at IS NULL AND api_key_hash IS NOT NULL",
+                "UPDATE devices SET registration_completed_at = ?2 WHERE uuid = ?1 AND registration_completed_at IS NULL AND api_key_hash IS NOT NULL",
                 params![uuid, rfc3339_now()],
             )
             .map_err(db("completing a registration"))?;
@@ -347,9 +347,11 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db("registering a device"))?;
         let now = rfc3339_now();
         let existing: Option<(Option<String>, bool)> = tx
-            .query_row("SELECT api_key_hash, activated_at IS NOT NULL FROM devices WHERE uuid = ?1", [&reg.uuid], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT api_key_hash, registration_completed_at IS NOT NULL FROM devices WHERE uuid = ?1",
+                [&reg.uuid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(db("registering a device"))?;
         let first = match existing {
@@ -437,6 +439,10 @@ impl Store for SqliteStore {
         }
         super::credentials::write_device_registries(&tx, uuid, target.registries)
             .map_err(db("storing a target state"))?;
+        if target.supersedes_pending {
+            tx.execute("DELETE FROM pending_updates WHERE device_uuid = ?1", [uuid])
+                .map_err(db("storing a target state"))?;
+        }
         tx.commit().map_err(db("storing a target state"))?;
         Ok(version as u64)
     }
@@ -553,7 +559,15 @@ mod tests {
     }
 
     fn new_target<'a>(state: &'a str, poll: &'a PollAnswer, references: &'a [String]) -> NewTarget<'a> {
-        NewTarget { state, poll, references, registries: &[], source: "operator", expected_version: None }
+        NewTarget {
+            state,
+            poll,
+            references,
+            registries: &[],
+            source: "operator",
+            expected_version: None,
+            supersedes_pending: true,
+        }
     }
 
     #[test]

@@ -138,14 +138,14 @@ impl TelemetryStore for SqliteStore {
                 )
                 .map_err(db("storing device logs"))?;
             for line in lines {
-                insert
-                    .execute(params![uuid, line.service_name, line.json.len() as i64, line.json, now])
-                    .map_err(|e| match e {
+                insert.execute(params![uuid, line.service_name, line.json.len() as i64, line.json, now]).map_err(
+                    |e| match e {
                         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
                             Error::NotFound { what: format!("device {uuid}") }
                         }
                         e => Error::Store { op: "storing device logs", reason: e.to_string() },
-                    })?;
+                    },
+                )?;
             }
         }
         tx.execute(
