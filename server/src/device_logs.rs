@@ -42,6 +42,8 @@ pub struct LogLine {
 pub fn parse_log_lines(body: &[u8], now_ms: i64) -> Result<Vec<LogLine>, Error> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Error::BadRequest { reason: format!("the log body is not UTF-8: {e}") })?;
+    // A byte-order mark some tools write first is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
@@ -117,6 +119,13 @@ fn parse_line(raw: &str, now_ms: i64) -> Result<LogLine, String> {
     if let Some(name) = &service_name {
         line.insert("serviceName".into(), name.clone().into());
     }
+    // A container's line that names its service only as its source is found by it too.
+    let service_name = service_name.or_else(|| match line.get("source") {
+        Some(Value::Object(source)) if source.get("type").and_then(Value::as_str) == Some("container") => {
+            source.get("name").and_then(Value::as_str).map(str::to_string)
+        }
+        _ => None,
+    });
     if let Some(container) = optional_name(&fields, "containerId")? {
         line.insert("containerId".into(), container.into());
     }

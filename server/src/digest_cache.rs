@@ -101,7 +101,8 @@ impl ResolveDigests for CachedResolver {
         for reference in refs {
             let young = self
                 .recorded(&registry_query(reference).canonical(), now, WhyCached::WithinTtl { ttl_secs })
-                .filter(|pin| pin.stale.as_ref().is_some_and(|s| s.age_secs < ttl_secs));
+                // An answer dated in the future (the clock stepped back since) is not young.
+                .filter(|pin| pin.stale.as_ref().is_some_and(|s| s.age_secs < ttl_secs && s.given_at as i64 <= now));
             match young {
                 Some(pin) => {
                     answers.insert(reference.clone(), Ok(pin));

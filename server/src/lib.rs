@@ -23,6 +23,7 @@ pub mod store;
 pub mod systemd;
 pub mod targets;
 pub mod telemetry;
+pub mod text;
 pub mod timefmt;
 
 pub use error::Error;

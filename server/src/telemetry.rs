@@ -24,7 +24,11 @@ pub const METRIC_FIELDS: &[&str] = &[
 /// `top_processes` beyond this many entries are dropped from the stored sample.
 pub const MAX_TOP_PROCESSES: usize = 20;
 /// A metrics sample larger than this (as JSON) is not recorded; the report still is.
-pub const MAX_METRICS_SAMPLE_BYTES: usize = 16 * 1024;
+pub const MAX_METRICS_SAMPLE_BYTES: usize = 4 * 1024;
+/// One `top_processes` entry larger than this (as JSON) is dropped.
+const MAX_PROCESS_BYTES: usize = 512;
+/// A system fact's text longer than this is not kept.
+const MAX_FACT_CHARS: usize = 256;
 /// Samples kept per device: a week at the original agent's 5-minute interval.
 pub const METRICS_PER_DEVICE: usize = 2016;
 /// A sample closer than this to the device's previous one is not added to the series
@@ -44,24 +48,47 @@ pub struct ReportParts {
 }
 
 /// Splits the top-level fields of a report (`{"apps", "config", "os_version", …}`).
+/// A fact is kept only in its expected shape and size (a short printable text, a
+/// number, true or false, or null; metrics numbers or null; `top_processes` a short
+/// list of small objects), so what a device can make the server keep stays bounded.
 pub fn split_report(report: &Map<String, Value>) -> ReportParts {
     let mut parts = ReportParts::default();
     let mut sample = Map::new();
     for (name, value) in report {
         if SYSTEM_FIELDS.contains(&name.as_str()) {
-            parts.known.insert(name.clone(), value.clone());
-        } else if METRIC_FIELDS.contains(&name.as_str()) {
-            let value = match (name.as_str(), value) {
-                ("top_processes", Value::Array(list)) if list.len() > MAX_TOP_PROCESSES => {
-                    parts
-                        .warnings
-                        .push(format!("top_processes: {} entries, the first {MAX_TOP_PROCESSES} kept", list.len()));
-                    Value::Array(list[..MAX_TOP_PROCESSES].to_vec())
+            match value {
+                Value::String(text) if text.chars().count() > MAX_FACT_CHARS || !crate::text::is_printable(text) => {
+                    parts.warnings.push(format!("{name}: not kept, expected at most {MAX_FACT_CHARS} printable characters"))
                 }
-                _ => value.clone(),
+                Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+                    parts.known.insert(name.clone(), value.clone());
+                }
+                _ => parts.warnings.push(format!("{name}: not kept, expected a text, a number or true/false")),
+            }
+        } else if name == "top_processes" {
+            let Value::Array(list) = value else {
+                parts.warnings.push("top_processes: not kept, expected a list".into());
+                continue;
             };
+            if list.len() > MAX_TOP_PROCESSES {
+                parts.warnings.push(format!("top_processes: {} entries, the first {MAX_TOP_PROCESSES} kept", list.len()));
+            }
+            let small = |entry: &&Value| entry.is_object() && entry.to_string().len() <= MAX_PROCESS_BYTES;
+            let kept: Vec<Value> = list.iter().take(MAX_TOP_PROCESSES).filter(small).cloned().collect();
+            if kept.len() < list.len().min(MAX_TOP_PROCESSES) {
+                parts.warnings.push(format!(
+                    "top_processes: entries that are not objects of at most {MAX_PROCESS_BYTES} bytes dropped"
+                ));
+            }
+            parts.known.insert(name.clone(), Value::Array(kept.clone()));
+            sample.insert(name.clone(), Value::Array(kept));
+        } else if METRIC_FIELDS.contains(&name.as_str()) {
+            if !(value.is_number() || value.is_null()) {
+                parts.warnings.push(format!("{name}: not kept, expected a number"));
+                continue;
+            }
             parts.known.insert(name.clone(), value.clone());
-            sample.insert(name.clone(), value);
+            sample.insert(name.clone(), value.clone());
         }
     }
     if !sample.is_empty() {
@@ -78,6 +105,15 @@ pub fn split_report(report: &Map<String, Value>) -> ReportParts {
         }
     }
     parts
+}
+
+/// The last known facts with a report's own in place of theirs: each fact replaced
+/// whole, never merged into.
+pub fn merge_known(mut last: Map<String, Value>, new: &Map<String, Value>) -> Map<String, Value> {
+    for (name, value) in new {
+        last.insert(name.clone(), value.clone());
+    }
+    last
 }
 
 /// The report as the operator reads it: every system fact and metric it left out filled
@@ -132,11 +168,33 @@ mod tests {
         assert_eq!(parts.sample.unwrap()["top_processes"].as_array().unwrap().len(), MAX_TOP_PROCESSES);
         assert_eq!(parts.warnings.len(), 1);
 
-        let huge = "x".repeat(MAX_METRICS_SAMPLE_BYTES);
-        let parts = split_report(&object(json!({"cpu_usage": 1, "uptime": huge, "os_version": "v"})));
-        assert_eq!(parts.sample, None);
+        let big_entries: Vec<Value> = (0..MAX_TOP_PROCESSES).map(|_| json!({"name": "x".repeat(400)})).collect();
+        let parts = split_report(&object(json!({"cpu_usage": 1, "top_processes": big_entries, "os_version": "v"})));
+        assert_eq!(parts.sample, None, "{:?}", parts.warnings);
         assert_eq!(parts.known, object(json!({"os_version": "v"})), "no metric of a dropped sample is kept");
-        assert!(parts.warnings[0].starts_with("metrics not recorded"), "{:?}", parts.warnings);
+        assert!(parts.warnings.iter().any(|w| w.starts_with("metrics not recorded")), "{:?}", parts.warnings);
+    }
+
+    #[test]
+    fn facts_in_another_shape_or_too_long_are_not_kept() {
+        let report = object(json!({
+            "os_version": {"nested": "x".repeat(1000)}, "agent_version": "a\nforged", "local_ip": "y".repeat(300),
+            "mac_address": "dc:a6:32:01:02:03", "is_online": true, "cpu_usage": "high", "temperature": null,
+            "top_processes": "init", "uptime": 5
+        }));
+        let parts = split_report(&report);
+        assert_eq!(
+            parts.known,
+            object(json!({"mac_address": "dc:a6:32:01:02:03", "is_online": true, "temperature": null, "uptime": 5}))
+        );
+        assert_eq!(parts.warnings.len(), 5, "{:?}", parts.warnings);
+    }
+
+    #[test]
+    fn each_fact_is_replaced_whole() {
+        let last = object(json!({"os_version": "11", "cpu_usage": 3, "local_ip": "10.0.0.2"}));
+        let merged = merge_known(last, &object(json!({"os_version": "12", "cpu_usage": null})));
+        assert_eq!(merged, object(json!({"os_version": "12", "cpu_usage": null, "local_ip": "10.0.0.2"})));
     }
 
     #[test]

@@ -325,3 +325,82 @@ fn a_metrics_flood_is_bounded_and_loses_no_report() {
     let current = admin_get(&server, &format!("/api/v1/devices/{uuid}/current-state"));
     assert_eq!(current["cpu_usage"], 199, "the last report is always kept: {current}");
 }
+
+#[test]
+fn each_fact_keeps_the_last_value_sent_and_facts_out_of_shape_are_not_kept() {
+    let server = Server::start(&[]);
+    let provisioning_key = server.provisioning_key();
+    let (uuid, key) = (random_hex(16), random_hex(32));
+    assert_eq!(register(&server, &provisioning_key, &uuid, &key).status, 200);
+    // Found by attack: facts were merged (RFC 7396), so objects under a fact piled up
+    // report after report (40 reports of 1 MB made a 40 MB row) and null deleted a fact.
+    for n in 0..5 {
+        let body = json!({uuid.clone(): {"apps": {}, "config": {}, "os_version": {format!("k{n}"): "x".repeat(100_000)},
+                                         "agent_version": format!("1.0.{n}"), "local_ip": "y".repeat(100_000)}});
+        let reply = report(&server, &key, &body);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["warnings"].as_array().map(Vec::len), Some(2), "{}", reply.body);
+    }
+    let body = json!({uuid.clone(): {"apps": {}, "config": {}, "temperature": null}});
+    assert_eq!(report(&server, &key, &body).status, 200);
+    let current = admin_get(&server, &format!("/api/v1/devices/{uuid}/current-state"));
+    let info = &current["system_info"];
+    assert_eq!(info["agent_version"], "1.0.4", "the last value sent: {info}");
+    assert_eq!(info["os_version"], "Raspbian GNU/Linux 11", "the registration's, not an object: {info}");
+    assert!(info.get("local_ip").is_none(), "a 100,000-character address is not kept: {info}");
+    assert!(info.get("temperature").is_some_and(Value::is_null), "null is a value, not a deletion: {info}");
+    assert!(info.to_string().len() < 4096, "bounded: {} bytes", info.to_string().len());
+}
+
+#[test]
+fn a_first_poll_racing_a_re_registration_never_completes_the_unused_new_key() {
+    // Found by attack: the poll checked key 1, a re-registration swapped in key 2, and the
+    // poll then marked the registration complete, under key 2, which nobody had used.
+    let server = Server::start(&["--auth-failures-per-minute", "0", "--registrations-per-minute", "0"]);
+    let provisioning_key = server.provisioning_key();
+    for attempt in 0..100 {
+        let (uuid, first, second) = (random_hex(16), random_hex(32), random_hex(32));
+        assert_eq!(register(&server, &provisioning_key, &uuid, &first).status, 200);
+        let (polled, registered) = std::thread::scope(|s| {
+            let polled = s.spawn(|| poll(&server, &uuid, &first).status);
+            let registered = s.spawn(|| register(&server, &provisioning_key, &uuid, &second).status);
+            (polled.join().unwrap(), registered.join().unwrap())
+        });
+        match (polled, registered) {
+            // The poll completed the registration under key 1 first: key 2 is refused.
+            (200, 409) => {}
+            // Key 2 replaced key 1 first: the poll is refused, and the registration stays
+            // open (key 2 has not been used), so another one is still accepted.
+            (401, 200) => {
+                let third = register(&server, &provisioning_key, &uuid, &random_hex(32));
+                assert_eq!(third.status, 200, "attempt {attempt}: an unused key was marked complete: {}", third.body);
+            }
+            other => panic!("attempt {attempt}: poll and registration answered {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_gzip_body_is_read_whole_or_refused_and_other_codings_are_415() {
+    let server = Server::start(&[]);
+    let provisioning_key = server.provisioning_key();
+    let (uuid, key) = (random_hex(16), random_hex(32));
+    assert_eq!(register(&server, &provisioning_key, &uuid, &key).status, 200);
+    let path = format!("/api/v1/device/{uuid}/logs");
+    let headers = [("X-Device-API-Key", key.as_str()), ("Content-Encoding", "gzip")];
+    // Found by attack: only the first gzip member was read; the rest was dropped unsaid.
+    let mut two_members = gzip(b"{\"message\":\"first\"}\n");
+    two_members.extend(gzip(b"{\"message\":\"second\"}\n"));
+    let reply = server.send_bytes("POST", &path, &headers, two_members);
+    assert_eq!((reply.status, reply.json()["received"].clone()), (200, json!(2)), "{}", reply.body);
+
+    let mut trailing = gzip(b"{\"message\":\"third\"}\n");
+    trailing.extend_from_slice(b"{\"message\":\"not gzip\"}\n");
+    let reply = server.send_bytes("POST", &path, &headers, trailing);
+    assert_eq!(reply.status, 400, "bytes after the gzip stream: {}", reply.body);
+
+    let brotli = [("X-Device-API-Key", key.as_str()), ("Content-Encoding", "br")];
+    let reply = server.send_bytes("POST", &path, &brotli, b"{\"message\":\"m\"}\n".to_vec());
+    assert_eq!((reply.status, reply.json()["error"].clone()), (415, json!("unsupported_media_type")), "{}", reply.body);
+    assert_eq!(admin_get(&server, &format!("/api/v1/devices/{uuid}/logs"))["total"], 2, "only the whole upload");
+}

@@ -35,10 +35,11 @@ pub(super) fn poll(api: &Api, request: &Request, uuid: &str) -> Result<Response,
     let caller = authenticate(api, request)?;
     let uuid = device_id(uuid)?;
     caller.require_device(uuid)?;
-    if let Caller::Device(owner) = &caller {
-        if !owner.registration_complete {
-            // The first poll with the registered key: the agent has its identity.
-            api.store.complete_registration(uuid)?;
+    if let (Caller::Device(owner), Some(key_hash)) = (&caller, &key_hash) {
+        // The first poll with the registered key: the agent has its identity. Unless a
+        // registration replaced the key since it was checked above.
+        if !owner.registration_complete && !api.store.complete_registration(uuid, key_hash)? {
+            return Err(Error::Unauthorized { reason: format!("the key is no longer the key of device {uuid}") });
         }
     }
     let answer = match api.store.poll(uuid)? {

@@ -275,6 +275,11 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
     }
 }
 
+/// A device that exists, or a 404 naming it.
+fn known_device(api: &Api, uuid: &str) -> Result<crate::store::DeviceRecord, Error> {
+    api.store.device(uuid)?.ok_or_else(|| Error::NotFound { what: format!("device {uuid}") })
+}
+
 /// A device id from a path or body, checked against `[A-Za-z0-9._-]{1,64}`.
 fn device_id(id: &str) -> Result<&str, Error> {
     if crate::keys::is_valid_device_id(id) {

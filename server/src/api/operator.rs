@@ -4,7 +4,7 @@
 
 use super::auth::Caller;
 use super::http::{Request, Response};
-use super::{device_id, Api};
+use super::{device_id, known_device, Api};
 use crate::keys::{hash_secret, new_id, new_secret};
 use crate::pinning::{pin_target_state, ResolveDigests, Uncached};
 use crate::registry_auth::REGISTRY_AUTH_KEY;
@@ -165,10 +165,6 @@ pub(super) fn revoke_provisioning_key(api: &Api, caller: &Caller, id: &str) -> R
     }
     log::info!("provisioning key {id} revoked");
     Ok(Response::json(200, &json!({"status": "ok", "id": id})))
-}
-
-fn known_device(api: &Api, uuid: &str) -> Result<DeviceRecord, Error> {
-    api.store.device(uuid)?.ok_or_else(|| Error::NotFound { what: format!("device {uuid}") })
 }
 
 /// A target state as a JSON object, its unknown fields included.

@@ -4,7 +4,7 @@
 
 use super::auth::Caller;
 use super::http::{Request, Response};
-use super::{device_id, Api};
+use super::{device_id, known_device, Api};
 use crate::policy::{decide, Decision, UpdatePolicy};
 use crate::store::PendingUpdate;
 use crate::timefmt::rfc3339;
@@ -15,14 +15,16 @@ use serde_json::{json, Value};
 /// `GET /devices/{uuid}/update-policy`: the policy in force and where it comes from.
 pub(super) fn get(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
-    let uuid = known_device(api, uuid)?;
+    let uuid = device_id(uuid)?;
+    known_device(api, uuid)?;
     Ok(Response::json(200, &policy_json(api, uuid)?))
 }
 
 /// `PUT /devices/{uuid}/update-policy`: the device's own policy, validated; answers as `GET`.
 pub(super) fn set(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
-    let uuid = known_device(api, uuid)?;
+    let uuid = device_id(uuid)?;
+    known_device(api, uuid)?;
     // Through `Value` so that the message names the field without a line and column.
     let body: Value = request.json()?;
     let policy: UpdatePolicy = serde_json::from_value(body)
@@ -36,7 +38,8 @@ pub(super) fn set(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> 
 /// `DELETE /devices/{uuid}/update-policy`: back to the server default; answers as `GET`.
 pub(super) fn delete(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
-    let uuid = known_device(api, uuid)?;
+    let uuid = device_id(uuid)?;
+    known_device(api, uuid)?;
     if api.store.delete_update_policy(uuid)? {
         let rescheduled = reschedule(api, uuid, &api.default_policy, Timestamp::now())?;
         log::info!(
@@ -49,7 +52,8 @@ pub(super) fn delete(api: &Api, caller: &Caller, uuid: &str) -> Result<Response,
 /// `GET /devices/{uuid}/pending-updates`: moved tags held back, and why.
 pub(super) fn pending(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
-    let uuid = known_device(api, uuid)?;
+    let uuid = device_id(uuid)?;
+    known_device(api, uuid)?;
     let now = Timestamp::now().as_second();
     let pending: Vec<Value> = api.store.pending_updates(uuid)?.iter().map(|p| pending_json(p, now)).collect();
     Ok(Response::json(200, &json!({"uuid": uuid, "pendingUpdates": pending})))
@@ -99,12 +103,3 @@ fn reschedule(api: &Api, uuid: &str, policy: &UpdatePolicy, now: Timestamp) -> R
     Ok(pending.len())
 }
 
-/// A valid id of a device the store knows; policies are not set for devices that do
-/// not exist yet (unlike a target state, which creates the device).
-fn known_device<'a>(api: &Api, uuid: &'a str) -> Result<&'a str, Error> {
-    let uuid = device_id(uuid)?;
-    match api.store.device(uuid)? {
-        Some(_) => Ok(uuid),
-        None => Err(Error::NotFound { what: format!("device {uuid}") }),
-    }
-}

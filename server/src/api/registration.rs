@@ -103,8 +103,10 @@ fn check_printable(field: &str, value: &str) -> Result<(), Error> {
     if value.chars().count() > MAX_FIELD_CHARS {
         return Err(Error::BadRequest { reason: format!("{field} is longer than {MAX_FIELD_CHARS} characters") });
     }
-    if value.chars().any(char::is_control) {
-        return Err(Error::BadRequest { reason: format!("{field} must not contain control characters") });
+    if !crate::text::is_printable(value) {
+        return Err(Error::BadRequest {
+            reason: format!("{field} must not contain control or bidirectional-override characters"),
+        });
     }
     Ok(())
 }
@@ -143,7 +145,9 @@ pub(super) fn key_exchange(api: &Api, request: &Request, uuid: &str) -> Result<R
         return Err(Error::Unauthorized { reason: format!("the key is not the key of device {uuid}") });
     }
     if !device.registration_complete {
-        api.store.complete_registration(uuid)?;
+        if !api.store.complete_registration(uuid, &presented_hash)? {
+            return Err(Error::Unauthorized { reason: format!("the key is no longer the key of device {uuid}") });
+        }
         log::info!("device {uuid}: key exchange complete");
     }
     Ok(Response::json(

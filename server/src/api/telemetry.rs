@@ -4,12 +4,12 @@
 
 use super::auth::{authenticate, Caller};
 use super::http::{Request, Response};
-use super::{device_id, Api};
+use super::{device_id, known_device, Api};
 use crate::device_logs::{parse_log_lines, MAX_LINES_PER_REQUEST};
 use crate::telemetry::METRICS_PER_DEVICE;
+use crate::timefmt::unix_now_ms;
 use crate::Error;
 use serde_json::{json, Map, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `POST /device/{uuid}/logs` with the device's own key: every line is checked before
 /// any is stored; the oldest lines beyond the retention make room.
@@ -17,8 +17,7 @@ pub(super) fn receive_logs(api: &Api, request: &Request, uuid: &str) -> Result<R
     let caller = authenticate(api, request)?;
     let uuid = device_id(uuid)?;
     caller.require_device(uuid)?;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let lines = parse_log_lines(&request.body, now_ms)?;
+    let lines = parse_log_lines(&request.body, unix_now_ms())?;
     if !lines.is_empty() {
         api.store.append_logs(uuid, &lines, api.log_retention)?;
     }
@@ -66,9 +65,3 @@ pub(super) fn list_metrics(api: &Api, caller: &Caller, request: &Request, uuid: 
     Ok(Response::json(200, &json!({"count": metrics.len(), "metrics": metrics})))
 }
 
-fn known_device(api: &Api, uuid: &str) -> Result<(), Error> {
-    match api.store.device(uuid)? {
-        Some(_) => Ok(()),
-        None => Err(Error::NotFound { what: format!("device {uuid}") }),
-    }
-}

@@ -8,7 +8,7 @@ use super::connections::{Conn, Handback};
 use super::head::Head;
 use super::{Limits, Service};
 use crate::api::{Request, Response};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use serde_json::json;
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -106,17 +106,12 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
             }
         }
     };
-    let gzip = request.header("content-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    request.body = if gzip {
-        match gunzip(&raw, limits.max_body) {
-            Ok(body) => body,
-            Err(response) => {
-                write_answer(&mut conn, &request, &response, false, started);
-                return None;
-            }
+    request.body = match decode(&request, raw, limits.max_body) {
+        Ok(body) => body,
+        Err(response) => {
+            write_answer(&mut conn, &request, &response, false, started);
+            return None;
         }
-    } else {
-        raw
     };
     let response = guarded(|| service.handle(&request)).unwrap_or_else(panicked);
     let keep_alive = head.keep_alive && response.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
@@ -149,12 +144,28 @@ fn read_body(conn: &mut Conn, head: &Head, limits: &Limits) -> Result<Vec<u8>, B
     body
 }
 
+/// The body as sent, or gunzipped (`Content-Encoding: gzip`, every member of it);
+/// another coding is a 415, bytes that are not gzip a 400.
+fn decode(request: &Request, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, Response> {
+    match request.header("content-encoding").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "identity") => Ok(raw),
+        Some("gzip" | "x-gzip") => gunzip(&raw, limit),
+        Some(other) => Err(error_response(
+            415,
+            "unsupported_media_type",
+            &format!("Content-Encoding {other:?} is not supported; send gzip or no encoding"),
+        )),
+    }
+}
+
 fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Response> {
     let mut body = Vec::new();
-    GzDecoder::new(raw)
+    // Every member: `cat a.gz b.gz` is one gzip stream (RFC 1952), and bytes after the
+    // last member fail as a bad header instead of being dropped.
+    MultiGzDecoder::new(raw)
         .take(limit as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| error_response(400, "bad_request", &format!("reading the request body failed: {e}")))?;
+        .map_err(|e| error_response(400, "bad_request", &format!("reading the gzip body failed: {e}")))?;
     if body.len() > limit {
         return Err(error_response(413, "payload_too_large", &format!("request body larger than {limit} bytes")));
     }
@@ -233,6 +244,7 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         409 => "Conflict",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -280,5 +292,11 @@ mod tests {
         assert_eq!(gunzip(&bomb, 10_000).unwrap().len(), 10_000);
         assert_eq!(gunzip(&bomb, 9_999).unwrap_err().status, 413);
         assert_eq!(gunzip(b"not gzip", 100).unwrap_err().status, 400);
+        let mut two_members = bomb.clone();
+        two_members.extend_from_slice(&bomb);
+        assert_eq!(gunzip(&two_members, 20_000).unwrap().len(), 20_000, "every member is read");
+        let mut trailing = bomb.clone();
+        trailing.extend_from_slice(b"{\"plain\": true}");
+        assert_eq!(gunzip(&trailing, 20_000).unwrap_err().status, 400, "bytes after the last member");
     }
 }

@@ -117,8 +117,10 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + S
     /// same key again changes nothing; another key replaces the first only while the
     /// registration is not complete, and is `Error::Conflict` after.
     fn register_device(&self, registration: &NewRegistration) -> Result<DeviceRecord, Error>;
-    /// Marks a registration complete: its agent has used the key it registered.
-    fn complete_registration(&self, uuid: &str) -> Result<(), Error>;
+    /// Marks a registration complete: its agent has used the key it registered, whose
+    /// hash is `key_hash`. `false` when that is no longer the device's key (a
+    /// registration replaced it meanwhile): nothing changes.
+    fn complete_registration(&self, uuid: &str, key_hash: &str) -> Result<bool, Error>;
 
     /// Stores a new target-state version (creating the device if needed) with the poll
     /// answer derived from it; returns the new version number.

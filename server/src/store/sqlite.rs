@@ -332,14 +332,16 @@ impl Store for SqliteStore {
             .map_err(db("looking up a device key"))
     }
 
-    fn complete_registration(&self, uuid: &str) -> Result<(), Error> {
-        self.conn_outside_polls()
+    fn complete_registration(&self, uuid: &str, key_hash: &str) -> Result<bool, Error> {
+        let changed = self
+            .conn_outside_polls()
             .execute(
-                "UPDATE devices SET registration_completed_at = ?2 WHERE uuid = ?1 AND registration_completed_at IS NULL AND api_key_hash IS NOT NULL",
-                params![uuid, rfc3339_now()],
+                "UPDATE devices SET registration_completed_at = COALESCE(registration_completed_at, ?3)
+                 WHERE uuid = ?1 AND api_key_hash = ?2",
+                params![uuid, key_hash, rfc3339_now()],
             )
             .map_err(db("completing a registration"))?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     fn register_device(&self, reg: &NewRegistration) -> Result<DeviceRecord, Error> {
@@ -370,7 +372,8 @@ impl Store for SqliteStore {
         };
         tx.execute(
             "UPDATE devices SET device_name = COALESCE(?2, device_name), device_type = COALESCE(?3, device_type),
-                 api_key_hash = ?4, provisioned_by = ?5, registered_at = COALESCE(registered_at, ?6),
+                 provisioned_by = CASE WHEN api_key_hash IS ?4 THEN provisioned_by ELSE ?5 END,
+                 api_key_hash = ?4, registered_at = COALESCE(registered_at, ?6),
                  system_info = json_patch(COALESCE(system_info, '{}'), ?7)
              WHERE uuid = ?1",
             params![
@@ -621,7 +624,8 @@ mod tests {
         let again = NewRegistration { key_hash: "hash-d1-b".into(), ..reg.clone() };
         assert_eq!(store.register_device(&again).unwrap().id, 1, "the device keeps its number");
         assert_eq!(store.device_by_key_hash("hash-d1").unwrap(), None, "the first key no longer works");
-        store.complete_registration("d1").unwrap();
+        assert!(!store.complete_registration("d1", "hash-d1").unwrap(), "not its key any more");
+        assert!(store.complete_registration("d1", "hash-d1-b").unwrap());
         let owner = store.device_by_key_hash("hash-d1-b").unwrap().unwrap();
         assert!(owner.registration_complete);
         assert!(matches!(store.register_device(&reg), Err(Error::Conflict { .. })), "complete: another key is refused");
@@ -667,7 +671,7 @@ mod tests {
         store.provisioning_keys().unwrap();
         store.record_digest(&nginx[0], "sha256:a", "m", 1).unwrap();
         store.record_resolution_error(&nginx[0], "down", 2).unwrap();
-        store.complete_registration("d1").unwrap();
+        assert!(store.complete_registration("d1", "hash-d1").unwrap());
         let report = crate::store::NewReport { state: "{}", known: "{}", sample: None, now: 3 };
         store.record_report("d1", &report).unwrap();
         assert!(!moved(before), "reads, reports and the digest cache keep the poll cache warm");

@@ -4,10 +4,11 @@
 
 use super::sqlite::{db, SqliteStore};
 use crate::device_logs::{LogLine, LogRetention};
-use crate::telemetry::{METRICS_PER_DEVICE, MIN_METRICS_INTERVAL_SECS};
+use crate::telemetry::{merge_known, METRICS_PER_DEVICE, MIN_METRICS_INTERVAL_SECS};
 use crate::timefmt::{rfc3339, rfc3339_now};
 use crate::Error;
 use rusqlite::{params, OptionalExtension};
+use serde_json::{Map, Value};
 
 /// A report about to be stored.
 #[derive(Debug, Clone)]
@@ -63,16 +64,22 @@ impl TelemetryStore for SqliteStore {
     fn record_report(&self, uuid: &str, report: &NewReport<'_>) -> Result<(), Error> {
         let mut conn = self.conn_outside_polls();
         let tx = conn.transaction().map_err(db("storing a device report"))?;
-        let changed = tx
-            .execute(
-                "UPDATE devices SET current_state = ?2, reported_at = ?3,
-                     system_info = json_patch(COALESCE(system_info, '{}'), ?4) WHERE uuid = ?1",
-                params![uuid, report.state, rfc3339(report.now.max(0) as u64), report.known],
-            )
+        let last: Option<Option<String>> = tx
+            .query_row("SELECT system_info FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
+            .optional()
             .map_err(db("storing a device report"))?;
-        if changed == 0 {
+        let Some(last) = last else {
             return Err(Error::NotFound { what: format!("device {uuid}") });
-        }
+        };
+        let object = |json: Option<&str>| -> Map<String, Value> {
+            json.and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default()
+        };
+        let known = merge_known(object(last.as_deref()), &object(Some(report.known)));
+        tx.execute(
+            "UPDATE devices SET current_state = ?2, reported_at = ?3, system_info = ?4 WHERE uuid = ?1",
+            params![uuid, report.state, rfc3339(report.now.max(0) as u64), Value::Object(known).to_string()],
+        )
+        .map_err(db("storing a device report"))?;
         if let Some(sample) = report.sample {
             let last: Option<i64> = tx
                 .query_row(
