@@ -63,6 +63,8 @@ SERVE OPTIONS:
     --head-timeout DUR         from a connection's opening or first byte to the end of its
                                request head [default 10s]
     --body-timeout DUR         for a request's body after its head [default 30s]
+    --history-versions N       target versions kept per device, oldest deleted first; a
+                               rollback reaches only kept ones [default 100, at least 2]
     --auth-failures-per-minute N
                                refused credentials (401/403) one client address may have per
                                minute (a burst of N, then one every 60/N s); over it, every
@@ -186,6 +188,7 @@ struct Options {
     idle_timeout: Option<Duration>,
     head_timeout: Option<Duration>,
     body_timeout: Option<Duration>,
+    history_versions: Option<u64>,
     auth_failures_per_minute: Option<u32>,
     registrations_per_minute: Option<u32>,
     registry_auth: Option<PathBuf>,
@@ -230,6 +233,7 @@ impl Options {
             "idle-timeout" => self.idle_timeout = Some(duration(&value)?),
             "head-timeout" => self.head_timeout = Some(duration(&value)?),
             "body-timeout" => self.body_timeout = Some(duration(&value)?),
+            "history-versions" => self.history_versions = Some(number(&value)? as u64),
             "auth-failures-per-minute" => self.auth_failures_per_minute = Some(per_minute(&value)?),
             "registrations-per-minute" => self.registrations_per_minute = Some(per_minute(&value)?),
             "registry-auth" => self.registry_auth = Some(value.into()),
@@ -289,14 +293,17 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let secret_key_file =
         options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
     let secret_key = SecretKey::load_or_create(&secret_key_file.unwrap_or_else(|| default_key_path(&db)))?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?.with_secret_key(secret_key));
+    let history_versions = options.history_versions.unwrap_or(crate::store::DEFAULT_HISTORY_LIMIT);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&db)?.with_secret_key(secret_key).with_history_limit(history_versions));
     let cache_ttl = options.cache_ttl.unwrap_or(Duration::ZERO);
     let stored_credentials: Arc<dyn CredentialSource> = Arc::new(StoredCredentials(Arc::clone(&store)));
     let registry = options.resolver(Some(stored_credentials))?;
     let resolver: Arc<dyn ResolveDigests + Send + Sync> =
         Arc::new(CachedResolver::new(Box::new(registry), Arc::clone(&store), cache_ttl));
     let resolve_deadline = options.resolve_deadline.unwrap_or(Duration::from_secs(15));
-    let (refresh_requests, refresh_queue) = std::sync::mpsc::channel();
+    let refresh_requests = Arc::new(crate::refresh_queue::RefreshQueue::default());
+    let refresh_queue = Arc::clone(&refresh_requests);
     let refresher = Refresher {
         store: Arc::clone(&store),
         resolver: Arc::clone(&resolver),
@@ -306,7 +313,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let refresh_interval = options.refresh_interval.unwrap_or(Duration::from_secs(15 * 60));
     std::thread::Builder::new()
         .name("refresh".into())
-        .spawn(move || refresher.run(refresh_interval, refresh_queue))
+        .spawn(move || refresher.run(refresh_interval, &refresh_queue))
         .map_err(|source| Error::Io { path: "refresh thread".into(), source })?;
     let api = Api {
         store,

@@ -14,6 +14,7 @@ mod listener;
 pub mod pinning;
 pub mod policy;
 pub mod refresh;
+pub mod refresh_queue;
 pub mod registry;
 pub mod registry_auth;
 pub mod registry_events;

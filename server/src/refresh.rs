@@ -7,6 +7,7 @@
 
 use crate::pinning::{Pin, ResolveDigests};
 use crate::policy::{decide, Decision, UpdatePolicy};
+use crate::refresh_queue::RefreshQueue;
 use crate::store::{PendingUpdate, Store};
 use crate::targets::{repin, store_target};
 use crate::timefmt::rfc3339;
@@ -14,12 +15,18 @@ use crate::Error;
 use jiff::Timestamp;
 use pinion_model::{Reference, TargetState};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often pending updates are checked for an opened window.
 const PENDING_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Webhook-named references asked in one go at most (then the schedules get their turn).
+const WEBHOOK_BATCH: usize = 64;
+/// How often digests of references nobody follows are expired.
+const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
+/// How long the digest of a reference no device follows is kept: long enough for an
+/// operator's next POST naming it again to find it when its registry is down.
+pub const UNFOLLOWED_DIGEST_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a moved tag did to one device.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +49,14 @@ impl Refresher {
     /// Returns (device, reference, outcome) for every device that a moved tag touched.
     pub fn refresh(&self, references: &[String], now: Timestamp, source: &str) -> Vec<(String, String, Outcome)> {
         let mut parsed: Vec<Reference> = references.iter().filter_map(|r| Reference::parse(r).ok()).collect();
+        // Only what some device follows is worth a registry request.
+        parsed.retain(|reference| match self.store.devices_using(&reference.canonical()) {
+            Ok(devices) => !devices.is_empty(),
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
+        });
         parsed.retain(|reference| match self.resolver.admit(reference) {
             Ok(()) => true,
             Err(e) => {
@@ -199,8 +214,7 @@ impl Refresher {
         }
         let stamp = rfc3339(now.as_second().max(0) as u64);
         let moves: Vec<(String, String)> = current.iter().map(|u| (u.reference.clone(), u.digest.clone())).collect();
-        let changed: usize =
-            moves.iter().map(|(reference, digest)| repin(&mut state, reference, digest, &stamp)).sum();
+        let changed: usize = moves.iter().map(|(reference, digest)| repin(&mut state, reference, digest, &stamp)).sum();
         if changed > 0 {
             self.store_moved(uuid, version, state, &moves, "window")?;
         }
@@ -235,28 +249,34 @@ impl Refresher {
         Ok(version)
     }
 
-    /// Runs until `requests` is closed: one tracked reference every `interval / n`
-    /// (`interval` zero: only webhook requests), pending updates every 30 s, and
-    /// webhook-named references at once.
-    pub fn run(&self, interval: Duration, requests: Receiver<Vec<String>>) {
+    /// Runs for as long as the process: one tracked reference every `interval / n`
+    /// (`interval` zero: only webhook requests), webhook-named references a batch at a
+    /// time as they come, and, each on its own schedule that webhooks cannot hold up,
+    /// the pending updates whose window opened (every 30 s) and the expiry of digests no
+    /// device follows (hourly).
+    pub fn run(&self, interval: Duration, requests: &RefreshQueue) {
         let mut queue: VecDeque<String> = VecDeque::new();
-        let mut next_step = Instant::now() + interval.min(Duration::from_secs(60));
-        let mut next_pending_check = Instant::now();
+        let start = Instant::now();
+        let mut next_step = start + interval.min(Duration::from_secs(60));
+        let mut next_pending_check = start;
+        let mut next_expiry = start + EXPIRE_EVERY;
         loop {
-            let now = Instant::now();
-            let wake = if interval.is_zero() { next_pending_check } else { next_step.min(next_pending_check) };
-            match requests.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(references) => {
-                    self.refresh(&references, Timestamp::now(), "webhook");
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {}
+            let mut wake = next_pending_check.min(next_expiry);
+            if !interval.is_zero() {
+                wake = wake.min(next_step);
+            }
+            let named = requests.take(WEBHOOK_BATCH, wake.saturating_duration_since(Instant::now()));
+            if !named.is_empty() {
+                self.refresh(&named, Timestamp::now(), "webhook");
             }
             let now = Instant::now();
             if now >= next_pending_check {
                 self.apply_due(Timestamp::now());
                 next_pending_check = now + PENDING_CHECK_EVERY;
+            }
+            if now >= next_expiry {
+                self.expire_unfollowed_digests(Timestamp::now());
+                next_expiry = now + EXPIRE_EVERY;
             }
             if !interval.is_zero() && now >= next_step {
                 if queue.is_empty() {
@@ -273,6 +293,25 @@ impl Refresher {
                     self.refresh(&[reference], Timestamp::now(), "refresh");
                 }
                 next_step = now + step.max(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Drops what the digest cache knows of references no device has followed for
+    /// `UNFOLLOWED_DIGEST_TTL` (a webhook may have named them, or a device stopped
+    /// following them). Returns how many went.
+    pub fn expire_unfollowed_digests(&self, now: Timestamp) -> usize {
+        let before = now.as_second() - UNFOLLOWED_DIGEST_TTL.as_secs() as i64;
+        match self.store.expire_unfollowed_digests(before) {
+            Ok(expired) => {
+                if expired > 0 {
+                    log::info!("{expired} digests of references no device follows expired");
+                }
+                expired
+            }
+            Err(e) => {
+                log::error!("{e}");
+                0
             }
         }
     }

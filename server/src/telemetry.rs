@@ -58,7 +58,9 @@ pub fn split_report(report: &Map<String, Value>) -> ReportParts {
         if SYSTEM_FIELDS.contains(&name.as_str()) {
             match value {
                 Value::String(text) if text.chars().count() > MAX_FACT_CHARS || !crate::text::is_printable(text) => {
-                    parts.warnings.push(format!("{name}: not kept, expected at most {MAX_FACT_CHARS} printable characters"))
+                    parts
+                        .warnings
+                        .push(format!("{name}: not kept, expected at most {MAX_FACT_CHARS} printable characters"))
                 }
                 Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
                     parts.known.insert(name.clone(), value.clone());
@@ -71,7 +73,9 @@ pub fn split_report(report: &Map<String, Value>) -> ReportParts {
                 continue;
             };
             if list.len() > MAX_TOP_PROCESSES {
-                parts.warnings.push(format!("top_processes: {} entries, the first {MAX_TOP_PROCESSES} kept", list.len()));
+                parts
+                    .warnings
+                    .push(format!("top_processes: {} entries, the first {MAX_TOP_PROCESSES} kept", list.len()));
             }
             let small = |entry: &&Value| entry.is_object() && entry.to_string().len() <= MAX_PROCESS_BYTES;
             let kept: Vec<Value> = list.iter().take(MAX_TOP_PROCESSES).filter(small).cloned().collect();

@@ -81,10 +81,15 @@ impl Fleet {
         (target.version, state["apps"]["1"]["services"][0]["imageResolution"]["digest"].as_str().unwrap().to_string())
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+    fn call(&self, method: &str, target: &str, body: Option<Value>) -> Response {
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_string())),
+            None => (target, None),
+        };
         let request = Request {
             method: method.into(),
             path: path.into(),
+            query,
             headers: vec![("authorization".into(), format!("Bearer {ADMIN}"))],
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
             ..Default::default()
@@ -293,7 +298,46 @@ fn a_refresh_or_webhook_reference_on_a_registry_not_allowed_is_ignored_without_a
     assert!(registry.0.lock().unwrap().is_empty(), "asked {:?}", registry.0.lock().unwrap());
     assert_eq!(fleet.pinned("a").1, V1, "the device stays where it was");
 
-    // An admitted reference is asked as before.
+    // An admitted reference that a device follows is asked as before.
+    let followed: TargetState = serde_json::from_value(json!({"apps": {"1": {"appId": 1, "services": [
+        {"serviceName": "web", "imageName": format!("ghcr.io/owner/app@{V1}"),
+         "imageResolution": {"requested": "ghcr.io/owner/app:latest", "digest": V1, "status": "resolved",
+                             "resolvedAt": "2026-11-28T11:00:00Z"}}]}}}))
+    .unwrap();
+    store_target(fleet.store.as_ref(), "b", &followed, "operator", None).unwrap();
     refresher.refresh(&["ghcr.io/owner/app:latest".into()], at("2026-11-28T12:00:00Z"), "refresh");
     assert_eq!(registry.0.lock().unwrap().as_slice(), ["ghcr.io/owner/app:latest"]);
+}
+
+#[test]
+fn history_keeps_the_last_versions_pages_through_them_and_rolls_back_to_the_oldest_kept() {
+    let mut fleet = Fleet::new();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap().with_history_limit(3));
+    fleet.store = Arc::clone(&store);
+    fleet.api.store = Arc::clone(&store);
+    fleet.refresher.store = store;
+    fleet.follow_latest("gw");
+    for digest in [V2, V3, V1, V2, V3] {
+        *fleet.tag.lock().unwrap() = digest;
+        fleet.refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), "refresh");
+    }
+    assert_eq!(fleet.pinned("gw"), (6, V3.to_string()));
+    let versions = |query: &str| -> (Vec<u64>, Value) {
+        let response = fleet.call("GET", &format!("/api/v1/devices/gw/target-state/history{query}"), None);
+        let page = json_of(&response);
+        assert_eq!(response.status, 200, "{query}: {page}");
+        let listed = page["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+        (listed, page["next"].clone())
+    };
+    assert_eq!(versions(""), (vec![6, 5, 4], Value::Null), "three kept, the oldest gone");
+    assert_eq!(versions("?limit=2"), (vec![6, 5], json!(5)));
+    assert_eq!(versions("?limit=2&before=5"), (vec![4], Value::Null));
+    assert_eq!(fleet.call("GET", "/api/v1/devices/gw/target-state/history?limit=0", None).status, 400);
+
+    let gone = fleet.call("POST", "/api/v1/devices/gw/target-state/rollback", Some(json!({"version": 3})));
+    assert_eq!(gone.status, 404, "{}", String::from_utf8_lossy(&gone.body));
+    let oldest = fleet.call("POST", "/api/v1/devices/gw/target-state/rollback", Some(json!({"version": 4})));
+    assert_eq!(oldest.status, 200, "{}", String::from_utf8_lossy(&oldest.body));
+    assert_eq!(fleet.pinned("gw"), (7, V1.to_string()), "version 4 pinned V1");
+    assert_eq!(versions("").0, vec![7, 6, 5]);
 }

@@ -1,5 +1,5 @@
-//! Target-state history and rollback: every version is kept with its digests; a rollback
-//! writes a new version equal to an old one.
+//! Target-state history and rollback: the last versions (`--history-versions`) are kept
+//! with their digests; a rollback writes a new version equal to a kept one.
 
 use super::auth::Caller;
 use super::http::{Request, Response};
@@ -11,16 +11,23 @@ use pinion_model::TargetState;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// `GET /devices/{uuid}/target-state/history`: newest first, with each service's image.
-pub(super) fn list(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
+/// `GET /devices/{uuid}/target-state/history?limit=&before=`: the kept versions, newest
+/// first, with each service's image; `next` is the `before` of the following page.
+pub(super) fn list(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
-    let history = api.store.target_history(uuid)?;
+    let limit = request.query_number("limit", 50, 1..=1000)?;
+    let before = match request.query_value("before") {
+        None => None,
+        Some(_) => Some(request.query_number("before", 0, 1..=i64::MAX as usize)? as u64),
+    };
+    let history = api.store.target_history(uuid, before, limit)?;
     if history.is_empty() && api.store.device(uuid)?.is_none() {
         return Err(Error::NotFound { what: format!("device {uuid}") });
     }
     let versions: Vec<Value> = history.iter().map(version_json).collect::<Result<_, _>>()?;
-    Ok(Response::json(200, &json!({"uuid": uuid, "versions": versions})))
+    let next = (history.len() == limit).then(|| history.last().map(|t| t.version)).flatten();
+    Ok(Response::json(200, &json!({"uuid": uuid, "versions": versions, "next": next})))
 }
 
 fn parse(uuid: &str, target: &StoredTarget) -> Result<TargetState, Error> {

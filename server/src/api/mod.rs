@@ -30,7 +30,6 @@ use crate::store::Store;
 use crate::Error;
 use auth::authenticate;
 use response::error_response;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,8 +43,8 @@ pub struct Api {
     pub webhook_token_hash: Option<String>,
     /// How long one target-state request may spend asking registries.
     pub resolve_deadline: Duration,
-    /// Where webhook-named references go to be resolved again (the refresher thread).
-    pub refresh_requests: Option<Sender<Vec<String>>>,
+    /// Where webhook-named references wait to be resolved again (the refresher thread).
+    pub refresh_requests: Option<Arc<crate::refresh_queue::RefreshQueue>>,
     /// The update policy of devices without their own (`--auto-update`, `--update-window`).
     pub default_policy: crate::policy::UpdatePolicy,
     /// Unchanged device polls, answered without the store.
@@ -58,8 +57,13 @@ impl Api {
     /// Hands references to the refresher, to be asked of their registry now.
     pub fn refresh_now(&self, references: Vec<String>) {
         match &self.refresh_requests {
-            Some(sender) if sender.send(references).is_ok() => {}
-            _ => log::warn!("no refresher is running; the webhook's references wait for the next refresh"),
+            Some(queue) => {
+                let dropped = queue.push(references);
+                if dropped > 0 {
+                    log::warn!("{dropped} webhook references dropped: the refresh queue is full; the periodic refresh asks them");
+                }
+            }
+            None => log::warn!("no refresher is running; the webhook's references wait for the next refresh"),
         }
     }
 }
@@ -250,7 +254,7 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
             "DELETE" => operator::delete_target(api, &caller, uuid),
             _ => operator::set_target(api, &caller, request, uuid),
         },
-        Route::TargetHistory(uuid) => history::list(api, &caller, uuid),
+        Route::TargetHistory(uuid) => history::list(api, &caller, request, uuid),
         Route::TargetRollback(uuid) => history::rollback(api, &caller, request, uuid),
         Route::CurrentState(uuid) => operator::get_current(api, &caller, uuid),
         Route::Logs(uuid) => telemetry::list_logs(api, &caller, request, uuid),

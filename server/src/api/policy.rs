@@ -102,4 +102,3 @@ fn reschedule(api: &Api, uuid: &str, policy: &UpdatePolicy, now: Timestamp) -> R
     }
     Ok(pending.len())
 }
-

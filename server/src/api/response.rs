@@ -17,7 +17,7 @@ pub fn status_of(error: &Error) -> (u16, &'static str) {
         NotFound { .. } => (404, "not_found"),
         MethodNotAllowed { .. } => (405, "method_not_allowed"),
         Conflict { .. } => (409, "conflict"),
-        PayloadTooLarge { .. } | TooManyLogLines { .. } => (413, "payload_too_large"),
+        PayloadTooLarge { .. } | TooManyLogLines { .. } | TooManyReferences { .. } => (413, "payload_too_large"),
         TooManyAttempts { .. } => (429, "too_many_attempts"),
         RegistryNotAllowed { .. } => (422, "registry_not_allowed"),
         RateLimited { .. } => (503, "registry_rate_limited"),

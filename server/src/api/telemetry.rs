@@ -64,4 +64,3 @@ pub(super) fn list_metrics(api: &Api, caller: &Caller, request: &Request, uuid: 
         .collect();
     Ok(Response::json(200, &json!({"count": metrics.len(), "metrics": metrics})))
 }
-

@@ -9,15 +9,37 @@ use crate::registry_events::pushed_references;
 use crate::Error;
 use serde_json::json;
 
+/// References one event may name at most (distribution batches 100 events per envelope
+/// by default); more is a 413, and nothing of it is queued.
+pub const MAX_REFERENCES_PER_EVENT: usize = 1000;
+
+/// Queues the references an event names that some device follows and whose registry
+/// the server may ask; `ignored` lists those it may not ask, `notFollowed` counts the
+/// rest. Nothing here talks to a registry.
 pub(super) fn receive(api: &Api, request: &Request) -> Result<Response, Error> {
     check_token(api, request)?;
-    let (references, ignored): (Vec<String>, Vec<String>) =
-        pushed_references(&request.body)?.into_iter().partition(|r| admitted(api, r));
+    let named = pushed_references(&request.body)?;
+    if named.len() > MAX_REFERENCES_PER_EVENT {
+        return Err(Error::TooManyReferences { count: named.len(), limit: MAX_REFERENCES_PER_EVENT });
+    }
+    let (admitted, ignored): (Vec<String>, Vec<String>) = named.into_iter().partition(|r| admitted(api, r));
+    let mut references = Vec::new();
+    let mut not_followed = 0;
+    for reference in admitted {
+        if api.store.devices_using(&reference)?.is_empty() {
+            not_followed += 1;
+        } else {
+            references.push(reference);
+        }
+    }
     if !references.is_empty() {
         log::info!("registry webhook: {} pushed", references.join(", "));
         api.refresh_now(references.clone());
     }
-    Ok(Response::json(202, &json!({"status": "accepted", "references": references, "ignored": ignored})))
+    Ok(Response::json(
+        202,
+        &json!({"status": "accepted", "references": references, "ignored": ignored, "notFollowed": not_followed}),
+    ))
 }
 
 /// The webhook token, in the header or the query: 403 while webhooks are off, 401 when

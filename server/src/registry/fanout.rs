@@ -1,10 +1,21 @@
-//! Running one job per item on its own thread and collecting what is answered within one
+//! Running one job per item concurrently and collecting what is answered within one
 //! deadline: the caller is never held past it, and jobs still running are left to finish
 //! on their own (each registry request has its own timeout, so they do end).
+//!
+//! Bounded twice: one call starts at most `THREADS_PER_CALL` threads, which take the
+//! items in turn, and at most `RUNNING_SERVER_WIDE` jobs run at once in the whole
+//! process (every target POST and the refresher share them). A webhook naming 5,500
+//! references once started 5,500 threads and ran the process out of descriptors.
 
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Threads one call starts at most.
+pub(crate) const THREADS_PER_CALL: usize = 16;
+/// Jobs (registry resolutions) running at once in the process at most.
+pub(crate) const RUNNING_SERVER_WIDE: usize = 32;
 
 /// What became of one item's job.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,37 +27,84 @@ pub(crate) enum Outcome<V> {
     NotStarted(String),
 }
 
-/// Runs `job` for every item concurrently; returns the items in order with their outcomes.
+/// The process's permits to run a job: taken before, given back after (also when the
+/// job panics).
+struct Permits {
+    running: Mutex<usize>,
+    freed: Condvar,
+}
+
+static PERMITS: Permits = Permits { running: Mutex::new(0), freed: Condvar::new() };
+
+struct Permit;
+
+impl Permits {
+    /// A permit, waiting for one until `until`; `None` if none came in time.
+    fn take(&'static self, until: Instant) -> Option<Permit> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        while *running >= RUNNING_SERVER_WIDE {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            running = self.freed.wait_timeout(running, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *running += 1;
+        Some(Permit)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        *PERMITS.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        PERMITS.freed.notify_one();
+    }
+}
+
+/// Runs `job` for every item, a few at a time; returns the items in order with their
+/// outcomes. An item whose job has not finished (or not started) by `deadline` is `Late`.
 pub(crate) fn run_with_deadline<K, V, F>(items: Vec<K>, deadline: Duration, job: F) -> Vec<(K, Outcome<V>)>
 where
-    K: Clone + Send + 'static,
+    K: Clone + Send + Sync + 'static,
     V: Send + 'static,
     F: Fn(&K) -> V + Send + Sync + 'static,
 {
-    let started = Instant::now();
-    let job = Arc::new(job);
+    let until = Instant::now() + deadline;
+    let shared = Arc::new((items.clone(), job, AtomicUsize::new(0)));
     let (tx, rx) = mpsc::channel::<(usize, V)>();
-    let mut outcomes: Vec<Outcome<V>> = Vec::with_capacity(items.len());
-    let mut running = 0usize;
-    for (index, item) in items.iter().enumerate() {
-        let (tx, job, item) = (tx.clone(), Arc::clone(&job), item.clone());
-        let spawned = thread::Builder::new().name(format!("pinion-resolve-{index}")).spawn(move || {
-            let value = job(&item);
-            // The receiver is gone once the deadline passed: the answer is dropped.
-            let _ = tx.send((index, value));
+    let mut outcomes: Vec<Outcome<V>> = items.iter().map(|_| Outcome::Late).collect();
+    let mut started = 0;
+    let mut spawn_error = None;
+    for worker in 0..items.len().min(THREADS_PER_CALL) {
+        let (tx, shared) = (tx.clone(), Arc::clone(&shared));
+        let spawned = thread::Builder::new().name(format!("pinion-resolve-{worker}")).spawn(move || {
+            let (items, job, next) = &*shared;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(index) else { return };
+                let Some(permit) = PERMITS.take(until) else { return };
+                let value = job(item);
+                drop(permit);
+                // The receiver is gone once the deadline passed: the answer is dropped.
+                if tx.send((index, value)).is_err() {
+                    return;
+                }
+            }
         });
         match spawned {
-            Ok(_) => {
-                running += 1;
-                outcomes.push(Outcome::Late);
-            }
-            Err(e) => outcomes.push(Outcome::NotStarted(e.to_string())),
+            Ok(_) => started += 1,
+            Err(e) => spawn_error = Some(e.to_string()),
         }
+    }
+    if started == 0 {
+        let reason = spawn_error.unwrap_or_default();
+        return items.into_iter().map(|item| (item, Outcome::NotStarted(reason.clone()))).collect();
     }
     // Only the threads hold senders now: when all have ended, `recv` stops waiting.
     drop(tx);
-    while running > 0 {
-        let left = deadline.saturating_sub(started.elapsed());
+    let mut answered = 0;
+    while answered < outcomes.len() {
+        let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
@@ -55,7 +113,7 @@ where
                 if let Some(slot) = outcomes.get_mut(index) {
                     *slot = Outcome::Done(value);
                 }
-                running -= 1;
+                answered += 1;
             }
             Err(_) => break, // deadline passed, or every thread has ended
         }
@@ -91,6 +149,32 @@ mod tests {
         });
         assert!(started.elapsed() < Duration::from_secs(20), "waited for the deadline");
         assert_eq!(results, [(false, Outcome::Done("ok")), (true, Outcome::Late)]);
+    }
+
+    #[test]
+    fn many_items_run_on_a_few_threads_and_never_more_at_once_than_the_server_allows() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (Arc::clone(&running), Arc::clone(&most));
+        let threads_before = thread_count();
+        let results = run_with_deadline((0..500u32).collect(), Duration::from_secs(60), move |&n| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(1));
+            r.fetch_sub(1, Ordering::SeqCst);
+            n
+        });
+        assert!(results.iter().all(|(n, outcome)| *outcome == Outcome::Done(*n)));
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= THREADS_PER_CALL && most <= RUNNING_SERVER_WIDE, "{most} at once");
+        if let (Some(before), Some(after)) = (threads_before, thread_count()) {
+            assert!(after <= before + THREADS_PER_CALL, "{before} threads before, {after} after");
+        }
+    }
+
+    /// Threads of this process, from /proc.
+    fn thread_count() -> Option<usize> {
+        std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub trait ImageStore {
     fn record_resolution_error(&self, reference: &str, error: &str, now: i64) -> Result<(), Error>;
     /// Every reference some device's current target follows, with what is known of it.
     fn tracked_images(&self) -> Result<Vec<TrackedImage>, Error>;
+    /// Forgets references no device follows whose last answer or error is older than
+    /// `before` (Unix time); returns how many.
+    fn expire_unfollowed_digests(&self, before: i64) -> Result<usize, Error>;
 }
 
 const COLUMNS: &str = "i.reference, i.digest, i.media_type, i.checked_at, i.changed_at, i.last_error, i.last_error_at";
@@ -105,6 +108,17 @@ impl ImageStore for SqliteStore {
             )
             .map_err(db("writing the digest cache"))?;
         Ok(())
+    }
+
+    fn expire_unfollowed_digests(&self, before: i64) -> Result<usize, Error> {
+        self.conn_outside_polls()
+            .execute(
+                "DELETE FROM image_digests
+                 WHERE reference NOT IN (SELECT reference FROM device_images)
+                   AND MAX(COALESCE(checked_at, 0), COALESCE(last_error_at, 0)) < ?1",
+                [before],
+            )
+            .map_err(db("expiring digests"))
     }
 
     fn tracked_images(&self) -> Result<Vec<TrackedImage>, Error> {

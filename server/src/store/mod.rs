@@ -12,7 +12,7 @@ mod telemetry;
 pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
 pub use telemetry::{CurrentReport, LogPage, MetricsSample, NewReport, TelemetryStore};
 
 use crate::Error;
@@ -123,13 +123,14 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + S
     fn complete_registration(&self, uuid: &str, key_hash: &str) -> Result<bool, Error>;
 
     /// Stores a new target-state version (creating the device if needed) with the poll
-    /// answer derived from it; returns the new version number.
+    /// answer derived from it; returns the new version number. Versions beyond the
+    /// store's history limit (`SqliteStore::with_history_limit`) are deleted, oldest first.
     fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error>;
     /// The current version.
     fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error>;
     fn target_version(&self, uuid: &str, version: u64) -> Result<Option<StoredTarget>, Error>;
-    /// Every version, newest first.
-    fn target_history(&self, uuid: &str) -> Result<Vec<StoredTarget>, Error>;
+    /// Kept versions older than `before` (all when `None`), newest first, `limit` at most.
+    fn target_history(&self, uuid: &str, before: Option<u64>, limit: usize) -> Result<Vec<StoredTarget>, Error>;
     /// Devices whose current target follows `reference` (canonical).
     fn devices_using(&self, reference: &str) -> Result<Vec<String>, Error>;
     fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error>;

@@ -73,7 +73,16 @@ pub struct SqliteStore {
     secret_key: Option<SecretKey>,
     /// Moved each time the writer connection is let go (`Store::poll_generation`).
     generation: AtomicU64,
+    /// Target versions kept per device (`with_history_limit`).
+    history_limit: u64,
 }
+
+/// Target versions kept per device unless told otherwise: weeks of hourly pushes to a
+/// followed tag, and every version an operator is likely to roll back to.
+pub const DEFAULT_HISTORY_LIMIT: u64 = 100;
+/// The fewest a store keeps: the current version and the one before it, which a
+/// rollback without a version goes back to.
+pub const MIN_HISTORY_LIMIT: u64 = 2;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
@@ -92,6 +101,13 @@ impl SqliteStore {
     pub fn in_memory() -> Result<SqliteStore, Error> {
         Ok(Self::init(Connection::open_in_memory().map_err(db("opening the database"))?)?
             .with_secret_key(SecretKey::generate()))
+    }
+
+    /// Keeps `versions` target versions per device (at least `MIN_HISTORY_LIMIT`);
+    /// older ones are deleted as new ones are written.
+    pub fn with_history_limit(mut self, versions: u64) -> SqliteStore {
+        self.history_limit = versions.max(MIN_HISTORY_LIMIT);
+        self
     }
 
     /// The key that seals stored secrets (`secrets::SecretKey::load_or_create`).
@@ -126,7 +142,13 @@ impl SqliteStore {
         conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
         super::credentials::create_schema(&conn).map_err(db("creating the schema"))?;
         super::migrations::migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), readers: None, secret_key: None, generation: AtomicU64::new(0) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            readers: None,
+            secret_key: None,
+            generation: AtomicU64::new(0),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+        })
     }
 
     /// The writer connection. Whatever is done with it may change a device's key or poll
@@ -446,6 +468,11 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM pending_updates WHERE device_uuid = ?1", [uuid])
                 .map_err(db("storing a target state"))?;
         }
+        tx.execute(
+            "DELETE FROM target_states WHERE device_uuid = ?1 AND version <= ?2",
+            params![uuid, version - self.history_limit as i64],
+        )
+        .map_err(db("pruning the target history"))?;
         tx.commit().map_err(db("storing a target state"))?;
         Ok(version as u64)
     }
@@ -475,14 +502,18 @@ impl Store for SqliteStore {
             .map_err(db("reading a target state"))
     }
 
-    fn target_history(&self, uuid: &str) -> Result<Vec<StoredTarget>, Error> {
+    fn target_history(&self, uuid: &str, before: Option<u64>, limit: usize) -> Result<Vec<StoredTarget>, Error> {
         let conn = self.reader()?;
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {TARGET_COLUMNS} FROM target_states t WHERE t.device_uuid = ?1 ORDER BY t.version DESC"
+                "SELECT {TARGET_COLUMNS} FROM target_states t WHERE t.device_uuid = ?1 AND t.version < ?2
+                 ORDER BY t.version DESC LIMIT ?3"
             ))
             .map_err(db("reading the target history"))?;
-        let rows = stmt.query_map([uuid], target_from_row).map_err(db("reading the target history"))?;
+        let before = before.map_or(i64::MAX, |v| v.min(i64::MAX as u64) as i64);
+        let rows = stmt
+            .query_map(params![uuid, before, limit.min(i64::MAX as usize) as i64], target_from_row)
+            .map_err(db("reading the target history"))?;
         rows.collect::<Result<_, _>>().map_err(db("reading the target history"))
     }
 
@@ -585,7 +616,7 @@ mod tests {
         assert!(store.devices_using(&nginx[0]).unwrap().is_empty(), "the new version follows no tag");
         let stale = NewTarget { expected_version: Some(1), ..new_target("{}", &p1, &[]) };
         assert!(matches!(store.set_target("d1", &stale), Err(Error::Conflict { .. })));
-        let history: Vec<u64> = store.target_history("d1").unwrap().iter().map(|t| t.version).collect();
+        let history: Vec<u64> = store.target_history("d1", None, 10).unwrap().iter().map(|t| t.version).collect();
         assert_eq!(history, [2, 1]);
         assert_eq!(store.target_version("d1", 1).unwrap().unwrap().state, "{\"a\":1}");
         assert_eq!(store.target("d1").unwrap().unwrap().state, "{\"a\":2}");
@@ -663,7 +694,7 @@ mod tests {
         store.device("d1").unwrap();
         store.devices().unwrap();
         store.target("d1").unwrap();
-        store.target_history("d1").unwrap();
+        store.target_history("d1", None, 10).unwrap();
         store.devices_using(&nginx[0]).unwrap();
         store.tracked_images().unwrap();
         store.tracked_image(&nginx[0]).unwrap();
