@@ -141,5 +141,11 @@ fn a_webhook_naming_another_registry_is_ignored_with_a_log_line() {
         "request": {"host": allowed.host()}}]});
     let reply = server.request("POST", path, Some(&event), Some(WEBHOOK_TOKEN));
     assert_eq!(reply.status, 202, "{}", reply.body);
-    assert_eq!(reply.json()["references"], json!([format!("{}/demo/app:latest", allowed.host())]), "{}", reply.body);
+    // Allowed, but no device follows it: nothing is asked of any registry.
+    assert_eq!((reply.json()["references"].clone(), reply.json()["notFollowed"].clone()), (json!([]), json!(1)));
+    let image = format!("{}/demo/app:latest", allowed.host());
+    let target = json!({"apps": {"1": {"appId": 1, "services": [{"serviceName": "app", "imageName": image}]}}});
+    assert_eq!(server.set_target_state("gw", &target).status, 200);
+    let reply = server.request("POST", path, Some(&event), Some(WEBHOOK_TOKEN));
+    assert_eq!(reply.json()["references"], json!([image]), "followed now: {}", reply.body);
 }
