@@ -405,6 +405,37 @@ fn unchanged_polls_answered_from_memory_see_every_new_target_and_only_their_own_
         // The first 304 remembers the key and ETag; the next ones are answered from memory.
         assert_eq!((poll("gw-1", KEY_A, &v1).status, etag(&poll("gw-1", KEY_A, &v1))), (304, v1.clone()));
     }
+    // What a dashboard and the devices do all day reads the store, and writes reports and
+    // logs, but changes no poll answer: the next 304 still comes from memory.
+    let (hits, _) = f.api.poll_cache.counts();
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/devices/gw-1",
+        "/api/v1/devices/gw-1/target-state",
+        "/api/v1/devices/gw-1/target-state/history",
+        "/api/v1/devices/gw-1/current-state",
+        "/api/v1/devices/gw-1/logs",
+        "/api/v1/devices/gw-1/metrics",
+        "/api/v1/devices/gw-1/pending-updates",
+        "/api/v1/images",
+        "/api/v1/provisioning-keys",
+        "/api/v1/registries",
+    ] {
+        assert_eq!(f.call("GET", path, Some(ADMIN), None).status, 200, "{path}");
+    }
+    let report = json!({"gw-1": {"apps": {}, "config": {}, "cpu_usage": 5, "os_version": "x"}});
+    assert_eq!(f.call("PATCH", "/api/v1/device/state", Some(KEY_A), Some(report)).status, 200);
+    let logs = Request {
+        method: "POST".into(),
+        path: "/api/v1/device/gw-1/logs".into(),
+        headers: vec![("x-device-api-key".into(), KEY_A.into())],
+        body: b"{\"message\":\"m\"}\n".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(handle(&f.api, &logs).status, 200);
+    assert_eq!(poll("gw-1", KEY_A, &v1).status, 304);
+    assert_eq!(f.api.poll_cache.counts().0, hits + 1, "answered from memory after a read-only workload");
+
     assert_eq!(poll("gw-1", KEY_B, &v1).status, 403, "another device's key, its ETag known or not");
     assert_eq!(poll("gw-1", "not-a-key", &v1).status, 401);
 

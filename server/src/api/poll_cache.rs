@@ -5,6 +5,7 @@
 //! SHA-256 and a shared read lock of one shard of sixteen.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 const SHARDS: usize = 16;
@@ -23,11 +24,18 @@ struct Entry {
 pub struct PollCache {
     /// By the SHA-256 (hex) of the device key.
     shards: Vec<RwLock<HashMap<String, Entry>>>,
+    /// Lookups that found a current entry, and those that did not.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Default for PollCache {
     fn default() -> Self {
-        PollCache { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+        PollCache {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 }
 
@@ -36,8 +44,15 @@ impl PollCache {
     /// store has not changed since (`generation` is the store's now).
     pub fn etag(&self, key_hash: &str, uuid: &str, generation: u64) -> Option<String> {
         let shard = self.shard(key_hash).read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = shard.get(key_hash)?;
-        (entry.generation == generation && entry.uuid == uuid).then(|| entry.etag.clone())
+        let current = shard.get(key_hash).filter(|e| e.generation == generation && e.uuid == uuid);
+        let counter = if current.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        current.map(|entry| entry.etag.clone())
+    }
+
+    /// (lookups answered from memory, lookups that had to ask the store) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
     /// Remembers an answer read from the store at `generation` (read *before* the store
