@@ -14,10 +14,10 @@
 //! It replaces tiny_http 0.12, which aborted the process when descriptors ran out (its
 //! issue #195), had no timeouts, and let 16 slow clients hold all of its workers.
 
-mod body;
+pub mod body;
 mod connections;
 mod epoll;
-mod head;
+pub mod head;
 mod worker;
 
 pub use head::MAX_HEAD_BYTES;
