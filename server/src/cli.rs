@@ -284,12 +284,29 @@ impl Options {
     }
 }
 
+/// Shortest webhook token accepted: guessing it must be as hard as any key's.
+const MIN_WEBHOOK_TOKEN_LEN: usize = 16;
+
 fn serve(options: Options) -> Result<ExitCode, Error> {
     let listen = options.listen.clone().or_else(|| std::env::var("PINION_LISTEN").ok());
     let listen = listen.unwrap_or_else(|| "0.0.0.0:3002".into());
     let db = options.db.clone().or_else(|| std::env::var_os("PINION_DB").map(PathBuf::from));
     let db = db.unwrap_or_else(|| PathBuf::from("pinion-server.db"));
     let webhook_token = options.webhook_token.clone().or_else(|| std::env::var("PINION_WEBHOOK_TOKEN").ok());
+    if let Some(token) = &webhook_token {
+        if token.trim().len() < MIN_WEBHOOK_TOKEN_LEN {
+            return Err(usage(format!(
+                "the webhook token (--webhook-token or PINION_WEBHOOK_TOKEN) must be at least \
+                 {MIN_WEBHOOK_TOKEN_LEN} characters; leave it unset to turn webhooks off"
+            )));
+        }
+    }
+    // The database, its WAL and shared memory, the token and key files: the server's alone.
+    crate::secret_file::make_new_files_private();
+    let beside = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
+    for file in [db.clone(), beside("-wal"), beside("-shm")] {
+        crate::secret_file::make_private_if_open(&file);
+    }
     let secret_key_file =
         options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
     let secret_key = SecretKey::load_or_create(&secret_key_file.unwrap_or_else(|| default_key_path(&db)))?;

@@ -18,6 +18,7 @@ pub mod refresh_queue;
 pub mod registry;
 pub mod registry_auth;
 pub mod registry_events;
+pub mod secret_file;
 pub mod secrets;
 pub mod store;
 #[path = "../../agent/src/systemd.rs"]

@@ -14,7 +14,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the key file (`--secret-key-file`).
@@ -66,11 +66,7 @@ impl SecretKey {
                         KEY_LEN * 2
                     ),
                 })?;
-                if let Ok(meta) = std::fs::metadata(path) {
-                    if meta.permissions().mode() & 0o077 != 0 {
-                        log::warn!("{} is readable by others than its owner; chmod 600 it", path.display());
-                    }
-                }
+                crate::secret_file::check_private(path)?;
                 log::info!("secret key read from {}", path.display());
                 Ok(SecretKey::from_bytes(&bytes))
             }

@@ -81,45 +81,109 @@ fn gzip_reports_are_accepted_and_broken_gzip_is_a_400() {
     assert_eq!(error["error"], "bad_request");
 }
 
+/// `pinion-server serve` on `db` under umask 022 (what a shell or `cargo run` gives), its
+/// output (not a terminal) to `log`; `None` if it exits before listening.
+fn start_server(db: &std::path::Path, log_path: &std::path::Path, extra: &[&str]) -> Option<(std::process::Child, u16)> {
+    let port = free_port();
+    let log_file = std::fs::File::create(log_path).unwrap();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("umask 022; exec \"$@\"")
+        .arg("sh")
+        .arg(server_binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(db)
+        .args(extra)
+        .env_remove("PINION_ADMIN_TOKEN")
+        .env_remove("PINION_WEBHOOK_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    let mut child = command.spawn().unwrap();
+    let up = wait_for(Duration::from_secs(30), || {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return Some(false);
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
+    });
+    match up {
+        Some(true) => Some((child, port)),
+        Some(false) => None,
+        None => panic!("server neither started nor exited: {}", tail_of_file(log_path, 4000)),
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
 #[test]
-fn the_admin_token_is_made_once_saved_0600_beside_the_database_and_printed_once() {
+fn the_admin_token_is_made_once_saved_0600_and_never_written_to_a_log() {
     let dir = TempDir::new("admin-token");
     let db = dir.join("fleet.db");
-    let start = |log: &str| {
-        let port = free_port();
-        let log_path = dir.join(log);
-        let log_file = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(server_binary())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-            .arg(&db)
-            .env_remove("PINION_ADMIN_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
-        let up = wait_for(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-        assert!(up.is_some(), "server did not start: {}", tail_of_file(&log_path, 4000));
-        (child, port, log_path)
-    };
-    let (mut first, port, first_log) = start("first.log");
+    let (mut first, port) = start_server(&db, &dir.join("first.log"), &[]).expect("the server starts");
     let token_path = dir.join("fleet.admin-token");
     let token = std::fs::read_to_string(&token_path).expect("the token file exists").trim().to_string();
     assert_eq!(token.len(), 64);
-    assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(tail_of_file(&first_log, 8000).contains(&token), "printed on first start");
+    assert_eq!(mode(&token_path), 0o600);
+    let log = tail_of_file(&dir.join("first.log"), 8000);
+    assert!(!log.contains(&token), "a token printed where no terminal reads it ends in a journal: {log}");
+    assert!(log.contains("fleet.admin-token"), "the log says where the token is: {log}");
     let devices = format!("http://127.0.0.1:{port}/api/v1/devices");
     assert_eq!(send("GET", &devices, &[("Authorization", &format!("Bearer {token}"))], vec![]).0, 200);
+    // Under umask 022 the database and its WAL and shared-memory files are still private.
+    for file in ["fleet.db", "fleet.db-wal", "fleet.db-shm", "fleet.secret-key"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let (mut second, port, second_log) = start("second.log");
-    assert!(!tail_of_file(&second_log, 8000).contains(&token), "not printed again");
+    let (mut second, port) = start_server(&db, &dir.join("second.log"), &[]).expect("the server starts again");
     let devices = format!("http://127.0.0.1:{port}/api/v1/devices");
     assert_eq!(send("GET", &devices, &[("Authorization", &format!("Bearer {token}"))], vec![]).0, 200);
     assert_eq!(send("GET", &devices, &[("Authorization", "Bearer wrong")], vec![]).0, 401);
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+#[test]
+fn token_and_key_files_open_to_others_or_too_short_are_refused_at_start_with_the_fix() {
+    let dir = TempDir::new("secret-files");
+    let db = dir.join("fleet.db");
+    let (mut server, _) = start_server(&db, &dir.join("made.log"), &[]).expect("the server starts");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let token_path = dir.join("fleet.admin-token");
+    let key_path = dir.join("fleet.secret-key");
+
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(start_server(&db, &dir.join("open.log"), &[]).is_none(), "a world-readable token file is refused");
+    let log = tail_of_file(&dir.join("open.log"), 4000);
+    assert!(log.contains("chmod 600") && log.contains("fleet.admin-token"), "{log}");
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(start_server(&db, &dir.join("key.log"), &[]).is_none(), "a group-readable key file is refused");
+    assert!(tail_of_file(&dir.join("key.log"), 4000).contains("fleet.secret-key"));
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let saved = std::fs::read_to_string(&token_path).unwrap();
+    std::fs::write(&token_path, "x\n").unwrap();
+    assert!(start_server(&db, &dir.join("short.log"), &[]).is_none(), "a one-character token is refused");
+    assert!(tail_of_file(&dir.join("short.log"), 4000).contains("at least 16 characters"));
+    std::fs::write(&token_path, saved).unwrap();
+
+    for webhook in ["", "short"] {
+        let refused = start_server(&db, &dir.join("webhook.log"), &["--webhook-token", webhook]);
+        assert!(refused.is_none(), "webhook token {webhook:?} is refused");
+        assert!(tail_of_file(&dir.join("webhook.log"), 4000).contains("webhook token"));
+    }
+    // And with everything in order it starts.
+    let (mut server, _) = start_server(&db, &dir.join("ok.log"), &["--webhook-token", "a-long-enough-webhook-token"])
+        .expect("the server starts with private files and a long token");
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
 
 #[test]

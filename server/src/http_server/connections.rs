@@ -27,6 +27,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Bytes read ahead at most: a head and a small body.
 const READ_AHEAD: usize = MAX_HEAD_BYTES + SMALL_BODY;
+/// After an answer given before the body was read, how long and how much of the rest
+/// is read and dropped before closing (a close with unread data sends a reset, which
+/// can destroy the answer before the client reads it; nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
 
 /// One client connection and what it has sent that is not yet answered.
 pub(super) struct Conn {
@@ -49,6 +54,18 @@ enum Phase {
     Head,
     /// The head has come; its small body is coming.
     Body,
+    /// Answered and shut for writing; what the client still sends is dropped until it
+    /// closes, `LINGER` passes or `LINGER_BYTES` came.
+    Linger { dropped: usize },
+}
+
+impl Conn {
+    /// Marks an answered connection whose request body was not read: the loop drains
+    /// and closes it instead of reading another request.
+    pub fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.phase = Phase::Linger { dropped: 0 };
+    }
 }
 
 impl Drop for Conn {
@@ -241,9 +258,14 @@ impl Loop {
             if conn.stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            conn.phase = Phase::Idle;
             conn.waiting_since = now;
-            conn.deadline = now + self.limits.idle_timeout;
+            if let Phase::Linger { .. } = conn.phase {
+                conn.buf = Vec::new();
+                conn.deadline = now + LINGER;
+            } else {
+                conn.phase = Phase::Idle;
+                conn.deadline = now + self.limits.idle_timeout;
+            }
             self.watch(conn);
         }
     }
@@ -251,6 +273,19 @@ impl Loop {
     fn read_ready(&mut self, fd: u64) {
         let Some(conn) = self.conns.get_mut(&fd) else { return };
         let mut chunk = [0u8; 16 * 1024];
+        if let Phase::Linger { dropped } = &mut conn.phase {
+            loop {
+                match conn.stream.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) if *dropped + n < LINGER_BYTES => *dropped += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    _ => break,
+                }
+            }
+            self.conns.remove(&fd);
+            return;
+        }
         let mut ended = false;
         while conn.buf.len() < READ_AHEAD {
             let room = (READ_AHEAD - conn.buf.len()).min(chunk.len());
@@ -337,11 +372,18 @@ impl Loop {
         self.answer_and_close(fd, error.status(), code, &error.message());
     }
 
-    /// Answers without a worker (the socket's buffer takes a short answer whole) and closes.
+    /// Answers without a worker (the socket's buffer takes a short answer whole) and
+    /// closes, lingering: the client may still be sending what this refuses.
     fn answer_and_close(&mut self, fd: u64, status: u16, code: &str, message: &str) {
-        let Some(mut conn) = self.conns.remove(&fd) else { return };
+        let Some(conn) = self.conns.get_mut(&fd) else { return };
         let response = worker::error_response(status, code, message);
-        let _ = conn.stream.write_all(&worker::serialize(&response, false));
+        if conn.stream.write_all(&worker::serialize(&response, false)).is_err() {
+            self.conns.remove(&fd);
+            return;
+        }
+        conn.linger();
+        conn.buf = Vec::new();
+        conn.deadline = Instant::now() + LINGER;
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -355,6 +397,7 @@ impl Loop {
                         Phase::Idle => "idle",
                         Phase::Head => "head",
                         Phase::Body => "body",
+                        Phase::Linger { .. } => "linger",
                     }
                 );
             }

@@ -80,8 +80,7 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
         Body::Pending => {
             if let Some(refusal) = guarded(|| service.refuse_before_body(&request)).unwrap_or_else(|| Some(panicked()))
             {
-                write_answer(&mut conn, &request, &refusal, false, started);
-                return None;
+                return refused(conn, &request, &refusal, started);
             }
             if head.expect_continue && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
                 return None;
@@ -91,13 +90,11 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
                 Err(BodyError::TooLarge { limit }) => {
                     let response =
                         error_response(413, "payload_too_large", &format!("request body larger than {limit} bytes"));
-                    write_answer(&mut conn, &request, &response, false, started);
-                    return None;
+                    return refused(conn, &request, &response, started);
                 }
                 Err(BodyError::Malformed(why)) => {
                     let response = error_response(400, "bad_request", &format!("malformed chunked body: {why}"));
-                    write_answer(&mut conn, &request, &response, false, started);
-                    return None;
+                    return refused(conn, &request, &response, started);
                 }
                 Err(BodyError::Incomplete(why)) => {
                     log::debug!("{} {}: {why}", request.method, request.path);
@@ -116,6 +113,17 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
     let response = guarded(|| service.handle(&request)).unwrap_or_else(panicked);
     let keep_alive = head.keep_alive && response.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
     write_answer(&mut conn, &request, &response, keep_alive, started).then_some(conn)
+}
+
+/// Answers a request whose body was not (all) read, and hands the connection back to
+/// linger: the client may still be sending the body, and closing on unread data would
+/// reset the connection before it reads this answer.
+fn refused(mut conn: Conn, request: &Request, response: &Response, started: Instant) -> Option<Conn> {
+    if !write_answer(&mut conn, request, response, false, started) {
+        return None;
+    }
+    conn.linger();
+    Some(conn)
 }
 
 /// Runs the service, turning a panic into `None` (its message is logged by the panic hook).
