@@ -144,6 +144,7 @@ fn parse_hex_key(text: &str) -> Option<[u8; KEY_LEN]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_sealed_value_opens_with_the_same_key_and_associated_data() {
