@@ -23,7 +23,9 @@ pub fn load_or_create(db: &Path) -> Result<String, Error> {
     if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
         let token = token.trim();
         if token.len() < MIN_TOKEN_LEN {
-            return Err(Error::Usage { reason: format!("{ADMIN_TOKEN_ENV} must be at least {MIN_TOKEN_LEN} characters") });
+            return Err(Error::Usage {
+                reason: format!("{ADMIN_TOKEN_ENV} must be at least {MIN_TOKEN_LEN} characters"),
+            });
         }
         return Ok(hash_secret(token));
     }

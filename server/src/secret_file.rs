@@ -47,8 +47,12 @@ pub fn make_private_if_open(path: &Path) {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)) {
-            Ok(()) => log::warn!("{} was open to other users (mode {mode:o}); made it {:o}", path.display(), mode & 0o700),
-            Err(e) => log::warn!("{} is open to other users (mode {mode:o}) and could not be changed: {e}", path.display()),
+            Ok(()) => {
+                log::warn!("{} was open to other users (mode {mode:o}); made it {:o}", path.display(), mode & 0o700)
+            }
+            Err(e) => {
+                log::warn!("{} is open to other users (mode {mode:o}) and could not be changed: {e}", path.display())
+            }
         }
     }
 }

@@ -93,16 +93,21 @@ impl Wakeup {
     }
 }
 
-/// Raises the soft limit of open files to the hard limit; returns (before, after).
+/// Raises the soft limit of open files to the hard limit (to 1,048,576, the kernel's
+/// usual `nr_open`, when the hard limit is unlimited); returns (before, after).
+// `rlim_t` is 32 bits on armv7 and 64 on x86_64 and aarch64: the casts are needed there.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a pointer to a writable rlimit.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
     let before = limit.rlim_cur as u64;
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
+    let wanted = if limit.rlim_max == libc::RLIM_INFINITY { (1 << 20) as libc::rlim_t } else { limit.rlim_max };
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max };
         // SAFETY: a pointer to an initialized rlimit.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) })?;
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })?;
+        return Ok((before, wanted as u64));
     }
-    Ok((before, limit.rlim_cur as u64))
+    Ok((before, before))
 }
