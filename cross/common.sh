@@ -12,9 +12,24 @@ tool_prefix() {
         *) echo "" ;;
     esac
 }
-# Where cross/build puts a target's release binaries (static: cross/build --static).
+# The cargo profile of a package's release build (agent or server, with or without the
+# pinion- prefix): the server unwinds, so that a panic in one request handler is a 500
+# and not the end of the process ([profile.release-server]); the agent aborts, which
+# keeps the armv7 agent under its 2.0 MB limit ([profile.release]).
+release_profile() {
+    case ${1#pinion-} in
+        agent) echo release ;;
+        server) echo release-server ;;
+        *) echo "release_profile: unknown package '$1' (agent or server)" >&2; return 1 ;;
+    esac
+}
+# Where cross/build puts a package's release binary for a target (static: cross/build
+# --static): target/TARGET/release/pinion-agent, target/TARGET/release-server/pinion-server.
+# Usage: bin_dir TARGET VARIANT PACKAGE      (VARIANT '' or static; PACKAGE agent or server)
 bin_dir() {
-    if [[ ${2:-} == static ]]; then echo "target/static/$1/release"; else echo "target/$1/release"; fi
+    local profile
+    profile=$(release_profile "${3:?bin_dir TARGET VARIANT PACKAGE}") || return 1
+    if [[ $2 == static ]]; then echo "target/static/$1/$profile"; else echo "target/$1/$profile"; fi
 }
 # The agent's version, from the workspace manifest.
 pinion_version() { sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1; }

@@ -1,6 +1,7 @@
 # Sourced by the scripts in scripts/bench/: the machine line every figure carries, the
-# apt installs they need, a release pinion-server on loopback with a provisioned fleet,
-# and one wrk run reduced to a summary line. Not run on its own.
+# apt installs they need, the release pinion-server (profile release-server, as it
+# ships) on loopback with a provisioned fleet, and one wrk run reduced to a summary line.
+# Not run on its own.
 
 bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(cd "$bench_dir/../.." && pwd)
@@ -37,14 +38,27 @@ wait_http() {
     return 1
 }
 
-# start_fleet WORK N: a release pinion-server on 127.0.0.1 with N devices, each with a
-# 5-app/10-service target, registered with its own key (tests/examples/bench_fleet.rs).
-# PINION_SERVER_BIN names another build (a before/after
+# release_server: builds the server as it ships (`cargo build --profile release-server`,
+# panic = unwind; target/release-server/pinion-server) unless PINION_SERVER_BIN already
+# names a build (a before/after comparison), and exports PINION_SERVER_BIN, which the
+# benchmark examples (tests/src/server.rs) and start_fleet run. Without it, an example
+# run with --release would build and run the server with the agent's release profile.
+release_server() {
+    if [[ -z ${PINION_SERVER_BIN:-} ]]; then
+        (cd "$repo_dir" && cargo build --profile release-server -q -p pinion-server)
+        export PINION_SERVER_BIN=$repo_dir/target/release-server/pinion-server
+    fi
+}
+
+# start_fleet WORK N: the release pinion-server (release_server) on 127.0.0.1 with N
+# devices, each with a 5-app/10-service target, registered with its own key
+# (tests/examples/bench_fleet.rs). PINION_SERVER_BIN names another build (a before/after
 # comparison). Sets server_pid, server_url, admin_token; writes WORK/fleet.txt and
 # WORK/report.json.
 start_fleet() {
-    local work=$1 devices=$2 server=${PINION_SERVER_BIN:-$repo_dir/target/release/pinion-server}
-    [[ -n ${PINION_SERVER_BIN:-} ]] || (cd "$repo_dir" && cargo build --release -q -p pinion-server)
+    local work=$1 devices=$2 server
+    release_server
+    server=$PINION_SERVER_BIN
     (cd "$repo_dir" && cargo build --release -q -p pinion-tests --example bench_fleet)
     echo "server: $server"
     local port
