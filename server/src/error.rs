@@ -51,7 +51,7 @@ pub enum Error {
     /// A log upload with more lines than one request may carry.
     TooManyLogLines { limit: usize },
     /// A registry event naming more references than one may.
-    TooManyReferences { count: usize, limit: usize },
+    TooManyReferences { limit: usize },
     /// The request conflicts with what is stored (e.g. a device already registered).
     Conflict { reason: String },
     /// A client address over its limit of `attempts` (failed authentications,
@@ -117,8 +117,8 @@ impl fmt::Display for Error {
             NotFound { what } => write!(f, "{what} not found"),
             MethodNotAllowed { method, path } => write!(f, "{method} is not allowed on {path}"),
             PayloadTooLarge { limit } => write!(f, "request body larger than {limit} bytes"),
-            TooManyReferences { count, limit } => {
-                write!(f, "the event names {count} references; at most {limit} per request")
+            TooManyReferences { limit } => {
+                write!(f, "the event names more than {limit} references; at most {limit} per request")
             }
             TooManyLogLines { limit } => {
                 write!(f, "more than {limit} log lines in one request; send them in smaller batches")

@@ -6,6 +6,11 @@
 use crate::Error;
 use pinion_model::Reference;
 use serde_json::Value;
+use std::collections::HashSet;
+
+/// Distinct references one notification may name at most (distribution batches 100
+/// events per envelope by default); more is `Error::TooManyReferences`.
+pub const MAX_REFERENCES_PER_EVENT: usize = 1000;
 
 /// Manifest media types a tag push carries (blob pushes are `application/octet-stream`).
 const MANIFEST_TYPES: &[&str] = &[
@@ -15,8 +20,9 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
 ];
 
-/// The canonical references of the tags a notification says were pushed, each once.
-/// A payload of no known shape is an error; a known shape with no tag push is empty.
+/// The canonical references of the tags a notification says were pushed, each once, at
+/// most `MAX_REFERENCES_PER_EVENT` (reading stops at one more). A payload of no known
+/// shape is an error; a known shape with no tag push is empty.
 pub fn pushed_references(body: &[u8]) -> Result<Vec<String>, Error> {
     let payload: Value = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest { reason: format!("the notification is not JSON: {e}") })?;
@@ -38,16 +44,24 @@ pub fn pushed_references(body: &[u8]) -> Result<Vec<String>, Error> {
         });
     };
     let mut references: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut not_tags = 0;
     for text in written {
         match Reference::parse(&text) {
             Ok(reference) if reference.tag().is_some() => {
                 let canonical = reference.canonical();
-                if !references.contains(&canonical) {
+                if seen.insert(canonical.clone()) {
+                    if references.len() == MAX_REFERENCES_PER_EVENT {
+                        return Err(Error::TooManyReferences { limit: MAX_REFERENCES_PER_EVENT });
+                    }
                     references.push(canonical);
                 }
             }
-            _ => log::warn!("registry notification names {text:?}, which is not a tag reference; ignored"),
+            _ => not_tags += 1,
         }
+    }
+    if not_tags > 0 {
+        log::warn!("registry notification: {not_tags} names that are not tag references ignored");
     }
     Ok(references)
 }

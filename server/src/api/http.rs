@@ -147,6 +147,9 @@ mod tests {
         assert_eq!(with("x=1&device=a%2Db").query_value("device").as_deref(), Some("a-b"));
         assert_eq!(with("devices=d1").query_value("device"), None);
         assert_eq!(Request::default().query_value("device"), None);
+        assert_eq!(with("a=1&token=s3cr%2Bt").query_value("token").as_deref(), Some("s3cr+t"));
+        assert_eq!(super::percent_decode("%"), "%");
+        assert_eq!(super::percent_decode("%4"), "%4");
         assert_eq!(with("limit=5").query_number("limit", 100, 1..=1000).unwrap(), 5);
         assert_eq!(with("").query_number("limit", 100, 1..=1000).unwrap(), 100);
         for bad in ["limit=0", "limit=1001", "limit=-1", "limit=1e3", "limit="] {

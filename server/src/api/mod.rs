@@ -145,16 +145,25 @@ fn route(path: &str) -> Option<Route<'_>> {
     })
 }
 
-/// Answers one request. Every failure becomes a JSON error; nothing here panics on input.
-pub fn handle(api: &Api, request: &Request) -> Response {
+/// The route of a request whose method it takes; the 404 or 405 otherwise.
+fn routed(request: &Request) -> Result<Route<'_>, Response> {
     let Some(route) = route(&request.path) else {
-        return error_response(&Error::NotFound { what: format!("route {}", request.path) });
+        return Err(error_response(&Error::NotFound { what: format!("route {}", request.path) }));
     };
     let methods = route.methods();
     if !methods.contains(&request.method.as_str()) {
         let error = Error::MethodNotAllowed { method: request.method.clone(), path: request.path.clone() };
-        return error_response(&error).with_header("Allow", methods.join(", "));
+        return Err(error_response(&error).with_header("Allow", methods.join(", ")));
     }
+    Ok(route)
+}
+
+/// Answers one request. Every failure becomes a JSON error; nothing here panics on input.
+pub fn handle(api: &Api, request: &Request) -> Response {
+    let route = match routed(request) {
+        Ok(route) => route,
+        Err(refusal) => return refusal,
+    };
     match dispatch(api, request, route) {
         Ok(response) => response,
         Err(error) => error_response(&error),
@@ -190,19 +199,17 @@ pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Re
 /// `handle_limited` would have. `None` lets the body be read; the route still checks
 /// that the credential is the right kind.
 pub fn refuse_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> Option<Response> {
-    let Some(route) = route(&request.path) else {
-        return Some(error_response(&Error::NotFound { what: format!("route {}", request.path) }));
+    let route = match routed(request) {
+        Ok(route) => route,
+        Err(refusal) => return Some(refusal),
     };
-    let methods = route.methods();
-    if !methods.contains(&request.method.as_str()) {
-        let error = Error::MethodNotAllowed { method: request.method.clone(), path: request.path.clone() };
-        return Some(error_response(&error).with_header("Allow", methods.join(", ")));
+    // No route takes a body with these: one sent is not worth a worker's wait.
+    if matches!(request.method.as_str(), "GET" | "HEAD" | "DELETE") {
+        let reason = format!("{} {} takes no body", request.method, request.path);
+        return Some(error_response(&Error::BadRequest { reason }));
     }
-    if matches!(route, Route::Health) {
-        return None;
-    }
-    let registering = matches!(route, Route::DeviceRegister);
-    if let Err(error) = limits.admit(request.peer, registering, Instant::now()) {
+    // Checked, not counted: `handle_limited` counts the registration once its body is read.
+    if let Err(error) = limits.admit(request.peer, false, Instant::now()) {
         return Some(error_response(&error));
     }
     let credential = match route {

@@ -2,26 +2,20 @@
 //! the webhook token (`Authorization: Bearer`, or `?token=` for hubs that cannot send
 //! headers); the named references are handed to the refresher, which asks the registry.
 
-use super::http::{percent_decode, Request, Response};
+use super::http::{Request, Response};
 use super::Api;
 use crate::keys::{constant_time_eq, hash_secret};
 use crate::registry_events::pushed_references;
 use crate::Error;
 use serde_json::json;
 
-/// References one event may name at most (distribution batches 100 events per envelope
-/// by default); more is a 413, and nothing of it is queued.
-pub const MAX_REFERENCES_PER_EVENT: usize = 1000;
-
 /// Queues the references an event names that some device follows and whose registry
 /// the server may ask; `ignored` lists those it may not ask, `notFollowed` counts the
 /// rest. Nothing here talks to a registry.
 pub(super) fn receive(api: &Api, request: &Request) -> Result<Response, Error> {
     check_token(api, request)?;
+    // At most `registry_events::MAX_REFERENCES_PER_EVENT` (else a 413, nothing queued).
     let named = pushed_references(&request.body)?;
-    if named.len() > MAX_REFERENCES_PER_EVENT {
-        return Err(Error::TooManyReferences { count: named.len(), limit: MAX_REFERENCES_PER_EVENT });
-    }
     let (admitted, ignored): (Vec<String>, Vec<String>) = named.into_iter().partition(|r| admitted(api, r));
     let mut references = Vec::new();
     let mut not_followed = 0;
@@ -54,7 +48,7 @@ pub(super) fn check_token(api: &Api, request: &Request) -> Result<(), Error> {
         .header("authorization")
         .and_then(|a| a.trim().strip_prefix("Bearer ").map(str::trim))
         .map(str::to_string)
-        .or_else(|| query_token(request.query.as_deref()));
+        .or_else(|| request.query_value("token"));
     let Some(token) = presented else {
         return Err(Error::Unauthorized { reason: "the webhook needs its token (Bearer or ?token=)".into() });
     };
@@ -74,25 +68,5 @@ fn admitted(api: &Api, reference: &str) -> bool {
             log::warn!("registry webhook: {reference} ignored: {e}");
             false
         }
-    }
-}
-
-fn query_token(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::query_token;
-    use crate::api::http::percent_decode;
-
-    #[test]
-    fn tokens_from_the_query() {
-        assert_eq!(query_token(Some("a=1&token=s3cr%2Bt")).as_deref(), Some("s3cr+t"));
-        assert_eq!(query_token(Some("a=1")), None);
-        assert_eq!(query_token(None), None);
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

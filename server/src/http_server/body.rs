@@ -126,7 +126,9 @@ impl<S: Read> Incoming<S> {
             if size == 0 {
                 break;
             }
-            if body.len() as u64 + size > limit as u64 {
+            // `limit - len` cannot underflow (the body never passes the limit), while the
+            // sum `len + size` could overflow: a 16-hex-digit size is 2^64 - 1.
+            if size > limit.saturating_sub(body.len()) as u64 {
                 return Err(BodyError::TooLarge { limit });
             }
             self.take_exact(size as usize, &mut body)?;
@@ -222,6 +224,9 @@ mod tests {
         assert!(matches!(incoming(&endless_line, b"").read_chunked(1 << 20), Err(BodyError::Malformed(_))));
         let endless_trailers = format!("0\r\n{}", "T: v\r\n".repeat(MAX_TRAILERS + 2));
         assert!(matches!(incoming(endless_trailers.as_bytes(), b"").read_chunked(10), Err(BodyError::Malformed(_))));
+        // Found by attack: a size of 2^64 - 1 after a first chunk overflowed the sum.
+        let overflow = b"1\r\na\r\nffffffffffffffff\r\n";
+        assert_eq!(incoming(overflow, b"").read_chunked(1 << 20), Err(BodyError::TooLarge { limit: 1 << 20 }));
         // A huge declared chunk is refused by the limit before anything is allocated.
         assert_eq!(
             incoming(b"ffffffffffff\r\n", b"").read_chunked(1 << 20),

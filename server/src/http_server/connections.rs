@@ -13,7 +13,7 @@ use super::worker::{self, Body, Job};
 use super::{Limits, Service, SMALL_BODY};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,10 @@ pub(super) struct Conn {
     pub stream: TcpStream,
     pub peer: Option<SocketAddr>,
     pub buf: Vec<u8>,
+    /// By when the answer being written must be written whole.
+    pub write_deadline: Instant,
+    /// The request being answered is a HEAD: its answer has no body.
+    pub head_request: bool,
     phase: Phase,
     /// When its current wait began: the longest waiting are closed first at the limit.
     waiting_since: Instant,
@@ -109,12 +113,12 @@ pub(super) fn run(listener: TcpListener, limits: Limits, service: Arc<dyn Servic
     epoll.add(handback.wakeup.raw_fd(), WAKE)?;
     let jobs = worker::start(&limits, service, Arc::clone(&handback))?;
     log::info!(
-        "serving with {} workers, at most {} connections (head {} s, body {} s, idle {} s)",
+        "serving with {} workers, at most {} connections (head {:?}, body {:?}, idle {:?})",
         limits.workers,
         limits.max_connections,
-        limits.head_timeout.as_secs(),
-        limits.body_timeout.as_secs(),
-        limits.idle_timeout.as_secs()
+        limits.head_timeout,
+        limits.body_timeout,
+        limits.idle_timeout
     );
     let mut state = Loop {
         listener,
@@ -192,6 +196,8 @@ impl Loop {
             stream,
             peer: Some(peer),
             buf: Vec::new(),
+            write_deadline: now,
+            head_request: false,
             phase: Phase::Idle,
             waiting_since: now,
             // A new connection has the head's time to send it.
@@ -219,13 +225,22 @@ impl Loop {
         }
     }
 
-    /// Closes the connections that have waited longest: one in 64 of them (at least one),
-    /// so that a flood at the limit costs a scan per 64 connections, not per connection.
+    /// Closes connections waiting here (none that a worker is answering): those of the
+    /// address holding the most, the longest waiting first, one in 64 of them (at least
+    /// one), so that one client's flood pushes out its own connections before others',
+    /// and a flood at the limit costs a scan per 64 connections, not per connection.
     fn evict_longest_waiting(&mut self) -> usize {
-        if self.conns.is_empty() {
-            return 0;
+        let mut per_address: HashMap<Option<IpAddr>, usize> = HashMap::new();
+        for conn in self.conns.values() {
+            *per_address.entry(conn.peer.map(|p| p.ip())).or_default() += 1;
         }
-        let mut waiting: Vec<(Instant, u64)> = self.conns.iter().map(|(fd, c)| (c.waiting_since, *fd)).collect();
+        let Some((&busiest, _)) = per_address.iter().max_by_key(|(_, count)| **count) else { return 0 };
+        let mut waiting: Vec<(Instant, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer.map(|p| p.ip()) == busiest)
+            .map(|(fd, c)| (c.waiting_since, *fd))
+            .collect();
         let count = (waiting.len() / 64).max(1);
         if count < waiting.len() {
             waiting.select_nth_unstable(count - 1);
@@ -265,6 +280,10 @@ impl Loop {
             } else {
                 conn.phase = Phase::Idle;
                 conn.deadline = now + self.limits.idle_timeout;
+                if conn.buf.is_empty() {
+                    // An idle connection keeps no read-ahead memory.
+                    conn.buf = Vec::new();
+                }
             }
             self.watch(conn);
         }
@@ -322,7 +341,8 @@ impl Loop {
         if conn.phase == Phase::Idle {
             conn.phase = Phase::Head;
             conn.waiting_since = now;
-            conn.deadline = now + self.limits.head_timeout;
+            // A new connection's head time runs from its opening, not from its first byte.
+            conn.deadline = conn.deadline.min(now + self.limits.head_timeout);
         }
         let head = match parse_head(&conn.buf) {
             Ok(Some(head)) => head,
@@ -360,7 +380,7 @@ impl Loop {
             return;
         }
         // The workers live as long as the process; a send fails only while it exits.
-        let _ = self.jobs.send(Job { conn, head, body });
+        let _ = self.jobs.send(Job { conn, head, body, queued_at: Instant::now() });
     }
 
     fn refuse(&mut self, fd: u64, error: &HeadError) {
@@ -377,7 +397,7 @@ impl Loop {
     fn answer_and_close(&mut self, fd: u64, status: u16, code: &str, message: &str) {
         let Some(conn) = self.conns.get_mut(&fd) else { return };
         let response = worker::error_response(status, code, message);
-        if conn.stream.write_all(&worker::serialize(&response, false)).is_err() {
+        if conn.stream.write_all(&worker::serialize(&response, false, false)).is_err() {
             self.conns.remove(&fd);
             return;
         }

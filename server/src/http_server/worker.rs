@@ -12,6 +12,7 @@ use flate2::read::MultiGzDecoder;
 use serde_json::json;
 use std::io::{self, Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,6 +22,8 @@ pub(super) struct Job {
     pub conn: Conn,
     pub head: Head,
     pub body: Body,
+    /// When the connection loop handed it over.
+    pub queued_at: Instant,
 }
 
 pub(super) enum Body {
@@ -31,35 +34,71 @@ pub(super) enum Body {
     Pending,
 }
 
+/// What every worker shares.
+struct Shared {
+    queue: Mutex<Receiver<Job>>,
+    service: Arc<dyn Service>,
+    handback: Arc<Handback>,
+    limits: Limits,
+    /// Workers reading a large body now: at most half of them, so that slow uploads
+    /// (even with valid credentials) leave the others to answer polls.
+    reading_bodies: AtomicUsize,
+}
+
 /// Starts the workers; the sender takes their jobs.
 pub(super) fn start(limits: &Limits, service: Arc<dyn Service>, handback: Arc<Handback>) -> io::Result<Sender<Job>> {
     let (jobs, queue) = channel::<Job>();
-    let queue = Arc::new(Mutex::new(queue));
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(queue),
+        service,
+        handback,
+        limits: limits.clone(),
+        reading_bodies: AtomicUsize::new(0),
+    });
     for i in 0..limits.workers.max(1) {
-        let (queue, service, handback, limits) =
-            (Arc::clone(&queue), Arc::clone(&service), Arc::clone(&handback), limits.clone());
-        std::thread::Builder::new()
-            .name(format!("http-{i}"))
-            .spawn(move || work(&queue, service.as_ref(), &handback, &limits))?;
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new().name(format!("http-{i}")).spawn(move || work(&shared))?;
     }
     Ok(jobs)
 }
 
-fn work(queue: &Mutex<Receiver<Job>>, service: &dyn Service, handback: &Handback, limits: &Limits) {
+/// Counts one worker reading a large body while held.
+struct BodyReader<'a>(&'a AtomicUsize);
+
+impl<'a> BodyReader<'a> {
+    fn take(count: &'a AtomicUsize, most: usize) -> Option<BodyReader<'a>> {
+        let taken = count.fetch_add(1, Ordering::AcqRel) < most;
+        let reader = BodyReader(count);
+        taken.then_some(reader)
+    }
+}
+
+impl Drop for BodyReader<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn work(shared: &Shared) {
+    let (queue, service, handback, limits) = (&shared.queue, shared.service.as_ref(), &shared.handback, &shared.limits);
     loop {
         let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        if let Some(conn) = answer(job, service, limits) {
-            handback.give(conn);
+        // A panic anywhere in answering (not only in the service) drops that connection;
+        // the worker lives on, so no request can shrink the pool.
+        match catch_unwind(AssertUnwindSafe(|| answer(job, service, limits, &shared.reading_bodies))) {
+            Ok(Some(conn)) => handback.give(conn),
+            Ok(None) => {}
+            Err(_) => log::error!("answering a request panicked; its connection is closed, the server goes on"),
         }
     }
 }
 
-/// Answers one request; the connection back if it may serve another.
-fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
-    let Job { mut conn, head, body } = job;
+/// Answers one request; the connection back if it may serve another (or must linger).
+fn answer(job: Job, service: &dyn Service, limits: &Limits, reading_bodies: &AtomicUsize) -> Option<Conn> {
+    let Job { mut conn, head, body, queued_at } = job;
     let started = Instant::now();
     let (path, query) = match head.target.split_once('?') {
         Some((path, query)) => (path.to_string(), Some(query.to_string())),
@@ -73,7 +112,14 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
         body: Vec::new(),
         peer: conn.peer,
     };
-    let _ = conn.stream.set_write_timeout(Some(limits.write_timeout));
+    conn.write_deadline = started + limits.write_timeout;
+    conn.head_request = head.method == "HEAD";
+    // Waited longer than a head may take: the workers are behind; say so rather than
+    // answer late (the client retries; a device polls again).
+    if started.duration_since(queued_at) > limits.head_timeout {
+        let busy = error_response(503, "busy", "the server is busy; retry in a moment").with_header("Retry-After", "1");
+        return refused(conn, &request, &busy, started);
+    }
     let raw = match body {
         Body::Empty => Vec::new(),
         Body::Read(bytes) => bytes,
@@ -82,6 +128,11 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
             {
                 return refused(conn, &request, &refusal, started);
             }
+            let Some(_reader) = BodyReader::take(reading_bodies, (limits.workers / 2).max(1)) else {
+                let busy = error_response(503, "busy", "too many uploads at once; retry in a moment")
+                    .with_header("Retry-After", "1");
+                return refused(conn, &request, &busy, started);
+            };
             if head.expect_continue && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
                 return None;
             }
@@ -112,7 +163,14 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits) -> Option<Conn> {
     };
     let response = guarded(|| service.handle(&request)).unwrap_or_else(panicked);
     let keep_alive = head.keep_alive && response.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
-    write_answer(&mut conn, &request, &response, keep_alive, started).then_some(conn)
+    if !write_answer(&mut conn, &request, &response, keep_alive, started) {
+        return None;
+    }
+    if !keep_alive {
+        // `Connection: close`: end the connection once the client has read the answer.
+        conn.linger();
+    }
+    Some(conn)
 }
 
 /// Answers a request whose body was not (all) read, and hands the connection back to
@@ -182,7 +240,8 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Response> {
 
 /// Writes the answer; true if it was written whole.
 fn write_answer(conn: &mut Conn, request: &Request, response: &Response, keep_alive: bool, started: Instant) -> bool {
-    let written = conn.stream.write_all(&serialize(response, keep_alive));
+    let bytes = serialize(response, keep_alive, conn.head_request);
+    let written = write_before(&conn.stream, &bytes, conn.write_deadline);
     if log::log_enabled!(log::Level::Debug) {
         // The path only: a query may carry a token (`?token=` of a webhook).
         let peer = conn.peer.map(|p| p.to_string()).unwrap_or_default();
@@ -212,7 +271,28 @@ pub(super) fn error_response(status: u16, code: &str, message: &str) -> Response
 
 /// Status line, headers (with `Content-Length` and, when closing, `Connection: close`)
 /// and body, as one buffer: one write, one packet for a small answer.
-pub(super) fn serialize(response: &Response, keep_alive: bool) -> Vec<u8> {
+/// Writes all of `bytes` by `deadline` (a timeout per write would let a client that
+/// reads a byte now and then hold a worker for ever).
+fn write_before(mut stream: &std::net::TcpStream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read the answer in time"));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// For an answer to `HEAD`, `head_only`: the head as a GET's would be, without the body.
+pub(super) fn serialize(response: &Response, keep_alive: bool, head_only: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + response.body.len());
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
     for (name, value) in &response.headers {
@@ -232,7 +312,7 @@ pub(super) fn serialize(response: &Response, keep_alive: bool) -> Vec<u8> {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !bodiless {
+    if !bodiless && !head_only {
         out.extend_from_slice(&response.body);
     }
     out
@@ -275,12 +355,14 @@ mod tests {
             .with_header("ETag", "\"e\"")
             .with_header("X-Bad", "a\r\nSet-Cookie: x")
             .with_header("Content-Length", "999");
-        let text = String::from_utf8(serialize(&response, true)).unwrap();
+        let text = String::from_utf8(serialize(&response, true, false)).unwrap();
         assert_eq!(
             text,
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: \"e\"\r\nContent-Length: 7\r\n\r\n{\"a\":1}"
         );
-        let closing = String::from_utf8(serialize(&Response::empty(304), false)).unwrap();
+        let closing = String::from_utf8(serialize(&Response::empty(304), false, false)).unwrap();
+        let head = String::from_utf8(serialize(&Response::json(405, &json!({"a": 1})), true, true)).unwrap();
+        assert!(head.ends_with("Content-Length: 7\r\n\r\n"), "HEAD: the length, not the body: {head}");
         assert_eq!(closing, "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
     }
 

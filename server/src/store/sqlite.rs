@@ -106,7 +106,7 @@ impl SqliteStore {
     /// Keeps `versions` target versions per device (at least `MIN_HISTORY_LIMIT`);
     /// older ones are deleted as new ones are written.
     pub fn with_history_limit(mut self, versions: u64) -> SqliteStore {
-        self.history_limit = versions.max(MIN_HISTORY_LIMIT);
+        self.history_limit = versions.clamp(MIN_HISTORY_LIMIT, i64::MAX as u64);
         self
     }
 
@@ -467,10 +467,18 @@ impl Store for SqliteStore {
         if target.supersedes_pending {
             tx.execute("DELETE FROM pending_updates WHERE device_uuid = ?1", [uuid])
                 .map_err(db("storing a target state"))?;
+        } else {
+            // The refresher's own write (another tag moved): what it holds back for this
+            // device still applies on top of the new version.
+            tx.execute(
+                "UPDATE pending_updates SET from_version = ?2 WHERE device_uuid = ?1 AND from_version = ?3",
+                params![uuid, version, current],
+            )
+            .map_err(db("storing a target state"))?;
         }
         tx.execute(
             "DELETE FROM target_states WHERE device_uuid = ?1 AND version <= ?2",
-            params![uuid, version - self.history_limit as i64],
+            params![uuid, version.saturating_sub(self.history_limit as i64)],
         )
         .map_err(db("pruning the target history"))?;
         tx.commit().map_err(db("storing a target state"))?;
