@@ -4,10 +4,12 @@
 //!
 //! One thread (`connections.rs`) owns every connection that is not being answered: it
 //! accepts, reads request heads without blocking (epoll), enforces the head and idle
-//! timeouts, and at the connection limit closes the connection that has waited longest,
-//! so a new client always gets in. A request whose head (and small body) has arrived
-//! goes to a fixed pool of workers (`worker.rs`), which never wait on a slow client for
-//! more than a body's deadline, and only after the service has admitted the caller.
+//! timeouts, and at the connection limit closes the connections that have waited
+//! longest (of the address holding the most), so a new client gets in unless every
+//! connection is being answered. A request whose head (and small body) has arrived goes
+//! to a fixed pool of workers (`worker.rs`), which wait on a slow client's body only
+//! after the service has admitted the caller, at most half of them at once, each for
+//! at most a body's deadline.
 //! A panic in the service fails its request with a 500, never the process (the server
 //! is built with `panic = "unwind"`, the `release-server` profile).
 //!
@@ -39,11 +41,13 @@ pub trait Service: Send + Sync + 'static {
 /// The limits, each with the reason for its default in `Limits::default`.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Open connections at most; past it the one that has waited longest is closed.
+    /// Open connections at most; past it, connections waiting for a request are closed,
+    /// those of the address holding the most and the longest waiting first.
     pub max_connections: usize,
     /// Threads answering requests.
     pub workers: usize,
-    /// From a connection's first byte (or its opening) to the end of its request head.
+    /// From a connection's opening (a keep-alive one's: its next request's first byte)
+    /// to the end of its request head.
     pub head_timeout: Duration,
     /// From the end of the head to the end of its body.
     pub body_timeout: Duration,
