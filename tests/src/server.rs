@@ -4,14 +4,17 @@
 //! dependencies of this crate (cargo does not promise to build a dependency's
 //! binaries), so the first use runs `cargo build -p <bin> --bin <bin>` into this test's
 //! own target dir and profile (`workspace_binary`); `PINION_SERVER_BIN` overrides it.
+//! `start_with_open_files` starts it under a given open-files limit (soft and hard), as
+//! systemd's default 1024 would, for the flood tests.
 
 use crate::util::{free_port, random_hex, tail_of_file, wait_for, TempDir};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -194,6 +197,8 @@ pub struct Server {
     admin_token: String,
     binary: PathBuf,
     extra_args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) the process starts with; None: inherited.
+    open_files: Option<u64>,
     log_path: PathBuf,
     agent: ureq::Agent,
     dir: TempDir,
@@ -203,6 +208,17 @@ impl Server {
     /// `pinion-server serve --listen 127.0.0.1:<port> --db <tmp>/server.db <extra_args>`
     /// with a random `PINION_ADMIN_TOKEN`; returns once the port accepts connections.
     pub fn start(extra_args: &[&str]) -> Server {
+        Server::start_inner(extra_args, None)
+    }
+
+    /// `start` with the open-files limit set to `limit`, soft and hard (`setrlimit` in
+    /// the child before `exec`), so the server cannot raise it: systemd's default for a
+    /// service without `LimitNOFILE` is 1024. Kept on `restart`.
+    pub fn start_with_open_files(limit: u64, extra_args: &[&str]) -> Server {
+        Server::start_inner(extra_args, Some(limit))
+    }
+
+    fn start_inner(extra_args: &[&str], open_files: Option<u64>) -> Server {
         let binary = server_binary();
         let dir = TempDir::new("server");
         let admin_token = random_hex(24);
@@ -213,6 +229,7 @@ impl Server {
             admin_token,
             binary,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            open_files,
             log_path,
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -283,6 +300,20 @@ impl Server {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        if let Some(limit) = self.open_files {
+            let rlimit = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe
+            // and reads only the rlimit copied into the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
         let port = self.port;
         let outcome = wait_for(STARTUP_DEADLINE, || {
@@ -311,6 +342,21 @@ impl Server {
                 )))
             }
         }
+    }
+
+    /// The process id of the running server (for `/proc/PID/...`); panics if stopped.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("pid: pinion-server is not running").id()
+    }
+
+    /// How the server process ended, if it has (`None` while it runs or once stopped).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// `127.0.0.1:PORT`, for raw sockets.
+    pub fn address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// `http://127.0.0.1:PORT`.
