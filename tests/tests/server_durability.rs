@@ -217,7 +217,8 @@ fn acknowledged_target_states_survive_sigkill_during_writes() {
         Err(_) => u64::from_str_radix(&random_hex(8), 16).unwrap(),
     };
     println!("durability: base seed {base_seed} (replay with {SEED_ENV}={base_seed})");
-    let mut server = Server::start(&[]);
+    // Every acknowledged version is checked, so none may be pruned (`--history-versions`).
+    let mut server = Server::start(&["--history-versions", "1000000"]);
     let db = server.dir().join("server.db");
     let (url, token) = (server.url(), server.admin_token().to_string());
     let mut all_acked: Vec<Acked> = Vec::new();
