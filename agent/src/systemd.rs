@@ -2,6 +2,9 @@
 //! named by `NOTIFY_SOCKET` (units with `Type=notify`), and `init_logging` writes log
 //! lines with sd-daemon priority prefixes (`<3>` error … `<7>` debug) when stderr is the
 //! journal, so `journalctl -p warning` works. Outside systemd both do what they did.
+//! Every line is one line: control characters in a message (a registry's error text, a
+//! Docker error, a name a device chose) are escaped, so outside text cannot forge a log
+//! line or a journal priority (`\n<0>…`).
 //! The server compiles this same file (`#[path]` in server/src/lib.rs): no crate for 80 lines.
 
 use std::io::Write;
@@ -35,19 +38,47 @@ fn send(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
 /// own), and a priority prefix per line when stderr is the journal stream systemd gave us.
 pub fn init_logging() {
     let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    builder.format_timestamp(None);
-    if stderr_is_journal() {
-        builder.format(|out, record| {
-            let priority = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(out, "<{priority}>{}: {}", record.target(), record.args())
-        });
-    }
+    let journal = stderr_is_journal();
+    builder.format(move |out, record| {
+        let line = log_line(record.level(), record.target(), &record.args().to_string(), journal);
+        writeln!(out, "{line}")
+    });
     builder.init();
+}
+
+/// One log line: `<priority>target: message` for the journal, `[LEVEL target] message`
+/// elsewhere, the message's control characters escaped.
+fn log_line(level: log::Level, target: &str, message: &str, journal: bool) -> String {
+    let message = escape_controls(message);
+    if journal {
+        let priority = match level {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            log::Level::Debug | log::Level::Trace => 7,
+        };
+        format!("<{priority}>{target}: {message}")
+    } else {
+        format!("[{level:<5} {target}] {message}")
+    }
+}
+
+/// `\n`, `\r`, `\t` and `\u{…}` for control characters; other text as it is.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    escaped.into()
 }
 
 /// systemd sets `JOURNAL_STREAM=<device>:<inode>` of the stream it connected; a process
@@ -64,6 +95,18 @@ fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_text_cannot_forge_a_line_or_a_journal_priority() {
+        let forged = "manifest unknown: no such tag\n<0>pinion: forged emergency\r\u{1b}[2J";
+        let line = log_line(log::Level::Warn, "pinion_server::refresh", forged, true);
+        assert_eq!(
+            line,
+            "<4>pinion_server::refresh: manifest unknown: no such tag\\n<0>pinion: forged emergency\\r\\u{1b}[2J"
+        );
+        assert!(!line.contains('\n') && !line.contains('\r') && !line.contains('\u{1b}'));
+        assert_eq!(log_line(log::Level::Info, "t", "plain: é ü", false), "[INFO  t] plain: é ü");
+    }
 
     #[test]
     fn ready_reaches_a_path_socket_and_an_abstract_one() {
