@@ -32,6 +32,9 @@ impl ServerClient {
             .timeout_global(Some(timeout))
             .tls_config(tls)
             .http_status_as_error(false)
+            // Never follow a redirect: it would carry the device key (ureq strips only
+            // `Authorization`) to whatever scheme and host the answer names.
+            .max_redirects(0)
             .user_agent(format!("pinion-agent/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -148,9 +151,22 @@ fn tls_reason(rustls_error: &str) -> String {
     }
 }
 
-/// The body of a 2xx answer; otherwise the server's `message` in an error.
+/// The body of a 2xx answer; otherwise the server's `message` in an error. A redirect
+/// is an error naming where it pointed: the agent sends its key only to `server`.
 fn expect_success(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<String, Error> {
     let status = response.status().as_u16();
+    if (300..400).contains(&status) {
+        let location = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+        return Err(Error::ServerStatus {
+            url: url.to_string(),
+            status,
+            message: format!(
+                "the server redirects to {:?}; the agent does not follow redirects with its key: \
+                 set server (PINION_SERVER) to the server's own address",
+                location.chars().take(200).collect::<String>()
+            ),
+        });
+    }
     let body =
         response.body_mut().with_config().limit(MAX_TARGET_BYTES).read_to_string().map_err(|e| unreachable(url, e))?;
     if (200..300).contains(&status) {

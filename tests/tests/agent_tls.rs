@@ -216,3 +216,38 @@ fn other_schemes_and_a_bad_ca_file_exit_78_naming_what_to_fix() {
     assert!(stderr.contains("ca_file /nonexistent/fleet-ca.pem"), "{stderr}");
     assert_eq!(connected, None);
 }
+
+/// A server (or whoever answers in its place) that redirects: ureq strips only
+/// `Authorization` when it follows a redirect, so `X-Device-API-Key` went wherever the
+/// answer pointed, plain http included. The agent follows no redirect at all now.
+#[test]
+fn a_redirecting_server_gets_no_key_followed_anywhere() {
+    let turn = take_turn();
+    let elsewhere = TcpListener::bind("127.0.0.1:0").expect("binding the redirect target");
+    elsewhere.set_nonblocking(true).expect("non-blocking listener");
+    let target = format!("http://{}/api/v1/stolen", elsewhere.local_addr().unwrap());
+    let redirector = TcpListener::bind("127.0.0.1:0").expect("binding the redirecting server");
+    let server = format!("http://{}", redirector.local_addr().unwrap());
+    let answer = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n");
+    std::thread::spawn(move || {
+        for stream in redirector.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+        }
+    });
+    let key = "device-key-redirect-0123456789abcdef0123456789";
+    let agent = Agent::start_with_env(
+        &server,
+        "unused-provisioning-key",
+        &unique("redirect"),
+        &turn.docker,
+        &[("PINION_DEVICE_KEY", key)],
+    );
+    let said = wait_for(Duration::from_secs(30), || agent.log().contains("redirects to").then_some(()));
+    assert!(said.is_some(), "the agent names the redirect it did not follow: {}", agent.log());
+    assert!(agent.log().contains("/api/v1/stolen"), "{}", agent.log());
+    assert_eq!(first_line(&elsewhere), None, "nothing may reach the redirect's target");
+}
