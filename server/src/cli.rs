@@ -69,7 +69,12 @@ SERVE OPTIONS:
                                refused credentials (401/403) one client address may have per
                                minute (a burst of N, then one every 60/N s); over it, every
                                call but /health is answered 429 with Retry-After, without
-                               looking at its credentials; 0 = no limit [default 20]
+                               looking at its credentials, except credentials that worked
+                               from that address within the hour; 0 = no limit [default 20]
+    --trusted-proxy ADDR[,ADDR…]
+                               reverse proxies (addresses or networks, 10.0.0.0/8) whose
+                               Forwarded / X-Forwarded-For name the client: the limits then
+                               count the client's address, not the proxy's [default: none]
     --registrations-per-minute N
                                POST /api/v1/device/register calls per minute and client
                                address, same rule; 0 = no limit [default 30]
@@ -195,6 +200,7 @@ struct Options {
     insecure_registries: Vec<String>,
     registry_timeout: Option<Duration>,
     allowed_registries: Vec<String>,
+    trusted_proxies: Vec<crate::api::client_address::TrustedProxy>,
     allow_link_local_registries: bool,
     auto_update: Option<bool>,
     update_window: Option<UpdateWindow>,
@@ -244,6 +250,13 @@ impl Options {
                 RegistryAccess::new(&self.allowed_registries, false).map_err(|e| usage(format!("--{name}: {e}")))?;
             }
             "registry-timeout" | "timeout" => self.registry_timeout = Some(duration(&value)?),
+            "trusted-proxy" => {
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let proxy = crate::api::client_address::TrustedProxy::parse(entry)
+                        .map_err(|e| usage(format!("--{name}: {e}")))?;
+                    self.trusted_proxies.push(proxy);
+                }
+            }
             "auto-update" => {
                 self.auto_update = Some(match value.as_str() {
                     "true" => true,
@@ -342,6 +355,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         default_policy: options.default_policy(),
         poll_cache: Default::default(),
         log_retention: Default::default(),
+        trusted_proxies: options.trusted_proxies.clone(),
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");

@@ -60,6 +60,7 @@ impl Fixture {
                 default_policy: pinion_server::policy::UpdatePolicy::default(),
                 poll_cache: Default::default(),
                 log_retention: Default::default(),
+                trusted_proxies: Vec::new(),
             },
         }
     }

@@ -62,6 +62,7 @@ impl Fleet {
             default_policy: UpdatePolicy::default(),
             poll_cache: Default::default(),
             log_retention: Default::default(),
+            trusted_proxies: Vec::new(),
         };
         Fleet { store, tag, refresher, api }
     }

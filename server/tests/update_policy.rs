@@ -44,6 +44,7 @@ impl Fixture {
                 default_policy,
                 poll_cache: Default::default(),
                 log_retention: Default::default(),
+                trusted_proxies: Vec::new(),
             },
         }
     }

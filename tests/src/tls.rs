@@ -101,6 +101,11 @@ impl TlsProxy {
     /// (`http://127.0.0.1:PORT`, as `Server::url` gives it); returns once it accepts
     /// connections.
     pub fn start(upstream: &str, cert: &Path, key: &Path) -> TlsProxy {
+        TlsProxy::start_with(upstream, cert, key, "")
+    }
+
+    /// `start` with more directives in its `location` (`proxy_bind 127.0.0.2;`).
+    pub fn start_with(upstream: &str, cert: &Path, key: &Path, directives: &str) -> TlsProxy {
         let binary = require_tool("nginx", "nginx");
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -114,7 +119,8 @@ impl TlsProxy {
                  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
                  scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    \
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n    location / {{\n      \
-                 proxy_pass {upstream};\n      proxy_http_version 1.1;\n      proxy_set_header Host $host;\n    }}\n  }}\n}}\n",
+                 proxy_pass {upstream};\n      proxy_http_version 1.1;\n      proxy_set_header Host $host;\n      \
+                 {directives}\n    }}\n  }}\n}}\n",
                 cert = cert.display(),
                 key = key.display(),
             );

@@ -5,6 +5,7 @@
 //! deciding whether a large body is worth reading.
 
 mod auth;
+pub mod client_address;
 mod credentials;
 mod device;
 mod history;
@@ -51,6 +52,8 @@ pub struct Api {
     pub poll_cache: poll_cache::PollCache,
     /// How much of each device's log is kept.
     pub log_retention: crate::device_logs::LogRetention,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` name the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<client_address::TrustedProxy>,
 }
 
 impl Api {
@@ -182,15 +185,33 @@ pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Re
         Some(Route::KeyExchange(_)) => (false, true),
         Some(_) => (false, false),
     };
-    if let Err(error) = limits.admit(request.peer, registering, Instant::now()) {
+    let client = client_of(api, request);
+    let credential = credential_of(request);
+    if let Err(error) = limits.admit(client, registering, credential, Instant::now()) {
         log::debug!("{} {}: {error}", request.method, request.path);
         return error_response(&error);
     }
     let response = handle(api, request);
     if matches!(response.status, 401 | 403) || (key_exchange && response.status == 404) {
-        limits.record_failure(request.peer, Instant::now());
+        limits.record_failure(client, Instant::now());
+    } else if response.status < 400 {
+        limits.record_success(client, credential, Instant::now());
     }
     response
+}
+
+/// The client's address: the peer, or behind a trusted proxy the one it names.
+fn client_of(api: &Api, request: &Request) -> Option<std::net::SocketAddr> {
+    let peer = request.peer?;
+    Some(client_address::client_address(peer, &request.headers, &api.trusted_proxies))
+}
+
+/// The secret a request presents (a key, a token, a webhook's `?token=`), if any.
+fn credential_of(request: &Request) -> Option<&str> {
+    auth::presented_key(request).or_else(|| {
+        let query = request.query.as_deref()?;
+        query.split('&').find_map(|pair| pair.strip_prefix("token="))
+    })
 }
 
 /// For a request whose large (or chunked, or `Expect: 100-continue`) body has not been
@@ -209,7 +230,8 @@ pub fn refuse_before_body(api: &Api, limits: &ClientLimits, request: &Request) -
         return Some(error_response(&Error::BadRequest { reason }));
     }
     // Checked, not counted: `handle_limited` counts the registration once its body is read.
-    if let Err(error) = limits.admit(request.peer, false, Instant::now()) {
+    let client = client_of(api, request);
+    if let Err(error) = limits.admit(client, false, credential_of(request), Instant::now()) {
         return Some(error_response(&error));
     }
     let credential = match route {
@@ -226,7 +248,7 @@ pub fn refuse_before_body(api: &Api, limits: &ClientLimits, request: &Request) -
     let error = credential.err()?;
     let response = error_response(&error);
     if matches!(response.status, 401 | 403) {
-        limits.record_failure(request.peer, Instant::now());
+        limits.record_failure(client, Instant::now());
     }
     Some(response)
 }

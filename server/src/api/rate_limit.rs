@@ -5,6 +5,7 @@
 //! workers share: two limiters behind mutexes, read against the clock.
 
 use crate::Error;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
@@ -16,6 +17,10 @@ pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 20;
 pub const DEFAULT_REGISTRATIONS_PER_MINUTE: u32 = 30;
 /// Addresses each limiter remembers at most (a few tens of bytes each).
 pub const MAX_TRACKED_CLIENTS: usize = 10_000;
+/// How long a credential that succeeded from an address keeps its pass there.
+const KNOWN_GOOD_FOR: Duration = Duration::from_secs(3600);
+/// (address, credential) passes remembered at most.
+const MAX_KNOWN_GOOD: usize = 10_000;
 
 /// At most `per_minute` events per client within any minute as a burst, then one every
 /// `60 s / per_minute`: each client's theoretical arrival time (TAT) moves one interval
@@ -112,13 +117,23 @@ fn client_key(address: IpAddr) -> IpAddr {
 pub struct ClientLimits {
     auth_failures: Option<Mutex<RateLimiter>>,
     registrations: Option<Mutex<RateLimiter>>,
+    /// Credentials (64 bits of their SHA-256, never the secret) that succeeded from an
+    /// address within `KNOWN_GOOD_FOR`: they stay admitted while that address is over its
+    /// failure limit, so one client sharing an address (a NAT, a proxy) with working
+    /// devices and operators cannot lock them out. Any other credential from there is
+    /// still refused before it is looked at: a guess learns nothing.
+    known_good: Mutex<HashMap<(IpAddr, u64), Instant>>,
 }
 
 impl ClientLimits {
     /// Limits per minute and address; 0 turns one off.
     pub fn per_minute(auth_failures: u32, registrations: u32) -> ClientLimits {
         let limiter = |n| RateLimiter::per_minute(n, MAX_TRACKED_CLIENTS).map(Mutex::new);
-        ClientLimits { auth_failures: limiter(auth_failures), registrations: limiter(registrations) }
+        ClientLimits {
+            auth_failures: limiter(auth_failures),
+            registrations: limiter(registrations),
+            known_good: Mutex::new(HashMap::new()),
+        }
     }
 
     /// No limits.
@@ -126,9 +141,16 @@ impl ClientLimits {
         ClientLimits::per_minute(0, 0)
     }
 
-    /// `Err(TooManyAttempts)` when `peer` is over its limit of failed authentications, or,
-    /// for a registration, of registrations (which this one then counts against).
-    pub fn admit(&self, peer: Option<SocketAddr>, registering: bool, now: Instant) -> Result<(), Error> {
+    /// `Err(TooManyAttempts)` when `peer` is over its limit of failed authentications
+    /// (unless `credential` succeeded from there lately), or, for a registration, of
+    /// registrations (which this one then counts against).
+    pub fn admit(
+        &self,
+        peer: Option<SocketAddr>,
+        registering: bool,
+        credential: Option<&str>,
+        now: Instant,
+    ) -> Result<(), Error> {
         let Some(client) = peer.map(|p| p.ip()) else {
             return Ok(());
         };
@@ -139,7 +161,9 @@ impl ClientLimits {
         };
         if let Some(limiter) = &self.auth_failures {
             if let Some(wait) = lock(limiter).retry_after(client, now) {
-                return Err(refused("failed authentications", wait));
+                if !self.known_good(client, credential, now) {
+                    return Err(refused("failed authentications", wait));
+                }
             }
         }
         if let (true, Some(limiter)) = (registering, &self.registrations) {
@@ -148,12 +172,48 @@ impl ClientLimits {
         Ok(())
     }
 
+    /// Remembers that `credential` worked from `peer` (a request answered below 400).
+    pub fn record_success(&self, peer: Option<SocketAddr>, credential: Option<&str>, now: Instant) {
+        let (Some(peer), Some(credential)) = (peer, credential) else { return };
+        let key = (client_key(peer.ip()), fingerprint(credential));
+        let mut passes = self.known_good.lock().unwrap_or_else(|p| p.into_inner());
+        if passes.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < Duration::from_secs(60)) {
+            return;
+        }
+        if passes.len() >= MAX_KNOWN_GOOD && !passes.contains_key(&key) {
+            passes.retain(|_, at| now.saturating_duration_since(*at) < KNOWN_GOOD_FOR);
+            if passes.len() >= MAX_KNOWN_GOOD {
+                // Still full of live passes: the oldest go.
+                let mut ages: Vec<Instant> = passes.values().copied().collect();
+                ages.sort_unstable();
+                let cutoff = ages[ages.len() / 2];
+                passes.retain(|_, at| *at > cutoff);
+            }
+        }
+        passes.insert(key, now);
+    }
+
+    fn known_good(&self, client: IpAddr, credential: Option<&str>, now: Instant) -> bool {
+        let Some(credential) = credential else { return false };
+        let passes = self.known_good.lock().unwrap_or_else(|p| p.into_inner());
+        passes
+            .get(&(client_key(client), fingerprint(credential)))
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_GOOD_FOR)
+    }
+
     /// Counts a refused authentication of `peer`.
     pub fn record_failure(&self, peer: Option<SocketAddr>, now: Instant) {
         if let (Some(peer), Some(limiter)) = (peer, &self.auth_failures) {
             lock(limiter).record(peer.ip(), now);
         }
     }
+}
+
+/// 64 bits of a credential's SHA-256: enough to tell credentials apart, nothing to find
+/// one from.
+fn fingerprint(credential: &str) -> u64 {
+    let digest = Sha256::digest(credential.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
 /// A `Retry-After` value: whole seconds, rounded up, at least 1.
@@ -229,7 +289,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         for _ in 0..1000 {
             limits.record_failure(Some(peer), Instant::now());
-            assert!(limits.admit(Some(peer), true, Instant::now()).is_ok());
+            assert!(limits.admit(Some(peer), true, None, Instant::now()).is_ok());
         }
     }
 
@@ -282,24 +342,24 @@ mod tests {
         let limits = ClientLimits::per_minute(2, 1);
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let t0 = Instant::now();
-        assert!(limits.admit(None, true, t0).is_ok());
-        assert!(limits.admit(Some(peer), true, t0).is_ok(), "first registration");
-        match limits.admit(Some(peer), true, t0) {
+        assert!(limits.admit(None, true, None, t0).is_ok());
+        assert!(limits.admit(Some(peer), true, None, t0).is_ok(), "first registration");
+        match limits.admit(Some(peer), true, None, t0) {
             Err(Error::TooManyAttempts { client, attempts, retry_after_secs }) => {
                 assert_eq!((client.as_str(), attempts, retry_after_secs), ("127.0.0.1", "registrations", 60));
             }
             other => panic!("{other:?}"),
         }
-        assert!(limits.admit(Some(peer), false, t0).is_ok(), "other routes do not count registrations");
+        assert!(limits.admit(Some(peer), false, None, t0).is_ok(), "other routes do not count registrations");
         limits.record_failure(Some(peer), t0);
         limits.record_failure(Some(peer), t0);
-        match limits.admit(Some(peer), false, t0 + Duration::from_millis(1500)) {
+        match limits.admit(Some(peer), false, None, t0 + Duration::from_millis(1500)) {
             Err(Error::TooManyAttempts { attempts, retry_after_secs, .. }) => {
                 assert_eq!((attempts, retry_after_secs), ("failed authentications", 29));
             }
             other => panic!("{other:?}"),
         }
-        assert!(limits.admit(None, false, t0).is_ok(), "in-process calls have no address");
+        assert!(limits.admit(None, false, None, t0).is_ok(), "in-process calls have no address");
     }
 
     #[test]
@@ -308,5 +368,30 @@ mod tests {
         assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
         assert_eq!(whole_seconds(Duration::from_secs(3)), 3);
         assert_eq!(whole_seconds(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_credential_that_worked_from_an_address_keeps_working_while_guesses_from_there_are_refused() {
+        let limits = ClientLimits::per_minute(3, 0);
+        let shared = SocketAddr::new(ip(7), 1000);
+        let t0 = Instant::now();
+        limits.record_success(Some(shared), Some("device-key"), t0);
+        for _ in 0..3 {
+            limits.record_failure(Some(shared), t0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert!(limits.admit(Some(shared), false, Some("a-guess"), later).is_err(), "a guess is refused unseen");
+        assert!(limits.admit(Some(shared), false, None, later).is_err());
+        assert!(limits.admit(Some(shared), false, Some("device-key"), later).is_ok(), "the working key keeps working");
+        let other = SocketAddr::new(ip(8), 1000);
+        for _ in 0..3 {
+            limits.record_failure(Some(other), t0);
+        }
+        assert!(limits.admit(Some(other), false, Some("device-key"), later).is_err(), "its pass is for its address");
+        let hour_later = t0 + KNOWN_GOOD_FOR + Duration::from_secs(1);
+        for _ in 0..3 {
+            limits.record_failure(Some(shared), hour_later);
+        }
+        assert!(limits.admit(Some(shared), false, Some("device-key"), hour_later).is_err(), "passes expire");
     }
 }
