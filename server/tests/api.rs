@@ -451,3 +451,31 @@ fn unchanged_polls_answered_from_memory_see_every_new_target_and_only_their_own_
     assert_eq!(poll("gw-1", KEY_A, &v2).status, 304);
     assert_eq!(poll("gw-1", KEY_A, &v1).status, 200, "the old ETag is no longer current");
 }
+
+#[test]
+fn a_device_key_may_not_be_a_provisioning_key_or_a_token_and_cannot_break_one() {
+    let f = Fixture::new();
+    let key =
+        json_of(&f.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), None))["key"].as_str().unwrap().to_string();
+    for (label, device_key) in [("the provisioning key itself", key.as_str()), ("the admin token", ADMIN)] {
+        let body = json!({"uuid": "dev-x", "deviceApiKey": device_key});
+        let refused = f.call("POST", "/api/v1/device/register", Some(&key), Some(body));
+        assert_eq!(refused.status, 400, "{label}: {}", text(&refused));
+    }
+    // A device stored with the provisioning key as its key (before keys were kept
+    // apart): registrations with that provisioning key still work.
+    f.api
+        .store
+        .register_device(&pinion_server::store::NewRegistration {
+            uuid: "poisoned".into(),
+            device_name: None,
+            device_type: None,
+            key_hash: pinion_server::keys::hash_secret(&key),
+            provisioning_key_id: "old".into(),
+            system_info: None,
+        })
+        .unwrap();
+    let body = json!({"uuid": "dev-y", "deviceApiKey": KEY_A});
+    let accepted = f.call("POST", "/api/v1/device/register", Some(&key), Some(body));
+    assert_eq!(accepted.status, 200, "{}", text(&accepted));
+}

@@ -46,6 +46,30 @@ pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
     Ok(Caller::Unrecognized)
 }
 
+/// For `POST /device/register`, which takes a provisioning key or the admin token: those
+/// are looked for first, so a device key equal to a provisioning key (registered before
+/// keys were kept apart) cannot turn that provisioning key into a device's and break it.
+pub fn authenticate_registration(api: &Api, request: &Request) -> Result<Caller, Error> {
+    let Some(authorization) = request.header("authorization") else {
+        return Ok(Caller::Anonymous);
+    };
+    let Some(token) = bearer_token(authorization) else {
+        return Ok(Caller::Unrecognized);
+    };
+    let hash = hash_secret(token);
+    if constant_time_eq(hash.as_bytes(), api.admin_token_hash.as_bytes()) {
+        return Ok(Caller::Admin);
+    }
+    if let Some(key) = api.store.provisioning_key_by_hash(&hash)? {
+        return Ok(Caller::Provisioning(key));
+    }
+    // Last: a device's key here is a credential of the wrong kind (403), not an unknown one.
+    Ok(match api.store.device_by_key_hash(&hash)? {
+        Some(owner) => Caller::Device(owner),
+        None => Caller::Unrecognized,
+    })
+}
+
 /// The key a request presents, as `authenticate` reads it: `X-Device-API-Key` when
 /// there is one, the Bearer token otherwise.
 pub fn presented_key(request: &Request) -> Option<&str> {

@@ -266,7 +266,10 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         Route::DeviceLogs(uuid) => return telemetry::receive_logs(api, request, uuid),
         _ => {}
     }
-    let caller = authenticate(api, request)?;
+    let caller = match route {
+        Route::DeviceRegister => auth::authenticate_registration(api, request)?,
+        _ => authenticate(api, request)?,
+    };
     let method = request.method.as_str();
     match route {
         Route::Health

@@ -48,6 +48,18 @@ pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<
             reason: format!("deviceApiKey must be at least {MIN_DEVICE_KEY_LEN} printable characters"),
         });
     }
+    // Keys kept apart: a device key that is also a provisioning key or a token would make
+    // one credential two kinds (and could break that provisioning key for everyone).
+    let key_hash = hash_secret(&registration.device_api_key);
+    let same = |hash: &str| constant_time_eq(hash.as_bytes(), key_hash.as_bytes());
+    if same(&api.admin_token_hash)
+        || api.webhook_token_hash.as_deref().is_some_and(same)
+        || api.store.provisioning_key_by_hash(&key_hash)?.is_some()
+    {
+        return Err(Error::BadRequest {
+            reason: "deviceApiKey must be a secret of the device's own, not a key or token of another kind".into(),
+        });
+    }
     let mut system_info = Map::new();
     for (field, stored_as, value) in [
         ("deviceName", "", &registration.device_name),
@@ -78,7 +90,7 @@ pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<
         uuid: registration.uuid,
         device_name: registration.device_name,
         device_type: registration.device_type,
-        key_hash: hash_secret(&registration.device_api_key),
+        key_hash,
         provisioning_key_id: key.map(|k| k.id.clone()).unwrap_or_else(|| "admin".into()),
         system_info: Some(Value::Object(system_info).to_string()),
     })?;
