@@ -1,7 +1,9 @@
 //! Benchmark, not a test: wall time of one target-state POST naming 10 distinct images
 //! on the local Debian docker-registry, anonymous and with token auth, cold (first POST)
 //! and warm (tokens cached); then through a proxy that delays every request by 100 ms,
-//! against one POST naming a single image (the slowest single resolution). Run: `cargo run --profile release-server -p pinion-tests --example bench_target_post` (the server it starts is built in that profile, as shipped)
+//! against one POST naming a single image (the slowest single resolution). Run:
+//! `cargo run --profile release-server -p pinion-tests --example bench_target_post`
+//! (the server it starts is built in that profile, as shipped).
 //! (builds pinion-server in the same profile).
 
 use pinion_tests::{push_image, Auth, ImageSpec, Registry, RegistryOptions, Server};
