@@ -4,7 +4,6 @@
 //! against one POST naming a single image (the slowest single resolution). Run:
 //! `cargo run --profile release-server -p pinion-tests --example bench_target_post`
 //! (the server it starts is built in that profile, as shipped).
-//! (builds pinion-server in the same profile).
 
 use pinion_tests::{push_image, Auth, ImageSpec, Registry, RegistryOptions, Server};
 use serde_json::{json, Value};
