@@ -65,11 +65,7 @@ fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
         route("device poll", format!("/api/v1/device/{DEVICE}/state"), vec![("GET", OWN_DEVICE_ONLY)]),
         route("device report", "/api/v1/device/state".into(), vec![("PATCH", OWN_DEVICE_ONLY)]),
         route("device register", "/api/v1/device/register".into(), vec![("POST", REGISTRATION)]),
-        route(
-            "key exchange",
-            format!("/api/v1/device/{DEVICE}/key-exchange"),
-            vec![("POST", KEY_EXCHANGE_WRONG_BODY)],
-        ),
+        route("key exchange", format!("/api/v1/device/{DEVICE}/key-exchange"), vec![("POST", KEY_EXCHANGE_WRONG_BODY)]),
         route("device logs", format!("/api/v1/device/{DEVICE}/logs"), vec![("POST", OWN_DEVICE_ONLY)]),
         route("devices", "/api/v1/devices".into(), vec![("GET", admin_only(200))]),
         route("device", device(""), vec![("GET", admin_only(200))]),

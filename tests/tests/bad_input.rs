@@ -488,12 +488,7 @@ fn bad_credentials() -> Vec<Case> {
         case("Authorization: Basic", devices().header("Authorization", "Basic YWRtaW46YWRtaW4="), 401, "unauthorized"),
         case("Authorization: Bearer 20000 characters", devices().bearer(&long[..20_000]), 401, "unauthorized"),
         // Past the largest head the server reads (32 KiB): refused before any credential is looked at.
-        case(
-            "Authorization: Bearer 60000 characters",
-            devices().bearer(&long),
-            431,
-            "request_header_fields_too_large",
-        ),
+        case("Authorization: Bearer 60000 characters", devices().bearer(&long), 431, "request_header_fields_too_large"),
         case("Authorization: Bearer with NUL, percent-encoded", devices().bearer("t%00k"), 401, "unauthorized"),
         case("empty X-Device-API-Key", devices().header("X-Device-API-Key", ""), 401, "unauthorized"),
         case(

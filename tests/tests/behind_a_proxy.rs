@@ -47,9 +47,8 @@ fn behind_a_trusted_proxy_one_client_locks_out_only_itself() {
 #[test]
 fn a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
     let server = Server::start(&["--trusted-proxy", "127.0.0.9", "--auth-failures-per-minute", LIMIT]);
-    let statuses: Vec<u16> = (0..5)
-        .map(|n| status(&server, "/api/v1/devices", "wrong-token", Some(&format!("198.51.100.{n}"))))
-        .collect();
+    let statuses: Vec<u16> =
+        (0..5).map(|n| status(&server, "/api/v1/devices", "wrong-token", Some(&format!("198.51.100.{n}")))).collect();
     assert_eq!(statuses, [401, 401, 401, 429, 429], "each forged address is still this peer");
 }
 

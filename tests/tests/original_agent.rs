@@ -38,16 +38,14 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// `PATCH /device/state`, gzip, as the original agent reports.
 fn report(server: &Server, key: &str, body: &Value) -> ApiReply {
-    let headers =
-        [("X-Device-API-Key", key), ("Content-Type", "application/json"), ("Content-Encoding", "gzip")];
+    let headers = [("X-Device-API-Key", key), ("Content-Type", "application/json"), ("Content-Encoding", "gzip")];
     server.send_bytes("PATCH", "/api/v1/device/state", &headers, gzip(body.to_string().as_bytes()))
 }
 
 /// `POST /device/{uuid}/logs` as `cloud-backend.ts` sends it: NDJSON, gzip.
 fn send_logs(server: &Server, uuid: &str, key: &str, lines: &[Value]) -> ApiReply {
     let ndjson: String = lines.iter().map(|line| format!("{line}\n")).collect();
-    let headers =
-        [("X-Device-API-Key", key), ("Content-Type", "application/x-ndjson"), ("Content-Encoding", "gzip")];
+    let headers = [("X-Device-API-Key", key), ("Content-Type", "application/x-ndjson"), ("Content-Encoding", "gzip")];
     server.send_bytes("POST", &format!("/api/v1/device/{uuid}/logs"), &headers, gzip(ndjson.as_bytes()))
 }
 
@@ -141,7 +139,13 @@ fn the_key_exchange_answers_with_the_original_statuses() {
     let cases = [
         ("no key in the header", None, body.clone(), &uuid, 400),
         ("no key in the body", Some(key.as_str()), json!({"uuid": uuid}), &uuid, 400),
-        ("header and body differ", Some(key.as_str()), json!({"uuid": uuid, "deviceApiKey": random_hex(32)}), &uuid, 401),
+        (
+            "header and body differ",
+            Some(key.as_str()),
+            json!({"uuid": uuid, "deviceApiKey": random_hex(32)}),
+            &uuid,
+            401,
+        ),
         ("not the device's key", None, json!({}), &uuid, 401),
         ("an unknown device", Some(key.as_str()), json!({"deviceApiKey": key}), &"no-such-device".to_string(), 404),
     ];
@@ -172,9 +176,7 @@ fn unknown_devices_in_key_exchanges_count_against_the_address() {
     let server = Server::start(&["--auth-failures-per-minute", "3"]);
     let key = random_hex(32);
     let statuses: Vec<u16> = (0..5)
-        .map(|_| {
-            key_exchange(&server, &random_hex(16), Some(&key), json!({"deviceApiKey": key})).status
-        })
+        .map(|_| key_exchange(&server, &random_hex(16), Some(&key), json!({"deviceApiKey": key})).status)
         .collect();
     assert_eq!(statuses[..3], [404, 404, 404]);
     assert_eq!(statuses[3..], [429, 429], "enumerating uuids is rate limited: {statuses:?}");
@@ -293,7 +295,8 @@ fn bad_log_uploads_are_refused_whole_and_lose_nothing_else() {
     assert_eq!(admin_get(&server, &format!("/api/v1/devices/{uuid}/logs"))["logs"][0]["message"], "kept");
     assert_eq!(admin_get(&server, &format!("/api/v1/devices/{other}/logs"))["total"], 0);
     for bad in ["limit=0", "limit=100000", "offset=-1", "limit=ten"] {
-        let reply = server.request("GET", &format!("/api/v1/devices/{uuid}/logs?{bad}"), None, Some(server.admin_token()));
+        let reply =
+            server.request("GET", &format!("/api/v1/devices/{uuid}/logs?{bad}"), None, Some(server.admin_token()));
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
     }
     let reply = server.request("GET", "/api/v1/devices/no-such-device/logs", None, Some(server.admin_token()));
@@ -320,7 +323,11 @@ fn a_metrics_flood_is_bounded_and_loses_no_report() {
     let count = metrics["count"].as_u64().unwrap();
     // One sample per 10 s at most (`MIN_METRICS_INTERVAL_SECS`), however fast they come.
     let most = started.elapsed().as_secs() / 10 + 1;
-    assert!((1..=most).contains(&count), "200 reports in {:?} are at most {most} samples, not {count}", started.elapsed());
+    assert!(
+        (1..=most).contains(&count),
+        "200 reports in {:?} are at most {most} samples, not {count}",
+        started.elapsed()
+    );
     assert_eq!(metrics["metrics"][0]["top_processes"].as_array().unwrap().len(), 20);
     let current = admin_get(&server, &format!("/api/v1/devices/{uuid}/current-state"));
     assert_eq!(current["cpu_usage"], 199, "the last report is always kept: {current}");

@@ -83,7 +83,11 @@ fn gzip_reports_are_accepted_and_broken_gzip_is_a_400() {
 
 /// `pinion-server serve` on `db` under umask 022 (what a shell or `cargo run` gives), its
 /// output (not a terminal) to `log`; `None` if it exits before listening.
-fn start_server(db: &std::path::Path, log_path: &std::path::Path, extra: &[&str]) -> Option<(std::process::Child, u16)> {
+fn start_server(
+    db: &std::path::Path,
+    log_path: &std::path::Path,
+    extra: &[&str],
+) -> Option<(std::process::Child, u16)> {
     let port = free_port();
     let log_file = std::fs::File::create(log_path).unwrap();
     let mut command = Command::new("sh");
