@@ -21,6 +21,19 @@ pub enum Caller {
 
 /// Identifies the caller from `X-Device-API-Key` or `Authorization: Bearer`.
 pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
+    identify(api, request, false)
+}
+
+/// For `POST /device/register`, which takes a provisioning key or the admin token: those
+/// are looked for before device keys, so a device key equal to a provisioning key
+/// (registered before keys were kept apart) cannot turn that provisioning key into a
+/// device's and break it. A device's key here is still a credential of the wrong kind
+/// (403), not an unknown one.
+pub fn authenticate_registration(api: &Api, request: &Request) -> Result<Caller, Error> {
+    identify(api, request, true)
+}
+
+fn identify(api: &Api, request: &Request, provisioning_first: bool) -> Result<Caller, Error> {
     if let Some(key) = request.header("x-device-api-key") {
         return Ok(match api.store.device_by_key_hash(&hash_secret(key.trim()))? {
             Some(owner) => Caller::Device(owner),
@@ -37,37 +50,21 @@ pub fn authenticate(api: &Api, request: &Request) -> Result<Caller, Error> {
     if constant_time_eq(hash.as_bytes(), api.admin_token_hash.as_bytes()) {
         return Ok(Caller::Admin);
     }
-    if let Some(owner) = api.store.device_by_key_hash(&hash)? {
-        return Ok(Caller::Device(owner));
-    }
-    if let Some(key) = api.store.provisioning_key_by_hash(&hash)? {
-        return Ok(Caller::Provisioning(key));
-    }
-    Ok(Caller::Unrecognized)
-}
-
-/// For `POST /device/register`, which takes a provisioning key or the admin token: those
-/// are looked for first, so a device key equal to a provisioning key (registered before
-/// keys were kept apart) cannot turn that provisioning key into a device's and break it.
-pub fn authenticate_registration(api: &Api, request: &Request) -> Result<Caller, Error> {
-    let Some(authorization) = request.header("authorization") else {
-        return Ok(Caller::Anonymous);
+    // Each lookup only when the one before found nothing: a device poll costs one.
+    let provisioning = |hash: &str| Ok::<_, Error>(api.store.provisioning_key_by_hash(hash)?.map(Caller::Provisioning));
+    let device = |hash: &str| Ok::<_, Error>(api.store.device_by_key_hash(hash)?.map(Caller::Device));
+    let found = if provisioning_first {
+        match provisioning(&hash)? {
+            Some(caller) => Some(caller),
+            None => device(&hash)?,
+        }
+    } else {
+        match device(&hash)? {
+            Some(caller) => Some(caller),
+            None => provisioning(&hash)?,
+        }
     };
-    let Some(token) = bearer_token(authorization) else {
-        return Ok(Caller::Unrecognized);
-    };
-    let hash = hash_secret(token);
-    if constant_time_eq(hash.as_bytes(), api.admin_token_hash.as_bytes()) {
-        return Ok(Caller::Admin);
-    }
-    if let Some(key) = api.store.provisioning_key_by_hash(&hash)? {
-        return Ok(Caller::Provisioning(key));
-    }
-    // Last: a device's key here is a credential of the wrong kind (403), not an unknown one.
-    Ok(match api.store.device_by_key_hash(&hash)? {
-        Some(owner) => Caller::Device(owner),
-        None => Caller::Unrecognized,
-    })
+    Ok(found.unwrap_or(Caller::Unrecognized))
 }
 
 /// The key a request presents, as `authenticate` reads it: `X-Device-API-Key` when
