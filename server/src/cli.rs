@@ -88,7 +88,10 @@ REGISTRY OPTIONS:
                                resolve only images of these registries (HOST or HOST:PORT;
                                docker.io for Docker Hub; repeatable): a target state naming
                                another registry is refused (HTTP 422) and nothing is stored,
-                               webhook and refresh references to others are ignored
+                               webhook and refresh references to others are ignored; every
+                               redirect and token realm must lead to a listed host too (or to
+                               one a listed entry implies: docker.io implies its API host
+                               registry-1.docker.io and its token realm auth.docker.io)
                                [default: any registry]
     --allow-link-local-registries
                                let registries, token realms and redirects reach link-local

@@ -126,8 +126,10 @@ pub struct RequestedImage {
 /// Pins every service of `state` in place and says how it went. A reference that does
 /// not parse is an error naming its app and service, and nothing is changed; so is one
 /// on a registry the resolver does not `admit` (digest references included: the list
-/// says where images may come from). An image ID names no registry: it is neither
-/// admitted nor asked for.
+/// says where images may come from), and one whose registry led the resolver to a host
+/// it refused (a redirect or token realm off `--allowed-registries`): that is the
+/// operator's policy at work, not an outage to stand in for with the tag. An image ID
+/// names no registry: it is neither admitted nor asked for.
 pub fn pin_target_state(
     state: &mut TargetState,
     resolver: &dyn ResolveDigests,
@@ -154,7 +156,26 @@ pub fn pin_target_state(
         }
     }
     let answers = if floating.is_empty() { Answers::new() } else { resolver.resolve_all(&floating, deadline) };
+    if let Some(refusal) = first_refusal(&requested, &answers) {
+        return Err(refusal);
+    }
     Ok(apply_resolutions(state, &requested, &answers, now))
+}
+
+/// The first service (in order) whose resolution ended at a host the resolver may not
+/// contact, as `RegistryNotAllowed` naming that host and the service.
+fn first_refusal(requested: &[RequestedImage], answers: &Answers) -> Option<Error> {
+    requested.iter().find_map(|image| {
+        let reference = image.image.named()?;
+        match answers.get(&registry_query(reference)) {
+            Some(Err(Error::RegistryNotAllowed { registry, reason, .. })) => Some(Error::RegistryNotAllowed {
+                registry: registry.clone(),
+                reference: format!("{} (app {}, service {})", image.written, image.app, image.service),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    })
 }
 
 /// The image of every service, in the order services appear. The image is `imageName`
@@ -455,6 +476,32 @@ mod tests {
                 reason: "none is".into(),
             })
         }
+    }
+
+    /// A resolver whose every registry sends it to a host it refuses.
+    struct EveryHopRefused;
+
+    impl ResolveDigests for EveryHopRefused {
+        fn resolve_all(&self, refs: &[Reference], _: Duration) -> Answers {
+            let refused = |r: &Reference| Error::RegistryNotAllowed {
+                registry: "127.0.0.1:9".into(),
+                reference: r.canonical(),
+                reason: "127.0.0.1:9 is not in --allowed-registries".into(),
+            };
+            refs.iter().map(|r| (r.clone(), Err(refused(r)))).collect()
+        }
+    }
+
+    #[test]
+    fn a_hop_the_resolver_refused_is_an_error_naming_it_and_the_service_and_changes_nothing() {
+        let mut target = state(&[&format!("nginx@{D1}"), "registry.example/app:v1"]);
+        let before = target.clone();
+        let err = pin_target_state(&mut target, &EveryHopRefused, Duration::from_secs(1), "T").unwrap_err();
+        let Error::RegistryNotAllowed { registry, reference, reason } = &err else { panic!("{err:?}") };
+        assert_eq!(registry, "127.0.0.1:9");
+        assert_eq!(reference, "registry.example/app:v1 (app demo, service s1)");
+        assert!(reason.contains("--allowed-registries"), "{reason}");
+        assert_eq!(target, before);
     }
 
     const HEX: &str = "4c0fdaa8b6341bfdeca5f18f7837462c80cff90527ee35ef185571e1c327beac";

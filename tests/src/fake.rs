@@ -2,7 +2,10 @@
 //! faults a real docker-registry cannot be made to produce: no `Docker-Content-Digest`
 //! header, a registry that never answers, a 429 rate limit with `Retry-After`, a digest
 //! header that does not match the body, 5xx answers, a redirect loop, a connection reset,
-//! a 1 MiB header line, an endless body and a body dripping one byte a second.
+//! a 1 MiB header line, an endless body, a body dripping one byte a second, and a
+//! registry that sends its clients elsewhere (a redirect, or a Bearer token realm, to a
+//! URL the test chooses: the way a hostile registry reaches other services) or one whose
+//! `404` error message is text the test chooses (control characters included).
 //! Everything else is tested against the real registry (`Registry`). Each fake logs the
 //! requests it saw.
 
@@ -21,7 +24,7 @@ pub const RETRY_AFTER_SECS: u64 = 42;
 /// The size of the header line `giant_header` sends.
 pub const GIANT_HEADER_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fault {
     NoDigestHeader,
     Hangs,
@@ -30,6 +33,9 @@ enum Fault {
     Schema1,
     Status(u16),
     RedirectLoop,
+    RedirectTo(String),
+    BearerRealm(String),
+    ManifestUnknown(String),
     // Served from a bare socket (`serve_raw`):
     ConnectionReset,
     GiantHeader,
@@ -38,7 +44,7 @@ enum Fault {
 }
 
 impl Fault {
-    fn is_raw(self) -> bool {
+    fn is_raw(&self) -> bool {
         matches!(self, Fault::ConnectionReset | Fault::GiantHeader | Fault::EndlessBody | Fault::SlowDrip)
     }
 }
@@ -105,6 +111,29 @@ impl FakeRegistry {
         FakeRegistry::start(Fault::RedirectLoop)
     }
 
+    /// A fake registry on the move: answers every manifest request with `307` and
+    /// `Location: url`, as a registry (or a proxy in front of one) that moved its
+    /// manifests elsewhere, or one that wants its clients to fetch `url` for it.
+    pub fn redirect_to(url: &str) -> FakeRegistry {
+        FakeRegistry::start(Fault::RedirectTo(url.to_string()))
+    }
+
+    /// A fake token-protected registry: a manifest request without `Authorization` gets
+    /// `401` with `WWW-Authenticate: Bearer realm="<realm>",service="fake-registry"`, one
+    /// with any `Authorization` gets the manifest. The realm is whatever the test says,
+    /// as a hostile registry would choose it.
+    pub fn bearer_realm(realm: &str) -> FakeRegistry {
+        FakeRegistry::start(Fault::BearerRealm(realm.to_string()))
+    }
+
+    /// A fake registry with words of its own: every manifest request gets `404` with a
+    /// distribution error body `{"errors":[{"code":"MANIFEST_UNKNOWN","message":
+    /// <message>}]}`, the message being whatever the test says (control characters and
+    /// all, JSON-escaped in the body as any registry would send them).
+    pub fn manifest_unknown(message: &str) -> FakeRegistry {
+        FakeRegistry::start(Fault::ManifestUnknown(message.to_string()))
+    }
+
     /// Accepts each connection, waits for the request to arrive, and closes the socket
     /// without reading it: the kernel answers with a TCP reset.
     pub fn connection_reset() -> FakeRegistry {
@@ -154,7 +183,7 @@ impl FakeRegistry {
                             held.push(request);
                             continue;
                         }
-                        respond(fault, request, &manifest, &claimed);
+                        respond(&fault, request, &manifest, &claimed);
                     }
                     drop(held);
                 })
@@ -180,6 +209,7 @@ impl FakeRegistry {
                         }
                         let Ok(stream) = stream else { continue };
                         let (manifest, seen, stop) = (Arc::clone(&manifest), Arc::clone(&seen), Arc::clone(&stop));
+                        let fault = fault.clone();
                         std::thread::spawn(move || serve_raw(fault, stream, &manifest, &seen, &stop));
                     }
                 })
@@ -231,7 +261,7 @@ impl Drop for FakeRegistry {
     }
 }
 
-fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: &str) {
+fn respond(fault: &Fault, request: tiny_http::Request, manifest: &[u8], claimed: &str) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let is_head = *request.method() == tiny_http::Method::Head;
     let api = header("Docker-Distribution-API-Version", "registry/2.0");
@@ -294,7 +324,7 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
                 .to_string();
             let length = body.len();
             tiny_http::Response::new(
-                status.into(),
+                (*status).into(),
                 vec![api, json_type()],
                 std::io::Cursor::new(body.into_bytes()),
                 Some(length),
@@ -308,6 +338,45 @@ fn respond(fault: Fault, request: tiny_http::Request, manifest: &[u8], claimed: 
                 vec![api, header("Location", &format!("{path}?hop={}", hop + 1))],
                 std::io::Cursor::new(Vec::new()),
                 Some(0),
+                None,
+            )
+        }
+        Fault::RedirectTo(url) => tiny_http::Response::new(
+            307.into(),
+            vec![api, header("Location", url)],
+            std::io::Cursor::new(Vec::new()),
+            Some(0),
+            None,
+        ),
+        Fault::BearerRealm(_) if request.headers().iter().any(|h| h.field.equiv("Authorization")) => {
+            tiny_http::Response::new(
+                200.into(),
+                vec![api, manifest_type],
+                std::io::Cursor::new(manifest.to_vec()),
+                Some(manifest.len()),
+                None,
+            )
+        }
+        Fault::BearerRealm(realm) => {
+            let body = json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).to_string();
+            let length = body.len();
+            let challenge = format!(r#"Bearer realm="{realm}",service="fake-registry""#);
+            tiny_http::Response::new(
+                401.into(),
+                vec![api, json_type(), header("WWW-Authenticate", &challenge)],
+                std::io::Cursor::new(body.into_bytes()),
+                Some(length),
+                None,
+            )
+        }
+        Fault::ManifestUnknown(message) => {
+            let body = json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": message}]}).to_string();
+            let length = body.len();
+            tiny_http::Response::new(
+                404.into(),
+                vec![api, json_type()],
+                std::io::Cursor::new(body.into_bytes()),
+                Some(length),
                 None,
             )
         }

@@ -5,7 +5,8 @@
 //! binaries), so the first use runs `cargo build -p <bin> --bin <bin>` into this test's
 //! own target dir and profile (`workspace_binary`); `PINION_SERVER_BIN` overrides it.
 //! `start_with_open_files` starts it under a given open-files limit (soft and hard), as
-//! systemd's default 1024 would, for the flood tests.
+//! systemd's default 1024 would, for the flood tests; `start_with_env` with environment
+//! variables set or removed (`RUST_LOG=trace`, no `JOURNAL_STREAM`) for the log tests.
 
 use crate::util::{free_port, random_hex, tail_of_file, wait_for, TempDir};
 use serde_json::Value;
@@ -199,6 +200,8 @@ pub struct Server {
     extra_args: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) the process starts with; None: inherited.
     open_files: Option<u64>,
+    /// Environment variables set (`Some`) or removed (`None`), after the defaults.
+    env: Vec<(String, Option<String>)>,
     log_path: PathBuf,
     agent: ureq::Agent,
     dir: TempDir,
@@ -208,17 +211,25 @@ impl Server {
     /// `pinion-server serve --listen 127.0.0.1:<port> --db <tmp>/server.db <extra_args>`
     /// with a random `PINION_ADMIN_TOKEN`; returns once the port accepts connections.
     pub fn start(extra_args: &[&str]) -> Server {
-        Server::start_inner(extra_args, None)
+        Server::start_inner(extra_args, None, &[])
     }
 
     /// `start` with the open-files limit set to `limit`, soft and hard (`setrlimit` in
     /// the child before `exec`), so the server cannot raise it: systemd's default for a
     /// service without `LimitNOFILE` is 1024. Kept on `restart`.
     pub fn start_with_open_files(limit: u64, extra_args: &[&str]) -> Server {
-        Server::start_inner(extra_args, Some(limit))
+        Server::start_inner(extra_args, Some(limit), &[])
     }
 
-    fn start_inner(extra_args: &[&str], open_files: Option<u64>) -> Server {
+    /// `start` with environment variables set (`Some`) or removed (`None`), e.g.
+    /// `("RUST_LOG", Some("trace"))` or `("JOURNAL_STREAM", None)`; these win over the
+    /// defaults (`RUST_LOG=info` unless the test's environment has one). Kept on
+    /// `restart`.
+    pub fn start_with_env(env: &[(&str, Option<&str>)], extra_args: &[&str]) -> Server {
+        Server::start_inner(extra_args, None, env)
+    }
+
+    fn start_inner(extra_args: &[&str], open_files: Option<u64>, env: &[(&str, Option<&str>)]) -> Server {
         let binary = server_binary();
         let dir = TempDir::new("server");
         let admin_token = random_hex(24);
@@ -230,6 +241,7 @@ impl Server {
             binary,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             open_files,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect(),
             log_path,
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -299,6 +311,12 @@ impl Server {
             .stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
+        }
+        for (name, value) in &self.env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
         }
         if let Some(limit) = self.open_files {
             let rlimit = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
@@ -373,9 +391,14 @@ impl Server {
         &self.dir
     }
 
-    /// Everything the server printed so far.
+    /// What the server printed lately (the last 16,000 bytes).
     pub fn log(&self) -> String {
         tail_of_file(&self.log_path, 16_000)
+    }
+
+    /// Everything the server printed so far, however long.
+    pub fn full_log(&self) -> String {
+        tail_of_file(&self.log_path, usize::MAX)
     }
 
     /// `method path` with an optional JSON body and optional bearer token.

@@ -1,5 +1,8 @@
 //! Which hosts the resolver may talk to. The operator's `--allowed-registries` list
-//! (when set, a reference on any other registry is not resolved) and, independently of
+//! (when set, a reference on any other registry is not resolved, and no connection goes
+//! to a host off the list: a listed registry answering with a redirect, or a Bearer
+//! challenge whose token realm is elsewhere, cannot make the server fetch from another
+//! service, such as an admin endpoint on the server's own network) and, independently of
 //! it, a refusal of link-local (`169.254.0.0/16`, `fe80::/10`) and cloud metadata
 //! addresses (`169.254.169.254`, `fd00:ec2::254`, `100.100.100.200`,
 //! `metadata.google.internal`) unless the operator allows them explicitly
@@ -7,14 +10,26 @@
 //! a registry, token realm or redirect pointing there would make the server fetch
 //! cloud credentials for whoever controls the registry.
 //!
-//! Pure: names and addresses in, verdicts out. `guard` applies `check_host` and
+//! With a list, a host may be contacted when it is listed (an entry `host` matches it on
+//! any port, `host:port` exactly) or is implied by a listed entry: the API host of a
+//! listed registry (`docker.io` → `registry-1.docker.io`) and Docker Hub's token realm
+//! (`docker.io` → `auth.docker.io`). Any other hop is named in the refusal, with how to
+//! allow it. Without a list every host may be, but link-local and metadata ones.
+//!
+//! Pure: names and addresses in, verdicts out. `guard` applies `check_hop` and
 //! `check_address` to every connection (redirect hops and token realms included, and
-//! every address a name resolves to); `Resolver::resolve` applies `check_registry` to a
-//! reference before any request.
+//! every address a name resolves to); `token` applies `check_hop` to a realm before
+//! asking it; `Resolver::resolve` applies `check_registry` to a reference before any
+//! request.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::transport::{api_host, host_of};
+
+/// Docker Hub: references name `docker.io`, its API is served at `registry-1.docker.io`
+/// (`transport::api_host`) and its Bearer challenges send clients to this token realm.
+const DOCKER_HUB: &str = "docker.io";
+const DOCKER_HUB_TOKEN_REALM: &str = "auth.docker.io";
 
 /// Hosts known by name to serve cloud instance metadata.
 const METADATA_NAMES: [&str; 1] = ["metadata.google.internal"];
@@ -84,6 +99,21 @@ impl RegistryAccess {
         self.check_host(api)
     }
 
+    /// A host about to be contacted on the way to a registry (`host[:port]`: its API
+    /// host, a redirect target, a token realm). With a list, it must be listed or implied
+    /// by a listed entry (its API host, Docker Hub's token realm); in any case
+    /// `check_host` applies. `Err` is the reason, naming the host and how to allow it.
+    pub fn check_hop(&self, authority: &str) -> Result<(), String> {
+        if self.is_restricted() && !self.admits_hop(authority) {
+            return Err(format!(
+                "{authority} is not in --allowed-registries ({}) and a registry on it sent the server there \
+                 (a redirect or a token realm); add {authority} to --allowed-registries to allow it",
+                self.allowed.join(", ")
+            ));
+        }
+        self.check_host(authority)
+    }
+
     /// Any host about to be contacted (`host[:port]`: an API host, a token realm, a
     /// redirect target), judged by its name or literal address.
     pub fn check_host(&self, authority: &str) -> Result<(), String> {
@@ -112,11 +142,41 @@ impl RegistryAccess {
     /// An entry `host:port` matches exactly; an entry `host` matches the host on any port.
     fn is_listed(&self, authority: &str) -> bool {
         let Some(target) = normalize_entry(authority) else { return false };
-        let (host, port) = split(&target);
+        self.allowed.iter().any(|entry| matches(entry, &target))
+    }
+
+    /// Listed, or a host a listed entry implies (with that entry's port, if it has one).
+    fn admits_hop(&self, authority: &str) -> bool {
+        let Some(target) = normalize_entry(authority) else { return false };
         self.allowed.iter().any(|entry| {
-            let (entry_host, entry_port) = split(entry);
-            entry_host == host && (entry_port.is_none() || entry_port == port)
+            matches(entry, &target) || implied_hosts(entry).iter().any(|implied| matches(implied, &target))
         })
+    }
+}
+
+/// Whether the normalized `target` is what the normalized `entry` names: the same host,
+/// and the same port unless the entry has none.
+fn matches(entry: &str, target: &str) -> bool {
+    let (entry_host, entry_port) = split(entry);
+    let (host, port) = split(target);
+    entry_host == host && (entry_port.is_none() || entry_port == port)
+}
+
+/// The hosts a listed registry is reached through besides its own name: its API host
+/// (`docker.io` → `registry-1.docker.io`) and, for Docker Hub, its token realm
+/// (`auth.docker.io`); each with the entry's port, if it has one.
+fn implied_hosts(entry: &str) -> Vec<String> {
+    let (host, port) = split(entry);
+    let mut hosts = Vec::new();
+    if api_host(host) != host {
+        hosts.push(api_host(host).to_string());
+    }
+    if host == DOCKER_HUB {
+        hosts.push(DOCKER_HUB_TOKEN_REALM.to_string());
+    }
+    match port {
+        Some(port) => hosts.into_iter().map(|h| format!("{h}:{port}")).collect(),
+        None => hosts,
     }
 }
 
@@ -280,6 +340,66 @@ mod tests {
         }
         // Docker Hub listed by its API host admits docker.io references too.
         assert_eq!(access(&["registry-1.docker.io"], false).check_registry("docker.io"), Ok(()));
+    }
+
+    #[test]
+    fn without_a_list_every_hop_but_link_local_and_metadata_ones() {
+        let open = RegistryAccess::default();
+        for fine in ["127.0.0.1:5001", "auth.docker.io", "registry.lan", "[::1]:8080"] {
+            assert_eq!(open.check_hop(fine), Ok(()), "{fine}");
+        }
+        let reason = open.check_hop("169.254.169.254").unwrap_err();
+        assert!(reason.contains("metadata") && reason.contains("--allow-link-local-registries"), "{reason}");
+    }
+
+    #[test]
+    fn with_a_list_a_hop_must_be_listed_or_implied_by_a_listed_entry() {
+        let list = access(&["127.0.0.1:5000", "registry.lan", "docker.io"], false);
+        for fine in [
+            "127.0.0.1:5000",
+            "registry.lan",
+            "registry.lan:8443",
+            "REGISTRY.lan.",
+            "docker.io",
+            "registry-1.docker.io",
+            "registry-1.docker.io:443",
+            "auth.docker.io",
+        ] {
+            assert_eq!(list.check_hop(fine), Ok(()), "{fine}");
+        }
+        for refused in [
+            "127.0.0.1:5001",
+            "127.0.0.1",
+            "localhost:5000",
+            "registry.lan.evil.example",
+            "auth.docker.io.evil.example",
+            "production.cloudflare.docker.com",
+            "[::1]:5000",
+        ] {
+            let reason = list.check_hop(refused).unwrap_err();
+            assert!(reason.starts_with(&format!("{refused} is not in --allowed-registries (")), "{reason}");
+            assert!(reason.contains(&format!("add {refused} to --allowed-registries")), "{reason}");
+        }
+        // A port on the entry is kept on what it implies.
+        let hub_443 = access(&["docker.io:443"], false);
+        assert_eq!(hub_443.check_hop("registry-1.docker.io:443"), Ok(()));
+        assert_eq!(hub_443.check_hop("auth.docker.io:443"), Ok(()));
+        assert!(hub_443.check_hop("auth.docker.io:8080").is_err());
+        // Only Docker Hub implies its token realm: another registry's realm is listed by name.
+        let ghcr = access(&["ghcr.io"], false);
+        assert!(ghcr.check_hop("auth.docker.io").is_err());
+        assert!(ghcr.check_hop("registry-1.docker.io").is_err());
+        // The link-local refusal still applies to an implied host, and a listed one allows it.
+        assert_eq!(access(&["169.254.10.10:5000"], false).check_hop("169.254.10.10:5000"), Ok(()));
+    }
+
+    #[test]
+    fn every_reference_the_list_admits_has_its_api_host_admitted_as_a_hop() {
+        let list = access(&["docker.io", "ghcr.io", "10.0.0.5:5000", "registry-1.docker.io"], false);
+        for domain in ["docker.io", "ghcr.io", "10.0.0.5:5000"] {
+            assert_eq!(list.check_registry(domain), Ok(()), "{domain}");
+            assert_eq!(list.check_hop(api_host(domain)), Ok(()), "{domain}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The name resolver every registry connection goes through (ureq's `Resolver`): it
-//! refuses a link-local or cloud metadata host by name or literal address before any
-//! lookup, and drops every such address a name resolves to, so that neither a token
-//! realm, nor a redirect hop, nor a name that resolves (or re-resolves) to
-//! `169.254.169.254` gets a connection. The policy is `allowed::RegistryAccess`.
+//! The name resolver every registry connection goes through (ureq's `Resolver`), so
+//! that no hop escapes the operator's policy: a host off `--allowed-registries` (when
+//! set) or a link-local or cloud metadata host is refused by name or literal address
+//! before any lookup, and every link-local or metadata address a name resolves to is
+//! dropped. Neither a redirect from a listed registry to another service, nor a token
+//! realm elsewhere, nor a name that resolves (or re-resolves) to `169.254.169.254` gets
+//! a connection. The policy is `allowed::RegistryAccess` (`check_hop`, `check_address`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,7 +50,7 @@ impl<R: Resolver> Resolver for Guarded<R> {
             log::warn!("refusing to connect to {authority}: {reason}");
             ureq::Error::Other(Box::new(Refused { host: authority.clone(), reason }))
         };
-        self.access.check_host(&authority).map_err(refuse)?;
+        self.access.check_hop(&authority).map_err(refuse)?;
         let resolved = self.inner.resolve(uri, config, timeout)?;
         let mut kept = self.empty();
         let mut refusal = None;

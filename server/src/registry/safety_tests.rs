@@ -2,7 +2,8 @@
 //! scripted registries ([`FakeRegistry`], on 127.0.0.1 and 127.0.0.2) with a name table
 //! standing in for DNS: link-local and metadata hosts are refused before any lookup or
 //! connection (as references, token realms and redirect targets, and when a name
-//! resolves to one), `--allowed-registries` is applied before any request, credentials
+//! resolves to one), `--allowed-registries` is applied before any request and to every
+//! hop (a redirect or token realm off the list is never connected to), credentials
 //! never go in clear text to a realm on another host, and `Authorization` never follows
 //! a redirect to another host.
 
@@ -198,6 +199,56 @@ fn a_registry_not_on_the_list_is_refused_before_any_request() {
     assert_eq!(resolve(&listed, &reference).unwrap(), index_resolved());
     let any_port = resolver(Setup { allowed: &["127.0.0.1"], ..OPEN }, &dns);
     assert_eq!(resolve(&any_port, &reference).unwrap(), index_resolved());
+}
+
+#[test]
+fn a_redirect_off_the_list_is_refused_at_the_hop_and_a_listed_one_is_followed() {
+    // The "victim": another service on the registry's network, which must see nothing.
+    let victim = serving_index();
+    let target = format!("http://{}/internal/admin?action=delete", victim.addr);
+    let registry = FakeRegistry::start(move |_| Some(Reply::status(307).header("Location", &target)));
+    let reference = format!("{}/demo/app:latest", registry.addr);
+    let dns = RecordingDns::default();
+
+    let restricted = resolver(Setup { allowed: &[&registry.addr], ..OPEN }, &dns);
+    let (host, reason) = not_allowed(resolve(&restricted, &reference));
+    assert_eq!(host, victim.addr);
+    assert!(reason.contains("not in --allowed-registries"), "{reason}");
+    assert!(reason.contains(&format!("add {} to --allowed-registries", victim.addr)), "{reason}");
+    assert!(victim.seen().is_empty(), "the victim was asked: {:?}", victim.seen());
+    assert!(!registry.seen().is_empty(), "the listed registry was asked");
+
+    // Listed too: followed (which is also why the refusal above is the list's doing).
+    let both = resolver(Setup { allowed: &[&registry.addr, &victim.addr], ..OPEN }, &dns);
+    assert_eq!(resolve(&both, &reference).unwrap(), index_resolved());
+    assert!(!victim.seen().is_empty());
+    // Without a list: followed, as before.
+    let victim_seen = victim.seen().len();
+    assert_eq!(resolve(&resolver(OPEN, &dns), &reference).unwrap(), index_resolved());
+    assert!(victim.seen().len() > victim_seen);
+}
+
+#[test]
+fn a_token_realm_off_the_list_is_never_asked() {
+    let victim = FakeRegistry::start(|_| Some(Reply::status(200).body(r#"{"token":"t"}"#)));
+    let realm = format!("http://{}/internal/admin?action=delete", victim.addr);
+    let registry = FakeRegistry::start(move |req| {
+        Some(match req.header("authorization") {
+            Some("Bearer t") => Reply::status(200).header("Content-Type", OCI_INDEX).body(INDEX),
+            _ => Reply::status(401).header("WWW-Authenticate", &format!(r#"Bearer realm="{realm}",service="x""#)),
+        })
+    });
+    let reference = format!("{}/demo/app:latest", registry.addr);
+    let dns = RecordingDns::default();
+    let restricted = resolver(Setup { allowed: &[&registry.addr], ..OPEN }, &dns);
+    let (host, reason) = not_allowed(resolve(&restricted, &reference));
+    assert_eq!(host, victim.addr);
+    assert!(reason.starts_with("token realm") && reason.contains("not in --allowed-registries"), "{reason}");
+    assert!(victim.seen().is_empty(), "the realm was asked: {:?}", victim.seen());
+
+    let both = resolver(Setup { allowed: &[&registry.addr, &victim.addr], ..OPEN }, &dns);
+    assert_eq!(resolve(&both, &reference).unwrap(), index_resolved());
+    assert_eq!(victim.seen().len(), 1);
 }
 
 // --- credentials and Authorization ---

@@ -91,8 +91,8 @@ pub(crate) struct Asker<'a> {
 
 /// Asks the realm for a fresh token and caches it. `credentials` go along as Basic
 /// authentication; they are refused to a plain-http realm elsewhere (see
-/// [`may_send_credentials`]). A realm `access` refuses (a metadata or link-local host)
-/// is not asked at all.
+/// [`may_send_credentials`]). A realm `access` refuses (off `--allowed-registries`, or a
+/// metadata or link-local host) is not asked at all.
 pub(crate) fn fetch(
     agent: &ureq::Agent,
     cache: &TokenCache,
@@ -108,7 +108,7 @@ pub(crate) fn fetch(
             reason: format!("Bearer challenge with unusable realm {:?}", key.realm),
         });
     };
-    if let Err(reason) = access.check_host(realm_authority) {
+    if let Err(reason) = access.check_hop(realm_authority) {
         return Err(Error::RegistryNotAllowed {
             registry: realm_authority.to_string(),
             reference: asker.reference.to_string(),
