@@ -8,7 +8,8 @@ use crate::store::{AgentStore, Identity};
 use crate::Error;
 
 /// The identity to poll with, registering first when needed. `Ok(None)` means "not yet":
-/// registration could not reach the server, try again later.
+/// registration could not reach the server, or was refused until the operator acts
+/// (logged with what to do); try again later.
 pub fn ensure_identity(config: &Config, store: &AgentStore, client: &ServerClient) -> Result<Option<Identity>, Error> {
     if let (Some(uuid), Some(key)) = (&config.uuid, &config.device_key) {
         let identity = Identity { uuid: uuid.clone(), device_key: key.clone(), registered: true };
@@ -57,6 +58,14 @@ pub fn ensure_identity(config: &Config, store: &AgentStore, client: &ServerClien
             return Ok(None);
         }
         Err(Error::ServerStatus { status, .. }) if status >= 500 => return Ok(None),
+        // Only the operator can change these: say what to do and try again later, never
+        // exit (a restart loop would add a failed authentication every few seconds).
+        Err(Error::ServerStatus { status: status @ (401 | 403 | 409), message, .. }) => {
+            let what = operator_action(status, &identity.uuid);
+            log::error!("registration of {} refused ({status}: {message}); {what}", identity.uuid);
+            let _ = store.log_event("error", &format!("registration refused ({status}); {what}"));
+            return Ok(None);
+        }
         Err(e) => return Err(e),
     }
     let registered = Identity { registered: true, ..identity };
@@ -64,6 +73,20 @@ pub fn ensure_identity(config: &Config, store: &AgentStore, client: &ServerClien
     let _ = store.log_event("info", &format!("registered as {}", registered.uuid));
     log::info!("registered with the server as {}", registered.uuid);
     Ok(Some(registered))
+}
+
+/// What the operator must do when registration is refused with `status`.
+fn operator_action(status: u16, uuid: &str) -> String {
+    match status {
+        409 => format!(
+            "the server knows device {uuid} with another key (this gateway lost its database?): the operator \
+             resets it with POST /api/v1/devices/{uuid}/key/reset, or issues a registration token for it \
+             (POST /api/v1/devices/{uuid}/registration-token) to set as provisioning_key"
+        ),
+        _ => "the provisioning key is not valid (revoked, expired, or used up): the operator issues a new one \
+              and it goes into provisioning_key in agent.toml"
+            .to_string(),
+    }
 }
 
 /// `N` random bytes as lowercase hex.

@@ -159,6 +159,14 @@ impl Agent {
                 self.poll_failures += 1;
                 let wait = backoff(self.config.poll_interval, self.poll_failures).min(MAX_POLL_BACKOFF);
                 log::warn!("poll failed ({} in a row), next in {} s: {e}", self.poll_failures, wait.as_secs());
+                if matches!(e, Error::ServerStatus { status: 401, .. }) {
+                    log::error!(
+                        "the server does not know this device's key (deleted, or its key reset); containers \
+                         stay as they are. To register again, the operator resets the key and this \
+                         gateway's database ({}) is removed",
+                        self.config.db.display()
+                    );
+                }
                 self.next_poll = Instant::now() + wait;
             }
         }

@@ -86,12 +86,16 @@ impl Fixture {
         json_of(&response)
     }
 
-    /// A provisioning key, then a registered device with `device_key`.
+    /// A provisioning key (a registration token for a device set up before), then a
+    /// registered device with `device_key`.
     fn register(&self, uuid: &str, device_key: &str) {
-        let key = json_of(&self.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), None))["key"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        // A device the operator prepared is claimed with a registration token for it.
+        let prepared = self.call("GET", &format!("/api/v1/devices/{uuid}"), Some(ADMIN), None).status == 200;
+        let issue = match prepared {
+            true => format!("/api/v1/devices/{uuid}/registration-token"),
+            false => "/api/v1/provisioning-keys".to_string(),
+        };
+        let key = json_of(&self.call("POST", &issue, Some(ADMIN), None))["key"].as_str().unwrap().to_string();
         let body =
             json!({"uuid": uuid, "deviceName": "gw", "deviceType": "raspberrypi4-64", "deviceApiKey": device_key});
         let response = self.call("POST", "/api/v1/device/register", Some(&key), Some(body));
@@ -471,7 +475,7 @@ fn a_device_key_may_not_be_a_provisioning_key_or_a_token_and_cannot_break_one() 
             device_name: None,
             device_type: None,
             key_hash: pinion_server::keys::hash_secret(&key),
-            provisioning_key_id: "old".into(),
+            claimant: pinion_server::claims::Claimant::Operator,
             system_info: None,
         })
         .unwrap();

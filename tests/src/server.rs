@@ -468,6 +468,25 @@ impl Server {
         reply.json()["key"].as_str().unwrap_or_else(|| panic!("no key in {}", reply.body)).to_string()
     }
 
+    /// A one-time registration token for `uuid` (`POST /devices/{uuid}/registration-token`):
+    /// how an agent claims a device the operator prepared.
+    pub fn registration_token(&self, uuid: &str) -> String {
+        let path = format!("/api/v1/devices/{uuid}/registration-token");
+        let reply = self.request("POST", &path, None, Some(&self.admin_token));
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.json()["key"].as_str().unwrap_or_else(|| panic!("no key in {}", reply.body)).to_string()
+    }
+
+    /// What an agent for `uuid` registers with: a registration token when the operator
+    /// prepared the device (set its target first), a new provisioning key otherwise.
+    pub fn provisioning_key_for(&self, uuid: &str) -> String {
+        let prepared = self.request("GET", &format!("/api/v1/devices/{uuid}"), None, Some(&self.admin_token));
+        match prepared.status {
+            200 => self.registration_token(uuid),
+            _ => self.provisioning_key(),
+        }
+    }
+
     /// `set_target_state` with `Cache-Control: no-cache`: every tag asked of its registry
     /// now, as after a push the server was not notified of.
     pub fn set_target_state_uncached(&self, uuid: &str, state: &Value) -> ApiReply {

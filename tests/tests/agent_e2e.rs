@@ -73,7 +73,7 @@ fn a_new_push_to_latest_replaces_the_container_with_exactly_one_running() {
     let pinned_v1 = format!("{}/guide/web@{v1}", registry.host());
     assert_eq!(answer["apps"]["1001"]["services"][0]["imageName"], pinned_v1);
 
-    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     agent.converge("v1 running", || runs_exactly(docker, 1001, "nginx", &pinned_v1));
 
     let v2 = push_version(docker, &latest, "v2");
@@ -110,7 +110,7 @@ fn config_changes_removals_additions_and_hand_removals_converge() {
         vec![service("web", &image, json!({"environment": {"MODE": "a"}})), service("worker", &image, json!({}))],
     )]);
     set_target(&server, &uuid, &two_services);
-    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     agent.converge("both services running", || {
         runs_exactly(docker, 1, "web", &pinned) && runs_exactly(docker, 1, "worker", &pinned)
     });
@@ -174,7 +174,7 @@ fn without_the_server_containers_keep_running_and_the_agent_catches_up() {
     let uuid = unique("offline");
     let state = target(&[(7, "app", vec![service("main", &latest, json!({}))])]);
     set_target(&server, &uuid, &state);
-    let mut agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    let mut agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     let pinned_v1 = format!("{}/offline/app@{v1}", registry.host());
     agent.converge("v1 running", || runs_exactly(docker, 7, "main", &pinned_v1));
 
@@ -207,7 +207,7 @@ fn an_agent_killed_during_a_pull_converges_without_duplicates() {
     let uuid = unique("crash");
     let state = target(&[(9, "app", vec![service("main", &latest, json!({}))])]);
     set_target(&server, &uuid, &state);
-    let mut agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    let mut agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     let pinned_v1 = format!("{}/crash/app@{v1}", registry.host());
     agent.converge("v1 running", || runs_exactly(docker, 9, "main", &pinned_v1));
 
@@ -260,6 +260,6 @@ fn a_tag_kept_as_fallback_still_runs_on_the_device() {
     assert_eq!(service["imageName"], image.as_str());
 
     registry.restart();
-    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     agent.converge("the tag runs", || runs_exactly(docker, 3, "main", &image));
 }

@@ -343,8 +343,13 @@ fn sigkill_at_twenty_seeded_points_of_an_update_converges_with_one_container_per
     let wanted = |v: usize| [("dtk", images[0][v].as_str()), ("ktd", images[1][v].as_str())];
 
     set_target(&server, &uuid, &state(0));
-    let mut agent =
-        Agent::start_with_env(&server.url(), &server.provisioning_key(), &uuid, docker, &[("RUST_LOG", AGENT_LOG)]);
+    let mut agent = Agent::start_with_env(
+        &server.url(),
+        &server.provisioning_key_for(&uuid),
+        &uuid,
+        docker,
+        &[("RUST_LOG", AGENT_LOG)],
+    );
     until(&agent, "v1 of both services running", || runs_exactly(docker, &wanted(0)));
     let device_key = stored_device_key(&agent.db());
     assert_eq!(device_key.len(), 64, "the device key is 32 random bytes in hex");
@@ -490,8 +495,13 @@ impl<'a> Update<'a> {
         let v2 = push_image(builder, &repo, "v2", v2_noise_mb);
         let uuid = unique(name);
         set_target(&server, &uuid, &target(&[("main", &v1, "download-then-kill")]));
-        let agent =
-            Agent::start_with_env(&server.url(), &server.provisioning_key(), &uuid, docker, &[("RUST_LOG", AGENT_LOG)]);
+        let agent = Agent::start_with_env(
+            &server.url(),
+            &server.provisioning_key_for(&uuid),
+            &uuid,
+            docker,
+            &[("RUST_LOG", AGENT_LOG)],
+        );
         let update = Update { docker, registry, server, agent, uuid, repo, v1, v2 };
         until(&update.agent, "v1 running", || runs_exactly(docker, &[("main", &update.v1)]));
         update

@@ -48,7 +48,7 @@ impl<'a> Device<'a> {
         set_latest(&server, &uuid, &latest, &v1);
         let agent = Agent::start_with_env(
             &server.url(),
-            &server.provisioning_key(),
+            &server.provisioning_key_for(&uuid),
             &uuid,
             docker,
             &[("PINION_PROBATION", PROBATION_SECS)],

@@ -60,7 +60,7 @@ fn with_the_fleet_ca_as_ca_file_the_agent_registers_over_https_and_polls_its_tar
     let ca_file = pki.ca_pem().display().to_string();
     let agent = Agent::start_with_env(
         &proxy.url(),
-        &server.provisioning_key(),
+        &server.provisioning_key_for(&uuid),
         &uuid,
         &turn.docker,
         &[("PINION_CA_FILE", &ca_file)],
@@ -83,7 +83,7 @@ fn without_a_system_bundle_the_fleet_ca_is_trusted_beside_the_built_in_roots() {
     let ca_file = pki.ca_pem().display().to_string();
     let agent = Agent::start_with_env(
         &proxy.url(),
-        &server.provisioning_key(),
+        &server.provisioning_key_for(&uuid),
         &uuid,
         &turn.docker,
         &[("PINION_CA_FILE", &ca_file), ("SSL_CERT_FILE", "/nonexistent/ca-certificates.crt")],
@@ -102,7 +102,7 @@ fn without_ca_file_the_handshake_is_refused_as_unknown_issuer_and_the_agent_does
     // Never reaches Docker (registering comes first); should it, there is none to touch.
     let mut agent = Agent::start_with_env(
         &proxy.url(),
-        &server.provisioning_key(),
+        &server.provisioning_key_for(&uuid),
         &uuid,
         &Docker::connect(),
         &[("PINION_DOCKER_SOCKET", &socket)],

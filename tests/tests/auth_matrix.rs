@@ -32,6 +32,8 @@ const CALLERS: [Caller; 6] =
 
 const DEVICE: &str = "matrix-dev-a";
 const OTHER_DEVICE: &str = "matrix-dev-b";
+/// Prepared by the operator, never registered: the routes that reset or delete a device.
+const SPARE_DEVICE: &str = "matrix-dev-spare";
 const REGISTRY_HOST: &str = "registry.lan:5000";
 
 // Rows of intended statuses, one column per caller in `CALLERS` order:
@@ -60,6 +62,7 @@ struct RouteCase {
 fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
     let route = |label, path: String, methods: Vec<(&'static str, [u16; 6])>| RouteCase { label, path, methods };
     let device = |rest: &str| format!("/api/v1/devices/{DEVICE}{rest}");
+    let spare = |rest: &str| format!("/api/v1/devices/{SPARE_DEVICE}{rest}");
     vec![
         route("health", "/api/v1/health".into(), vec![("GET", OPEN)]),
         route("device poll", format!("/api/v1/device/{DEVICE}/state"), vec![("GET", OWN_DEVICE_ONLY)]),
@@ -68,7 +71,10 @@ fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
         route("key exchange", format!("/api/v1/device/{DEVICE}/key-exchange"), vec![("POST", KEY_EXCHANGE_WRONG_BODY)]),
         route("device logs", format!("/api/v1/device/{DEVICE}/logs"), vec![("POST", OWN_DEVICE_ONLY)]),
         route("devices", "/api/v1/devices".into(), vec![("GET", admin_only(200))]),
-        route("device", device(""), vec![("GET", admin_only(200))]),
+        // On a device of their own, before it is deleted: they reset, reserve or delete it.
+        route("key reset", spare("/key/reset"), vec![("POST", admin_only(200))]),
+        route("registration token", spare("/registration-token"), vec![("POST", admin_only(201))]),
+        route("device", spare(""), vec![("GET", admin_only(200)), ("DELETE", admin_only(200))]),
         route(
             "target state",
             device("/target-state"),
@@ -207,12 +213,13 @@ fn every_route_method_and_caller_gets_the_intended_status() {
     // Version 1 of the target, so that history and rollback have something to show.
     let state = json!({"apps": {}, "config": {}});
     assert_eq!(server.set_target_state(DEVICE, &state).status, 200);
+    assert_eq!(server.set_target_state(SPARE_DEVICE, &state).status, 200);
     let spare = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
     assert_eq!(spare.status, 201, "{}", spare.body);
     let spare_id = spare.json()["id"].as_str().expect("a provisioning key id").to_string();
 
     let table = intended(&spare_id);
-    const ROUTES: usize = 22;
+    const ROUTES: usize = 24;
     assert_eq!(table.len(), ROUTES, "one row per route of api::route()");
     let mut wrong = Vec::new();
     let mut cells = 0;

@@ -73,6 +73,8 @@ fn body_routes() -> Vec<BodyRoute> {
         route("POST", &device("/target-state/rollback"), true),
         route("PUT", &device("/update-policy"), false),
         route("POST", "/api/v1/provisioning-keys", true),
+        route("POST", &device("/key/reset"), true),
+        route("POST", &device("/registration-token"), true),
         route("PUT", "/api/v1/registries/registry.lan:5000/credentials", false),
         route("POST", "/api/v1/webhooks/registry", false),
     ]
@@ -89,7 +91,9 @@ fn all_routes() -> Vec<(String, &'static str)> {
         (format!("/api/v1/device/{DEVICE}/key-exchange"), "POST"),
         (format!("/api/v1/device/{DEVICE}/logs"), "POST"),
         ("/api/v1/devices".into(), "GET"),
-        (device(""), "GET"),
+        (device(""), "GET, DELETE"),
+        (device("/key/reset"), "POST"),
+        (device("/registration-token"), "POST"),
         (device("/target-state"), "GET, POST, PUT, DELETE"),
         (device("/target-state/history"), "GET"),
         (device("/target-state/rollback"), "POST"),
@@ -233,8 +237,25 @@ fn wrong_types(callers: &Callers) -> Vec<Case> {
     ] {
         add("PUT", &policy, body);
     }
-    for body in [json!({"description": 5}), json!({"description": ["a"]}), json!(["a"])] {
+    for body in [
+        json!({"description": 5}),
+        json!({"description": ["a"]}),
+        json!(["a"]),
+        json!({"description": "a\u{1b}[2Jb"}),
+        json!({"device": 7}),
+        json!({"expiresInHours": 0}),
+        json!({"expiresInHours": -1}),
+        json!({"expiresInHours": 100000}),
+        json!({"singleUse": "yes"}),
+        json!({"devices": ["a"]}),
+    ] {
         add("POST", "/api/v1/provisioning-keys", body);
+    }
+    for body in [json!({"openForHours": -1}), json!({"openForHours": 100000}), json!({"openFor": 1})] {
+        add("POST", &format!("/api/v1/devices/{DEVICE}/key/reset"), body);
+    }
+    for body in [json!({"expiresInHours": 0}), json!({"device": "other"}), json!({"description": 1})] {
+        add("POST", &format!("/api/v1/devices/{DEVICE}/registration-token"), body);
     }
     let credentials = "/api/v1/registries/registry.lan:5000/credentials";
     for body in [

@@ -90,7 +90,7 @@ fn a_device_pulls_from_an_htpasswd_registry_with_credentials_stored_in_the_serve
     // The agent pulls the pinned image through dockerd with the credentials its poll
     // carried: the image is nowhere else, and the registry refuses anonymous pulls.
     assert!(!turn.docker.try_run(&["image", "inspect", &pinned]), "the image must be pulled");
-    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, &turn.docker);
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, &turn.docker);
     agent.converge("the private image running", || runs_exactly(&turn.docker, &pinned));
 
     assert!(!agent.log().contains(PASSWORD), "the agent logged the password:\n{}", agent.log());

@@ -267,7 +267,7 @@ fn the_agent_runs_a_local_image_by_its_id_and_says_why_a_missing_one_cannot_be_p
         "config": {}});
     let reply = server.set_target_state(&uuid, &state);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let agent = Agent::start(&server.url(), &server.provisioning_key(), &uuid, docker);
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     let runs = |name: &str, image: &str| {
         docker.containers_with_label(&format!("{MANAGED}=7")).iter().any(|c| {
             c["Config"]["Labels"]["io.pinion.service-name"] == name

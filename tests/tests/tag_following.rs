@@ -36,7 +36,7 @@ fn device_on_latest(server: &Server, docker: &Docker, latest: &str, v1: &str, uu
         {"serviceId": 1, "serviceName": "main", "imageName": latest}]}}, "config": {}});
     let reply = server.set_target_state(uuid, &state);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let agent = Agent::start(&server.url(), &server.provisioning_key(), uuid, docker);
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(uuid), uuid, docker);
     agent.converge("v1 running", || running_image(docker, 5) == [v1]);
     agent
 }

@@ -8,6 +8,7 @@ mod auth;
 pub mod client_address;
 mod credentials;
 mod device;
+mod device_lifecycle;
 mod history;
 pub mod http;
 mod images;
@@ -81,6 +82,8 @@ enum Route<'a> {
     DeviceLogs(&'a str),
     Devices,
     Device(&'a str),
+    DeviceKeyReset(&'a str),
+    RegistrationToken(&'a str),
     TargetState(&'a str),
     TargetHistory(&'a str),
     TargetRollback(&'a str),
@@ -100,9 +103,9 @@ enum Route<'a> {
 impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
-            Route::Health | Route::DeviceState(_) | Route::Devices | Route::Device(_) | Route::CurrentState(_) => {
-                &["GET"]
-            }
+            Route::Health | Route::DeviceState(_) | Route::Devices | Route::CurrentState(_) => &["GET"],
+            Route::Device(_) => &["GET", "DELETE"],
+            Route::DeviceKeyReset(_) | Route::RegistrationToken(_) => &["POST"],
             Route::Logs(_) | Route::Metrics(_) => &["GET"],
             Route::DeviceReport => &["PATCH"],
             Route::DeviceRegister | Route::TargetRollback(_) | Route::RegistryWebhook => &["POST"],
@@ -130,6 +133,8 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["device", uuid, "logs"] => Route::DeviceLogs(uuid),
         ["devices"] => Route::Devices,
         ["devices", uuid] => Route::Device(uuid),
+        ["devices", uuid, "key", "reset"] => Route::DeviceKeyReset(uuid),
+        ["devices", uuid, "registration-token"] => Route::RegistrationToken(uuid),
         ["devices", uuid, "target-state"] => Route::TargetState(uuid),
         ["devices", uuid, "target-state", "history"] => Route::TargetHistory(uuid),
         ["devices", uuid, "target-state", "rollback"] => Route::TargetRollback(uuid),
@@ -280,7 +285,12 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         Route::DeviceReport => device::report(api, &caller, request),
         Route::DeviceRegister => registration::register(api, &caller, request),
         Route::Devices => operator::list_devices(api, &caller),
-        Route::Device(uuid) => operator::get_device(api, &caller, uuid),
+        Route::Device(uuid) => match method {
+            "DELETE" => device_lifecycle::delete(api, &caller, uuid),
+            _ => operator::get_device(api, &caller, uuid),
+        },
+        Route::DeviceKeyReset(uuid) => device_lifecycle::reset_key(api, &caller, request, uuid),
+        Route::RegistrationToken(uuid) => device_lifecycle::registration_token(api, &caller, request, uuid),
         Route::TargetState(uuid) => match method {
             "GET" => operator::get_target(api, &caller, uuid),
             "DELETE" => operator::delete_target(api, &caller, uuid),

@@ -128,28 +128,81 @@ pub(super) fn get_device(api: &Api, caller: &Caller, uuid: &str) -> Result<Respo
     Ok(Response::json(200, &device_json(&known_device(api, uuid)?)))
 }
 
+/// Hours a provisioning key bound to a device stays good when the operator does not say.
+pub(super) const DEFAULT_BOUND_KEY_HOURS: u64 = 7 * 24;
+/// The longest an expiring key may be made for: a year.
+const MAX_KEY_HOURS: u64 = 366 * 24;
+
 #[derive(Deserialize, Default)]
-struct NewProvisioningKey {
-    description: Option<String>,
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct NewProvisioningKey {
+    pub description: Option<String>,
+    /// Binds the key to one device: it registers that uuid only, even one the operator
+    /// prepared (which an unbound key cannot claim).
+    pub device: Option<String>,
+    /// Revoked by the first registration it makes.
+    #[serde(default)]
+    pub single_use: bool,
+    /// Registers nothing after this many hours; a bound key defaults to a week.
+    pub expires_in_hours: Option<u64>,
 }
 
 /// `POST /provisioning-keys`: the secret is in this answer and nowhere else, ever.
 pub(super) fn create_provisioning_key(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     caller.require_admin()?;
     let wanted: NewProvisioningKey = if request.body.is_empty() { Default::default() } else { request.json()? };
+    issue_provisioning_key(api, wanted)
+}
+
+/// Makes a provisioning key as asked and answers 201 with its secret.
+pub(super) fn issue_provisioning_key(api: &Api, wanted: NewProvisioningKey) -> Result<Response, Error> {
+    let hours = wanted.checked_hours()?;
     let secret = new_secret();
+    let now = crate::timefmt::unix_now();
     let key = ProvisioningKey {
         id: new_id(),
         description: wanted.description,
-        created_at: rfc3339_now(),
+        created_at: crate::timefmt::rfc3339(now),
         revoked_at: None,
         devices_registered: 0,
+        device: wanted.device,
+        single_use: wanted.single_use,
+        expires_at: hours.map(|h| crate::timefmt::rfc3339(now + h * 3600)),
     };
     api.store.create_provisioning_key(&key, &hash_secret(&secret))?;
-    log::info!("provisioning key {} created", key.id);
+    match &key.device {
+        Some(device) => log::info!("provisioning key {} created for device {device}", key.id),
+        None => log::info!("provisioning key {} created", key.id),
+    }
     let mut answer = key_json(&key);
     answer["key"] = secret.into();
     Ok(Response::json(201, &answer))
+}
+
+impl NewProvisioningKey {
+    /// The hours the key is good for (`None`: until revoked), once every field is checked.
+    pub(super) fn checked_hours(&self) -> Result<Option<u64>, Error> {
+        if let Some(device) = &self.device {
+            device_id(device)?;
+        }
+        if let Some(description) = &self.description {
+            if description.chars().count() > 256 || !crate::text::is_printable(description) {
+                return Err(Error::BadRequest {
+                    reason: "description must be at most 256 printable characters".into(),
+                });
+            }
+        }
+        let hours = match (self.expires_in_hours, &self.device) {
+            (Some(0), _) => return Err(Error::BadRequest { reason: "expiresInHours must be at least 1".into() }),
+            (Some(hours), _) if hours > MAX_KEY_HOURS => {
+                return Err(Error::BadRequest { reason: format!("expiresInHours must be at most {MAX_KEY_HOURS}") })
+            }
+            (Some(hours), _) => Some(hours),
+            (None, Some(_)) => Some(DEFAULT_BOUND_KEY_HOURS),
+            (None, None) => None,
+        };
+        Ok(hours)
+    }
 }
 
 pub(super) fn list_provisioning_keys(api: &Api, caller: &Caller) -> Result<Response, Error> {
@@ -196,5 +249,8 @@ fn key_json(key: &ProvisioningKey) -> Value {
         "createdAt": key.created_at,
         "revokedAt": key.revoked_at,
         "devicesRegistered": key.devices_registered,
+        "device": key.device,
+        "singleUse": key.single_use,
+        "expiresAt": key.expires_at,
     })
 }

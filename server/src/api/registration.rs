@@ -2,12 +2,13 @@
 //! (`docs/original-agent-protocol.md`): `POST /device/register` with a provisioning key
 //! and the key the agent made, then `POST /device/{uuid}/key-exchange` with that key.
 //! A registration is complete once the key is used (a key exchange or a poll); until
-//! then the same uuid may register again, so an agent that crashed between the phases
-//! recovers by restarting.
+//! then the same uuid may register again with the same provisioning key, so an agent
+//! that crashed between the phases recovers by restarting (`claims.rs` has the rule).
 
 use super::auth::Caller;
 use super::http::{Request, Response};
 use super::{device_id, Api};
+use crate::claims::Claimant;
 use crate::keys::{constant_time_eq, hash_secret};
 use crate::store::NewRegistration;
 use crate::Error;
@@ -36,7 +37,8 @@ struct Registration {
 /// `POST /device/register`: answers 200 with what the original agent reads (`id`,
 /// `uuid`, `deviceName`, `deviceType`, `createdAt`, and `mqtt`, empty: pinion has no
 /// broker, and the agent leaves MQTT off). The same registration again gets the same
-/// answer; another key for a device whose registration completed is a 409.
+/// answer; who may claim an existing uuid is `claims::decide_claim`'s rule (409 for
+/// everyone else, the same answer whatever the device's state).
 pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     let key = caller.require_provisioning()?;
     let registration: Registration = request.json()?;
@@ -91,7 +93,10 @@ pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<
         device_name: registration.device_name,
         device_type: registration.device_type,
         key_hash,
-        provisioning_key_id: key.map(|k| k.id.clone()).unwrap_or_else(|| "admin".into()),
+        claimant: match key {
+            Some(key) => Claimant::Key { id: key.id.clone(), device: key.device.clone(), single_use: key.single_use },
+            None => Claimant::Operator,
+        },
         system_info: Some(Value::Object(system_info).to_string()),
     })?;
     log::info!("device {} registered (number {})", device.uuid, device.id);

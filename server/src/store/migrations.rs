@@ -55,6 +55,19 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         // (made before this version), applied as before.
         sql: "ALTER TABLE pending_updates ADD COLUMN from_version INTEGER NOT NULL DEFAULT 0;",
     },
+    Migration {
+        version: 4,
+        // Registration tokens: provisioning keys bound to one device, spent by the
+        // registration they make, and expiring; and until when a device whose key the
+        // operator reset may be registered with any provisioning key.
+        sql: "
+        ALTER TABLE devices ADD COLUMN open_until TEXT;
+        ALTER TABLE provisioning_keys ADD COLUMN device_uuid TEXT;
+        ALTER TABLE provisioning_keys ADD COLUMN single_use INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE provisioning_keys ADD COLUMN expires_at TEXT;
+        CREATE INDEX provisioning_keys_by_device ON provisioning_keys(device_uuid);
+    ",
+    },
 ];
 
 /// The version a database is at once every migration has run.

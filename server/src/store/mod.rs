@@ -90,7 +90,8 @@ pub struct NewRegistration {
     pub device_name: Option<String>,
     pub device_type: Option<String>,
     pub key_hash: String,
-    pub provisioning_key_id: String,
+    /// Who registers: what may be claimed is `claims::decide_claim`'s decision.
+    pub claimant: crate::claims::Claimant,
     /// System facts the registration carried (`os_version`, `agent_version`,
     /// `mac_address`, `application_id`) as a JSON object, merged into the last known ones.
     pub system_info: Option<String>,
@@ -104,6 +105,12 @@ pub struct ProvisioningKey {
     pub created_at: String,
     pub revoked_at: Option<String>,
     pub devices_registered: u64,
+    /// The one device it may register (a registration token); `None`: any new device.
+    pub device: Option<String>,
+    /// Revoked by the registration it makes.
+    pub single_use: bool,
+    /// After this (RFC 3339, UTC) it registers nothing.
+    pub expires_at: Option<String>,
 }
 
 pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + Send + Sync {
@@ -113,10 +120,19 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + S
     fn device_key_hash(&self, uuid: &str) -> Result<Option<String>, Error>;
     /// The device whose key hashes to `key_hash`, if any.
     fn device_by_key_hash(&self, key_hash: &str) -> Result<Option<KeyOwner>, Error>;
-    /// Registers a device, creating it or completing one the operator prepared. The
-    /// same key again changes nothing; another key replaces the first only while the
-    /// registration is not complete, and is `Error::Conflict` after.
+    /// Registers a device as `claims::decide_claim` decides on the stored row, in one
+    /// transaction: creating it, setting the key of one that has none or whose
+    /// registration is incomplete, or changing nothing for the same key again. A
+    /// single-use provisioning key is revoked by the registration it makes.
     fn register_device(&self, registration: &NewRegistration) -> Result<DeviceRecord, Error>;
+    /// Deletes a device with everything kept of it (key, target versions, reports,
+    /// logs, metrics, policy) and the registration tokens bound to it; `false` if there
+    /// was no such device.
+    fn delete_device(&self, uuid: &str) -> Result<bool, Error>;
+    /// Forgets a device's key: it stops working at once, and the device's next
+    /// registration sets a new one: until `open_until` (RFC 3339, UTC) with any
+    /// provisioning key, after that as `claims` allows. `false` if there is no such device.
+    fn reset_device_key(&self, uuid: &str, open_until: &str) -> Result<bool, Error>;
     /// Marks a registration complete: its agent has used the key it registered, whose
     /// hash is `key_hash`. `false` when that is no longer the device's key (a
     /// registration replaced it meanwhile): nothing changes.
@@ -136,7 +152,7 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + S
     fn poll(&self, uuid: &str) -> Result<Option<PollAnswer>, Error>;
 
     fn create_provisioning_key(&self, key: &ProvisioningKey, key_hash: &str) -> Result<(), Error>;
-    /// A key that is not revoked, by the hash of its secret.
+    /// A key that is neither revoked nor expired, by the hash of its secret.
     fn provisioning_key_by_hash(&self, key_hash: &str) -> Result<Option<ProvisioningKey>, Error>;
     fn provisioning_keys(&self) -> Result<Vec<ProvisioningKey>, Error>;
     /// Revokes a key; `false` if there is no such key.

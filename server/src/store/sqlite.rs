@@ -2,6 +2,7 @@
 //! fleet that one machine serves; `Store` keeps the door open for PostgreSQL.
 
 use super::{DeviceRecord, KeyOwner, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Store, StoredTarget};
+use crate::claims::{decide_claim, Claim, Claimant, ExistingDevice};
 use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
@@ -303,6 +304,9 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ProvisioningKey> {
         created_at: row.get(2)?,
         revoked_at: row.get(3)?,
         devices_registered: row.get::<_, i64>(4)? as u64,
+        device: row.get(5)?,
+        single_use: row.get(6)?,
+        expires_at: row.get(7)?,
     })
 }
 
@@ -317,7 +321,8 @@ fn target_from_row(row: &Row<'_>) -> rusqlite::Result<StoredTarget> {
     })
 }
 
-const KEY_COLUMNS: &str = "id, description, created_at, revoked_at, devices_registered";
+const KEY_COLUMNS: &str =
+    "id, description, created_at, revoked_at, devices_registered, device_uuid, single_use, expires_at";
 
 impl Store for SqliteStore {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error> {
@@ -370,32 +375,47 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("registering a device"))?;
         let now = rfc3339_now();
-        let existing: Option<(Option<String>, bool)> = tx
+        let stored: Option<(Option<String>, bool, Option<String>, bool)> = tx
             .query_row(
-                "SELECT api_key_hash, registration_completed_at IS NOT NULL FROM devices WHERE uuid = ?1",
-                [&reg.uuid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                "SELECT api_key_hash, registration_completed_at IS NOT NULL, provisioned_by,
+                        COALESCE(open_until > ?2, 0)
+                 FROM devices WHERE uuid = ?1",
+                params![reg.uuid, now],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(db("registering a device"))?;
-        let first = match existing {
-            // The same key again: the agent did not see our answer. Nothing changes.
-            Some((Some(hash), _)) if hash == reg.key_hash => false,
-            Some((Some(_), true)) => {
-                return Err(Error::Conflict {
-                    reason: format!("device {} is already registered with another key", reg.uuid),
-                })
+        let existing = stored.as_ref().map(|(key_hash, complete, by, open)| ExistingDevice {
+            key_hash: key_hash.as_deref(),
+            registration_complete: *complete,
+            provisioned_by: by.as_deref(),
+            open_after_reset: *open,
+        });
+        let claim = decide_claim(&reg.uuid, existing.as_ref(), &reg.claimant, &reg.key_hash)?;
+        // Counted (and a single-use key spent) only while the key is still good: a
+        // registration token used twice at once registers once.
+        if let (Claimant::Key { id, single_use, .. }, true) = (&reg.claimant, claim != Claim::Unchanged) {
+            let counted = tx
+                .execute(
+                    "UPDATE provisioning_keys SET devices_registered = devices_registered + 1,
+                         revoked_at = CASE WHEN ?2 THEN ?3 ELSE revoked_at END
+                     WHERE id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?3)",
+                    params![id, single_use, now],
+                )
+                .map_err(db("registering a device"))?;
+            if counted == 0 {
+                return Err(Error::Unauthorized {
+                    reason: "the provisioning key was revoked or used up meanwhile".into(),
+                });
             }
-            // Registered but never polled nor exchanged its key: the agent lost its key
-            // between the phases and comes back with a new one.
-            Some((Some(_), false)) => false,
-            Some((None, _)) => true,
-            None => insert_device(&tx, &reg.uuid, &now).map_err(db("registering a device"))?,
-        };
+        }
+        if claim == Claim::Create {
+            insert_device(&tx, &reg.uuid, &now).map_err(db("registering a device"))?;
+        }
         tx.execute(
             "UPDATE devices SET device_name = COALESCE(?2, device_name), device_type = COALESCE(?3, device_type),
                  provisioned_by = CASE WHEN api_key_hash IS ?4 THEN provisioned_by ELSE ?5 END,
-                 api_key_hash = ?4, registered_at = COALESCE(registered_at, ?6),
+                 api_key_hash = ?4, registered_at = COALESCE(registered_at, ?6), open_until = NULL,
                  system_info = json_patch(COALESCE(system_info, '{}'), ?7)
              WHERE uuid = ?1",
             params![
@@ -403,7 +423,7 @@ impl Store for SqliteStore {
                 reg.device_name,
                 reg.device_type,
                 reg.key_hash,
-                reg.provisioning_key_id,
+                reg.claimant.provisioned_by(),
                 now,
                 reg.system_info.as_deref().unwrap_or("{}")
             ],
@@ -414,18 +434,34 @@ impl Store for SqliteStore {
             }
             e => Error::Store { op: "registering a device", reason: e.to_string() },
         })?;
-        if first {
-            tx.execute(
-                "UPDATE provisioning_keys SET devices_registered = devices_registered + 1 WHERE id = ?1",
-                [&reg.provisioning_key_id],
-            )
-            .map_err(db("registering a device"))?;
-        }
         let record = tx
             .query_row(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = ?1"), [&reg.uuid], device_from_row)
             .map_err(db("registering a device"))?;
         tx.commit().map_err(db("registering a device"))?;
         Ok(record)
+    }
+
+    fn delete_device(&self, uuid: &str) -> Result<bool, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("deleting a device"))?;
+        // Its target versions, images, reports, logs, metrics and policy go by cascade.
+        let deleted = tx.execute("DELETE FROM devices WHERE uuid = ?1", [uuid]).map_err(db("deleting a device"))?;
+        tx.execute("DELETE FROM provisioning_keys WHERE device_uuid = ?1", [uuid])
+            .map_err(db("deleting a device's registration tokens"))?;
+        tx.commit().map_err(db("deleting a device"))?;
+        Ok(deleted == 1)
+    }
+
+    fn reset_device_key(&self, uuid: &str, open_until: &str) -> Result<bool, Error> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE devices SET api_key_hash = NULL, registration_completed_at = NULL, open_until = ?2
+                 WHERE uuid = ?1",
+                params![uuid, open_until],
+            )
+            .map_err(db("resetting a device key"))?;
+        Ok(changed == 1)
     }
 
     fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error> {
@@ -547,21 +583,29 @@ impl Store for SqliteStore {
     }
 
     fn create_provisioning_key(&self, key: &ProvisioningKey, key_hash: &str) -> Result<(), Error> {
-        self.conn_outside_polls()
-            .execute(
-                "INSERT INTO provisioning_keys (id, key_hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![key.id, key_hash, key.description, key.created_at],
-            )
-            .map_err(db("creating a provisioning key"))?;
+        let mut conn = self.conn_outside_polls();
+        let tx = conn.transaction().map_err(db("creating a provisioning key"))?;
+        // A key bound to a device reserves its uuid: no other key can register it first.
+        if let Some(uuid) = &key.device {
+            insert_device(&tx, uuid, &key.created_at).map_err(db("creating a provisioning key"))?;
+        }
+        tx.execute(
+            "INSERT INTO provisioning_keys (id, key_hash, description, created_at, device_uuid, single_use, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![key.id, key_hash, key.description, key.created_at, key.device, key.single_use, key.expires_at],
+        )
+        .map_err(db("creating a provisioning key"))?;
+        tx.commit().map_err(db("creating a provisioning key"))?;
         Ok(())
     }
 
     fn provisioning_key_by_hash(&self, key_hash: &str) -> Result<Option<ProvisioningKey>, Error> {
         self.reader()?
             .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM provisioning_keys WHERE key_hash = ?1 AND revoked_at IS NULL"
+                "SELECT {KEY_COLUMNS} FROM provisioning_keys
+                 WHERE key_hash = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)"
             ))
-            .and_then(|mut stmt| stmt.query_row([key_hash], key_from_row).optional())
+            .and_then(|mut stmt| stmt.query_row(params![key_hash, rfc3339_now()], key_from_row).optional())
             .map_err(db("reading a provisioning key"))
     }
 
@@ -633,47 +677,110 @@ mod tests {
         assert_eq!((device.target_version, device.registered), (2, false));
     }
 
-    #[test]
-    fn registration_completes_a_prepared_device_once() {
-        let store = SqliteStore::in_memory().unwrap();
-        let key = ProvisioningKey {
-            id: "k1".into(),
+    fn key(id: &str, device: Option<&str>) -> ProvisioningKey {
+        ProvisioningKey {
+            id: id.into(),
             description: None,
             created_at: rfc3339_now(),
             revoked_at: None,
             devices_registered: 0,
-        };
-        store.create_provisioning_key(&key, "hash-k1").unwrap();
-        store.set_target("d1", &new_target("{}", &poll(1), &[])).unwrap();
-        let reg = NewRegistration {
-            uuid: "d1".into(),
+            device: device.map(Into::into),
+            single_use: device.is_some(),
+            expires_at: None,
+        }
+    }
+
+    fn registration(uuid: &str, key_hash: &str, claimant: &ProvisioningKey) -> NewRegistration {
+        NewRegistration {
+            uuid: uuid.into(),
             device_name: Some("gw".into()),
             device_type: None,
-            key_hash: "hash-d1".into(),
-            provisioning_key_id: "k1".into(),
+            key_hash: key_hash.into(),
+            claimant: Claimant::Key {
+                id: claimant.id.clone(),
+                device: claimant.device.clone(),
+                single_use: claimant.single_use,
+            },
             system_info: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_prepared_device_is_claimed_once_by_its_registration_token() {
+        let store = SqliteStore::in_memory().unwrap();
+        let (fleet, token) = (key("k1", None), key("t1", Some("d1")));
+        store.create_provisioning_key(&fleet, "hash-k1").unwrap();
+        store.create_provisioning_key(&token, "hash-t1").unwrap();
+        assert_eq!(store.device("d1").unwrap().unwrap().id, 1, "the token reserves its uuid");
+        store.set_target("d1", &new_target("{}", &poll(1), &[])).unwrap();
+        let squat = registration("d1", "hash-squat", &fleet);
+        assert!(matches!(store.register_device(&squat), Err(Error::Conflict { .. })), "a fleet key cannot claim it");
+        let reg = registration("d1", "hash-d1", &token);
         let device = store.register_device(&reg).unwrap();
         assert!(device.registered);
         assert_eq!((device.id, device.registration_complete), (1, false));
         assert_eq!(device.target_version, 1, "the prepared target is kept");
-        assert_eq!(store.device_key_hash("d1").unwrap().as_deref(), Some("hash-d1"));
         assert_eq!(store.register_device(&reg).unwrap(), device, "the same registration again changes nothing");
+        assert_eq!(store.provisioning_key_by_hash("hash-t1").unwrap(), None, "the token is spent");
+        let again = registration("d1", "hash-d1-b", &token);
+        assert!(matches!(store.register_device(&again), Err(Error::Unauthorized { .. })), "spent: not twice");
+        assert!(matches!(store.register_device(&squat), Err(Error::Conflict { .. })));
+        assert_eq!(store.device_key_hash("d1").unwrap().as_deref(), Some("hash-d1"));
+    }
+
+    #[test]
+    fn a_registration_is_replaced_by_its_own_key_until_complete_and_after_a_reset() {
+        let store = SqliteStore::in_memory().unwrap();
+        let (fleet, other) = (key("k1", None), key("k2", None));
+        store.create_provisioning_key(&fleet, "hash-k1").unwrap();
+        store.create_provisioning_key(&other, "hash-k2").unwrap();
+        store.register_device(&registration("d2", "hash-a", &fleet)).unwrap();
         // Not complete yet: the agent may come back with another key (it crashed between phases).
-        let again = NewRegistration { key_hash: "hash-d1-b".into(), ..reg.clone() };
-        assert_eq!(store.register_device(&again).unwrap().id, 1, "the device keeps its number");
-        assert_eq!(store.device_by_key_hash("hash-d1").unwrap(), None, "the first key no longer works");
-        assert!(!store.complete_registration("d1", "hash-d1").unwrap(), "not its key any more");
-        assert!(store.complete_registration("d1", "hash-d1-b").unwrap());
-        let owner = store.device_by_key_hash("hash-d1-b").unwrap().unwrap();
-        assert!(owner.registration_complete);
-        assert!(matches!(store.register_device(&reg), Err(Error::Conflict { .. })), "complete: another key is refused");
-        assert!(store.register_device(&again).is_ok(), "complete: the same key is still idempotent");
-        assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap().unwrap().devices_registered, 1);
-        let other = NewRegistration { uuid: "d2".into(), key_hash: "hash-d2".into(), ..reg.clone() };
-        assert_eq!(store.register_device(&other).unwrap().id, 2, "numbers count up");
+        assert!(matches!(store.register_device(&registration("d2", "hash-x", &other)), Err(Error::Conflict { .. })));
+        assert_eq!(store.register_device(&registration("d2", "hash-b", &fleet)).unwrap().id, 1);
+        assert_eq!(store.device_by_key_hash("hash-a").unwrap(), None, "the first key no longer works");
+        assert!(!store.complete_registration("d2", "hash-a").unwrap(), "not its key any more");
+        assert!(store.complete_registration("d2", "hash-b").unwrap());
+        assert!(store.device_by_key_hash("hash-b").unwrap().unwrap().registration_complete);
+        let lost = registration("d2", "hash-c", &fleet);
+        assert!(
+            matches!(store.register_device(&lost), Err(Error::Conflict { .. })),
+            "complete: another key is refused"
+        );
+        assert!(store.register_device(&registration("d2", "hash-b", &fleet)).is_ok(), "the same key is idempotent");
+        assert!(store.reset_device_key("d2", "2000-01-01T00:00:00Z").unwrap(), "reset, open to no other key");
+        assert_eq!(store.device_by_key_hash("hash-b").unwrap(), None, "a reset key stops working");
+        assert!(matches!(store.register_device(&registration("d2", "hash-x", &other)), Err(Error::Conflict { .. })));
+        assert_eq!(store.register_device(&lost).unwrap().id, 1, "the key that registered it sets a new one");
+        assert!(store.reset_device_key("d2", "2999-01-01T00:00:00Z").unwrap(), "reset, open to any key");
+        assert!(store.register_device(&registration("d2", "hash-y", &other)).is_ok(), "open: another key sets it");
+        let late = registration("d2", "hash-z", &fleet);
+        assert!(matches!(store.register_device(&late), Err(Error::Conflict { .. })), "open only until a key is set");
+        assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap().unwrap().devices_registered, 3);
+        assert_eq!(store.provisioning_key_by_hash("hash-k2").unwrap().unwrap().devices_registered, 1);
+        assert_eq!(store.register_device(&registration("d3", "hash-d3", &other)).unwrap().id, 2, "numbers count up");
         assert!(store.revoke_provisioning_key("k1").unwrap());
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap(), None);
+    }
+
+    #[test]
+    fn deleting_a_device_takes_everything_of_it() {
+        use crate::store::TelemetryStore;
+        let store = SqliteStore::in_memory().unwrap();
+        let token = key("t1", Some("d1"));
+        store.create_provisioning_key(&token, "hash-t1").unwrap();
+        store.set_target("d1", &new_target("{}", &poll(1), &["docker.io/library/nginx:latest".into()])).unwrap();
+        store.register_device(&registration("d1", "hash-d1", &token)).unwrap();
+        store.create_provisioning_key(&key("t2", Some("d1")), "hash-t2").unwrap();
+        assert!(store.delete_device("d1").unwrap());
+        assert!(!store.delete_device("d1").unwrap(), "gone already");
+        assert_eq!(store.device("d1").unwrap(), None);
+        assert_eq!(store.device_by_key_hash("hash-d1").unwrap(), None);
+        assert_eq!(store.poll("d1").unwrap(), None);
+        assert_eq!(store.target_history("d1", None, 10).unwrap(), []);
+        assert!(store.devices_using("docker.io/library/nginx:latest").unwrap().is_empty());
+        assert_eq!(store.current_report("d1").unwrap(), None);
+        assert!(store.provisioning_keys().unwrap().iter().all(|k| k.device.is_none()), "its tokens are gone");
     }
 
     #[test]
@@ -690,7 +797,7 @@ mod tests {
             device_name: None,
             device_type: None,
             key_hash: "hash-d1".into(),
-            provisioning_key_id: "admin".into(),
+            claimant: Claimant::Operator,
             system_info: None,
         };
         let before = SqliteStore::poll_generation(&store);

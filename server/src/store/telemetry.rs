@@ -209,7 +209,7 @@ mod tests {
                 device_name: None,
                 device_type: None,
                 key_hash: format!("hash-{uuid}"),
-                provisioning_key_id: "admin".into(),
+                claimant: crate::claims::Claimant::Operator,
                 system_info: Some(r#"{"mac_address":"aa:bb"}"#.into()),
             })
             .unwrap();
