@@ -44,7 +44,7 @@ Exit status: 2 for usage, 78 for unusable settings, 1 for other errors.
 ";
 
 pub fn main() -> ExitCode {
-    crate::systemd::init_logging();
+    pinion_systemd::init_logging();
     match run_cli(std::env::args_os().skip(1).collect()) {
         Ok(code) => code,
         Err(error) => {

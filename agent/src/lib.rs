@@ -19,7 +19,6 @@ pub mod report;
 pub mod run;
 pub mod spec;
 pub mod store;
-pub mod systemd;
 pub mod tls;
 
 pub use error::Error;

@@ -50,7 +50,7 @@ pub fn run(config: Config) -> Result<(), Error> {
 
     let identity = wait_for_identity(&config, &store, &client)?;
     let engine = wait_for_engine(&config);
-    crate::systemd::ready();
+    pinion_systemd::ready();
     let mut agent = Agent {
         info: DeviceInfo { os_version: os_version(), local_ip: server_host(&server).and_then(|h| local_ip(&h)) },
         probation: Probation::new(config.probation),

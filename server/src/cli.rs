@@ -106,7 +106,9 @@ Durations are whole seconds or a number with s, m or h (30s, 15m, 2h).
 (PUT /api/v1/devices/UUID/update-policy); a target the operator sets applies at once.
 Time zones come from the system time zone database (/usr/share/zoneinfo, package tzdata).
 The admin token comes from PINION_ADMIN_TOKEN, or is made on first start and saved
-beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for more.
+beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for more;
+the HTTP client and TLS library (ureq, ureq_proto, rustls) log at most info, whatever
+RUST_LOG says, as below that they print requests, credentials included.
 
     -h, --help       print this help
     -V, --version    print the version
@@ -115,7 +117,7 @@ beside the database (DB with extension .admin-token). Logs: RUST_LOG=debug for m
 /// Runs the command line and turns errors into an exit code: 2 for usage and invalid
 /// references, 1 for everything else.
 pub fn main() -> ExitCode {
-    crate::systemd::init_logging();
+    pinion_systemd::init_logging();
     match run(std::env::args_os().skip(1).collect()) {
         Ok(code) => code,
         Err(error) => {
@@ -365,7 +367,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     }
     let listener = crate::listener::bind(&listen)?;
     log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
-    crate::systemd::ready();
+    pinion_systemd::ready();
     let limits = ClientLimits::per_minute(
         options.auth_failures_per_minute.unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
         options.registrations_per_minute.unwrap_or(DEFAULT_REGISTRATIONS_PER_MINUTE),

@@ -22,8 +22,6 @@ pub mod registry_events;
 pub mod secret_file;
 pub mod secrets;
 pub mod store;
-#[path = "../../agent/src/systemd.rs"]
-pub mod systemd;
 pub mod targets;
 pub mod telemetry;
 pub mod text;

@@ -4,13 +4,18 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// `errors[0].message` (with its `code` when there is one) of a distribution error body.
+/// `errors[0].message` (with its `code` when there is one) of a distribution error body,
+/// at most 300 characters of it, with control and bidirectional characters written out
+/// (`text::escape_unprintable`): it reaches the operator's answers and the log, where a
+/// registry's `\n<0>…` must not start a line of its own.
 pub(crate) fn error_message(body: &[u8]) -> Option<String> {
     let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let first = doc.get("errors")?.get(0)?;
     let message = first.get("message").and_then(|m| m.as_str()).filter(|m| !m.is_empty())?;
     let message: String = message.chars().take(300).collect();
-    match first.get("code").and_then(|c| c.as_str()) {
+    let message = crate::text::escape_unprintable(&message).into_owned();
+    let code = first.get("code").and_then(|c| c.as_str()).map(crate::text::escape_unprintable);
+    match code.as_deref() {
         Some(code) if !code.is_empty() => Some(format!("{code}: {message}")),
         _ => Some(message),
     }
@@ -76,6 +81,12 @@ mod tests {
             Some("MANIFEST_UNKNOWN: OCI index found, but accept header does not support OCI indexes")
         );
         assert_eq!(error_message(br#"{"errors":[{"message":"m"}]}"#).as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn control_characters_in_a_message_are_written_out() {
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN\n","message":"gone\n<0>forged\r\u001b[2J"}]}"#;
+        assert_eq!(error_message(body).as_deref(), Some(r"MANIFEST_UNKNOWN\n: gone\n<0>forged\r\u{1b}[2J"));
     }
 
     #[test]

@@ -101,18 +101,20 @@ pub(crate) fn fetch(
     asker: &Asker,
     access: &RegistryAccess,
 ) -> Result<String, Error> {
+    // Shown without its query in messages and logs.
+    let realm = transport::without_query(&key.realm);
     let Some((realm_scheme, realm_authority)) = transport::scheme_and_authority(&key.realm) else {
         return Err(Error::RegistryProtocol {
             registry: asker.domain.to_string(),
             reference: asker.reference.to_string(),
-            reason: format!("Bearer challenge with unusable realm {:?}", key.realm),
+            reason: format!("Bearer challenge with unusable realm {realm:?}"),
         });
     };
     if let Err(reason) = access.check_hop(realm_authority) {
         return Err(Error::RegistryNotAllowed {
             registry: realm_authority.to_string(),
             reference: asker.reference.to_string(),
-            reason: format!("token realm {} of {}: {reason}", key.realm, asker.domain),
+            reason: format!("token realm {} of {}: {reason}", realm, asker.domain),
         });
     }
     if credentials.is_some() && !may_send_credentials(&realm_scheme, realm_authority, asker) {
@@ -121,7 +123,7 @@ pub(crate) fn fetch(
             reference: asker.reference.to_string(),
             reason: format!(
                 "refusing to send the credentials for {} to token realm {} over plain http on another host",
-                asker.domain, key.realm
+                asker.domain, realm
             ),
         });
     }
@@ -135,7 +137,10 @@ pub(crate) fn fetch(
 
     let url = token_url(&key.realm, key.service.as_deref(), &key.scopes);
     log::debug!(
-        "token request {url} for {} ({})",
+        "token request to {} (service {:?}, scope {:?}) for {} ({})",
+        realm,
+        key.service.as_deref().unwrap_or_default(),
+        key.scopes.join(" "),
         asker.reference,
         if credentials.is_some() { "with credentials" } else { "anonymous" }
     );
@@ -151,9 +156,9 @@ pub(crate) fn fetch(
         200 => {}
         401 | 403 => {
             let reason = match credentials {
-                Some(_) => format!("credentials for {} were refused by token service {}", asker.domain, key.realm),
+                Some(_) => format!("credentials for {} were refused by token service {realm}", asker.domain),
                 None => {
-                    format!("no credentials configured for {}; token service {} requires them", asker.domain, key.realm)
+                    format!("no credentials configured for {}; token service {realm} requires them", asker.domain)
                 }
             };
             return Err(Error::RegistryUnauthorized {

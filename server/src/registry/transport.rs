@@ -121,6 +121,12 @@ pub(crate) fn scheme_and_authority(url: &str) -> Option<(String, &str)> {
     (!authority.is_empty()).then_some((scheme, authority))
 }
 
+/// A URL without its query and fragment, for logs and messages: a query may carry a
+/// secret (a token in a realm someone configured), and says nothing an operator needs.
+pub(crate) fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
 pub(crate) fn query_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -233,6 +239,13 @@ mod tests {
         assert_eq!(scheme_and_authority("ftp://x/"), None);
         assert_eq!(scheme_and_authority("https:///token"), None);
         assert_eq!(scheme_and_authority("token"), None);
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_query() {
+        assert_eq!(without_query("https://auth.example/token?secret=1&scope=x"), "https://auth.example/token");
+        assert_eq!(without_query("http://127.0.0.1:5000/v2/#frag"), "http://127.0.0.1:5000/v2/");
+        assert_eq!(without_query("https://auth.docker.io/token"), "https://auth.docker.io/token");
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! Life under systemd without a systemd library: `ready` sends `READY=1` to the socket
-//! named by `NOTIFY_SOCKET` (units with `Type=notify`), and `init_logging` writes log
-//! lines with sd-daemon priority prefixes (`<3>` error … `<7>` debug) when stderr is the
-//! journal, so `journalctl -p warning` works. Outside systemd both do what they did.
+//! Life under systemd without a systemd library, shared by the agent and the server:
+//! `ready` sends `READY=1` to the socket named by `NOTIFY_SOCKET` (units with
+//! `Type=notify`), and `init_logging` writes log lines with sd-daemon priority prefixes
+//! (`<3>` error … `<7>` debug) when stderr is the journal, so `journalctl -p warning`
+//! works. Outside systemd both do what they did.
 //! Every line is one line: control characters in a message (a registry's error text, a
 //! Docker error, a name a device chose) are escaped, so outside text cannot forge a log
 //! line or a journal priority (`\n<0>…`).
-//! The server compiles this same file (`#[path]` in server/src/lib.rs): no crate for 80 lines.
+//! No secret reaches a log at any level: the HTTP client and TLS library log what goes
+//! over the wire (ureq-proto hex-dumps every request at trace, `Authorization` with a
+//! registry password or token included), so their records above `info` are dropped
+//! whatever `RUST_LOG` says (`WIRE_CRATES`); a level set lower stays lower.
+//! Its own crate (log and env_logger only) because both binaries need exactly this.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -34,8 +39,20 @@ fn send(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// `RUST_LOG` filtering (default `info`), no timestamps (journald and terminals add their
-/// own), and a priority prefix per line when stderr is the journal stream systemd gave us.
+/// Crates that log the bytes, headers or URLs of what goes over the wire below `info`:
+/// ureq (request and response heads at debug, with the path and query and `Location` at
+/// trace), ureq-proto (a hex dump of every request and answer at trace) and rustls
+/// (handshake messages at trace). At `info` and above they log only warnings and errors
+/// in words (read in ureq 3.5, ureq-proto 0.7, rustls 0.23; `pinion_server`'s and
+/// `pinion_agent`'s other dependencies do not log).
+const WIRE_CRATES: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
+
+/// The most a `WIRE_CRATES` target may log, whatever `RUST_LOG` asks.
+const WIRE_CRATES_MAX: log::Level = log::Level::Info;
+
+/// `RUST_LOG` filtering (default `info`) with `WIRE_CRATES` held to `WIRE_CRATES_MAX`, no
+/// timestamps (journald and terminals add their own), and a priority prefix per line when
+/// stderr is the journal stream systemd gave us.
 pub fn init_logging() {
     let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     let journal = stderr_is_journal();
@@ -43,7 +60,39 @@ pub fn init_logging() {
         let line = log_line(record.level(), record.target(), &record.args().to_string(), journal);
         writeln!(out, "{line}")
     });
-    builder.init();
+    let logger = WireCapped(builder.build());
+    let max_level = logger.0.filter();
+    // Fails only if a logger is set already, which then stays.
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max_level);
+    }
+}
+
+/// env_logger's logger, with `WIRE_CRATES` records above `WIRE_CRATES_MAX` dropped. It
+/// only ever drops: a target `RUST_LOG` turned down or off stays so.
+struct WireCapped(env_logger::Logger);
+
+impl log::Log for WireCapped {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        !over_wire_cap(metadata.target(), metadata.level()) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !over_wire_cap(record.target(), record.level()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// Whether a record of `target` (a module path) at `level` is one of a `WIRE_CRATES`
+/// crate above `WIRE_CRATES_MAX`.
+fn over_wire_cap(target: &str, level: log::Level) -> bool {
+    let crate_name = target.split("::").next().unwrap_or(target);
+    level > WIRE_CRATES_MAX && WIRE_CRATES.contains(&crate_name)
 }
 
 /// One log line: `<priority>target: message` for the journal, `[LEVEL target] message`
@@ -106,6 +155,46 @@ mod tests {
         );
         assert!(!line.contains('\n') && !line.contains('\r') && !line.contains('\u{1b}'));
         assert_eq!(log_line(log::Level::Info, "t", "plain: é ü", false), "[INFO  t] plain: é ü");
+    }
+
+    fn metadata(target: &str, level: log::Level) -> log::Metadata<'_> {
+        log::Metadata::builder().target(target).level(level).build()
+    }
+
+    fn capped(filters: &str) -> WireCapped {
+        WireCapped(env_logger::Builder::new().parse_filters(filters).build())
+    }
+
+    #[test]
+    fn the_http_client_and_tls_library_log_nothing_above_info_whatever_rust_log_says() {
+        use log::Level::*;
+        use log::Log;
+        for filters in ["trace", "debug", "ureq=trace,ureq_proto=trace,rustls=trace", "info,ureq_proto::util=trace"] {
+            let logger = capped(filters);
+            for target in ["ureq", "ureq::run", "ureq_proto::util", "ureq_proto::client::mod", "rustls::common_state"] {
+                for level in [Trace, Debug] {
+                    assert!(!logger.enabled(&metadata(target, level)), "{filters}: {target} at {level}");
+                }
+                assert!(logger.enabled(&metadata(target, Info)), "{filters}: {target} at info");
+                assert!(logger.enabled(&metadata(target, Warn)), "{filters}: {target} at warn");
+            }
+        }
+        // Everything else is as RUST_LOG says.
+        let trace = capped("trace");
+        for target in ["pinion_server::registry::token", "pinion_agent::run", "ureqx", "rustls_pki_types", "my_ureq"] {
+            assert!(trace.enabled(&metadata(target, Trace)), "{target}");
+        }
+    }
+
+    #[test]
+    fn a_level_turned_down_stays_down() {
+        use log::Level::*;
+        use log::Log;
+        let off = capped("trace,ureq=off,rustls=warn");
+        assert!(!off.enabled(&metadata("ureq::run", Error)));
+        assert!(!off.enabled(&metadata("rustls::check", Info)));
+        assert!(off.enabled(&metadata("rustls::check", Warn)));
+        assert!(off.enabled(&metadata("pinion_server::api", Trace)));
     }
 
     #[test]
