@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::engine::{Container, DockerEngine, Engine, LABEL_CONFIG_HASH};
 use crate::failure_logs::{failed_starts, FailureLogs};
 use crate::identity::ensure_identity;
-use crate::plan::{container_key, plan, PlanInput};
+use crate::ownership::{Owner, MACHINE_ID_PATH};
+use crate::plan::{container_key, plan, PlanInput, Step};
 use crate::probation::Probation;
 use crate::registry_auth::RegistryAuth;
 use crate::report::{build_report, local_ip, os_version, DeviceInfo, ReportInput};
@@ -22,6 +23,7 @@ use crate::store::{unix_now, AgentStore, Identity, ServiceRecord};
 use crate::Error;
 use pinion_model::TargetState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Timeout of each request to the server.
@@ -49,6 +51,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     );
 
     let identity = wait_for_identity(&config, &store, &client)?;
+    let owner = Owner::for_gateway(Path::new(MACHINE_ID_PATH), &identity.device_key);
     let engine = wait_for_engine(&config);
     pinion_systemd::ready();
     let mut agent = Agent {
@@ -60,6 +63,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         client,
         identity,
         engine,
+        owner,
+        foreign_seen: BTreeSet::new(),
         poll_failures: 0,
         next_poll: Instant::now(),
         last_report: None,
@@ -105,6 +110,10 @@ struct Agent {
     probation: Probation,
     /// Last lines of failed deployments, waiting to be sent.
     failure_logs: FailureLogs,
+    /// Whose containers are the agent's.
+    owner: Owner,
+    /// Containers with pinion's labels that are not the agent's, already logged.
+    foreign_seen: BTreeSet<String>,
     poll_failures: u32,
     next_poll: Instant,
     /// The last report delivered, and when.
@@ -191,8 +200,8 @@ impl Agent {
         self.probation.watch(&self.engine, &self.store, &target_services, &mut self.failure_logs, now)?;
         // The target's services, but the deployment put back where one failed probation.
         let desired = self.probation.effective(&self.store, target_services)?;
-        let containers = self.engine.managed_containers()?;
         let records = self.store.services()?;
+        let containers = self.owned_containers(&records)?;
         let mut holding: BTreeSet<ServiceKey> = invalid.iter().map(|(key, _)| key.clone()).collect();
         for record in &records {
             let same_attempt = desired
@@ -221,7 +230,8 @@ impl Agent {
         let (containers, records) = if steps.is_empty() {
             (containers, records)
         } else {
-            (self.engine.managed_containers()?, self.store.services()?)
+            let records = self.store.services()?;
+            (self.owned_containers(&records)?, records)
         };
         for failed in failed_starts(&steps, &desired, &activities, &containers) {
             self.failure_logs.collect(&self.engine, failed.service, failed.container, &failed.why);
@@ -235,6 +245,23 @@ impl Agent {
         }
         self.report(&desired, &invalid, &containers, &activities);
         Ok(())
+    }
+
+    /// The containers that are this agent's (`ownership.rs`); others labelled as pinion's
+    /// are left alone, and said so once each.
+    fn owned_containers(&mut self, records: &[ServiceRecord]) -> Result<Vec<Container>, Error> {
+        let recorded: BTreeSet<&str> = records.iter().filter_map(|r| r.container_id.as_deref()).collect();
+        let (owned, foreign) = self.owner.split(self.engine.managed_containers()?, &recorded);
+        for container in foreign {
+            if self.foreign_seen.insert(container.id.clone()) {
+                log::warn!(
+                    "container {} ({}) carries pinion's labels but was not made by this agent: left alone",
+                    container.name,
+                    container.id.get(..12).unwrap_or(&container.id)
+                );
+            }
+        }
+        Ok(owned)
     }
 
     fn apply(
@@ -272,7 +299,17 @@ impl Agent {
         };
         // Pulls from a private registry carry the credentials the server sent with the target.
         let registry_auth = RegistryAuth::from_store(store);
-        apply(engine, store, steps, desired, &|image| registry_auth.header_for(image), &mut on_activity)
+        // Every container made carries this gateway's owner label.
+        let steps: Vec<Step> = steps
+            .iter()
+            .map(|step| match step {
+                Step::CreateAndStart { service, name, body } => {
+                    Step::CreateAndStart { service: service.clone(), name: name.clone(), body: self.owner.stamp(body) }
+                }
+                other => other.clone(),
+            })
+            .collect();
+        apply(engine, store, &steps, desired, &|image| registry_auth.header_for(image), &mut on_activity)
     }
 
     /// Reports when the state changed since the last delivered report, or as a heartbeat.

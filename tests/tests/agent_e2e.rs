@@ -263,3 +263,35 @@ fn a_tag_kept_as_fallback_still_runs_on_the_device() {
     let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
     agent.converge("the tag runs", || runs_exactly(docker, 3, "main", &image));
 }
+
+/// Docker copies an image's labels onto its containers: a registry image labelled as
+/// pinion's app, run by hand beside the agent, must not become the agent's to remove.
+#[test]
+fn a_container_run_by_hand_from_an_image_with_pinions_labels_is_left_alone() {
+    let turn = take_turn();
+    let docker = &turn.docker;
+    let registry = Registry::start(Auth::Anonymous);
+    let server = Server::start(&[]);
+    let image = format!("{}/owned/app:v1", registry.host());
+    let digest = push_version(docker, &image, "v1");
+    let pinned = format!("{}/owned/app@{digest}", registry.host());
+
+    // The intruding image: labelled as app 1001's service `web`, as a registry image may be.
+    let labelled = format!("{}/intruder/app:v1", registry.host());
+    docker.import_busybox(&labelled, "intruder", r#"["/bin/sh", "-c", "exec sleep 3600"]"#);
+    let maker = unique("labeller");
+    docker.run(&["create", "--name", &maker, &labelled]);
+    let labels = ["LABEL io.pinion.app-id=1001", "LABEL io.pinion.service-name=web"];
+    docker.run(&["commit", "--change", labels[0], "--change", labels[1], &maker, &labelled]);
+    docker.run(&["rm", &maker]);
+    let by_hand = unique("by-hand");
+    docker.run(&["run", "-d", "--name", &by_hand, &labelled]);
+
+    let uuid = unique("owner");
+    set_target(&server, &uuid, &target(&[(1001, "web", vec![service("nginx", &image, json!({}))])]));
+    let agent = Agent::start(&server.url(), &server.provisioning_key_for(&uuid), &uuid, docker);
+    agent.converge("its own service running", || runs_exactly(docker, 1001, "nginx", &pinned));
+    agent.converge("the intruder noticed", || agent.log().contains("was not made by this agent"));
+    let state = docker.run(&["inspect", "-f", "{{.State.Running}}", &by_hand]);
+    assert_eq!(state.trim(), "true", "the container run by hand was touched:\n{}", agent.log());
+}
