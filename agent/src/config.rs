@@ -1,7 +1,9 @@
 //! The agent's settings: `/etc/pinion/agent.toml` (flat `key = value` TOML), each key
 //! overridable by a `PINION_*` environment variable. Durations take plain seconds or an
-//! `s`/`m`/`h` suffix.
+//! `s`/`m`/`h` suffix; lists are one quoted string of comma-separated entries
+//! (`allowed_devices = "/dev/ttyUSB0, /dev/i2c-1"`), and an empty string is an empty list.
 
+use crate::host_limits::{self, HostLimits};
 use crate::Error;
 use pinion_model::duration::parse_duration;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,9 @@ pub struct Config {
     pub probation: Duration,
     pub docker_socket: PathBuf,
     pub db: PathBuf,
+    /// What a target state may ask of this host (`allow_privileged`, `allowed_*`, …);
+    /// everything is refused by default.
+    pub limits: HostLimits,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             probation: DEFAULT_PROBATION,
             docker_socket: DEFAULT_DOCKER_SOCKET.into(),
             db: DEFAULT_DB_PATH.into(),
+            limits: HostLimits::default(),
         }
     }
 }
@@ -74,6 +80,12 @@ const KEYS: &[(&str, &str)] = &[
     ("probation", "PINION_PROBATION"),
     ("docker_socket", "PINION_DOCKER_SOCKET"),
     ("db", "PINION_DB"),
+    ("allow_privileged", "PINION_ALLOW_PRIVILEGED"),
+    ("allowed_bind_sources", "PINION_ALLOWED_BIND_SOURCES"),
+    ("allowed_devices", "PINION_ALLOWED_DEVICES"),
+    ("allowed_capabilities", "PINION_ALLOWED_CAPABILITIES"),
+    ("allow_host_network", "PINION_ALLOW_HOST_NETWORK"),
+    ("allowed_registries", "PINION_ALLOWED_REGISTRIES"),
 ];
 
 impl Config {
@@ -119,6 +131,20 @@ impl Config {
             "probation" => self.probation = parse_duration(value)?,
             "docker_socket" => self.docker_socket = value.into(),
             "db" => self.db = value.into(),
+            "allow_privileged" => self.limits.allow_privileged = boolean(key, value)?,
+            "allowed_bind_sources" => {
+                self.limits.allowed_bind_sources = host_limits::parse_list(key, value, host_limits::path_entry)?
+            }
+            "allowed_devices" => {
+                self.limits.allowed_devices = host_limits::parse_list(key, value, host_limits::path_entry)?
+            }
+            "allowed_capabilities" => {
+                self.limits.allowed_capabilities = host_limits::parse_list(key, value, host_limits::capability_entry)?
+            }
+            "allow_host_network" => self.limits.allow_host_network = boolean(key, value)?,
+            "allowed_registries" => {
+                self.limits.allowed_registries = host_limits::parse_list(key, value, host_limits::registry_entry)?
+            }
             _ => {
                 let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
                 return Err(format!("unknown key {key:?} (known: {})", known.join(", ")));
@@ -129,6 +155,11 @@ impl Config {
 }
 
 impl Config {
+    /// The gateway's limits, with the agent's own Docker socket among the protected paths.
+    pub fn host_limits(&self) -> HostLimits {
+        HostLimits { docker_socket: self.docker_socket.to_str().map(str::to_owned), ..self.limits.clone() }
+    }
+
     /// The server URL, when it is set and allowed (`tls::check_server_url`): checked at
     /// startup, before anything connects, so a refused URL is never tried.
     pub fn server_url(&self) -> Result<&str, Error> {
@@ -296,6 +327,38 @@ mod tests {
             .server_url()
             .is_err());
         assert!(load("", &[]).unwrap().server_url().unwrap_err().to_string().contains("not set"));
+    }
+
+    #[test]
+    fn host_limits_are_closed_by_default_and_lists_are_comma_separated() {
+        let closed = load("", &[]).unwrap();
+        assert_eq!(closed.limits, HostLimits::default());
+        assert!(!closed.limits.allow_privileged && closed.limits.allowed_bind_sources.is_empty());
+        assert_eq!(closed.host_limits().docker_socket.as_deref(), Some(DEFAULT_DOCKER_SOCKET));
+
+        let open = load(
+            "allow_privileged = true\nallowed_bind_sources = \"/srv/app/, /var/lib/data\"\n\
+             allowed_devices = '/dev/ttyUSB0'\nallowed_capabilities = \"cap_net_admin,SYS_TIME\"\n\
+             allow_host_network = true\nallowed_registries = \"registry.example.com:5000\"\n",
+            &[("PINION_ALLOWED_DEVICES", "/dev/i2c-1,/dev/gpiomem")],
+        )
+        .unwrap();
+        let limits = open.limits;
+        assert!(limits.allow_privileged && limits.allow_host_network);
+        assert_eq!(limits.allowed_bind_sources, ["/srv/app", "/var/lib/data"]);
+        assert_eq!(limits.allowed_devices, ["/dev/i2c-1", "/dev/gpiomem"], "the environment wins");
+        assert_eq!(limits.allowed_capabilities, ["NET_ADMIN", "SYS_TIME"]);
+        assert_eq!(limits.allowed_registries, ["registry.example.com:5000"]);
+
+        let err = |text: &str| load(text, &[]).unwrap_err().to_string();
+        assert!(
+            err("allowed_bind_sources = \"srv\"").contains("absolute"),
+            "{}",
+            err("allowed_bind_sources = \"srv\"")
+        );
+        assert!(err("allowed_devices = \"/dev/../etc/shadow\"").contains("without `..`"));
+        assert!(err("allow_privileged = yes").contains("must be a quoted string"));
+        assert!(err("allow_host_network = \"on\"").contains("must be true or false"));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Error {
     Store { op: &'static str, reason: String },
     /// A target state the agent cannot run; `reason` names the app and service.
     InvalidTarget { reason: String },
+    /// A service this gateway's limits refuse (`host_limits`): each refusal names what
+    /// was asked and the `agent.toml` setting that would allow it.
+    Refused { service: String, refusals: Vec<crate::host_limits::Refusal> },
     /// A local file.
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -44,6 +47,13 @@ impl fmt::Display for Error {
             Docker { op, status, message } => write!(f, "docker {op} failed ({status}): {message}"),
             Store { op, reason } => write!(f, "agent database error while {op}: {reason}"),
             InvalidTarget { reason } => write!(f, "target state cannot be run: {reason}"),
+            Refused { service, refusals } => {
+                write!(f, "service {service}: ")?;
+                for (i, refusal) in refusals.iter().enumerate() {
+                    write!(f, "{}{refusal}", if i == 0 { "" } else { "; also, " })?;
+                }
+                Ok(())
+            }
             Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }

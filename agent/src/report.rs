@@ -39,7 +39,9 @@ pub fn build_report(input: &ReportInput<'_>) -> Value {
         apps.entry(wanted.key.app_id.clone()).or_default().insert(wanted.key.service_name.clone(), service);
     }
     for (key, error) in input.invalid {
-        let service = json!({"status": "error", "error": {"type": "invalid_service", "message": error.to_string()}});
+        // A service this gateway's limits refuse (`host_limits`), or one it cannot run.
+        let kind = if let Error::Refused { .. } = error { "refused_by_gateway" } else { "invalid_service" };
+        let service = json!({"status": "error", "error": {"type": kind, "message": error.to_string()}});
         apps.entry(key.app_id.clone()).or_default().insert(key.service_name.clone(), service);
     }
     let apps: Map<String, Value> =
@@ -213,10 +215,17 @@ mod tests {
             deployed_at: 0,
             rollback: None,
         }];
-        let invalid = [(
-            ServiceKey { app_id: "2".into(), service_name: "bad".into() },
-            Error::InvalidTarget { reason: "app 2, service bad: no image".into() },
-        )];
+        let refusal = crate::host_limits::Refusal { asked: "privileged".into(), remedy: "set x".into() };
+        let invalid = [
+            (
+                ServiceKey { app_id: "2".into(), service_name: "bad".into() },
+                Error::InvalidTarget { reason: "app 2, service bad: no image".into() },
+            ),
+            (
+                ServiceKey { app_id: "2".into(), service_name: "root".into() },
+                Error::Refused { service: "root (app 2)".into(), refusals: vec![refusal] },
+            ),
+        ];
         let report = build_report(&ReportInput {
             uuid: "dev",
             desired: &desired,
@@ -241,6 +250,12 @@ mod tests {
             (json!(2), json!(1_900_000_000u64))
         );
         assert_eq!(report["dev"]["apps"]["2"]["services"]["bad"]["error"]["type"], "invalid_service");
+        let root = &report["dev"]["apps"]["2"]["services"]["root"];
+        assert_eq!(
+            (root["status"].as_str(), root["error"]["type"].as_str()),
+            (Some("error"), Some("refused_by_gateway"))
+        );
+        assert!(root["error"]["message"].as_str().unwrap().starts_with("service root (app 2): privileged is refused"));
         assert_eq!(report["dev"]["os_version"], "Debian");
         assert!(services["up"].get("rollback").is_none());
     }
