@@ -50,7 +50,18 @@ impl<R: Resolver> Resolver for Guarded<R> {
             log::warn!("refusing to connect to {authority}: {reason}");
             ureq::Error::Other(Box::new(Refused { host: authority.clone(), reason }))
         };
-        self.access.check_hop(&authority).map_err(refuse)?;
+        // An HTTP proxy (`HTTPS_PROXY`, `ALL_PROXY`) is asked for by ureq, not sent to by a
+        // registry: only the link-local and metadata refusal applies to it. (Through a
+        // proxy ureq does not resolve the target, so hops are not seen here at all; see
+        // SECURITY.md, "Not promised".)
+        let is_proxy = config
+            .proxy()
+            .is_some_and(|p| uri.host() == Some(p.host()) && uri.port_u16().is_none_or(|port| port == p.port()));
+        if is_proxy {
+            self.access.check_host(&authority).map_err(refuse)?;
+        } else {
+            self.access.check_hop(&authority).map_err(refuse)?;
+        }
         let resolved = self.inner.resolve(uri, config, timeout)?;
         let mut kept = self.empty();
         let mut refusal = None;
@@ -148,6 +159,26 @@ pub(crate) mod tests {
         let system = Guarded { inner: DefaultResolver::default(), access: Arc::new(RegistryAccess::default()) };
         let refusal = refused(resolve(&system, "http://169.254.169.254:80/latest/meta-data/").unwrap_err());
         assert_eq!(refusal.host, "169.254.169.254:80");
+    }
+
+    #[test]
+    fn an_http_proxy_is_not_held_to_the_list_but_is_to_the_link_local_refusal() {
+        let list = RegistryAccess::new(&["registry.lan:5000".to_string()], false).unwrap();
+        let table = Table(vec![("proxy.lan", vec![addr("10.0.0.9:3128")]), ("other.lan", vec![addr("10.0.0.8:80")])]);
+        let resolver = guarded(table, list.clone());
+        let proxied = |proxy: &str| Config::builder().proxy(Some(ureq::Proxy::new(proxy).unwrap())).build();
+        let resolve_with = |resolver: &Guarded<Table>, config: &Config, url: &str| {
+            let uri: Uri = url.parse().unwrap();
+            resolver.resolve(&uri, config, NextTimeout::default()).map(|a| a.iter().copied().collect::<Vec<_>>())
+        };
+        let config = proxied("http://proxy.lan:3128");
+        assert_eq!(resolve_with(&resolver, &config, "http://proxy.lan:3128").unwrap(), [addr("10.0.0.9:3128")]);
+        assert!(resolve_with(&resolver, &config, "http://other.lan/").is_err(), "only the proxy itself");
+        let metadata = guarded(Table::default(), list);
+        let refusal = refused(
+            resolve_with(&metadata, &proxied("http://169.254.169.254:80"), "http://169.254.169.254:80").unwrap_err(),
+        );
+        assert!(refusal.reason.contains("metadata"), "{refusal}");
     }
 
     #[test]
