@@ -108,7 +108,9 @@ fn status(config: &Config) -> Result<ExitCode, Error> {
     let identity = store.identity()?;
     let target = store.target()?;
     let state: TargetState = target.as_ref().and_then(|t| serde_json::from_str(&t.state).ok()).unwrap_or_default();
-    let (desired, invalid) = desired_services(&state);
+    let (desired, mut invalid) = desired_services(&state);
+    let desired =
+        crate::host_limits::enforce(&config.host_limits(), desired, &mut invalid, &crate::host_limits::real_path);
     let records = store.services()?;
     let services: Vec<_> = desired
         .iter()

@@ -12,6 +12,7 @@ use crate::client::{Poll, ServerClient};
 use crate::config::Config;
 use crate::engine::{Container, DockerEngine, Engine, LABEL_CONFIG_HASH};
 use crate::failure_logs::{failed_starts, FailureLogs};
+use crate::host_limits::{self, LoggedOnce};
 use crate::identity::ensure_identity;
 use crate::ownership::{Owner, MACHINE_ID_PATH};
 use crate::plan::{container_key, plan, PlanInput, Step};
@@ -65,6 +66,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         engine,
         owner,
         foreign_seen: BTreeSet::new(),
+        invalid_logged: LoggedOnce::default(),
         poll_failures: 0,
         next_poll: Instant::now(),
         last_report: None,
@@ -114,6 +116,8 @@ struct Agent {
     owner: Owner,
     /// Containers with pinion's labels that are not the agent's, already logged.
     foreign_seen: BTreeSet<String>,
+    /// Invalid and refused services, logged when they appear rather than every cycle.
+    invalid_logged: LoggedOnce,
     poll_failures: u32,
     next_poll: Instant,
     /// The last report delivered, and when.
@@ -195,11 +199,20 @@ impl Agent {
                 .map_err(|e| Error::InvalidTarget { reason: format!("stored target is not a target state: {e}") })?,
             None => TargetState::default(),
         };
-        let (target_services, invalid) = desired_services(&target);
+        let (target_services, mut invalid) = desired_services(&target);
+        // What this gateway refuses is never created: held and reported like an invalid service.
+        let limits = self.config.host_limits();
+        let target_services = host_limits::enforce(&limits, target_services, &mut invalid, &host_limits::real_path);
         let now = unix_now();
         self.probation.watch(&self.engine, &self.store, &target_services, &mut self.failure_logs, now)?;
-        // The target's services, but the deployment put back where one failed probation.
+        // The target's services, but the deployment put back where one failed probation
+        // (judged again: the limits may have closed since it ran).
         let desired = self.probation.effective(&self.store, target_services)?;
+        let desired = host_limits::enforce(&limits, desired, &mut invalid, &host_limits::real_path);
+        for message in self.invalid_logged.fresh(&invalid) {
+            log::error!("{message}");
+            let _ = self.store.log_event("error", &message);
+        }
         let records = self.store.services()?;
         let containers = self.owned_containers(&records)?;
         let mut holding: BTreeSet<ServiceKey> = invalid.iter().map(|(key, _)| key.clone()).collect();
