@@ -7,10 +7,11 @@
 //! store, so that the planner only ever sees the services to run.
 
 use crate::apply::Activity;
+use crate::clock::Moment;
 use crate::engine::{ContainerHealth, Engine};
 use crate::failure_logs::FailureLogs;
 use crate::spec::{DesiredService, ServiceKey};
-use crate::store::{AgentStore, Deployments, Rollback, ServiceRecord};
+use crate::store::{unix_now, AgentStore, Deployments, Rollback, ServiceRecord};
 use crate::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -78,8 +79,10 @@ pub fn apply_rollbacks(
     (desired, outdated)
 }
 
-fn in_probation(record: &ServiceRecord, period: Duration, now: u64) -> bool {
-    record.rollback.is_none() && record.deployed_at > 0 && now < record.deployed_at.saturating_add(period.as_secs())
+/// Whether `record`'s deployment is in probation at `now`, on the boot clock: the wall
+/// clock (1970 at boot without an RTC, stepped by NTP later) never decides a rollback.
+fn in_probation(record: &ServiceRecord, period: Duration, now: &Moment) -> bool {
+    record.rollback.is_none() && record.probation_since.as_ref().is_some_and(|since| since.after(period).is_after(now))
 }
 
 /// Watches deployments in probation and rolls back those that fail it.
@@ -113,11 +116,12 @@ impl Probation {
         store: &AgentStore,
         target: &[DesiredService],
         failure_logs: &mut FailureLogs,
-        now: u64,
+        now: &Moment,
     ) -> Result<(), Error> {
         if self.period.is_zero() {
             return Ok(());
         }
+        self.keep_probation_clocks(store, now)?;
         self.judged.retain(|(key, hash)| target.iter().any(|d| &d.key == key && &d.config_hash == hash));
         for record in store.services()?.iter().filter(|r| in_probation(r, self.period, now)) {
             let Some(wanted) = target.iter().find(|d| d.key == record.key) else { continue };
@@ -139,8 +143,27 @@ impl Probation {
             };
             if let Some(reason) = probation_verdict(&health, current.keep_running) {
                 self.judged.insert((wanted.key.clone(), current.config_hash.clone()));
-                let said = self.reject(store, current, restore_point(current, &deployments, true), reason, now)?;
+                let said = self.reject(store, current, restore_point(current, &deployments, true), reason)?;
                 failure_logs.collect(engine, current, Some(container), &said);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the probations that passed (each written once), and starts again those a
+    /// reboot interrupted: how much of them ran is not known.
+    fn keep_probation_clocks(&self, store: &AgentStore, now: &Moment) -> Result<(), Error> {
+        for record in store.services()? {
+            let Some(since) = &record.probation_since else { continue };
+            match since.seconds_until(now) {
+                None => {
+                    let message = format!("{}: the gateway restarted during probation; it starts again", record.key);
+                    log::info!("{message}");
+                    let _ = store.log_event("info", &message);
+                    store.restart_probation(&record.key, now)?;
+                }
+                Some(elapsed) if elapsed >= self.period.as_secs() => store.end_probation(&record.key)?,
+                Some(_) => {}
             }
         }
         Ok(())
@@ -167,7 +190,7 @@ impl Probation {
         store: &AgentStore,
         desired: &[DesiredService],
         failed: &BTreeMap<ServiceKey, Activity>,
-        now: u64,
+        now: &Moment,
     ) -> Result<(), Error> {
         self.busy = false;
         if self.period.is_zero() {
@@ -190,7 +213,7 @@ impl Probation {
             // Nothing to go back to: `apply` logged the failure and retries with backoff.
             if let Some(restore) = restore_point(attempted, &deployments, in_probation(record, self.period, now)) {
                 self.busy = true;
-                self.reject(store, attempted, Some(restore), reason, now)?;
+                self.reject(store, attempted, Some(restore), reason)?;
             }
         }
         self.busy |= store.services()?.iter().any(|r| in_probation(r, self.period, now));
@@ -205,7 +228,6 @@ impl Probation {
         rejected: &DesiredService,
         restore: Option<&DesiredService>,
         reason: String,
-        now: u64,
     ) -> Result<String, Error> {
         let key = &rejected.key;
         let Some(restore) = restore else {
@@ -222,7 +244,7 @@ impl Probation {
             from_config_hash: rejected.config_hash.clone(),
             to: restore.clone(),
             reason,
-            at: now,
+            at: unix_now(),
         };
         store.record_rollback(key, &rollback)?;
         Ok(message)
@@ -232,7 +254,6 @@ impl Probation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::unix_now;
 
     fn health(state: &str, exit_code: i64, restart_count: u32, health: Option<&str>) -> ContainerHealth {
         ContainerHealth { state: state.into(), exit_code, restart_count, health: health.map(String::from) }
@@ -294,6 +315,8 @@ mod tests {
             retry_at: 0,
             last_error: None,
             deployed_at: 1,
+            probation_since: None,
+            retry_after: None,
             rollback,
         }
     }
@@ -381,24 +404,21 @@ mod tests {
         let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
         store.record_deployed(&v1, "c1").unwrap();
         store.record_deployed(&v2, "c2").unwrap();
-        let now = store.services().unwrap()[0].deployed_at;
+        let now = store.services().unwrap()[0].probation_since.clone().expect("v2's probation runs");
+        let at = |secs| now.after(Duration::from_secs(secs));
         let mut probation = Probation::new(Duration::from_secs(60));
         let mut logs = FailureLogs::new();
-        probation.after_apply(&store, std::slice::from_ref(&v2), &BTreeMap::new(), now).unwrap();
+        probation.after_apply(&store, std::slice::from_ref(&v2), &BTreeMap::new(), &now).unwrap();
         assert!(probation.busy(), "v2 is in probation");
 
         // Running fine: nothing happens.
         probation
-            .watch(&Inspecting(health("running", 0, 0, None)), &store, std::slice::from_ref(&v2), &mut logs, now)
+            .watch(&Inspecting(health("running", 0, 0, None)), &store, std::slice::from_ref(&v2), &mut logs, &now)
             .unwrap();
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
-        // After probation, a crash is no longer judged.
         // Crashing as Docker shows it under restart `always`: restarted again and again.
         let crashing = Inspecting(health("restarting", 1, 2, None));
-        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, now + 60).unwrap();
-        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
-
-        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, now + 5).unwrap();
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, &at(5)).unwrap();
         let rollback = store.rollback_of(&v2.key).unwrap().expect("rolled back");
         assert_eq!((rollback.from_image.as_str(), rollback.to.image.as_str()), ("a@2", "a@1"));
         assert_eq!(rollback.reason, "restarted 2 times within probation (last exit code 1)");
@@ -417,8 +437,8 @@ mod tests {
 
         // v1 is put back; it is not judged (there is nowhere further to go), nor is v2 retried.
         store.record_deployed(&v1, "c3").unwrap();
-        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, now + 6).unwrap();
-        probation.after_apply(&store, std::slice::from_ref(&v1), &BTreeMap::new(), now + 6).unwrap();
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, &at(6)).unwrap();
+        probation.after_apply(&store, std::slice::from_ref(&v1), &BTreeMap::new(), &at(6)).unwrap();
         assert!(!probation.busy(), "a deployment under a rollback is not watched");
         assert_eq!(logs.pending().count(), 2, "said once");
         assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
@@ -427,6 +447,44 @@ mod tests {
         let v3 = DesiredService::example("web", "a@3", "h3");
         assert_eq!(probation.effective(&store, vec![v3.clone()]).unwrap(), vec![v3]);
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+    }
+
+    /// The boot clock decides, never the wall clock: a gateway without an RTC boots at
+    /// 1970 and NTP steps it by decades later.
+    #[test]
+    fn probation_passes_once_on_the_boot_clock_and_starts_again_after_a_reboot() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        store.record_deployed(&v2, "c2").unwrap();
+        let since = store.services().unwrap()[0].probation_since.clone().expect("v2's probation runs");
+        let mut probation = Probation::new(Duration::from_secs(60));
+        let mut logs = FailureLogs::new();
+        let crashing = Inspecting(health("restarting", 1, 2, None));
+        // Passed: written once, and never judged again on this boot.
+        probation
+            .watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, &since.after(Duration::from_secs(60)))
+            .unwrap();
+        assert_eq!(store.services().unwrap()[0].probation_since, None, "passed");
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, &since).unwrap();
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None, "a settled deployment is not judged");
+        // Nor after a reboot: a brief unhealthy start at boot rolls nothing back.
+        let rebooted = Moment { boot: "next-boot".into(), uptime: 100 };
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, &rebooted).unwrap();
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+
+        // A reboot in the middle of a probation: it starts again, and still catches a crash.
+        let v3 = DesiredService::example("web", "a@3", "h3");
+        store.record_deployed(&v3, "c3").unwrap();
+        let booted = Moment { boot: "third-boot".into(), uptime: 3 };
+        let healthy = Inspecting(health("running", 0, 0, None));
+        probation.watch(&healthy, &store, std::slice::from_ref(&v3), &mut logs, &booted).unwrap();
+        assert_eq!(store.services().unwrap()[0].probation_since, Some(booted.clone()), "started again");
+        probation
+            .watch(&crashing, &store, std::slice::from_ref(&v3), &mut logs, &booted.after(Duration::from_secs(10)))
+            .unwrap();
+        let rollback = store.rollback_of(&v3.key).unwrap().expect("rolled back");
+        assert_eq!(rollback.to.image, "a@2");
     }
 
     #[test]
@@ -438,7 +496,7 @@ mod tests {
         store.record_failure(&v2.key, &v2.image, &v2.config_hash, &message, &|_| Duration::from_secs(10)).unwrap();
         let failed = BTreeMap::from([(v2.key.clone(), Activity::Failed { kind: "start_failed", message })]);
         let mut probation = Probation::new(Duration::from_secs(60));
-        probation.after_apply(&store, std::slice::from_ref(&v2), &failed, unix_now()).unwrap();
+        probation.after_apply(&store, std::slice::from_ref(&v2), &failed, &crate::clock::now()).unwrap();
         let rollback = store.rollback_of(&v2.key).unwrap().expect("rolled back");
         assert_eq!(rollback.to, v1);
         assert!(rollback.reason.starts_with("failed to start: "), "{}", rollback.reason);
@@ -449,14 +507,16 @@ mod tests {
         store.record_failure(&db.key, &db.image, &db.config_hash, "x", &|_| Duration::from_secs(10)).unwrap();
         let failed = BTreeMap::from([(db.key.clone(), Activity::Failed { kind: "start_failed", message: "x".into() })]);
         let mut first = Probation::new(Duration::from_secs(60));
-        first.after_apply(&store, std::slice::from_ref(&db), &failed, unix_now()).unwrap();
+        first.after_apply(&store, std::slice::from_ref(&db), &failed, &crate::clock::now()).unwrap();
         assert_eq!(store.rollback_of(&db.key).unwrap(), None);
         assert!(!first.busy());
 
         // Off: nothing is rolled back.
         store.clear_rollback(&v2.key).unwrap();
         let failed = BTreeMap::from([(v2.key.clone(), Activity::Failed { kind: "start_failed", message: "x".into() })]);
-        Probation::new(Duration::ZERO).after_apply(&store, std::slice::from_ref(&v2), &failed, unix_now()).unwrap();
+        Probation::new(Duration::ZERO)
+            .after_apply(&store, std::slice::from_ref(&v2), &failed, &crate::clock::now())
+            .unwrap();
         assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
     }
 }

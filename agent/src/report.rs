@@ -213,6 +213,8 @@ mod tests {
             retry_at: 1_900_000_000,
             last_error: Some("start failed".into()),
             deployed_at: 0,
+            probation_since: None,
+            retry_after: None,
             rollback: None,
         }];
         let refusal = crate::host_limits::Refusal { asked: "privileged".into(), remedy: "set x".into() };
@@ -280,6 +282,8 @@ mod tests {
             retry_at: 0,
             last_error: None,
             deployed_at: 1_800_000_000,
+            probation_since: None,
+            retry_after: None,
             rollback: Some(rollback),
         }];
         let report = build_report(&ReportInput {

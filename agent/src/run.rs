@@ -9,6 +9,7 @@
 
 use crate::apply::{apply, Activity};
 use crate::client::{Poll, ServerClient};
+use crate::clock::{self, WallClockWatch};
 use crate::config::Config;
 use crate::engine::{Container, DockerEngine, Engine, LABEL_CONFIG_HASH};
 use crate::failure_logs::{failed_starts, FailureLogs};
@@ -66,6 +67,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         engine,
         owner,
         foreign_seen: BTreeSet::new(),
+        wall_clock: WallClockWatch::default(),
         invalid_logged: LoggedOnce::default(),
         poll_failures: 0,
         next_poll: Instant::now(),
@@ -116,6 +118,8 @@ struct Agent {
     owner: Owner,
     /// Containers with pinion's labels that are not the agent's, already logged.
     foreign_seen: BTreeSet<String>,
+    /// Notices the wall clock stepping (`clock.rs`).
+    wall_clock: WallClockWatch,
     /// Invalid and refused services, logged when they appear rather than every cycle.
     invalid_logged: LoggedOnce,
     poll_failures: u32,
@@ -203,8 +207,11 @@ impl Agent {
         // What this gateway refuses is never created: held and reported like an invalid service.
         let limits = self.config.host_limits();
         let target_services = host_limits::enforce(&limits, target_services, &mut invalid, &host_limits::real_path);
-        let now = unix_now();
-        self.probation.watch(&self.engine, &self.store, &target_services, &mut self.failure_logs, now)?;
+        let now = clock::now();
+        if let Some(step) = self.wall_clock.step(unix_now(), now.uptime) {
+            log::info!("the wall clock stepped {step:+} s; probation and retries go by the time since boot");
+        }
+        self.probation.watch(&self.engine, &self.store, &target_services, &mut self.failure_logs, &now)?;
         // The target's services, but the deployment put back where one failed probation
         // (judged again: the limits may have closed since it ran).
         let desired = self.probation.effective(&self.store, target_services)?;
@@ -220,7 +227,7 @@ impl Agent {
             let same_attempt = desired
                 .iter()
                 .any(|d| d.key == record.key && d.image == record.image && d.config_hash == record.config_hash);
-            if same_attempt && record.retry_at > now {
+            if same_attempt && record.retry_after.as_ref().is_some_and(|at| at.is_after(&now)) {
                 holding.insert(record.key.clone());
             }
         }
@@ -236,7 +243,7 @@ impl Agent {
             log::info!("applying {} step(s)", steps.len());
             activities = self.apply(&steps, &desired, &invalid, &containers);
         }
-        if let Err(e) = self.probation.after_apply(&self.store, &desired, &activities, unix_now()) {
+        if let Err(e) = self.probation.after_apply(&self.store, &desired, &activities, &clock::now()) {
             log::error!("{e}");
         }
         // Nothing applied: what was read before still holds (no second read each idle cycle).
@@ -455,6 +462,8 @@ mod tests {
             retry_at: 0,
             last_error: None,
             deployed_at: 1,
+            probation_since: None,
+            retry_after: None,
             rollback: None,
         };
         let desired = [v2.clone()];

@@ -7,6 +7,7 @@
 //! `DesiredService` JSON they were created from), when the current one was deployed (its
 //! probation runs from then), and a rollback when the current one failed probation.
 
+use crate::clock::{self, Moment};
 use crate::spec::{DesiredService, ServiceKey};
 use crate::Error;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -17,7 +18,7 @@ use std::time::Duration;
 pub const EVENT_LOG_LIMIT: i64 = 500;
 
 /// 1: the first schema. 2: deployments and rollbacks (`MIGRATE_TO_2`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identity (
@@ -50,6 +51,10 @@ CREATE TABLE IF NOT EXISTS services (
     rollback_spec        TEXT,
     rollback_reason      TEXT,
     rollback_at          INTEGER,
+    probation_boot       TEXT,
+    probation_since      INTEGER,
+    retry_boot           TEXT,
+    retry_uptime         INTEGER,
     PRIMARY KEY (app_id, service_name)
 );
 CREATE TABLE IF NOT EXISTS pending_report (
@@ -80,6 +85,16 @@ ALTER TABLE services ADD COLUMN rollback_reason TEXT;
 ALTER TABLE services ADD COLUMN rollback_at INTEGER;
 ";
 
+/// A version-2 database gets the boot-clock times of version 3 (`clock.rs`): when the
+/// deployment in place started its probation (NULL: passed, or from before version 3,
+/// never judged again) and when a failed service may be tried again.
+const MIGRATE_TO_3: &str = "
+ALTER TABLE services ADD COLUMN probation_boot TEXT;
+ALTER TABLE services ADD COLUMN probation_since INTEGER;
+ALTER TABLE services ADD COLUMN retry_boot TEXT;
+ALTER TABLE services ADD COLUMN retry_uptime INTEGER;
+";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub uuid: String,
@@ -105,11 +120,17 @@ pub struct ServiceRecord {
     pub container_id: Option<String>,
     /// Consecutive failures of pull/create/start for this image and config.
     pub failures: u32,
-    /// Unix time before which the service is not tried again.
+    /// Unix time before which the service is not tried again, for people to read;
+    /// `retry_after` decides.
     pub retry_at: u64,
+    /// When the service may be tried again, on the boot clock.
+    pub retry_after: Option<Moment>,
     pub last_error: Option<String>,
-    /// Unix time the deployment in place was first started (0: not known).
+    /// Unix time the deployment in place was first started (0: not known), for people.
     pub deployed_at: u64,
+    /// When the probation of the deployment in place started, on the boot clock; `None`
+    /// once it passed (or was never judged: no probation, or from an older agent).
+    pub probation_since: Option<Moment>,
     /// Set while the target asks for a deployment that failed probation.
     pub rollback: Option<Rollback>,
 }
@@ -182,6 +203,11 @@ fn restrict_to_owner(path: &Path) {
     }
 }
 
+/// A boot-clock moment from its two columns.
+fn moment(boot: Option<String>, uptime: Option<i64>) -> Option<Moment> {
+    Some(Moment { boot: boot?, uptime: uptime? as u64 })
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -225,6 +251,9 @@ impl AgentStore {
             // A new database (version 0) got every column from `SCHEMA`.
             if (1..2).contains(&version) {
                 tx.execute_batch(MIGRATE_TO_2).map_err(db("migrating the schema to version 2"))?;
+            }
+            if (1..3).contains(&version) {
+                tx.execute_batch(MIGRATE_TO_3).map_err(db("migrating the schema to version 3"))?;
             }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
             tx.commit().map_err(db("migrating the schema"))?;
@@ -279,7 +308,8 @@ impl AgentStore {
             .conn
             .prepare(
                 "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error,
-                        deployed_at, rollback_image, rollback_config_hash, rollback_spec, rollback_reason, rollback_at
+                        deployed_at, rollback_image, rollback_config_hash, rollback_spec, rollback_reason, rollback_at,
+                        probation_boot, probation_since, retry_boot, retry_uptime
                  FROM services ORDER BY app_id, service_name",
             )
             .map_err(db("reading services"))?;
@@ -306,6 +336,8 @@ impl AgentStore {
                     deployed_at: r.get::<_, i64>(8)? as u64,
                     rollback,
                     key,
+                    probation_since: moment(r.get(14)?, r.get(15)?),
+                    retry_after: moment(r.get(16)?, r.get(17)?),
                 })
             })
             .map_err(db("reading services"))?;
@@ -317,18 +349,22 @@ impl AgentStore {
     /// in place, the one before it becomes the previous one, and its probation starts now.
     pub fn record_deployed(&self, wanted: &DesiredService, container_id: &str) -> Result<(), Error> {
         let key = &wanted.key;
+        let now = clock::now();
         let moved_on = self.deployments(key)?.current.is_none_or(|current| !current.same_deployment(wanted));
         self.conn
             .execute(
                 "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
-                                       last_error, updated_at, deployed_spec, deployed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6, ?7, ?6)
+                                       last_error, updated_at, deployed_spec, deployed_at, probation_boot,
+                                       probation_since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6, ?7, ?6, ?9, ?10)
                  ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
                      config_hash = excluded.config_hash, container_id = excluded.container_id,
-                     failures = 0, retry_at = 0, last_error = NULL, updated_at = excluded.updated_at,
-                     deployed_spec = excluded.deployed_spec,
+                     failures = 0, retry_at = 0, retry_boot = NULL, retry_uptime = NULL, last_error = NULL,
+                     updated_at = excluded.updated_at, deployed_spec = excluded.deployed_spec,
                      previous_spec = CASE WHEN ?8 THEN services.deployed_spec ELSE services.previous_spec END,
-                     deployed_at = CASE WHEN ?8 THEN excluded.deployed_at ELSE services.deployed_at END",
+                     deployed_at = CASE WHEN ?8 THEN excluded.deployed_at ELSE services.deployed_at END,
+                     probation_boot = CASE WHEN ?8 THEN ?9 ELSE services.probation_boot END,
+                     probation_since = CASE WHEN ?8 THEN ?10 ELSE services.probation_since END",
                 params![
                     key.app_id,
                     key.service_name,
@@ -337,7 +373,9 @@ impl AgentStore {
                     container_id,
                     unix_now() as i64,
                     spec_json(wanted),
-                    moved_on
+                    moved_on,
+                    now.boot,
+                    now.uptime as i64
                 ],
             )
             .map_err(db("recording a deployed service"))?;
@@ -418,15 +456,19 @@ impl AgentStore {
             Some(p) if p.image == image && p.config_hash == config_hash => p.failures + 1,
             _ => 1,
         };
-        let retry_at = unix_now() + backoff(failures).as_secs();
+        let wait = backoff(failures);
+        let retry_at = unix_now() + wait.as_secs();
+        let retry_after = clock::now().after(wait);
         let container_id = previous.as_ref().and_then(|p| p.container_id.clone());
         self.conn
             .execute(
-                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
+                                       last_error, updated_at, retry_boot, retry_uptime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                  ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
                      config_hash = excluded.config_hash, failures = excluded.failures,
-                     retry_at = excluded.retry_at, last_error = excluded.last_error, updated_at = excluded.updated_at",
+                     retry_at = excluded.retry_at, last_error = excluded.last_error, updated_at = excluded.updated_at,
+                     retry_boot = excluded.retry_boot, retry_uptime = excluded.retry_uptime",
                 params![
                     key.app_id,
                     key.service_name,
@@ -436,7 +478,9 @@ impl AgentStore {
                     failures as i64,
                     retry_at as i64,
                     error,
-                    unix_now() as i64
+                    unix_now() as i64,
+                    retry_after.boot,
+                    retry_after.uptime as i64
                 ],
             )
             .map_err(db("recording a failed service"))?;
@@ -449,8 +493,33 @@ impl AgentStore {
             retry_at,
             last_error: Some(error.to_string()),
             deployed_at: previous.as_ref().map_or(0, |p| p.deployed_at),
+            probation_since: previous.as_ref().and_then(|p| p.probation_since.clone()),
+            retry_after: Some(retry_after),
             rollback: previous.and_then(|p| p.rollback),
         })
+    }
+
+    /// Starts the probation of `key`'s deployment in place again at `now`: the gateway
+    /// rebooted before it passed, and how much of it ran is not known.
+    pub fn restart_probation(&self, key: &ServiceKey, now: &Moment) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE services SET probation_boot = ?3, probation_since = ?4 WHERE app_id = ?1 AND service_name = ?2",
+                params![key.app_id, key.service_name, now.boot, now.uptime as i64],
+            )
+            .map_err(db("restarting a probation"))?;
+        Ok(())
+    }
+
+    /// `key`'s deployment in place passed its probation: it is never judged again.
+    pub fn end_probation(&self, key: &ServiceKey) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "UPDATE services SET probation_boot = NULL, probation_since = NULL WHERE app_id = ?1 AND service_name = ?2",
+                params![key.app_id, key.service_name],
+            )
+            .map_err(db("ending a probation"))?;
+        Ok(())
     }
 
     /// Forgets a service that is no longer in the target.
