@@ -71,6 +71,16 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// Starts the process again on the same database with `extra` settings replacing or
+    /// added to the ones it had (`("PINION_ALLOW_PRIVILEGED", "true")`).
+    pub fn restart_with_env(&mut self, extra: &[(&str, &str)]) {
+        for (name, value) in extra {
+            self.env.retain(|(k, _)| k != name);
+            self.env.push((name.to_string(), value.to_string()));
+        }
+        self.restart();
+    }
+
     /// SIGKILL, as a power cut would.
     pub fn kill(&mut self) {
         self.stop();
