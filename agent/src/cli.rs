@@ -39,7 +39,21 @@ SETTINGS (file key = environment variable):
                                               is rolled back to the one before (0: off)
     docker_socket    PINION_DOCKER_SOCKET     default /var/run/docker.sock
     db               PINION_DB                default /var/lib/pinion/agent.db
-Durations are whole seconds or a number with s, m or h. Logs: RUST_LOG=debug for more.
+
+GATEWAY LIMITS (what a target state may ask of this host; all closed by default):
+    allow_privileged     PINION_ALLOW_PRIVILEGED     true allows privileged containers
+    allowed_bind_sources PINION_ALLOWED_BIND_SOURCES host paths bind mounts may come from:
+                         each allows itself and what is under it, but `/`, the Docker and
+                         containerd sockets and directories holding them only when named
+                         exactly. Named volumes are always allowed
+    allowed_devices      PINION_ALLOWED_DEVICES      device paths (each with what is under it)
+    allowed_capabilities PINION_ALLOWED_CAPABILITIES cap_add values (NET_ADMIN; ALL allows any)
+    allow_host_network   PINION_ALLOW_HOST_NETWORK   true allows networkMode host, container:<x>
+    allowed_registries   PINION_ALLOWED_REGISTRIES   registry hosts images may come from
+                         (docker.io for Docker Hub); unset: any registry
+A service asking for more is not created and is reported as refused_by_gateway.
+Durations are whole seconds or a number with s, m or h. Lists are one quoted string,
+comma-separated: allowed_devices = \"/dev/ttyUSB0, /dev/i2c-1\". Logs: RUST_LOG=debug for more.
 Exit status: 2 for usage, 78 for unusable settings, 1 for other errors.
 ";
 
