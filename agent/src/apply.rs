@@ -85,12 +85,16 @@ fn step_service(step: &Step) -> Option<&ServiceKey> {
 
 type StepError = (&'static str, Error);
 
-/// `kind` for a failure of the step itself, or `engine_unreachable` when Docker could not
-/// be reached at all: that says nothing of the image, and probation rolls back only on
-/// `create_failed` and `start_failed`.
+/// `kind` when Docker refused the container as invalid (400: a bad config, a command the
+/// image lacks): evidence against the deployment, on which probation rolls back.
+/// Anything else Docker answered is the host's (`host_fault`: a name taken by another
+/// container, a port allocated, a device missing, no space, a daemon error), and
+/// `engine_unreachable` when Docker could not be reached at all: retried with backoff,
+/// never a reason to roll back.
 fn failed(kind: &'static str) -> impl Fn(Error) -> StepError {
     move |e| match e {
         Error::DockerUnreachable { .. } => ("engine_unreachable", e),
+        Error::Docker { status, .. } if status != 400 => ("host_fault", e),
         e => (kind, e),
     }
 }
@@ -281,6 +285,19 @@ mod tests {
         let steps = [Step::Pull { service: wanted.key.clone(), image: "busybox:1.36".into() }];
         assert!(apply(&engine, &store, &steps, &[wanted], &|_| None, &mut |_, _| {}).is_empty());
         assert_eq!(engine.pulled.borrow().as_slice(), ["busybox:1.36"]);
+    }
+
+    #[test]
+    fn only_docker_refusing_the_container_as_invalid_blames_the_deployment() {
+        let docker = |status| Error::Docker { op: "start web_1".into(), status, message: "m".into() };
+        let unreachable = Error::DockerUnreachable { socket: "/s".into(), reason: "gone".into() };
+        assert_eq!(failed("start_failed")(docker(400)).0, "start_failed", "a command the image lacks");
+        assert_eq!(failed("create_failed")(docker(400)).0, "create_failed", "an invalid config");
+        for status in [404, 409, 500, 503] {
+            assert_eq!(failed("start_failed")(docker(status)).0, "host_fault", "{status}");
+            assert_eq!(failed("create_failed")(docker(status)).0, "host_fault", "{status}");
+        }
+        assert_eq!(failed("start_failed")(unreachable).0, "engine_unreachable");
     }
 
     #[test]

@@ -19,6 +19,10 @@ use std::time::Duration;
 /// Restarts by Docker's restart policy a new container may have within probation.
 pub const RESTARTS_TOLERATED: u32 = 1;
 
+/// How long a rollback holds (on the boot clock, or until the next boot): then the
+/// rejected deployment is tried again, in case what failed it was passing.
+pub const ROLLBACK_EXPIRES: Duration = Duration::from_secs(3600);
+
 /// Why a container in probation has failed it, or `None` while it has not.
 /// `keep_running`: whether it should run for good (restart `always`/`unless-stopped`);
 /// otherwise exiting with code 0 is finishing, not failing.
@@ -171,7 +175,8 @@ impl Probation {
 
     /// The services to plan with: `target` with the rollbacks in force. Rollbacks the
     /// target has moved past are cleared, so its new image or config is tried.
-    pub fn effective(&self, store: &AgentStore, target: Vec<DesiredService>) -> Result<Vec<DesiredService>, Error> {
+    pub fn effective(&mut self, store: &AgentStore, target: Vec<DesiredService>) -> Result<Vec<DesiredService>, Error> {
+        self.expire_rollbacks(store, &crate::clock::now())?;
         let records = store.services()?;
         let (desired, outdated) = apply_rollbacks(target, &records);
         for key in outdated {
@@ -181,6 +186,23 @@ impl Probation {
             let _ = store.log_event("info", &message);
         }
         Ok(desired)
+    }
+
+    /// Lifts the rollbacks older than `ROLLBACK_EXPIRES` (or of an earlier boot): the
+    /// rejected deployment is tried again, and judged again in its probation.
+    fn expire_rollbacks(&mut self, store: &AgentStore, now: &Moment) -> Result<(), Error> {
+        for record in store.services()? {
+            let Some(rollback) = &record.rollback else { continue };
+            if rollback.since.as_ref().is_some_and(|since| since.after(ROLLBACK_EXPIRES).is_after(now)) {
+                continue;
+            }
+            store.clear_rollback(&record.key)?;
+            self.judged.remove(&(record.key.clone(), rollback.from_config_hash.clone()));
+            let message = format!("{}: the rollback from {} expired; trying it again", record.key, rollback.from_image);
+            log::info!("{message}");
+            let _ = store.log_event("info", &message);
+        }
+        Ok(())
     }
 
     /// After `apply` ran `desired`: a new container that could not be created or started
@@ -245,6 +267,7 @@ impl Probation {
             to: restore.clone(),
             reason,
             at: unix_now(),
+            since: Some(crate::clock::now()),
         };
         store.record_rollback(key, &rollback)?;
         Ok(message)
@@ -335,6 +358,7 @@ mod tests {
             to: v1.clone(),
             reason: "exited with code 1 within probation".into(),
             at: 1,
+            since: None,
         };
         let records = [record(&v2.key, Some(rollback)), record(&other.key, None)];
 
@@ -485,6 +509,32 @@ mod tests {
             .unwrap();
         let rollback = store.rollback_of(&v3.key).unwrap().expect("rolled back");
         assert_eq!(rollback.to.image, "a@2");
+    }
+
+    #[test]
+    fn a_rollback_expires_and_the_deployment_is_judged_again() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        store.record_deployed(&v2, "c2").unwrap();
+        let now = crate::clock::now();
+        let mut probation = Probation::new(Duration::from_secs(60));
+        let mut logs = FailureLogs::new();
+        let crashing = Inspecting(health("restarting", 1, 2, None));
+        probation.watch(&crashing, &store, std::slice::from_ref(&v2), &mut logs, &now).unwrap();
+        assert!(store.rollback_of(&v2.key).unwrap().is_some());
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()], "held for now");
+        // An hour later (here: made an hour ago), v2 is tried again.
+        let mut rollback = store.rollback_of(&v2.key).unwrap().unwrap();
+        rollback.since = Some(Moment { boot: now.boot.clone(), uptime: now.uptime.saturating_sub(3600) });
+        store.record_rollback(&v2.key, &rollback).unwrap();
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v2.clone()], "expired");
+        assert_eq!(store.rollback_of(&v2.key).unwrap(), None);
+        assert!(!probation.judged.contains(&(v2.key.clone(), v2.config_hash.clone())), "judged again when it runs");
+        // One made on an earlier boot has expired too.
+        rollback.since = Some(Moment { boot: "earlier-boot".into(), uptime: now.uptime + 10 });
+        store.record_rollback(&v2.key, &rollback).unwrap();
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v2]);
     }
 
     #[test]

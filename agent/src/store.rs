@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS services (
     probation_since      INTEGER,
     retry_boot           TEXT,
     retry_uptime         INTEGER,
+    rollback_boot        TEXT,
+    rollback_uptime      INTEGER,
     PRIMARY KEY (app_id, service_name)
 );
 CREATE TABLE IF NOT EXISTS pending_report (
@@ -93,6 +95,8 @@ ALTER TABLE services ADD COLUMN probation_boot TEXT;
 ALTER TABLE services ADD COLUMN probation_since INTEGER;
 ALTER TABLE services ADD COLUMN retry_boot TEXT;
 ALTER TABLE services ADD COLUMN retry_uptime INTEGER;
+ALTER TABLE services ADD COLUMN rollback_boot TEXT;
+ALTER TABLE services ADD COLUMN rollback_uptime INTEGER;
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +149,11 @@ pub struct Rollback {
     pub to: DesiredService,
     /// `exited with code 1 within probation`, `failed to start: …`.
     pub reason: String,
+    /// Unix time, for people.
     pub at: u64,
+    /// When it was made, on the boot clock: it expires `probation::ROLLBACK_EXPIRES` later
+    /// (or at the next boot), and the rejected deployment is tried again.
+    pub since: Option<Moment>,
 }
 
 /// The deployment of a service in place and the one before it.
@@ -309,7 +317,7 @@ impl AgentStore {
             .prepare(
                 "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error,
                         deployed_at, rollback_image, rollback_config_hash, rollback_spec, rollback_reason, rollback_at,
-                        probation_boot, probation_since, retry_boot, retry_uptime
+                        probation_boot, probation_since, retry_boot, retry_uptime, rollback_boot, rollback_uptime
                  FROM services ORDER BY app_id, service_name",
             )
             .map_err(db("reading services"))?;
@@ -323,6 +331,7 @@ impl AgentStore {
                         to,
                         reason: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
                         at: r.get::<_, Option<i64>>(13)?.unwrap_or(0) as u64,
+                        since: moment(r.get(18)?, r.get(19)?),
                     }),
                     _ => None,
                 };
@@ -407,7 +416,7 @@ impl AgentStore {
         self.conn
             .execute(
                 "UPDATE services SET rollback_image = ?3, rollback_config_hash = ?4, rollback_spec = ?5,
-                     rollback_reason = ?6, rollback_at = ?7
+                     rollback_reason = ?6, rollback_at = ?7, rollback_boot = ?8, rollback_uptime = ?9
                  WHERE app_id = ?1 AND service_name = ?2",
                 params![
                     key.app_id,
@@ -416,7 +425,9 @@ impl AgentStore {
                     rollback.from_config_hash,
                     spec_json(&rollback.to),
                     rollback.reason,
-                    rollback.at as i64
+                    rollback.at as i64,
+                    rollback.since.as_ref().map(|m| m.boot.clone()),
+                    rollback.since.as_ref().map(|m| m.uptime as i64)
                 ],
             )
             .map_err(db("recording a rollback"))?;
@@ -433,7 +444,7 @@ impl AgentStore {
         self.conn
             .execute(
                 "UPDATE services SET rollback_image = NULL, rollback_config_hash = NULL, rollback_spec = NULL,
-                     rollback_reason = NULL, rollback_at = NULL
+                     rollback_reason = NULL, rollback_at = NULL, rollback_boot = NULL, rollback_uptime = NULL
                  WHERE app_id = ?1 AND service_name = ?2",
                 params![key.app_id, key.service_name],
             )
@@ -665,6 +676,7 @@ mod tests {
             to: v1.clone(),
             reason: "exited with code 1 within probation".into(),
             at: 1_700_000_000,
+            since: None,
         };
         store.record_rollback(&v1.key, &rollback).unwrap();
         assert_eq!(store.rollback_of(&v1.key).unwrap(), Some(rollback.clone()));
