@@ -272,6 +272,7 @@ mod tests {
             to: v1.clone(),
             reason: reason.into(),
             at: 1_800_000_000,
+            since: None,
         };
         let records = [ServiceRecord {
             key: v1.key.clone(),
