@@ -50,8 +50,9 @@ pub fn ensure_identity(config: &Config, store: &AgentStore, client: &ServerClien
     );
     match outcome {
         Ok(()) => {}
-        // Registered before, but the answer was lost: the key works if a poll does.
-        Err(Error::ServerStatus { status: 409, .. })
+        // Registered before, but the answer was lost: the key works if a poll does (a
+        // single-use registration token is spent by then, so that is a 401).
+        Err(Error::ServerStatus { status: 401 | 403 | 409, .. })
             if client.poll(&identity.uuid, &identity.device_key, None).is_ok() => {}
         Err(Error::ServerUnreachable { url, reason }) => {
             log::warn!("registration deferred, server unreachable at {url}: {reason}");

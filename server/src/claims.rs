@@ -5,11 +5,12 @@
 //! - The key a device already has is answered again (the agent lost our answer).
 //! - A device that exists without a key (prepared by the operator, or after a key reset),
 //!   or whose registration never completed, takes a key only from someone entitled to
-//!   it: the operator, a provisioning key bound to that device (a registration token),
-//!   or the provisioning key that registered it before (an agent restarting between the
-//!   two phases).
-//! - A key reset opens the device to any provisioning key for a while (a gateway whose
-//!   storage was replaced comes back with the fleet's key): the operator chose to.
+//!   it: the operator, or a provisioning key bound to that device (a registration token).
+//! - Besides them, the provisioning key that registered it: while the registration is
+//!   incomplete (an agent restarting between the two phases), and for the time the
+//!   operator opened it after a key reset (a gateway whose storage was replaced comes
+//!   back with the fleet's key). Never otherwise: a fleet key every gateway holds does
+//!   not claim a reset device at any later time.
 //! - A completed registration keeps its key until the operator resets it.
 //!
 //! A caller not entitled to an existing uuid gets one answer whatever its state, so it
@@ -41,10 +42,11 @@ impl Claimant {
 pub struct ExistingDevice<'a> {
     pub key_hash: Option<&'a str>,
     pub registration_complete: bool,
-    /// The provisioning key id (or `admin`) that set its key last.
+    /// The provisioning key id (or `admin`) that set its key last, or the one the
+    /// operator named at a key reset.
     pub provisioned_by: Option<&'a str>,
-    /// Its key was reset and the time the operator gave for any provisioning key to
-    /// register it has not run out.
+    /// Its key was reset and the time the operator gave `provisioned_by` to register it
+    /// again has not run out.
     pub open_after_reset: bool,
 }
 
@@ -69,7 +71,7 @@ pub fn decide_claim(
     if let Claimant::Key { device: Some(bound), .. } = claimant {
         if bound != uuid {
             return Err(Error::Forbidden {
-                reason: format!("this registration token registers device {bound} only, not {uuid}"),
+                reason: format!("this provisioning key registers device {bound} only, not {uuid}"),
             });
         }
     }
@@ -81,7 +83,9 @@ pub fn decide_claim(
         Claimant::Operator => true,
         Claimant::Key { device: Some(_), .. } => true, // bound to this uuid, checked above
         Claimant::Key { id, device: None, .. } => {
-            existing.provisioned_by == Some(id.as_str()) || (existing.open_after_reset && existing.key_hash.is_none())
+            let incomplete = existing.key_hash.is_some() && !existing.registration_complete;
+            let reopened = existing.key_hash.is_none() && existing.open_after_reset;
+            existing.provisioned_by == Some(id.as_str()) && (incomplete || reopened)
         }
     };
     if !entitled {
@@ -174,23 +178,28 @@ mod tests {
     }
 
     #[test]
-    fn a_key_reset_opens_the_device_to_any_provisioning_key_for_a_while() {
-        let open = ExistingDevice { open_after_reset: true, ..device(None, false, Some("spent-token")) };
-        assert!(matches!(decide_claim("d", Some(&open), &general("k2"), "h"), Ok(Claim::SetKey)));
+    fn a_key_reset_reopens_the_device_to_the_key_that_registered_it_for_a_while() {
+        let open = ExistingDevice { open_after_reset: true, ..device(None, false, Some("k1")) };
+        assert!(matches!(decide_claim("d", Some(&open), &general("k1"), "h"), Ok(Claim::SetKey)));
         assert!(matches!(decide_claim("d", Some(&open), &token("d"), "h"), Ok(Claim::SetKey)));
+        assert!(message(decide_claim("d", Some(&open), &general("k2"), "h")).contains("cannot be registered"));
         assert!(message(decide_claim("d", Some(&open), &token("e"), "h")).contains("device e only"));
-        let closed = device(None, false, Some("spent-token"));
-        assert!(message(decide_claim("d", Some(&closed), &general("k2"), "h")).contains("registration token"));
+        // The time ran out (or was 0): the fleet key no longer claims it, ever.
+        let closed = device(None, false, Some("k1"));
+        assert!(message(decide_claim("d", Some(&closed), &general("k1"), "h")).contains("registration token"));
+        assert!(matches!(decide_claim("d", Some(&closed), &token("d"), "h"), Ok(Claim::SetKey)));
         // Once a key is set again, it is no longer open, even within the time.
-        let claimed = ExistingDevice { open_after_reset: true, ..device(Some("x"), false, Some("k2")) };
-        assert!(message(decide_claim("d", Some(&claimed), &general("k3"), "h")).contains("cannot be registered"));
+        let claimed = ExistingDevice { open_after_reset: true, ..device(Some("x"), true, Some("k1")) };
+        assert!(message(decide_claim("d", Some(&claimed), &general("k1"), "h")).contains("cannot be registered"));
     }
 
     #[test]
     fn a_completed_registration_keeps_its_key_until_reset() {
         let registered = device(Some("x"), true, Some("k1"));
-        for claimant in [general("k1"), token("d"), Claimant::Operator] {
+        for claimant in [token("d"), Claimant::Operator] {
             assert!(message(decide_claim("d", Some(&registered), &claimant, "h")).contains("key/reset"));
         }
+        // Even the key that registered it gets the answer everyone gets.
+        assert!(message(decide_claim("d", Some(&registered), &general("k1"), "h")).contains("cannot be registered"));
     }
 }

@@ -32,7 +32,7 @@ const CALLERS: [Caller; 6] =
 
 const DEVICE: &str = "matrix-dev-a";
 const OTHER_DEVICE: &str = "matrix-dev-b";
-/// Prepared by the operator, never registered: the routes that reset or delete a device.
+/// Registered, never polled: the routes that reset, reserve or delete a device.
 const SPARE_DEVICE: &str = "matrix-dev-spare";
 const REGISTRY_HOST: &str = "registry.lan:5000";
 
@@ -213,7 +213,7 @@ fn every_route_method_and_caller_gets_the_intended_status() {
     // Version 1 of the target, so that history and rollback have something to show.
     let state = json!({"apps": {}, "config": {}});
     assert_eq!(server.set_target_state(DEVICE, &state).status, 200);
-    assert_eq!(server.set_target_state(SPARE_DEVICE, &state).status, 200);
+    register(&server, &credentials.provisioning_key, SPARE_DEVICE, &random_hex(20));
     let spare = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
     assert_eq!(spare.status, 201, "{}", spare.body);
     let spare_id = spare.json()["id"].as_str().expect("a provisioning key id").to_string();

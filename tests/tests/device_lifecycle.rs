@@ -124,7 +124,12 @@ fn a_deleted_device_is_gone_with_everything_of_it() {
     assert_eq!(register(&server, &server.registration_token(&uuid), &uuid, &device_key).status, 200);
     assert_eq!(poll(&server, &uuid, &device_key).status, 200);
     let unused_token = server.registration_token(&unique("other"));
+    let credentials = json!({"username": "robot", "password": "device-scoped-pass", "devices": [uuid]});
+    let stored = admin(&server, "PUT", "/api/v1/registries/registry.lan:5000/credentials", Some(&credentials));
+    assert_eq!(stored.status, 200, "{}", stored.body);
     assert_eq!(admin(&server, "DELETE", &format!("/api/v1/devices/{uuid}"), None).status, 200);
+    let registries = admin(&server, "GET", "/api/v1/registries", None);
+    assert!(!registries.body.contains(&uuid), "its registry credentials went with it: {}", registries.body);
 
     assert_eq!(poll(&server, &uuid, &device_key).status, 401, "its key is gone");
     for path in ["", "/target-state", "/current-state", "/target-state/history", "/logs"] {
@@ -138,6 +143,85 @@ fn a_deleted_device_is_gone_with_everything_of_it() {
     assert_eq!(register(&server, &unused_token, &unique("x"), &random_hex(32)).status, 403, "still bound");
     // The uuid is free again: a new device may take it.
     assert_eq!(register(&server, &server.provisioning_key(), &uuid, &random_hex(32)).status, 200);
+}
+
+#[test]
+fn a_key_reset_reopens_a_device_only_to_the_key_that_registered_it_and_only_for_a_while() {
+    let server = Server::start(&[]);
+    let (fleet_key, other_key) = (server.provisioning_key(), server.provisioning_key());
+    let reset =
+        |uuid: &str, body: Value| admin(&server, "POST", &format!("/api/v1/devices/{uuid}/key/reset"), Some(&body));
+    let registered = |uuid: &str| {
+        let key = random_hex(32);
+        assert_eq!(register(&server, &fleet_key, uuid, &key).status, 200);
+        assert_eq!(poll(&server, uuid, &key).status, 200, "complete");
+        key
+    };
+
+    // Closed at once (openForHours 0): the fleet key never claims it again; a token does.
+    let closed = unique("closed");
+    let old_key = registered(&closed);
+    assert_eq!(reset(&closed, json!({"openForHours": 0})).status, 200);
+    assert_eq!(poll(&server, &closed, &old_key).status, 401, "the old key stops at once");
+    assert_eq!(register(&server, &fleet_key, &closed, &random_hex(32)).status, 409);
+    let token = server.registration_token(&closed);
+    assert_eq!(register(&server, &token, &closed, &random_hex(32)).status, 200);
+
+    // Reopened to another key by name: that one, not the one that registered it.
+    let moved = unique("moved");
+    registered(&moved);
+    let other_id = admin(&server, "GET", "/api/v1/provisioning-keys", None).json()["provisioningKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["devicesRegistered"] == 0 && k["device"].is_null())
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .expect("the unused key");
+    assert_eq!(reset(&moved, json!({"provisioningKey": other_id, "openForHours": 1})).status, 200);
+    assert_eq!(register(&server, &fleet_key, &moved, &random_hex(32)).status, 409);
+    assert_eq!(register(&server, &other_key, &moved, &random_hex(32)).status, 200);
+
+    // A device that never registered has no key to reset: its claim stays a token's.
+    let prepared = unique("never");
+    assert_eq!(server.set_target_state(&prepared, &secret_target("s")).status, 200);
+    let refused = reset(&prepared, json!({}));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(register(&server, &fleet_key, &prepared, &random_hex(32)).status, 409);
+    for bad in [json!({"openForHours": 1000}), json!({"provisioningKey": "no-such-key"}), json!({"open": 1})] {
+        assert_eq!(reset(&moved, bad.clone()).status, 400, "{bad}");
+    }
+}
+
+#[test]
+fn a_registration_token_raced_by_fifty_registrations_registers_one() {
+    let server = Server::start(&["--registrations-per-minute", "0", "--auth-failures-per-minute", "0"]);
+    let uuid = unique("raced");
+    assert_eq!(server.set_target_state(&uuid, &secret_target("raced-secret")).status, 200);
+    let token = server.registration_token(&uuid);
+    let keys: Vec<String> = (0..50).map(|_| random_hex(32)).collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let racers: Vec<_> =
+            keys.iter().map(|key| scope.spawn(|| register(&server, &token, &uuid, key).status)).collect();
+        racers.into_iter().map(|racer| racer.join().unwrap()).collect()
+    });
+    let winners: Vec<&String> = keys.iter().zip(&statuses).filter(|(_, s)| **s == 200).map(|(k, _)| k).collect();
+    assert_eq!(winners.len(), 1, "statuses: {statuses:?}");
+    assert!(statuses.iter().all(|s| matches!(s, 200 | 401 | 409)), "{statuses:?}");
+    for key in &keys {
+        let expected = if key == winners[0] { 200 } else { 401 };
+        assert_eq!(poll(&server, &uuid, key).status, expected);
+    }
+}
+
+#[test]
+fn a_key_bound_to_a_registered_device_is_refused() {
+    let server = Server::start(&[]);
+    let uuid = unique("bound");
+    let key = random_hex(32);
+    assert_eq!(register(&server, &server.provisioning_key(), &uuid, &key).status, 200);
+    assert_eq!(poll(&server, &uuid, &key).status, 200);
+    let bound = admin(&server, "POST", "/api/v1/provisioning-keys", Some(&json!({"device": uuid})));
+    assert_eq!(bound.status, 409, "{}", bound.body);
 }
 
 /// The bad day: a gateway's storage is replaced. Its agent comes back with a new key
@@ -156,28 +240,30 @@ fn a_gateway_that_lost_its_database_comes_back_after_a_key_reset() {
     let uuid = unique("lifecycle");
     let state = json!({"apps": {"7": {"appId": 7, "appName": "keep", "services": [
         {"serviceId": 1, "serviceName": "idle", "imageName": image, "config": {"image": image}}]}}, "config": {}});
-    assert_eq!(server.set_target_state(&uuid, &state).status, 200);
     let running =
         || docker.containers_with_label(&format!("{MANAGED}=7")).iter().any(|c| c["State"]["Running"] == true);
 
-    // Prepared by the operator, so claimed with a registration token.
-    let mut first = Agent::start(&server.url(), &server.registration_token(&uuid), &uuid, docker);
+    // A fleet gateway registers with the fleet's provisioning key, then gets its target.
+    let fleet_key = server.provisioning_key();
+    let mut first = Agent::start(&server.url(), &fleet_key, &uuid, docker);
+    first.converge("registered", || first.log().contains(&format!("registered with the server as {uuid}")));
+    assert_eq!(server.set_target_state(&uuid, &state).status, 200);
     first.converge("the service running", running);
     first.kill();
 
     // The SD card is replaced: the same uuid, a new database, the fleet's provisioning key.
-    let fleet_key = server.provisioning_key();
     let mut agent = Agent::start(&server.url(), &fleet_key, &uuid, docker);
     agent.converge("the refusal explained", || agent.log().contains("key/reset"));
     assert!(agent.is_running(), "a refused agent waits, it does not exit:\n{}", agent.log());
 
-    // No other key holder got in meanwhile, and none would have: the refusal is the
-    // squatter's too.
+    // No key holder gets in meanwhile: the refusal is the squatter's too.
     assert_eq!(register(&server, &fleet_key, &uuid, &random_hex(32)).status, 409);
 
     let reset = admin(&server, "POST", &format!("/api/v1/devices/{uuid}/key/reset"), None);
     assert_eq!(reset.status, 200, "{}", reset.body);
     assert!(reset.json()["openUntil"].is_string(), "{}", reset.body);
+    // Reopened to the fleet key that registered it, to no other.
+    assert_eq!(register(&server, &server.provisioning_key(), &uuid, &random_hex(32)).status, 409);
     let registered = format!("registered with the server as {uuid}");
     agent.converge("registered again with the fleet key", || agent.log().contains(&registered));
     agent.converge("its target served and reported again", || {

@@ -66,7 +66,7 @@ struct RollbackRequest {
 pub(super) fn rollback(api: &Api, caller: &Caller, request: &Request, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
-    let wanted: RollbackRequest = if request.body.is_empty() { Default::default() } else { request.json()? };
+    let wanted: RollbackRequest = request.json_or_default()?;
     let current = api.store.target(uuid)?.ok_or_else(|| Error::NotFound { what: format!("target state of {uuid}") })?;
     let version = match wanted.version {
         Some(v) => v,

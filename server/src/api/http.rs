@@ -61,6 +61,15 @@ impl Request {
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::BadRequest { reason: format!("the body is not valid JSON for this route: {e}") })
     }
+
+    /// `json`, or the defaults when there is no body (routes whose fields are all optional).
+    pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, Error> {
+        if self.body.is_empty() {
+            Ok(T::default())
+        } else {
+            self.json()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

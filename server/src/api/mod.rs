@@ -181,8 +181,8 @@ pub fn handle(api: &Api, request: &Request) -> Response {
 /// `handle` behind `limits`: an address over its limit of failed authentications (or, on
 /// `POST /device/register`, of registrations) is answered 429 before its credentials are
 /// looked at, so a brute force learns nothing more; every 401 and 403 counts against it.
-/// A key exchange naming an unknown device counts as a failure too (it is how uuids
-/// would be enumerated). Successful calls never count, and `/health` is never limited.
+/// A key exchange naming an unknown device, and a registration refused a uuid (409),
+/// count as failures too (it is how uuids would be enumerated). Successful calls never count, and `/health` is never limited.
 pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
     let (registering, key_exchange) = match route(&request.path) {
         None | Some(Route::Health) => return handle(api, request),
@@ -197,7 +197,12 @@ pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Re
         return error_response(&error);
     }
     let response = handle(api, request);
-    if matches!(response.status, 401 | 403) || (key_exchange && response.status == 404) {
+    // A 409 to a registration is a uuid the caller has no right to: probing uuids, or
+    // lying in wait for a key reset, counts like a wrong key.
+    let refused = matches!(response.status, 401 | 403)
+        || (key_exchange && response.status == 404)
+        || (registering && response.status == 409);
+    if refused {
         limits.record_failure(client, Instant::now());
     } else if response.status < 400 {
         limits.record_success(client, credential, Instant::now());

@@ -150,13 +150,24 @@ pub(super) struct NewProvisioningKey {
 /// `POST /provisioning-keys`: the secret is in this answer and nowhere else, ever.
 pub(super) fn create_provisioning_key(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     caller.require_admin()?;
-    let wanted: NewProvisioningKey = if request.body.is_empty() { Default::default() } else { request.json()? };
+    let wanted: NewProvisioningKey = request.json_or_default()?;
     issue_provisioning_key(api, wanted)
 }
 
 /// Makes a provisioning key as asked and answers 201 with its secret.
 pub(super) fn issue_provisioning_key(api: &Api, wanted: NewProvisioningKey) -> Result<Response, Error> {
     let hours = wanted.checked_hours()?;
+    // A key for a device that has completed its registration would claim nothing.
+    if let Some(device) = wanted.device.as_deref().map(|uuid| api.store.device(uuid)).transpose()?.flatten() {
+        if device.registered && device.registration_complete {
+            let uuid = &device.uuid;
+            return Err(Error::Conflict {
+                reason: format!(
+                    "device {uuid} is registered; reset its key first (POST /api/v1/devices/{uuid}/key/reset)"
+                ),
+            });
+        }
+    }
     let secret = new_secret();
     let now = crate::timefmt::unix_now();
     let key = ProvisioningKey {

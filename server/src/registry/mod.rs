@@ -134,10 +134,16 @@ impl Resolver {
     /// addresses no test may connect to), always through the `guard`.
     pub(crate) fn with_dns(config: ResolverConfig, dns: impl ureq::unversioned::resolver::Resolver) -> Resolver {
         let access = Arc::new(config.access);
+        // Through an HTTP proxy ureq never resolves a redirect's target, so the guard
+        // cannot hold it to the allow-list: with both, redirects are not followed.
+        let follow_redirects = !(access.is_restricted() && ureq::Proxy::try_from_env().is_some());
+        if !follow_redirects {
+            log::info!("an HTTP proxy and --allowed-registries are both set: registry redirects are not followed");
+        }
         let guarded = guard::Guarded { inner: dns, access: Arc::clone(&access) };
         Resolver {
             inner: Arc::new(Inner {
-                agent: transport::agent(config.request_timeout, guarded),
+                agent: transport::agent(config.request_timeout, guarded, follow_redirects),
                 credentials: config.credentials,
                 stored_credentials: config.stored_credentials,
                 insecure_registries: config.insecure_registries,

@@ -26,14 +26,15 @@ const MAX_REDIRECTS: u32 = 5;
 /// The one HTTP client: every request times out after `request_timeout` (connect to last
 /// body byte, redirects included); HTTP error statuses are answers, not errors;
 /// `Authorization` is never carried across a redirect; every connection's addresses come
-/// from `resolver` (the `guard`).
-pub(crate) fn agent(request_timeout: Duration, resolver: impl Resolver) -> ureq::Agent {
+/// from `resolver` (the `guard`). Without `follow_redirects` a redirect is an answer
+/// like any other status (and so an error naming it), its target never asked.
+pub(crate) fn agent(request_timeout: Duration, resolver: impl Resolver, follow_redirects: bool) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(request_timeout))
         .http_status_as_error(false)
         .user_agent(USER_AGENT)
         .max_response_header_size(MAX_RESPONSE_HEADER_BYTES)
-        .max_redirects(MAX_REDIRECTS)
+        .max_redirects(if follow_redirects { MAX_REDIRECTS } else { 0 })
         .redirect_auth_headers(ureq::config::RedirectAuthHeaders::Never)
         // Digests are over the manifest bytes; ask for them uncompressed.
         .accept_encoding("")

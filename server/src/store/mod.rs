@@ -97,6 +97,15 @@ pub struct NewRegistration {
     pub system_info: Option<String>,
 }
 
+/// For how long, and to which provisioning key, a key reset reopens a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reopen {
+    /// RFC 3339, UTC.
+    pub until: String,
+    /// `None`: the key that registered the device.
+    pub key_id: Option<String>,
+}
+
 /// A provisioning key without its secret (only the hash is ever stored).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProvisioningKey {
@@ -129,10 +138,11 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + S
     /// logs, metrics, policy) and the registration tokens bound to it; `false` if there
     /// was no such device.
     fn delete_device(&self, uuid: &str) -> Result<bool, Error>;
-    /// Forgets a device's key: it stops working at once, and the device's next
-    /// registration sets a new one: until `open_until` (RFC 3339, UTC) with any
-    /// provisioning key, after that as `claims` allows. `false` if there is no such device.
-    fn reset_device_key(&self, uuid: &str, open_until: &str) -> Result<bool, Error>;
+    /// Forgets a device's key: it stops working at once, and its next registration sets a
+    /// new one, with a registration token, or within `reopen` with the provisioning key
+    /// it names (the one that registered the device when it names none). `false` if
+    /// there is no such device or it never registered.
+    fn reset_device_key(&self, uuid: &str, reopen: Option<&Reopen>) -> Result<bool, Error>;
     /// Marks a registration complete: its agent has used the key it registered, whose
     /// hash is `key_hash`. `false` when that is no longer the device's key (a
     /// registration replaced it meanwhile): nothing changes.

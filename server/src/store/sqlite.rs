@@ -1,7 +1,9 @@
 //! The SQLite store: one file, WAL mode, every write in a transaction. Enough for a
 //! fleet that one machine serves; `Store` keeps the door open for PostgreSQL.
 
-use super::{DeviceRecord, KeyOwner, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Store, StoredTarget};
+use super::{
+    DeviceRecord, KeyOwner, NewRegistration, NewTarget, PollAnswer, ProvisioningKey, Reopen, Store, StoredTarget,
+};
 use crate::claims::{decide_claim, Claim, Claimant, ExistingDevice};
 use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
@@ -444,21 +446,26 @@ impl Store for SqliteStore {
     fn delete_device(&self, uuid: &str) -> Result<bool, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("deleting a device"))?;
-        // Its target versions, images, reports, logs, metrics and policy go by cascade.
+        // Its target versions, images, reports, logs, metrics and policy go by cascade;
+        // the registry credentials and provisioning keys bound to it have no foreign key
+        // (a key may be made for a uuid before the device), so they go here.
         let deleted = tx.execute("DELETE FROM devices WHERE uuid = ?1", [uuid]).map_err(db("deleting a device"))?;
         tx.execute("DELETE FROM provisioning_keys WHERE device_uuid = ?1", [uuid])
             .map_err(db("deleting a device's registration tokens"))?;
+        tx.execute("DELETE FROM registry_credentials WHERE device_uuid = ?1", [uuid])
+            .map_err(db("deleting a device's registry credentials"))?;
         tx.commit().map_err(db("deleting a device"))?;
         Ok(deleted == 1)
     }
 
-    fn reset_device_key(&self, uuid: &str, open_until: &str) -> Result<bool, Error> {
+    fn reset_device_key(&self, uuid: &str, reopen: Option<&Reopen>) -> Result<bool, Error> {
         let changed = self
             .conn()
             .execute(
-                "UPDATE devices SET api_key_hash = NULL, registration_completed_at = NULL, open_until = ?2
-                 WHERE uuid = ?1",
-                params![uuid, open_until],
+                "UPDATE devices SET api_key_hash = NULL, registration_completed_at = NULL, open_until = ?2,
+                     provisioned_by = CASE WHEN ?2 IS NULL THEN NULL ELSE COALESCE(?3, provisioned_by) END
+                 WHERE uuid = ?1 AND registered_at IS NOT NULL",
+                params![uuid, reopen.map(|r| &r.until), reopen.and_then(|r| r.key_id.as_deref())],
             )
             .map_err(db("resetting a device key"))?;
         Ok(changed == 1)
@@ -748,12 +755,19 @@ mod tests {
             "complete: another key is refused"
         );
         assert!(store.register_device(&registration("d2", "hash-b", &fleet)).is_ok(), "the same key is idempotent");
-        assert!(store.reset_device_key("d2", "2000-01-01T00:00:00Z").unwrap(), "reset, open to no other key");
+        let reopen = Reopen { until: "2999-01-01T00:00:00Z".into(), key_id: None };
+        assert!(store.reset_device_key("d2", Some(&reopen)).unwrap(), "reset, reopened to the key that registered it");
         assert_eq!(store.device_by_key_hash("hash-b").unwrap(), None, "a reset key stops working");
         assert!(matches!(store.register_device(&registration("d2", "hash-x", &other)), Err(Error::Conflict { .. })));
         assert_eq!(store.register_device(&lost).unwrap().id, 1, "the key that registered it sets a new one");
-        assert!(store.reset_device_key("d2", "2999-01-01T00:00:00Z").unwrap(), "reset, open to any key");
-        assert!(store.register_device(&registration("d2", "hash-y", &other)).is_ok(), "open: another key sets it");
+        assert!(store.complete_registration("d2", "hash-c").unwrap());
+        assert!(store.reset_device_key("d2", None).unwrap(), "reset, reopened to no key");
+        let closed = registration("d2", "hash-c2", &fleet);
+        assert!(matches!(store.register_device(&closed), Err(Error::Conflict { .. })), "closed to the fleet key");
+        assert!(!store.reset_device_key("never-registered", None).unwrap());
+        let reopen = Reopen { until: "2999-01-01T00:00:00Z".into(), key_id: Some("k2".into()) };
+        assert!(store.reset_device_key("d2", Some(&reopen)).unwrap(), "reset, reopened to k2");
+        assert!(store.register_device(&registration("d2", "hash-y", &other)).is_ok(), "reopened: k2 sets it");
         let late = registration("d2", "hash-z", &fleet);
         assert!(matches!(store.register_device(&late), Err(Error::Conflict { .. })), "open only until a key is set");
         assert_eq!(store.provisioning_key_by_hash("hash-k1").unwrap().unwrap().devices_registered, 3);
