@@ -98,7 +98,7 @@ fn over_wire_cap(target: &str, level: log::Level) -> bool {
 /// One log line: `<priority>target: message` for the journal, `[LEVEL target] message`
 /// elsewhere, the message's control characters escaped.
 fn log_line(level: log::Level, target: &str, message: &str, journal: bool) -> String {
-    let message = escape_controls(message);
+    let message = escape_unprintable(message);
     if journal {
         let priority = match level {
             log::Level::Error => 3,
@@ -112,9 +112,21 @@ fn log_line(level: log::Level, target: &str, message: &str, journal: bool) -> St
     }
 }
 
-/// `\n`, `\r`, `\t` and `\u{…}` for control characters; other text as it is.
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+/// No control characters (newlines, escapes, NUL), and none of the characters that make
+/// a line read differently from what it holds: the bidirectional controls (U+202A–U+202E,
+/// U+2066–U+2069, U+200E, U+200F, U+061C) and the line and paragraph separators
+/// (U+2028, U+2029). The server checks names and versions with this.
+pub fn is_printable(text: &str) -> bool {
+    !text.chars().any(is_unprintable)
+}
+
+/// `text` with every character `is_printable` refuses written out (`\n`, `\r`, `\t`,
+/// else `\u{…}`), so that it shows on one line as what it holds; printable text is
+/// returned as it is. Every log line goes through it, and outside text kept as
+/// information (a registry's error message) where refusing it would hide why something
+/// failed.
+pub fn escape_unprintable(text: &str) -> std::borrow::Cow<'_, str> {
+    if is_printable(text) {
         return text.into();
     }
     let mut escaped = String::with_capacity(text.len() + 8);
@@ -123,11 +135,17 @@ fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
             '\n' => escaped.push_str("\\n"),
             '\r' => escaped.push_str("\\r"),
             '\t' => escaped.push_str("\\t"),
-            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if is_unprintable(c) => escaped.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => escaped.push(c),
         }
     }
     escaped.into()
+}
+
+fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// systemd sets `JOURNAL_STREAM=<device>:<inode>` of the stream it connected; a process
