@@ -168,7 +168,6 @@ fn status(config: &Config) -> Result<ExitCode, Error> {
         "target": target.as_ref().map(|t| json!({"etag": t.etag, "fetchedAt": t.fetched_at})),
         "services": services,
         "invalidServices": invalid,
-        "pendingReport": store.pending_report()?.is_some(),
         "recentEvents": events,
     });
     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());

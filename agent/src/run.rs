@@ -130,10 +130,18 @@ struct Agent {
 
 impl Agent {
     fn cycle(&mut self) {
-        if Instant::now() >= self.next_poll {
+        // While the server is away, a deployment in probation is watched on time rather
+        // than after a poll's timeout: the next poll waits until probation is over.
+        if Instant::now() >= self.next_poll && !(self.server_away() && self.probation.busy()) {
             self.poll();
         }
         self.reconcile_logged();
+    }
+
+    /// The last poll failed: the server is away (down, unreachable, or refusing this
+    /// device). Reports and log uploads wait for a poll to succeed.
+    fn server_away(&self) -> bool {
+        self.poll_failures > 0
     }
 
     fn reconcile_logged(&mut self) {
@@ -142,7 +150,7 @@ impl Agent {
             let _ = self.store.log_event("error", &e.to_string());
         }
         // Not while the server is away: each try would wait for its timeout.
-        if self.poll_failures == 0 {
+        if !self.server_away() {
             self.failure_logs.send(&self.client, &self.identity.uuid, &self.identity.device_key);
         }
     }
@@ -295,13 +303,16 @@ impl Agent {
         let mut last_progress = Instant::now() - PROGRESS_REPORT_EVERY;
         let (store, engine, client, identity, info) =
             (&self.store, &self.engine, &self.client, &self.identity, &self.info);
+        // Progress goes out only while the server answers: a pull is not held up by a
+        // report's timeout.
+        let server_away = self.server_away();
         let records = store.services().unwrap_or_default();
         let mut on_activity = |key: &ServiceKey, activity: Option<&Activity>| {
             match activity {
                 Some(a) => live.insert(key.clone(), a.clone()),
                 None => live.remove(key),
             };
-            if last_progress.elapsed() >= PROGRESS_REPORT_EVERY {
+            if !server_away && last_progress.elapsed() >= PROGRESS_REPORT_EVERY {
                 last_progress = Instant::now();
                 let report = build_report(&ReportInput {
                     uuid: &identity.uuid,
@@ -332,7 +343,9 @@ impl Agent {
         apply(engine, store, &steps, desired, &|image| registry_auth.header_for(image), &mut on_activity)
     }
 
-    /// Reports when the state changed since the last delivered report, or as a heartbeat.
+    /// Reports when the state changed since the last delivered report, or as a heartbeat;
+    /// not while the server is away (the state is built anew each cycle, so the one that
+    /// goes out when it is back is the current one, and nothing is kept on disk).
     fn report(
         &mut self,
         desired: &[DesiredService],
@@ -340,6 +353,9 @@ impl Agent {
         containers: &[Container],
         activities: &BTreeMap<ServiceKey, Activity>,
     ) {
+        if self.server_away() {
+            return;
+        }
         let records = self.store.services().unwrap_or_default();
         let body = build_report(&ReportInput {
             uuid: &self.identity.uuid,
@@ -359,19 +375,9 @@ impl Agent {
             return;
         }
         match self.client.report(&self.identity.device_key, &body) {
-            Ok(()) => {
-                if self.store.pending_report().ok().flatten().is_some() {
-                    log::info!("delivered the report kept while the server was away");
-                    let _ = self.store.clear_pending_report();
-                }
-                self.last_report = Some((body, Instant::now()));
-            }
-            Err(e) => {
-                log::debug!("report not delivered, kept for later: {e}");
-                if let Err(e) = self.store.save_pending_report(&body) {
-                    log::error!("{e}");
-                }
-            }
+            Ok(()) => self.last_report = Some((body, Instant::now())),
+            // The next poll says whether the server is away; until then, one try a cycle.
+            Err(e) => log::debug!("report not delivered, the current state goes with a later one: {e}"),
         }
     }
 }

@@ -59,11 +59,6 @@ CREATE TABLE IF NOT EXISTS services (
     rollback_uptime      INTEGER,
     PRIMARY KEY (app_id, service_name)
 );
-CREATE TABLE IF NOT EXISTS pending_report (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    body        TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       INTEGER NOT NULL,
@@ -89,7 +84,9 @@ ALTER TABLE services ADD COLUMN rollback_at INTEGER;
 
 /// A version-2 database gets the boot-clock times of version 3 (`clock.rs`): when the
 /// deployment in place started its probation (NULL: passed, or from before version 3,
-/// never judged again) and when a failed service may be tried again.
+/// never judged again), when a failed service may be tried again and when a rollback
+/// was made. The report kept while the server was away goes: it was written every
+/// cycle, and the current state goes out when the server is back.
 const MIGRATE_TO_3: &str = "
 ALTER TABLE services ADD COLUMN probation_boot TEXT;
 ALTER TABLE services ADD COLUMN probation_since INTEGER;
@@ -97,6 +94,7 @@ ALTER TABLE services ADD COLUMN retry_boot TEXT;
 ALTER TABLE services ADD COLUMN retry_uptime INTEGER;
 ALTER TABLE services ADD COLUMN rollback_boot TEXT;
 ALTER TABLE services ADD COLUMN rollback_uptime INTEGER;
+DROP TABLE IF EXISTS pending_report;
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,31 +542,6 @@ impl AgentStore {
         Ok(())
     }
 
-    /// Keeps the newest report that could not be delivered. Each report is a whole
-    /// snapshot that supersedes the ones before, so one row is the bound.
-    pub fn save_pending_report(&self, body: &str) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "INSERT INTO pending_report (id, body, created_at) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, created_at = excluded.created_at",
-                params![body, unix_now() as i64],
-            )
-            .map_err(db("saving a pending report"))?;
-        Ok(())
-    }
-
-    pub fn pending_report(&self) -> Result<Option<String>, Error> {
-        self.conn
-            .query_row("SELECT body FROM pending_report WHERE id = 1", [], |r| r.get(0))
-            .optional()
-            .map_err(db("reading the pending report"))
-    }
-
-    pub fn clear_pending_report(&self) -> Result<(), Error> {
-        self.conn.execute("DELETE FROM pending_report", []).map_err(db("clearing the pending report"))?;
-        Ok(())
-    }
-
     /// Appends to the event log, dropping the oldest beyond `EVENT_LOG_LIMIT`.
     pub fn log_event(&self, level: &str, message: &str) -> Result<(), Error> {
         self.conn
@@ -729,15 +702,5 @@ mod tests {
         let count: i64 = store.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
         assert_eq!(count, EVENT_LOG_LIMIT);
         assert_eq!(store.recent_events(1).unwrap()[0].message, format!("event {}", EVENT_LOG_LIMIT + 19));
-    }
-
-    #[test]
-    fn one_pending_report_is_kept() {
-        let store = AgentStore::in_memory().unwrap();
-        store.save_pending_report("{\"a\":1}").unwrap();
-        store.save_pending_report("{\"a\":2}").unwrap();
-        assert_eq!(store.pending_report().unwrap().as_deref(), Some("{\"a\":2}"));
-        store.clear_pending_report().unwrap();
-        assert_eq!(store.pending_report().unwrap(), None);
     }
 }
