@@ -31,11 +31,14 @@ pub fn retry_backoff(failures: u32) -> Duration {
 /// Runs `steps`. `activity` is told as services change what they are doing (for
 /// progress reports); the returned map holds each service's activity after the run
 /// (only failures remain, other activities end when their step does).
+/// A pull that would leave less than `min_free` bytes where Docker keeps images is not
+/// started (`low_disk`, retried with backoff).
 pub fn apply(
     engine: &dyn Engine,
     store: &AgentStore,
     steps: &[Step],
     desired: &[DesiredService],
+    min_free: u64,
     auth_for: &dyn Fn(&str) -> Option<String>,
     activity: &mut dyn FnMut(&ServiceKey, Option<&Activity>),
 ) -> BTreeMap<ServiceKey, Activity> {
@@ -51,7 +54,7 @@ pub fn apply(
             Some(key) => log::debug!("{key}: {step}"),
             None => log::debug!("{step}"),
         }
-        if let Err((kind, error)) = run_step(engine, store, step, &by_key, auth_for, activity) {
+        if let Err((kind, error)) = run_step(engine, store, step, &by_key, min_free, auth_for, activity) {
             let message = error.to_string();
             log::warn!("{message}");
             let _ = store.log_event("error", &message);
@@ -104,6 +107,7 @@ fn run_step(
     store: &AgentStore,
     step: &Step,
     desired: &BTreeMap<&ServiceKey, &DesiredService>,
+    min_free: u64,
     auth_for: &dyn Fn(&str) -> Option<String>,
     activity: &mut dyn FnMut(&ServiceKey, Option<&Activity>),
 ) -> Result<(), StepError> {
@@ -118,6 +122,9 @@ fn run_step(
             if let Ok(ImageRef::Id(id)) = ImageRef::parse(image) {
                 return Err(("pull_failed", not_pullable(service, &id)));
             }
+            if let Some(free) = engine.free_bytes().ok().flatten().filter(|free| *free < min_free) {
+                return Err(("low_disk", Error::LowDisk { image: image.clone(), free, min_free }));
+            }
             log::info!("{}/{}: pulling {image}", service.app_id, service.service_name);
             activity(service, Some(&Activity::Downloading { percent: None }));
             let auth = auth_for(image);
@@ -131,6 +138,10 @@ fn run_step(
             });
             activity(service, None);
             result.map_err(|e| ("pull_failed", e))?;
+            // Only images the agent pulled are ever collected (`image_gc.rs`).
+            if let Err(e) = store.record_pulled(image) {
+                log::warn!("{e}");
+            }
             let _ = store.log_event("info", &format!("pulled {image}"));
             Ok(())
         }
@@ -213,6 +224,8 @@ mod tests {
     #[derive(Default)]
     struct NoImages {
         pulled: RefCell<Vec<String>>,
+        /// What `free_bytes` says.
+        free: Option<u64>,
     }
 
     impl Engine for NoImages {
@@ -228,6 +241,12 @@ mod tests {
         }
         fn create(&self, _: &str, _: &Value) -> Result<String, Error> {
             Ok("new".into())
+        }
+        fn remove_image(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn free_bytes(&self) -> Result<Option<u64>, Error> {
+            Ok(self.free)
         }
         fn start(&self, _: &str) -> Result<(), Error> {
             Ok(())
@@ -269,7 +288,7 @@ mod tests {
             let engine = NoImages::default();
             let wanted = DesiredService::example("web", &image, "h");
             let steps = [Step::Pull { service: wanted.key.clone(), image: image.clone() }];
-            let failed = apply(&engine, &store, &steps, std::slice::from_ref(&wanted), &|_| None, &mut |_, _| {});
+            let failed = apply(&engine, &store, &steps, std::slice::from_ref(&wanted), 0, &|_| None, &mut |_, _| {});
             match &failed[&wanted.key] {
                 Activity::Failed { kind: "pull_failed", message } => {
                     assert!(message.contains(&format!("image ID {image} is not on this device")), "{message}");
@@ -283,7 +302,7 @@ mod tests {
         let engine = NoImages::default();
         let wanted = DesiredService::example("web", "busybox:1.36", "h");
         let steps = [Step::Pull { service: wanted.key.clone(), image: "busybox:1.36".into() }];
-        assert!(apply(&engine, &store, &steps, &[wanted], &|_| None, &mut |_, _| {}).is_empty());
+        assert!(apply(&engine, &store, &steps, &[wanted], 0, &|_| None, &mut |_, _| {}).is_empty());
         assert_eq!(engine.pulled.borrow().as_slice(), ["busybox:1.36"]);
     }
 

@@ -15,6 +15,8 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_PROBATION: Duration = Duration::from_secs(60);
+/// Pulls stop below this much free space where Docker keeps images.
+pub const DEFAULT_MIN_FREE_DISK: u64 = 256 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -39,6 +41,9 @@ pub struct Config {
     pub probation: Duration,
     pub docker_socket: PathBuf,
     pub db: PathBuf,
+    /// Below this many bytes free where Docker keeps images, no pull starts (`disk.rs`);
+    /// 0: no threshold. `min_free_disk = "256M"`.
+    pub min_free_disk: u64,
     /// What a target state may ask of this host (`allow_privileged`, `allowed_*`, …);
     /// everything is refused by default.
     pub limits: HostLimits,
@@ -59,6 +64,7 @@ impl Default for Config {
             report_interval: DEFAULT_REPORT_INTERVAL,
             probation: DEFAULT_PROBATION,
             docker_socket: DEFAULT_DOCKER_SOCKET.into(),
+            min_free_disk: DEFAULT_MIN_FREE_DISK,
             db: DEFAULT_DB_PATH.into(),
             limits: HostLimits::default(),
         }
@@ -78,6 +84,7 @@ const KEYS: &[(&str, &str)] = &[
     ("poll_interval", "PINION_POLL_INTERVAL"),
     ("report_interval", "PINION_REPORT_INTERVAL"),
     ("probation", "PINION_PROBATION"),
+    ("min_free_disk", "PINION_MIN_FREE_DISK"),
     ("docker_socket", "PINION_DOCKER_SOCKET"),
     ("db", "PINION_DB"),
     ("allow_privileged", "PINION_ALLOW_PRIVILEGED"),
@@ -129,6 +136,10 @@ impl Config {
             "poll_interval" => self.poll_interval = duration(value)?,
             "report_interval" => self.report_interval = duration(value)?,
             "probation" => self.probation = parse_duration(value)?,
+            "min_free_disk" => {
+                self.min_free_disk = crate::disk::parse_size(value)
+                    .ok_or_else(|| format!("{key}: {value:?} is not a size (bytes, or with K, M or G: \"256M\")"))?
+            }
             "docker_socket" => self.docker_socket = value.into(),
             "db" => self.db = value.into(),
             "allow_privileged" => self.limits.allow_privileged = boolean(key, value)?,
@@ -297,6 +308,9 @@ mod tests {
         assert!(err("server = \"x").contains("unterminated"));
         assert!(err("poll_interval = \"soon\"").contains("invalid duration"));
         assert!(err("poll_interval = 0").contains("more than 0"));
+        assert!(err("min_free_disk = \"lots\"").contains("is not a size"));
+        assert_eq!(load("min_free_disk = \"64M\"", &[]).unwrap().min_free_disk, 64 << 20);
+        assert_eq!(load("", &[]).unwrap().min_free_disk, DEFAULT_MIN_FREE_DISK);
         assert!(err("uuid = \"a\"\nuuid = \"b\"").contains("set twice"));
         assert!(err("uuid = \"a\" b").contains("unexpected text"));
         assert!(err("allow_insecure_server = 1").contains("must be true or false"));

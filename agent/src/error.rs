@@ -28,6 +28,8 @@ pub enum Error {
     /// A service this gateway's limits refuse (`host_limits`): each refusal names what
     /// was asked and the `agent.toml` setting that would allow it.
     Refused { service: String, refusals: Vec<crate::host_limits::Refusal> },
+    /// Too little space where Docker keeps images to pull `image` (`min_free_disk`).
+    LowDisk { image: String, free: u64, min_free: u64 },
     /// A local file.
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -54,6 +56,13 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            LowDisk { image, free, min_free } => write!(
+                f,
+                "not pulling {image}: {} free where Docker keeps images, below min_free_disk ({}); \
+                 pulls wait until space is freed",
+                crate::disk::human(*free),
+                crate::disk::human(*min_free)
+            ),
             Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }

@@ -387,6 +387,12 @@ mod tests {
         fn pull(&self, _: &str, _: Option<&str>, _: &mut dyn FnMut(crate::engine::PullProgress)) -> Result<(), Error> {
             Ok(())
         }
+        fn remove_image(&self, _: &str) -> Result<(), Error> {
+            unreachable!()
+        }
+        fn free_bytes(&self) -> Result<Option<u64>, Error> {
+            unreachable!()
+        }
         fn create(&self, _: &str, _: &serde_json::Value) -> Result<String, Error> {
             Ok("new".into())
         }

@@ -15,6 +15,7 @@ use crate::engine::{Container, DockerEngine, Engine, LABEL_CONFIG_HASH};
 use crate::failure_logs::{failed_starts, FailureLogs};
 use crate::host_limits::{self, LoggedOnce};
 use crate::identity::ensure_identity;
+use crate::image_gc;
 use crate::ownership::{Owner, MACHINE_ID_PATH};
 use crate::plan::{container_key, plan, PlanInput, Step};
 use crate::probation::Probation;
@@ -68,6 +69,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         owner,
         foreign_seen: BTreeSet::new(),
         wall_clock: WallClockWatch::default(),
+        images_to_collect: true,
         invalid_logged: LoggedOnce::default(),
         poll_failures: 0,
         next_poll: Instant::now(),
@@ -120,6 +122,9 @@ struct Agent {
     foreign_seen: BTreeSet<String>,
     /// Notices the wall clock stepping (`clock.rs`).
     wall_clock: WallClockWatch,
+    /// Something was deployed (or the agent started): unused images are collected once
+    /// no deployment is in probation (`image_gc.rs`).
+    images_to_collect: bool,
     /// Invalid and refused services, logged when they appear rather than every cycle.
     invalid_logged: LoggedOnce,
     poll_failures: u32,
@@ -268,11 +273,42 @@ impl Agent {
             let short = container.get(..12).unwrap_or(container);
             let message = format!("{}: {short} runs {} but was not recorded; recorded it", wanted.key, wanted.image);
             log::info!("{message}");
-            self.store.record_deployed(wanted, container)?;
-            let _ = self.store.log_event("info", &message);
+            // A store that takes no write (a full disk) must not keep the report back.
+            match self.store.record_deployed(wanted, container) {
+                Ok(()) => drop(self.store.log_event("info", &message)),
+                Err(e) => log::error!("{e}"),
+            }
+        }
+        self.images_to_collect |= !steps.is_empty();
+        if self.images_to_collect && !self.probation.busy() {
+            self.images_to_collect = false;
+            let in_use = self.images_in_use(&desired, &containers, &records);
+            image_gc::collect(&self.engine, &self.store, &in_use);
         }
         self.report(&desired, &invalid, &containers, &activities);
         Ok(())
+    }
+
+    /// Images a service runs, would be put back by a rollback, or a container uses.
+    fn images_in_use(
+        &self,
+        desired: &[DesiredService],
+        containers: &[Container],
+        records: &[ServiceRecord],
+    ) -> BTreeSet<String> {
+        let mut in_use: BTreeSet<String> = desired.iter().map(|d| d.image.clone()).collect();
+        in_use.extend(containers.iter().map(|c| c.image.clone()));
+        for record in records {
+            in_use.insert(record.image.clone());
+            if let Ok(deployments) = self.store.deployments(&record.key) {
+                in_use.extend(deployments.current.into_iter().chain(deployments.previous).map(|d| d.image));
+            }
+            if let Some(rollback) = &record.rollback {
+                in_use.insert(rollback.from_image.clone());
+                in_use.insert(rollback.to.image.clone());
+            }
+        }
+        in_use
     }
 
     /// The containers that are this agent's (`ownership.rs`); others labelled as pinion's
@@ -340,7 +376,8 @@ impl Agent {
                 other => other.clone(),
             })
             .collect();
-        apply(engine, store, &steps, desired, &|image| registry_auth.header_for(image), &mut on_activity)
+        let min_free = self.config.min_free_disk;
+        apply(engine, store, &steps, desired, min_free, &|image| registry_auth.header_for(image), &mut on_activity)
     }
 
     /// Reports when the state changed since the last delivered report, or as a heartbeat;

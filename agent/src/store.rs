@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS services (
     rollback_uptime      INTEGER,
     PRIMARY KEY (app_id, service_name)
 );
+CREATE TABLE IF NOT EXISTS pulled_images (
+    image      TEXT PRIMARY KEY,
+    pulled_at  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       INTEGER NOT NULL,
@@ -539,6 +543,35 @@ impl AgentStore {
                 params![key.app_id, key.service_name],
             )
             .map_err(db("forgetting a service"))?;
+        Ok(())
+    }
+
+    /// Remembers that the agent pulled `image`: only such images are ever collected.
+    pub fn record_pulled(&self, image: &str) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT INTO pulled_images (image, pulled_at) VALUES (?1, ?2) ON CONFLICT (image) DO NOTHING",
+                params![image, unix_now() as i64],
+            )
+            .map_err(db("recording a pulled image"))?;
+        Ok(())
+    }
+
+    /// The images the agent pulled and has not removed.
+    pub fn pulled_images(&self) -> Result<Vec<String>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT image FROM pulled_images ORDER BY pulled_at")
+            .map_err(db("reading pulled images"))?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(db("reading pulled images"))?;
+        rows.collect::<Result<_, _>>().map_err(db("reading pulled images"))
+    }
+
+    /// Forgets a pulled image: it was removed.
+    pub fn forget_pulled(&self, image: &str) -> Result<(), Error> {
+        self.conn
+            .execute("DELETE FROM pulled_images WHERE image = ?1", [image])
+            .map_err(db("forgetting a pulled image"))?;
         Ok(())
     }
 

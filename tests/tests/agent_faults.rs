@@ -500,7 +500,8 @@ impl<'a> Update<'a> {
             &server.provisioning_key_for(&uuid),
             &uuid,
             docker,
-            &[("RUST_LOG", AGENT_LOG)],
+            // The disks here are small tmpfs: a full one is the fault these tests make.
+            &[("RUST_LOG", AGENT_LOG), ("PINION_MIN_FREE_DISK", "1M")],
         );
         let update = Update { docker, registry, server, agent, uuid, repo, v1, v2 };
         until(&update.agent, "v1 running", || runs_exactly(docker, &[("main", &update.v1)]));
@@ -664,6 +665,55 @@ fn a_server_that_never_answers_costs_no_database_writes_and_gets_the_state_when_
         update.agent.log().contains("server reachable again")
             && reported(&update.server, &update.uuid, "main")["status"] == "running"
     });
+}
+
+/// Every push to a tag leaves an image behind: after each deployment passes probation
+/// the agent removes the images neither it nor the one before it uses (never images it
+/// did not pull), and below `min_free_disk` it stops pulling, says so, and does not
+/// retry in a hot loop.
+#[test]
+fn old_images_are_collected_and_pulls_stop_before_the_disk_is_full() {
+    let turn = take_turn();
+    let dockerd = PrivateDockerd::start(128);
+    let private = dockerd.docker();
+    let registry = Registry::start(Auth::Anonymous);
+    let server = Server::start(&[]);
+    let repo = format!("{}/faults/gc", registry.host());
+    // Different first letters: different noise, so no layer is shared.
+    let versions: Vec<String> = ["a1", "b2", "c3"].iter().map(|v| push_image(&turn.docker, &repo, v, 20)).collect();
+    let kept_by_hand = format!("{}/faults/by-hand:v1", registry.host());
+    turn.docker.import_busybox(&kept_by_hand, "by hand", CMD);
+    turn.docker.push(&kept_by_hand);
+    private.run(&["pull", &kept_by_hand]);
+    let uuid = unique("gc");
+    let deploy = |image: &str| set_target(&server, &uuid, &target(&[("main", image, "download-then-kill")]));
+    deploy(&versions[0]);
+    let env = [("RUST_LOG", AGENT_LOG), ("PINION_PROBATION", "3"), ("PINION_MIN_FREE_DISK", "1M")];
+    let mut agent = Agent::start_with_env(&server.url(), &server.provisioning_key_for(&uuid), &uuid, &private, &env);
+    let present = |image: &str| private.try_run(&["image", "inspect", image]);
+    for image in &versions {
+        deploy(image);
+        until(&agent, "the new version running", || runs_exactly(&private, &[("main", image)]));
+    }
+    until(&agent, "the oldest image collected", || !present(&versions[0]));
+    assert!(present(&versions[1]), "the deployment a rollback would put back is kept");
+    assert!(present(&versions[2]), "the one running is kept");
+    assert!(present(&kept_by_hand), "an image the agent did not pull is never removed");
+    eprintln!("agent_faults: {} MiB free after collection", dockerd.free_bytes() >> 20);
+
+    // Below the threshold: no pull, the refusal reported, retried with backoff.
+    agent.restart_with_env(&[("PINION_MIN_FREE_DISK", "1G")]);
+    let next = push_image(&turn.docker, &repo, "d4", 1);
+    deploy(&next);
+    until(&agent, "the low-disk refusal reported", || {
+        reported(&server, &uuid, "main")["error"]["message"].as_str().is_some_and(|m| m.contains("min_free_disk"))
+    });
+    // Nothing to wait for: this is the time in which a hot loop would show.
+    std::thread::sleep(Duration::from_secs(15));
+    let refusals = agent.log().matches("below min_free_disk").count();
+    assert!((1..=3).contains(&refusals), "{refusals} refusals in 15 s:\n{}", agent.log());
+    assert!(!present(&next), "nothing was pulled");
+    assert!(runs_exactly(&private, &[("main", &versions[2])]), "the running version is left running");
 }
 
 #[test]

@@ -318,6 +318,26 @@ impl Engine for DockerEngine {
         }
     }
 
+    fn remove_image(&self, image: &str) -> Result<(), Error> {
+        let op = format!("remove image {image}");
+        let reply = self.call(&op, "DELETE", &format!("/images/{}", image_path(image)), None)?;
+        match reply.status {
+            200 | 404 => Ok(()),
+            _ => Err(reply.refused(op)),
+        }
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, Error> {
+        let op = "info";
+        let reply = self.call(op, "GET", "/info", None)?;
+        if reply.status != 200 {
+            return Err(reply.refused(op));
+        }
+        let info = reply.json();
+        let Some(root) = info["DockerRootDir"].as_str() else { return Ok(None) };
+        Ok(crate::disk::free_bytes(Path::new(root)).ok())
+    }
+
     fn pull(&self, image: &str, auth: Option<&str>, progress: &mut dyn FnMut(PullProgress)) -> Result<(), Error> {
         let op = format!("pull {image}");
         let (repository, reference) = pull::split_reference(image);

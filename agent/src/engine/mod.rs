@@ -72,6 +72,12 @@ pub trait Engine {
     /// Pulls an image, reporting progress as it streams; `auth` is the base64url JSON of
     /// Docker's `X-Registry-Auth` header, if the registry needs credentials.
     fn pull(&self, image: &str, auth: Option<&str>, progress: &mut dyn FnMut(PullProgress)) -> Result<(), Error>;
+    /// Removes an image (by the reference it was pulled as). One that is gone is not an
+    /// error; one a container uses is (Docker's 409), and stays.
+    fn remove_image(&self, image: &str) -> Result<(), Error>;
+    /// Bytes free on the filesystem where the engine keeps images; `None` when that
+    /// cannot be told (the engine on another host, its data root unreadable here).
+    fn free_bytes(&self) -> Result<Option<u64>, Error>;
     /// Creates a container from a Docker `ContainerCreate` body; returns its id.
     fn create(&self, name: &str, body: &Value) -> Result<String, Error>;
     fn start(&self, id: &str) -> Result<(), Error>;
