@@ -72,7 +72,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         images_to_collect: true,
         invalid_logged: LoggedOnce::default(),
         poll_failures: 0,
-        next_poll: Instant::now(),
+        next_poll: clock::since_boot(),
         last_report: None,
     };
     loop {
@@ -128,16 +128,18 @@ struct Agent {
     /// Invalid and refused services, logged when they appear rather than every cycle.
     invalid_logged: LoggedOnce,
     poll_failures: u32,
-    next_poll: Instant,
+    /// When the next poll is due, as time since boot (`clock::since_boot`, which counts
+    /// suspend: a gateway waking from one polls at once).
+    next_poll: Duration,
     /// The last report delivered, and when.
-    last_report: Option<(String, Instant)>,
+    last_report: Option<(String, Duration)>,
 }
 
 impl Agent {
     fn cycle(&mut self) {
         // While the server is away, a deployment in probation is watched on time rather
         // than after a poll's timeout: the next poll waits until probation is over.
-        if Instant::now() >= self.next_poll && !(self.server_away() && self.probation.busy()) {
+        if clock::since_boot() >= self.next_poll && !(self.server_away() && self.probation.busy()) {
             self.poll();
         }
         self.reconcile_logged();
@@ -197,7 +199,7 @@ impl Agent {
                         self.config.db.display()
                     );
                 }
-                self.next_poll = Instant::now() + wait;
+                self.next_poll = clock::since_boot() + wait;
             }
         }
     }
@@ -207,7 +209,7 @@ impl Agent {
             log::info!("server reachable again");
         }
         self.poll_failures = 0;
-        self.next_poll = Instant::now();
+        self.next_poll = clock::since_boot();
     }
 
     fn reconcile(&mut self) -> Result<(), Error> {
@@ -405,14 +407,14 @@ impl Agent {
         })
         .to_string();
         let due = match &self.last_report {
-            Some((sent, at)) => *sent != body || at.elapsed() >= self.config.report_interval,
+            Some((sent, at)) => *sent != body || clock::since_boot().saturating_sub(*at) >= self.config.report_interval,
             None => true,
         };
         if !due {
             return;
         }
         match self.client.report(&self.identity.device_key, &body) {
-            Ok(()) => self.last_report = Some((body, Instant::now())),
+            Ok(()) => self.last_report = Some((body, clock::since_boot())),
             // The next poll says whether the server is away; until then, one try a cycle.
             Err(e) => log::debug!("report not delivered, the current state goes with a later one: {e}"),
         }
