@@ -37,6 +37,8 @@ SETTINGS (file key = environment variable):
     report_interval  PINION_REPORT_INTERVAL   heartbeat, default 5m
     probation        PINION_PROBATION         default 60s; a new deployment that fails within it
                                               is rolled back to the one before (0: off)
+    min_free_disk    PINION_MIN_FREE_DISK     default 256M; no pull starts with less free where
+                                              Docker keeps images (0: off)
     docker_socket    PINION_DOCKER_SOCKET     default /var/run/docker.sock
     db               PINION_DB                default /var/lib/pinion/agent.db
 
