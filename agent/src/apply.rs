@@ -97,7 +97,9 @@ type StepError = (&'static str, Error);
 fn failed(kind: &'static str) -> impl Fn(Error) -> StepError {
     move |e| match e {
         Error::DockerUnreachable { .. } => ("engine_unreachable", e),
-        Error::Docker { status, .. } if status != 400 => ("host_fault", e),
+        Error::Docker { status, .. } if status != 400 && matches!(kind, "create_failed" | "start_failed") => {
+            ("host_fault", e)
+        }
         e => (kind, e),
     }
 }
@@ -183,7 +185,8 @@ fn run_step(
             // The deployment's own container, stopped after it ran (dockerd restarting stops
             // it, and answers starts with errors while it goes down): failing to start it
             // again says nothing of the image, so it is retried, not rolled back
-            // (`probation::after_apply` rolls back on `start_failed` only).
+            // (`probation::after_apply` rolls back on `start_failed`, `create_failed` and
+            // `host_fault`).
             let ran_before = store.services().is_ok_and(|records| {
                 records.iter().any(|r| &r.key == service && r.container_id.as_deref() == Some(container))
             });
@@ -317,6 +320,7 @@ mod tests {
             assert_eq!(failed("create_failed")(docker(status)).0, "host_fault", "{status}");
         }
         assert_eq!(failed("start_failed")(unreachable).0, "engine_unreachable");
+        assert_eq!(failed("restart_failed")(docker(500)).0, "restart_failed", "its own container: never rolled back");
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Probation and automatic rollback: a new deployment is watched for `probation` (default
-//! 60 s) after it starts. If its container cannot be created or started, exits, keeps
-//! restarting or turns `unhealthy` within that time, the deployment before it is put back,
-//! and the rejected image and config are not tried again until the target asks for
-//! something else. The decisions are pure functions (`probation_verdict`,
-//! `restore_point`, `apply_rollbacks`); `Probation` runs them against the engine and the
-//! store, so that the planner only ever sees the services to run.
+//! 60 s) after it starts. If its container exits, keeps restarting or turns `unhealthy`
+//! within that time, or Docker refuses it as invalid, the deployment before it is put
+//! back for `ROLLBACK_EXPIRES` (an hour, or until the next boot) and then tried again. If
+//! Docker cannot create or start it for a reason of the host's (`host_fault`: a port
+//! taken, a device missing), the one before is put back too, but only for the service's
+//! retry backoff (10 s doubling to 10 min): the new one runs as soon as the fault clears.
+//! The decisions are pure functions (`probation_verdict`, `restore_point`,
+//! `apply_rollbacks`); `Probation` runs them against the engine and the store, so that
+//! the planner only ever sees the services to run. Its own bookkeeping is best-effort: a
+//! store that takes no write (a full disk) is logged, never stops the cycle.
 
-use crate::apply::Activity;
+use crate::apply::{retry_backoff, Activity};
 use crate::clock::Moment;
 use crate::engine::{ContainerHealth, Engine};
 use crate::failure_logs::FailureLogs;
@@ -125,7 +129,7 @@ impl Probation {
         if self.period.is_zero() {
             return Ok(());
         }
-        self.keep_probation_clocks(store, now)?;
+        self.keep_probation_clocks(store, now);
         self.judged.retain(|(key, hash)| target.iter().any(|d| &d.key == key && &d.config_hash == hash));
         for record in store.services()?.iter().filter(|r| in_probation(r, self.period, now)) {
             let Some(wanted) = target.iter().find(|d| d.key == record.key) else { continue };
@@ -147,7 +151,8 @@ impl Probation {
             };
             if let Some(reason) = probation_verdict(&health, current.keep_running) {
                 self.judged.insert((wanted.key.clone(), current.config_hash.clone()));
-                let said = self.reject(store, current, restore_point(current, &deployments, true), reason)?;
+                let restore = restore_point(current, &deployments, true);
+                let said = self.reject(store, current, restore, reason, ROLLBACK_EXPIRES);
                 failure_logs.collect(engine, current, Some(container), &said);
             }
         }
@@ -156,31 +161,31 @@ impl Probation {
 
     /// Ends the probations that passed (each written once), and starts again those a
     /// reboot interrupted: how much of them ran is not known.
-    fn keep_probation_clocks(&self, store: &AgentStore, now: &Moment) -> Result<(), Error> {
-        for record in store.services()? {
+    fn keep_probation_clocks(&self, store: &AgentStore, now: &Moment) {
+        let Ok(records) = store.services() else { return };
+        for record in records {
             let Some(since) = &record.probation_since else { continue };
             match since.seconds_until(now) {
                 None => {
                     let message = format!("{}: the gateway restarted during probation; it starts again", record.key);
                     log::info!("{message}");
                     let _ = store.log_event("info", &message);
-                    store.restart_probation(&record.key, now)?;
+                    logged(store.restart_probation(&record.key, now));
                 }
-                Some(elapsed) if elapsed >= self.period.as_secs() => store.end_probation(&record.key)?,
+                Some(elapsed) if elapsed >= self.period.as_secs() => logged(store.end_probation(&record.key)),
                 Some(_) => {}
             }
         }
-        Ok(())
     }
 
     /// The services to plan with: `target` with the rollbacks in force. Rollbacks the
     /// target has moved past are cleared, so its new image or config is tried.
     pub fn effective(&mut self, store: &AgentStore, target: Vec<DesiredService>) -> Result<Vec<DesiredService>, Error> {
-        self.expire_rollbacks(store, &crate::clock::now())?;
+        self.expire_rollbacks(store, &crate::clock::now());
         let records = store.services()?;
         let (desired, outdated) = apply_rollbacks(target, &records);
         for key in outdated {
-            store.clear_rollback(&key)?;
+            logged(store.clear_rollback(&key));
             let message = format!("{key}: the target changed; rollback lifted");
             log::info!("{message}");
             let _ = store.log_event("info", &message);
@@ -190,23 +195,25 @@ impl Probation {
 
     /// Lifts the rollbacks older than `ROLLBACK_EXPIRES` (or of an earlier boot): the
     /// rejected deployment is tried again, and judged again in its probation.
-    fn expire_rollbacks(&mut self, store: &AgentStore, now: &Moment) -> Result<(), Error> {
-        for record in store.services()? {
+    fn expire_rollbacks(&mut self, store: &AgentStore, now: &Moment) {
+        let Ok(records) = store.services() else { return };
+        for record in records {
             let Some(rollback) = &record.rollback else { continue };
-            if rollback.since.as_ref().is_some_and(|since| since.after(ROLLBACK_EXPIRES).is_after(now)) {
+            if rollback.since.as_ref().is_some_and(|since| since.after(rollback.holds_for).is_after(now)) {
                 continue;
             }
-            store.clear_rollback(&record.key)?;
+            logged(store.clear_rollback(&record.key));
             self.judged.remove(&(record.key.clone(), rollback.from_config_hash.clone()));
             let message = format!("{}: the rollback from {} expired; trying it again", record.key, rollback.from_image);
             log::info!("{message}");
             let _ = store.log_event("info", &message);
         }
-        Ok(())
     }
 
     /// After `apply` ran `desired`: a new container that could not be created or started
-    /// is rolled back (the next round puts the earlier one back). Also decides `busy`.
+    /// is rolled back (the next round puts the earlier one back): for `ROLLBACK_EXPIRES`
+    /// when Docker refused it as invalid, for the service's retry backoff when the host
+    /// was at fault. Also decides `busy`.
     pub fn after_apply(
         &mut self,
         store: &AgentStore,
@@ -220,13 +227,20 @@ impl Probation {
         }
         let records = store.services()?;
         for (key, activity) in failed {
-            let reason = match activity {
-                Activity::Failed { kind: "start_failed", message } => format!("failed to start: {message}"),
-                Activity::Failed { kind: "create_failed", message } => format!("could not be created: {message}"),
-                _ => continue,
-            };
             let Some(attempted) = desired.iter().find(|d| &d.key == key) else { continue };
             let Some(record) = records.iter().find(|r| &r.key == key) else { continue };
+            let (reason, holds_for) = match activity {
+                Activity::Failed { kind: "start_failed", message } => {
+                    (format!("failed to start: {message}"), ROLLBACK_EXPIRES)
+                }
+                Activity::Failed { kind: "create_failed", message } => {
+                    (format!("could not be created: {message}"), ROLLBACK_EXPIRES)
+                }
+                Activity::Failed { kind: "host_fault", message } => {
+                    (format!("met a fault of this host: {message}"), retry_backoff(record.failures))
+                }
+                _ => continue,
+            };
             // Putting the earlier deployment back failed: it is retried with backoff.
             if record.rollback.is_some() {
                 continue;
@@ -235,7 +249,7 @@ impl Probation {
             // Nothing to go back to: `apply` logged the failure and retries with backoff.
             if let Some(restore) = restore_point(attempted, &deployments, in_probation(record, self.period, now)) {
                 self.busy = true;
-                self.reject(store, attempted, Some(restore), reason)?;
+                self.reject(store, attempted, Some(restore), reason, holds_for);
             }
         }
         self.busy |= store.services()?.iter().any(|r| in_probation(r, self.period, now));
@@ -250,15 +264,21 @@ impl Probation {
         rejected: &DesiredService,
         restore: Option<&DesiredService>,
         reason: String,
-    ) -> Result<String, Error> {
+        holds_for: Duration,
+    ) -> String {
         let key = &rejected.key;
         let Some(restore) = restore else {
             let message = format!("{key}: {} {reason}; there is no earlier deployment to go back to", rejected.image);
             log::warn!("{message}");
             let _ = store.log_event("warn", &message);
-            return Ok(message);
+            return message;
         };
-        let message = format!("{key}: {} {reason}; rolling back to {}", rejected.image, restore.image);
+        let message = format!(
+            "{key}: {} {reason}; rolling back to {} for {} s, then trying it again",
+            rejected.image,
+            restore.image,
+            holds_for.as_secs()
+        );
         log::warn!("{message}");
         let _ = store.log_event("warn", &message);
         let rollback = Rollback {
@@ -268,9 +288,18 @@ impl Probation {
             reason,
             at: unix_now(),
             since: Some(crate::clock::now()),
+            holds_for,
         };
-        store.record_rollback(key, &rollback)?;
-        Ok(message)
+        logged(store.record_rollback(key, &rollback));
+        message
+    }
+}
+
+/// A store write whose failure (a full disk) is logged, not passed on: probation's
+/// bookkeeping must not keep the cycle from applying and reporting.
+fn logged(result: Result<(), Error>) {
+    if let Err(e) = result {
+        log::error!("{e}");
     }
 }
 
@@ -359,6 +388,7 @@ mod tests {
             reason: "exited with code 1 within probation".into(),
             at: 1,
             since: None,
+            holds_for: ROLLBACK_EXPIRES,
         };
         let records = [record(&v2.key, Some(rollback)), record(&other.key, None)];
 
@@ -540,6 +570,27 @@ mod tests {
         // One made on an earlier boot has expired too.
         rollback.since = Some(Moment { boot: "earlier-boot".into(), uptime: now.uptime + 10 });
         store.record_rollback(&v2.key, &rollback).unwrap();
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v2]);
+    }
+
+    #[test]
+    fn a_fault_of_the_host_puts_the_earlier_deployment_back_only_for_the_retry_backoff() {
+        let store = AgentStore::in_memory().unwrap();
+        let (v1, v2) = (DesiredService::example("web", "a@1", "h1"), DesiredService::example("web", "a@2", "h2"));
+        store.record_deployed(&v1, "c1").unwrap();
+        let message = "docker start web_1 failed (500): port is already allocated".to_string();
+        store.record_failure(&v2.key, &v2.image, &v2.config_hash, &message, &retry_backoff).unwrap();
+        let failed = BTreeMap::from([(v2.key.clone(), Activity::Failed { kind: "host_fault", message })]);
+        let mut probation = Probation::new(Duration::from_secs(60));
+        probation.after_apply(&store, std::slice::from_ref(&v2), &failed, &crate::clock::now()).unwrap();
+        let rollback = store.rollback_of(&v2.key).unwrap().expect("v1 put back meanwhile");
+        assert_eq!((rollback.to.image.as_str(), rollback.holds_for), ("a@1", Duration::from_secs(10)));
+        assert!(rollback.reason.starts_with("met a fault of this host"), "{}", rollback.reason);
+        assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v1.clone()]);
+        // Ten seconds on, v2 is tried again.
+        let mut later = rollback.clone();
+        later.since = later.since.map(|m| Moment { uptime: m.uptime.saturating_sub(10), ..m });
+        store.record_rollback(&v2.key, &later).unwrap();
         assert_eq!(probation.effective(&store, vec![v2.clone()]).unwrap(), vec![v2]);
     }
 

@@ -97,6 +97,12 @@ fn service_report(wanted: &DesiredService, input: &ReportInput<'_>) -> Value {
             "error"
         }
         None => match (current, record) {
+            // Created but never started (a start that failed for the host's reasons): the
+            // failure, not "installed".
+            (Some(c), Some(r)) if c.state == "created" && r.last_error.is_some() => {
+                service.insert("error".into(), json!({"type": "retrying", "message": r.last_error}));
+                "error"
+            }
             (Some(c), _) => docker_status(&c.state),
             (None, Some(r)) if r.last_error.is_some() => {
                 service.insert("error".into(), json!({"type": "retrying", "message": r.last_error}));
@@ -273,6 +279,7 @@ mod tests {
             reason: reason.into(),
             at: 1_800_000_000,
             since: None,
+            holds_for: crate::probation::ROLLBACK_EXPIRES,
         };
         let records = [ServiceRecord {
             key: v1.key.clone(),

@@ -7,7 +7,7 @@
 //! go to the server after the cycle that saw it fail, while the server answers polls
 //! (`failure_logs.rs`).
 
-use crate::apply::{apply, Activity};
+use crate::apply::{apply, retry_backoff, Activity};
 use crate::client::{Poll, ServerClient};
 use crate::clock::{self, WallClockWatch};
 use crate::config::Config;
@@ -247,16 +247,21 @@ impl Agent {
             }
         }
         let networks = self.engine.managed_networks()?;
-        let steps = plan(&PlanInput {
-            desired: &desired,
-            containers: &containers,
-            holding: &holding,
-            managed_networks: &networks,
-        });
-        let mut activities = BTreeMap::new();
+        let plan_with = |holding: &BTreeSet<ServiceKey>| {
+            plan(&PlanInput { desired: &desired, containers: &containers, holding, managed_networks: &networks })
+        };
+        let mut steps = plan_with(&holding);
+        // Low on disk: a service whose image must be pulled is held before anything is
+        // done for it, so kill-then-download does not stop the old container first.
+        let short_of_disk = self.short_of_disk(&steps, &desired);
+        if !short_of_disk.is_empty() {
+            holding.extend(short_of_disk.keys().cloned());
+            steps = plan_with(&holding);
+        }
+        let mut activities = short_of_disk;
         if !steps.is_empty() {
             log::info!("applying {} step(s)", steps.len());
-            activities = self.apply(&steps, &desired, &invalid, &containers);
+            activities.extend(self.apply(&steps, &desired, &invalid, &containers));
         }
         if let Err(e) = self.probation.after_apply(&self.store, &desired, &activities, &clock::now()) {
             log::error!("{e}");
@@ -289,6 +294,44 @@ impl Agent {
         }
         self.report(&desired, &invalid, &containers, &activities);
         Ok(())
+    }
+
+    /// The services `steps` would pull an image for while less than `min_free_disk` is
+    /// free where Docker keeps images, each with its `low_disk` failure (recorded with
+    /// backoff, so the check is not made every cycle). Free space is looked at only when
+    /// something is to be pulled.
+    fn short_of_disk(&self, steps: &[Step], desired: &[DesiredService]) -> BTreeMap<ServiceKey, Activity> {
+        let min_free = self.config.min_free_disk;
+        let pulls: Vec<(&ServiceKey, &String)> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Pull { service, image } => Some((service, image)),
+                _ => None,
+            })
+            .collect();
+        if min_free == 0 || pulls.is_empty() {
+            return BTreeMap::new();
+        }
+        let Some(free) = self.engine.free_bytes().ok().flatten().filter(|free| *free < min_free) else {
+            return BTreeMap::new();
+        };
+        let mut short = BTreeMap::new();
+        for (key, image) in pulls {
+            if self.engine.has_image(image).unwrap_or(false) {
+                continue;
+            }
+            let message = Error::LowDisk { image: image.clone(), free, min_free }.to_string();
+            log::warn!("{key}: {message}");
+            if let Some(wanted) = desired.iter().find(|d| &d.key == key) {
+                let recorded =
+                    self.store.record_failure(key, &wanted.image, &wanted.config_hash, &message, &retry_backoff);
+                if let Err(e) = recorded {
+                    log::error!("{e}");
+                }
+            }
+            short.insert(key.clone(), Activity::Failed { kind: "low_disk", message });
+        }
+        short
     }
 
     /// Images a service runs, would be put back by a rollback, or a container uses.

@@ -1,11 +1,12 @@
 //! The agent's own state in SQLite (WAL, one transaction per change): its identity, the
 //! last target with its ETag, what it deployed for each service and how that went, the
-//! last report not yet delivered, and a bounded event log. After a reboot without network
-//! the agent runs from here.
+//! images it pulled (only those are ever collected), and a bounded event log. After a
+//! reboot without network the agent runs from here.
 //!
 //! Each service row also keeps the deployment now in place and the one before it (as the
-//! `DesiredService` JSON they were created from), when the current one was deployed (its
-//! probation runs from then), and a rollback when the current one failed probation.
+//! `DesiredService` JSON they were created from), when the current one's probation
+//! started on the boot clock (`clock.rs`; cleared once it passed), when a failed service
+//! may be tried again, and a rollback while one holds.
 
 use crate::clock::{self, Moment};
 use crate::spec::{DesiredService, ServiceKey};
@@ -17,7 +18,8 @@ use std::time::Duration;
 /// Events kept in the log; older ones are dropped.
 pub const EVENT_LOG_LIMIT: i64 = 500;
 
-/// 1: the first schema. 2: deployments and rollbacks (`MIGRATE_TO_2`).
+/// 1: the first schema. 2: deployments and rollbacks (`MIGRATE_TO_2`). 3: boot-clock
+/// times, rollback holds, pulled images (`MIGRATE_TO_3`).
 const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
@@ -57,6 +59,7 @@ CREATE TABLE IF NOT EXISTS services (
     retry_uptime         INTEGER,
     rollback_boot        TEXT,
     rollback_uptime      INTEGER,
+    rollback_holds       INTEGER,
     PRIMARY KEY (app_id, service_name)
 );
 CREATE TABLE IF NOT EXISTS pulled_images (
@@ -98,6 +101,7 @@ ALTER TABLE services ADD COLUMN retry_boot TEXT;
 ALTER TABLE services ADD COLUMN retry_uptime INTEGER;
 ALTER TABLE services ADD COLUMN rollback_boot TEXT;
 ALTER TABLE services ADD COLUMN rollback_uptime INTEGER;
+ALTER TABLE services ADD COLUMN rollback_holds INTEGER;
 DROP TABLE IF EXISTS pending_report;
 ";
 
@@ -153,9 +157,12 @@ pub struct Rollback {
     pub reason: String,
     /// Unix time, for people.
     pub at: u64,
-    /// When it was made, on the boot clock: it expires `probation::ROLLBACK_EXPIRES` later
-    /// (or at the next boot), and the rejected deployment is tried again.
+    /// When it was made, on the boot clock: it expires `holds_for` later (or at the next
+    /// boot), and the rejected deployment is tried again.
     pub since: Option<Moment>,
+    /// `probation::ROLLBACK_EXPIRES` for a deployment that failed, the retry backoff for
+    /// one the host could not run.
+    pub holds_for: Duration,
 }
 
 /// The deployment of a service in place and the one before it.
@@ -319,7 +326,8 @@ impl AgentStore {
             .prepare(
                 "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error,
                         deployed_at, rollback_image, rollback_config_hash, rollback_spec, rollback_reason, rollback_at,
-                        probation_boot, probation_since, retry_boot, retry_uptime, rollback_boot, rollback_uptime
+                        probation_boot, probation_since, retry_boot, retry_uptime, rollback_boot, rollback_uptime,
+                        rollback_holds
                  FROM services ORDER BY app_id, service_name",
             )
             .map_err(db("reading services"))?;
@@ -334,6 +342,9 @@ impl AgentStore {
                         reason: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
                         at: r.get::<_, Option<i64>>(13)?.unwrap_or(0) as u64,
                         since: moment(r.get(18)?, r.get(19)?),
+                        holds_for: r
+                            .get::<_, Option<i64>>(20)?
+                            .map_or(crate::probation::ROLLBACK_EXPIRES, |secs| Duration::from_secs(secs as u64)),
                     }),
                     _ => None,
                 };
@@ -413,12 +424,14 @@ impl AgentStore {
     }
 
     /// Records that `key`'s deployment `rollback.from_*` failed probation and
-    /// `rollback.to` runs instead, until the target asks for something else.
+    /// `rollback.to` runs instead, until the target asks for something else or the
+    /// rollback's hold runs out.
     pub fn record_rollback(&self, key: &ServiceKey, rollback: &Rollback) -> Result<(), Error> {
         self.conn
             .execute(
                 "UPDATE services SET rollback_image = ?3, rollback_config_hash = ?4, rollback_spec = ?5,
-                     rollback_reason = ?6, rollback_at = ?7, rollback_boot = ?8, rollback_uptime = ?9
+                     rollback_reason = ?6, rollback_at = ?7, rollback_boot = ?8, rollback_uptime = ?9,
+                     rollback_holds = ?10
                  WHERE app_id = ?1 AND service_name = ?2",
                 params![
                     key.app_id,
@@ -429,7 +442,8 @@ impl AgentStore {
                     rollback.reason,
                     rollback.at as i64,
                     rollback.since.as_ref().map(|m| m.boot.clone()),
-                    rollback.since.as_ref().map(|m| m.uptime as i64)
+                    rollback.since.as_ref().map(|m| m.uptime as i64),
+                    rollback.holds_for.as_secs() as i64
                 ],
             )
             .map_err(db("recording a rollback"))?;
@@ -446,7 +460,8 @@ impl AgentStore {
         self.conn
             .execute(
                 "UPDATE services SET rollback_image = NULL, rollback_config_hash = NULL, rollback_spec = NULL,
-                     rollback_reason = NULL, rollback_at = NULL, rollback_boot = NULL, rollback_uptime = NULL
+                     rollback_reason = NULL, rollback_at = NULL, rollback_boot = NULL, rollback_uptime = NULL,
+                     rollback_holds = NULL
                  WHERE app_id = ?1 AND service_name = ?2",
                 params![key.app_id, key.service_name],
             )
@@ -683,6 +698,7 @@ mod tests {
             reason: "exited with code 1 within probation".into(),
             at: 1_700_000_000,
             since: None,
+            holds_for: crate::probation::ROLLBACK_EXPIRES,
         };
         store.record_rollback(&v1.key, &rollback).unwrap();
         assert_eq!(store.rollback_of(&v1.key).unwrap(), Some(rollback.clone()));
