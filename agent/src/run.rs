@@ -54,7 +54,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     );
 
     let identity = wait_for_identity(&config, &store, &client)?;
-    let owner = Owner::for_gateway(Path::new(MACHINE_ID_PATH), &identity.device_key);
+    let state_dir = config.db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let owner = Owner::for_gateway(state_dir, Path::new(MACHINE_ID_PATH), &identity.device_key);
     let engine = wait_for_engine(&config);
     pinion_systemd::ready();
     let mut agent = Agent {
@@ -415,9 +416,11 @@ impl Agent {
         let steps: Vec<Step> = steps
             .iter()
             .map(|step| match step {
-                Step::CreateAndStart { service, name, body } => {
-                    Step::CreateAndStart { service: service.clone(), name: name.clone(), body: self.owner.stamp(body) }
-                }
+                Step::CreateAndStart { service, name, body } => Step::CreateAndStart {
+                    service: service.clone(),
+                    name: name.clone(),
+                    body: self.owner.stamp(name, body),
+                },
                 other => other.clone(),
             })
             .collect();
