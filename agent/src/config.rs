@@ -144,7 +144,7 @@ impl Config {
             "db" => self.db = value.into(),
             "allow_privileged" => self.limits.allow_privileged = boolean(key, value)?,
             "allowed_bind_sources" => {
-                self.limits.allowed_bind_sources = host_limits::parse_list(key, value, host_limits::path_entry)?
+                self.limits.allowed_bind_sources = host_limits::parse_list(key, value, host_limits::bind_entry)?
             }
             "allowed_devices" => {
                 self.limits.allowed_devices = host_limits::parse_list(key, value, host_limits::path_entry)?
@@ -166,9 +166,14 @@ impl Config {
 }
 
 impl Config {
-    /// The gateway's limits, with the agent's own Docker socket among the protected paths.
+    /// The gateway's limits, with the agent's own Docker socket and database directory
+    /// among the protected paths.
     pub fn host_limits(&self) -> HostLimits {
-        HostLimits { docker_socket: self.docker_socket.to_str().map(str::to_owned), ..self.limits.clone() }
+        HostLimits {
+            docker_socket: self.docker_socket.to_str().map(str::to_owned),
+            agent_db_dir: self.db.parent().and_then(Path::to_str).filter(|d| !d.is_empty()).map(str::to_owned),
+            ..self.limits.clone()
+        }
     }
 
     /// The server URL, when it is set and allowed (`tls::check_server_url`): checked at
@@ -349,6 +354,11 @@ mod tests {
         assert_eq!(closed.limits, HostLimits::default());
         assert!(!closed.limits.allow_privileged && closed.limits.allowed_bind_sources.is_empty());
         assert_eq!(closed.host_limits().docker_socket.as_deref(), Some(DEFAULT_DOCKER_SOCKET));
+        assert_eq!(closed.host_limits().agent_db_dir.as_deref(), Some("/var/lib/pinion"));
+        let moved =
+            load("db = \"/opt/pinion/state/agent.db\"\nallowed_bind_sources = \"/srv/apps/*/, /srv/x\"", &[]).unwrap();
+        assert_eq!(moved.host_limits().agent_db_dir.as_deref(), Some("/opt/pinion/state"), "protected wherever it is");
+        assert_eq!(moved.limits.allowed_bind_sources, ["/srv/apps/*", "/srv/x"]);
 
         let open = load(
             "allow_privileged = true\nallowed_bind_sources = \"/srv/app/, /var/lib/data\"\n\
@@ -371,6 +381,7 @@ mod tests {
             err("allowed_bind_sources = \"srv\"")
         );
         assert!(err("allowed_devices = \"/dev/../etc/shadow\"").contains("without `..`"));
+        assert!(err("allowed_bind_sources = \"/srv/*/data\"").contains("last part"));
         assert!(err("allow_privileged = yes").contains("must be a quoted string"));
         assert!(err("allow_host_network = \"on\"").contains("must be true or false"));
     }

@@ -7,21 +7,41 @@
 //! The check is a pure function of a service's `ContainerCreate` body (exactly what
 //! Docker would be sent) and the limits; a refused service is never created and is
 //! reported like an invalid one. Only host paths are looked up on disk, by the caller's
-//! `real_path` (symlinks resolved), so that a symlink planted in an allowed directory
-//! cannot lead a bind mount elsewhere.
+//! `real_path` (symlinks resolved, in the agent's mount namespace, which must be the
+//! host's: dockerd resolves them there).
+//!
+//! Bind sources: Docker resolves a bind mount's host path again at every start of the
+//! container (restart policy, dockerd restart, reboot), so what the agent judged is not
+//! what a later start mounts if a container can meanwhile swap a directory on that path
+//! for a symlink. No judgement at create time can see that; the rule is therefore made
+//! so that no container the agent creates can write any directory on the way to another
+//! container's bind source: an entry allows one path, or (`dir/*`) the direct children
+//! of one directory, never deeper, and a path allowed while another entry's paths lie
+//! above it is refused. It holds whatever runs next to the container and at any later
+//! start, because it depends only on the entries.
 //!
 //! The rules:
 //! - `Privileged` needs `allow_privileged = true`.
 //! - A bind mount's host path (a named volume is not one) must be absolute, contain no
-//!   `..`, and (after dropping `.` and repeated or trailing slashes) equal an entry of
-//!   `allowed_bind_sources` or lie under one; when it lies under one, the path its
-//!   symlinks lead to must pass too (a container writing there could plant one). A path that is, holds or lies inside a [`PROTECTED_PATHS`] entry (`/`, the
-//!   Docker and containerd sockets and run directories, the agent's `docker_socket`)
-//!   passes only by an entry naming exactly that path: `/var` allows `/var/lib/app` but
-//!   neither `/var/run` nor `/var/run/docker.sock`.
-//! - A device's host path follows the same path rule against `allowed_devices` (without
-//!   the protected paths, and as written: udev's `/dev/serial/by-id/…` links are meant to
-//!   be named, and containers cannot write `/dev`).
+//!   `..`, and (after dropping `.` and repeated or trailing slashes) be allowed by an
+//!   entry of `allowed_bind_sources`:
+//!   - an entry `/srv/app` allows exactly `/srv/app` (nothing under it);
+//!   - an entry `/srv/apps/*` allows each direct child of `/srv/apps` (`/srv/apps/web`,
+//!     not `/srv/apps` nor `/srv/apps/web/data`), except a child that is, holds or lies
+//!     inside a [`PROTECTED_PATHS`] entry (`/`, the Docker and containerd sockets, run
+//!     and state directories, `/var/lib/pinion`, `/etc/pinion`, `/proc`, `/sys`,
+//!     `/boot`, `/dev`, the agent's `docker_socket` and database directory), which
+//!     needs an entry naming exactly that path: `/var/*` allows `/var/www` but neither
+//!     `/var/run` nor `/var/lib`.
+//!   - The path is resolved now (symlinks followed); if that fails it is refused. A path
+//!     allowed as a child must also lead to an allowed path.
+//!   - Refused when a path another entry allows lies strictly above it (an entry
+//!     `/srv/app` above `/srv/app/db`, an entry `/srv/*` above `/srv/web/db`), comparing
+//!     the path as written and as resolved with each entry as written and as resolved: a
+//!     container binding the upper path could plant a symlink on the lower one's way.
+//! - A device's host path must equal or lie under an entry of `allowed_devices`, as
+//!   written (udev's `/dev/serial/by-id/…` links are meant to be named, and containers
+//!   cannot write `/dev` unless an entry names it exactly).
 //! - Each `cap_add` value, compared upper-case without a `CAP_` prefix, must be listed in
 //!   `allowed_capabilities`; `ALL` is allowed only by an `ALL` entry, which allows any.
 //! - `networkMode: host` and `container:<name>` (another container's network namespace,
@@ -41,7 +61,8 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// Host paths a bind mount reaches only through an entry naming exactly that path.
+/// Host paths a bind mount reaches only through an entry naming exactly that path (a
+/// `dir/*` entry does not allow a child that is, holds or lies inside one).
 pub const PROTECTED_PATHS: &[&str] = &[
     "/",
     "/var/run/docker.sock",
@@ -50,6 +71,16 @@ pub const PROTECTED_PATHS: &[&str] = &[
     "/run/docker",
     "/var/run/containerd",
     "/run/containerd",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    // The agent's database (registry passwords, its device key) and settings (writing
+    // agent.toml reopens every limit).
+    "/var/lib/pinion",
+    "/etc/pinion",
+    "/proc",
+    "/sys",
+    "/boot",
+    "/dev",
 ];
 
 /// `HostConfig` fields judged below (or harmless): any other is refused.
@@ -60,7 +91,7 @@ const KNOWN_HOST_CONFIG: &[&str] =
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostLimits {
     pub allow_privileged: bool,
-    /// Normalised absolute paths.
+    /// Normalised absolute paths, each exact or `dir/*` (`bind_entry`).
     pub allowed_bind_sources: Vec<String>,
     /// Normalised absolute paths.
     pub allowed_devices: Vec<String>,
@@ -71,6 +102,8 @@ pub struct HostLimits {
     pub allowed_registries: Vec<String>,
     /// The agent's Docker socket, protected like the default one.
     pub docker_socket: Option<String>,
+    /// The directory of the agent's database, protected like `/var/lib/pinion`.
+    pub agent_db_dir: Option<String>,
 }
 
 /// One thing a service asked for that this gateway refuses, and the setting that opens it.
@@ -143,7 +176,7 @@ pub fn check(
     }
     for device in field("Devices").and_then(Value::as_array).into_iter().flatten() {
         let path = device.get("PathOnHost").and_then(Value::as_str).unwrap_or("");
-        if !path_allowed(path, &limits.allowed_devices, &[]) {
+        if !path_allowed(path, &limits.allowed_devices) {
             refusals.push(Refusal {
                 asked: format!("the device {path}"),
                 remedy: format!("add \"{path}\" to allowed_devices"),
@@ -184,37 +217,94 @@ pub fn check(
 }
 
 fn check_bind(limits: &HostLimits, source: &str, real_path: &dyn Fn(&str) -> Option<String>) -> Option<Refusal> {
-    let socket = limits.docker_socket.as_deref().and_then(normalise);
-    let protected: Vec<&str> = PROTECTED_PATHS.iter().copied().chain(socket.as_deref()).collect();
-    let allowed = &limits.allowed_bind_sources;
-    let Some(path) = normalise(source).filter(|p| path_allowed(p, allowed, &protected)) else {
+    let refusal = |asked: String, remedy: String| Some(Refusal { asked, remedy });
+    let protected: Vec<String> = PROTECTED_PATHS
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain([&limits.docker_socket, &limits.agent_db_dir].into_iter().flatten().filter_map(|p| normalise(p)))
+        .collect();
+    let entries = &limits.allowed_bind_sources;
+    let Some(path) = normalise(source).filter(|p| bind_allowed(p, entries, &protected)) else {
         let entry = normalise(source).unwrap_or_else(|| source.to_owned());
-        return Some(Refusal {
-            asked: format!("the bind mount of {source}"),
-            remedy: format!("add \"{entry}\" to allowed_bind_sources"),
-        });
+        return refusal(format!("the bind mount of {source}"), format!("add \"{entry}\" to allowed_bind_sources"));
     };
-    // Named exactly by an entry: taken as written. Allowed as lying under an entry: a
-    // container writing there could have planted a symlink, so where it leads counts.
-    if allowed.contains(&path) {
-        return None;
+    let Some(real) = real_path(&path) else {
+        return refusal(
+            format!("the bind mount of {source}, whose host path the agent cannot resolve,"),
+            format!(
+                "make {path} resolvable (the agent must see the host's paths as dockerd does) or name its real path"
+            ),
+        );
+    };
+    // Named exactly by an entry: taken as written. Allowed as a child: where it leads counts.
+    if !named_exactly(&path, entries) && !bind_allowed(&real, entries, &protected) {
+        return refusal(
+            format!("the bind mount of {source} (which leads to {real})"),
+            format!("add \"{real}\" to allowed_bind_sources"),
+        );
     }
-    let real = real_path(&path)?;
-    (!path_allowed(&real, allowed, &protected)).then(|| Refusal {
-        asked: format!("the bind mount of {source} (which leads to {real})"),
-        remedy: format!("add \"{real}\" to allowed_bind_sources"),
-    })
+    for entry in entries {
+        let written = bind_entry_dir(entry);
+        let resolved = real_path(written.1);
+        let entry_dirs = [Some(written.1), resolved.as_deref()];
+        let above = [&path, &real].into_iter().find_map(|mine| {
+            entry_dirs.into_iter().flatten().find(|dir| allows_above(written.0, dir, mine)).map(|_| mine)
+        });
+        if let Some(mine) = above {
+            let how = if mine == &path { String::new() } else { format!(" (which leads to {mine})") };
+            return refusal(
+                format!(
+                    "the bind mount of {source}{how}, which lies under a path the entry \"{entry}\" allows \
+                     (a container binding that could plant a symlink on its way, followed at the next start),"
+                ),
+                format!("remove \"{entry}\" from allowed_bind_sources, or bind only paths it allows"),
+            );
+        }
+    }
+    None
 }
 
-/// Whether `path` equals or lies under an entry of `allowed`; a path that is, holds or
-/// lies inside a `protected` path needs an entry equal to it.
-fn path_allowed(path: &str, allowed: &[String], protected: &[&str]) -> bool {
-    let Some(path) = normalise(path) else { return false };
-    if allowed.contains(&path) {
+/// Whether `path` is allowed by an entry of `entries`: named exactly, or a direct child
+/// of a `dir/*` entry's directory that is not, holds and is not inside a `protected` path.
+fn bind_allowed(path: &str, entries: &[String], protected: &[String]) -> bool {
+    if named_exactly(path, entries) {
         return true;
     }
-    let sensitive = protected.iter().any(|p| *p == path || is_under(p, &path) || (*p != "/" && is_under(&path, p)));
-    !sensitive && allowed.iter().any(|entry| is_under(&path, entry))
+    let sensitive = protected.iter().any(|p| p == path || is_under(p, path) || (p != "/" && is_under(path, p)));
+    !sensitive && entries.iter().any(|e| matches!(bind_entry_dir(e), (true, dir) if parent(path) == Some(dir)))
+}
+
+/// Whether an entry other than a `dir/*` one is `path`.
+fn named_exactly(path: &str, entries: &[String]) -> bool {
+    entries.iter().any(|e| bind_entry_dir(e) == (false, path))
+}
+
+/// `(children, path)`: `(true, "/srv/apps")` for `/srv/apps/*`, `(false, "/srv/app")` for
+/// `/srv/app`.
+fn bind_entry_dir(entry: &str) -> (bool, &str) {
+    match entry.strip_suffix("/*") {
+        Some("") => (true, "/"),
+        Some(dir) => (true, dir),
+        None => (false, entry),
+    }
+}
+
+/// Whether a path an entry allows (`dir` itself, or with `children` a direct child of it)
+/// lies strictly above `path`.
+fn allows_above(children: bool, dir: &str, path: &str) -> bool {
+    is_under(path, dir) && !(children && parent(path) == Some(dir))
+}
+
+/// The directory holding `path` (normalised); `None` for `/`.
+fn parent(path: &str) -> Option<&str> {
+    let cut = path.rfind('/')?;
+    (path != "/").then(|| if cut == 0 { "/" } else { &path[..cut] })
+}
+
+/// Whether `path` equals or lies under an entry of `allowed` (the device rule).
+fn path_allowed(path: &str, allowed: &[String]) -> bool {
+    let Some(path) = normalise(path) else { return false };
+    allowed.iter().any(|entry| *entry == path || is_under(&path, entry))
 }
 
 /// Whether `path` lies strictly under `dir` (both normalised).
@@ -290,7 +380,18 @@ pub fn parse_list(
     Ok(items)
 }
 
-/// An entry of `allowed_bind_sources` or `allowed_devices`.
+/// An entry of `allowed_bind_sources`: a path, or a directory followed by `/*` (its
+/// direct children).
+pub fn bind_entry(raw: &str) -> Result<String, String> {
+    let entry = path_entry(raw)?;
+    let (_, dir) = bind_entry_dir(&entry);
+    if dir.contains('*') {
+        return Err("may hold `*` only as its last part (\"/srv/apps/*\": each directory in /srv/apps)".into());
+    }
+    Ok(entry)
+}
+
+/// An entry of `allowed_devices` (or, checked further, `allowed_bind_sources`).
 pub fn path_entry(raw: &str) -> Result<String, String> {
     normalise(raw).ok_or_else(|| "must be an absolute path without `..`".to_owned())
 }
@@ -314,16 +415,20 @@ pub fn registry_entry(raw: &str) -> Result<String, String> {
 }
 
 /// The host path `path` resolves to, symlinks followed: the real path of its longest
-/// existing ancestor with the rest appended (Docker creates a missing bind source).
-/// `None` when nothing of it can be resolved.
+/// existing ancestor with the missing rest appended (Docker creates a missing bind
+/// source). `None` when it cannot be resolved: a part that exists but does not resolve
+/// (a dangling or looping symlink, no permission), or a path that is not UTF-8.
 pub fn real_path(path: &str) -> Option<String> {
     let mut existing = std::path::PathBuf::from(normalise(path)?);
     let mut rest = Vec::new();
     loop {
-        if let Ok(real) = std::fs::canonicalize(&existing) {
-            let mut real = real;
-            real.extend(rest.iter().rev());
-            return real.to_str().map(str::to_owned);
+        match std::fs::canonicalize(&existing) {
+            Ok(mut real) => {
+                real.extend(rest.iter().rev());
+                return real.to_str().map(str::to_owned);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&existing).is_err() => {}
+            Err(_) => return None,
         }
         rest.push(existing.file_name()?.to_owned());
         if !existing.pop() {

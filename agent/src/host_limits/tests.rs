@@ -1,7 +1,9 @@
 //! Each limit against service configs as a target state writes them, mapped by
 //! `desired_services` into the create body Docker would be sent: allowed, refused, and
 //! the edges (`..`, trailing slashes, the Docker socket under an allowed directory,
-//! `ALL`, capability spellings, `container:` networks, Docker Hub's names).
+//! `ALL`, capability spellings, `container:` networks, Docker Hub's names), and the
+//! symlink swapped in by one container for another's bind source (`allowed_bind_sources`
+//! rules out every path a container could write on the way).
 
 use super::*;
 use crate::spec::desired_services;
@@ -18,8 +20,9 @@ fn service(image: &str, config: Value) -> DesiredService {
     services.pop().unwrap()
 }
 
-fn no_symlinks(_: &str) -> Option<String> {
-    None
+/// A host without symlinks: every path resolves to itself.
+fn no_symlinks(path: &str) -> Option<String> {
+    Some(path.to_owned())
 }
 
 /// The refusals of `config` under `limits`, as sentences.
@@ -60,28 +63,108 @@ fn bind_sources_are_refused_unless_listed() {
           /etc/pinion/agent.toml to allow it"]
     );
     let limits = binds(&["/srv/app/"]);
-    for allowed in ["/srv/app", "/srv/app/", "/srv/app/data", "//srv//app/./data/"] {
+    for allowed in ["/srv/app", "/srv/app/", "//srv//app/./"] {
         assert!(refused(&limits, volume(allowed)).is_empty(), "{allowed}");
     }
-    for outside in ["/srv", "/srv/application", "/srv/app/../etc", "/srv/app/x/../y", "/"] {
+    for outside in ["/srv", "/srv/application", "/srv/app/data", "/srv/app/../etc", "/srv/app/x/../y", "/"] {
+        assert_eq!(refused(&limits, volume(outside)).len(), 1, "{outside}: an entry allows itself, nothing under it");
+    }
+    assert_eq!(
+        refused(&limits, volume("/srv/app/data")),
+        ["the bind mount of /srv/app/data is refused by this gateway; add \"/srv/app/data\" to \
+          allowed_bind_sources in /etc/pinion/agent.toml to allow it"]
+    );
+}
+
+#[test]
+fn a_children_entry_allows_each_direct_child_only() {
+    let limits = binds(&["/srv/apps/*/"]);
+    assert_eq!(limits.allowed_bind_sources, ["/srv/apps/*"]);
+    for allowed in ["/srv/apps/web", "/srv/apps//db/"] {
+        assert!(refused(&limits, volume(allowed)).is_empty(), "{allowed}");
+    }
+    for outside in ["/srv/apps", "/srv/apps/web/data", "/srv/other", "/srv/appsx/web"] {
         assert_eq!(refused(&limits, volume(outside)).len(), 1, "{outside}");
+    }
+    let root = binds(&["/*"]);
+    assert!(refused(&root, volume("/srv")).is_empty());
+    assert_eq!(refused(&root, volume("/srv/app")).len(), 1);
+    for entry in ["/srv/*/x", "/srv/a*", "srv/*"] {
+        assert!(bind_entry(entry).is_err(), "{entry}");
+    }
+    assert_eq!(bind_entry("/*"), Ok("/*".to_owned()));
+}
+
+/// The review's attack: the owner allows `/srv/app`; one service binds it read-write,
+/// another binds `/srv/app/x` with restart always. The first swaps `/srv/app/x` for a
+/// symlink to the Docker socket; Docker resolves the second's source again when it
+/// restarts it. Judging where the path leads at create time cannot see a link planted
+/// later, so no entry may allow a path under another's.
+#[test]
+fn no_container_can_write_on_the_way_to_another_bind_source() {
+    let attack = json!({"volumes": ["/srv/app:/data", "/srv/app/x:/x"], "restart": "always"});
+    let only_app = refused(&binds(&["/srv/app"]), attack.clone());
+    assert_eq!(only_app.len(), 1, "{only_app:?}");
+    assert!(only_app[0].starts_with("the bind mount of /srv/app/x is refused"), "{only_app:?}");
+
+    // Both listed: the lower one is refused (the upper one alone still runs).
+    let both = binds(&["/srv/app", "/srv/app/x"]);
+    assert_eq!(
+        refused(&both, volume("/srv/app/x")),
+        ["the bind mount of /srv/app/x, which lies under a path the entry \"/srv/app\" allows (a container \
+          binding that could plant a symlink on its way, followed at the next start), is refused by this gateway; \
+          remove \"/srv/app\" from allowed_bind_sources, or bind only paths it allows in /etc/pinion/agent.toml \
+          to allow it"]
+    );
+    assert!(refused(&both, volume("/srv/app")).is_empty());
+    // Whichever service asks: the rule depends on the entries, not on what runs.
+    assert_eq!(refused(&both, attack).len(), 1);
+
+    // A children entry above an exact one, and an exact one above a children entry.
+    assert_eq!(refused(&binds(&["/srv/*", "/srv/web/db"]), volume("/srv/web/db")).len(), 1);
+    assert_eq!(refused(&binds(&["/srv", "/srv/apps/*"]), volume("/srv/apps/web")).len(), 1);
+    assert_eq!(refused(&binds(&["/", "/srv/app"]), volume("/srv/app")).len(), 1, "/ lies above everything");
+    // Siblings, and a children entry next to an exact child of it, are fine.
+    let siblings = binds(&["/srv/apps/*", "/srv/apps/web", "/srv/data"]);
+    for fine in ["/srv/apps/web", "/srv/apps/db", "/srv/data"] {
+        assert!(refused(&siblings, volume(fine)).is_empty(), "{fine}");
     }
 }
 
 #[test]
+fn entries_and_sources_are_compared_as_written_and_as_resolved() {
+    // `/link` is the owner's symlink to /srv: a container binding /link/a writes /srv/a.
+    let host = |path: &str| Some(path.replacen("/link/", "/srv/", 1));
+    let limits = binds(&["/link/a", "/srv/a/c"]);
+    let judged = |source: &str| check(&limits, &service("reg.local/app@sha256:aa", volume(source)), &host);
+    assert!(judged("/link/a").is_empty());
+    assert_eq!(judged("/srv/a/c").len(), 1, "under /link/a once resolved");
+    let other = binds(&["/srv/a", "/link/a/c"]);
+    let judged = |source: &str| check(&other, &service("reg.local/app@sha256:aa", volume(source)), &host);
+    assert_eq!(judged("/link/a/c").len(), 1, "leads under /srv/a");
+
+    // A path the agent cannot resolve (a dangling or looping link, a hidden directory) is refused.
+    let unresolvable = |_: &str| None;
+    let web = service("reg.local/app@sha256:aa", volume("/srv/app"));
+    let refusals = check(&binds(&["/srv/app"]), &web, &unresolvable);
+    assert_eq!(refusals.len(), 1);
+    assert!(refusals[0].asked.contains("cannot resolve"), "{refusals:?}");
+}
+
+#[test]
 fn the_docker_socket_and_root_need_an_entry_of_their_own() {
-    let var = binds(&["/var"]);
-    assert!(refused(&var, volume("/var/lib/app")).is_empty());
+    let var = binds(&["/var/*", "/var/run/*"]);
+    assert!(refused(&var, volume("/var/www")).is_empty());
     for socket in
         ["/var/run/docker.sock", "/var/run/../run/docker.sock", "/var/run//docker.sock", "/var/run", "/var/run/docker"]
     {
         assert_eq!(refused(&var, volume(socket)).len(), 1, "{socket}");
     }
-    let root = binds(&["/"]);
-    assert!(refused(&root, volume("/")).is_empty(), "/ named exactly");
-    assert!(refused(&root, volume("/etc")).is_empty());
-    assert_eq!(refused(&root, volume("/run/docker.sock")).len(), 1);
+    let root = binds(&["/*"]);
+    assert!(refused(&root, volume("/srv")).is_empty());
+    assert_eq!(refused(&root, volume("/")).len(), 1, "/ only named exactly");
     assert_eq!(refused(&root, volume("/run")).len(), 1, "/run holds the socket");
+    assert!(refused(&binds(&["/"]), volume("/")).is_empty(), "/ named exactly");
     assert_eq!(refused(&binds(&["/srv"]), volume("/")).len(), 1);
 
     let socket = binds(&["/var/run/docker.sock"]);
@@ -90,14 +173,32 @@ fn the_docker_socket_and_root_need_an_entry_of_their_own() {
     assert_eq!(refused(&socket, volume("/run/docker.sock")).len(), 1, "another spelling needs its own entry");
 
     // The agent's own socket, wherever it is, counts as the Docker socket.
-    let custom = HostLimits { docker_socket: Some("/srv/docker/docker.sock".into()), ..binds(&["/srv"]) };
+    let custom = HostLimits { docker_socket: Some("/srv/docker/docker.sock".into()), ..binds(&["/srv/*"]) };
     assert_eq!(refused(&custom, volume("/srv/docker")).len(), 1);
     assert!(refused(&custom, volume("/srv/data")).is_empty());
 }
 
 #[test]
+fn docker_state_the_agent_and_the_kernel_need_an_entry_of_their_own() {
+    let lib = binds(&["/var/lib/*", "/etc/*", "/*"]);
+    for protected in ["/var/lib/docker", "/var/lib/containerd", "/var/lib/pinion", "/etc/pinion"] {
+        assert_eq!(refused(&lib, volume(protected)).len(), 1, "{protected}");
+    }
+    assert!(refused(&binds(&["/var/lib/*"]), volume("/var/lib/app")).is_empty());
+    let root = binds(&["/*"]);
+    for protected in ["/proc", "/sys", "/boot", "/dev", "/etc", "/var", "/run"] {
+        assert_eq!(refused(&root, volume(protected)).len(), 1, "{protected}");
+    }
+    assert!(refused(&binds(&["/etc/pinion"]), volume("/etc/pinion")).is_empty(), "named exactly");
+    // The configured database's directory, wherever it is.
+    let db = HostLimits { agent_db_dir: Some("/opt/pinion/".into()), ..binds(&["/opt/*"]) };
+    assert_eq!(refused(&db, volume("/opt/pinion")).len(), 1);
+    assert!(refused(&db, volume("/opt/app")).is_empty());
+}
+
+#[test]
 fn a_symlink_under_an_allowed_directory_counts_where_it_leads() {
-    let limits = binds(&["/srv/app", "/srv/named"]);
+    let limits = binds(&["/srv/app/*", "/srv/named"]);
     let planted = |path: &str| match path {
         "/srv/app/root" => Some("/".to_owned()),
         "/srv/named" => Some("/etc".to_owned()),
@@ -274,6 +375,11 @@ fn real_paths_follow_symlinks_up_to_what_exists() {
     assert_eq!(real_path(&format!("{}/root", dir.display())).as_deref(), Some("/"));
     assert_eq!(real_path(&format!("{}/root/etc", dir.display())).as_deref(), Some("/etc"));
     assert_eq!(real_path(&format!("{}/missing/x", dir.display())), Some(format!("{real_dir}/missing/x")));
+    // A link that exists but leads nowhere (yet) does not resolve: Docker would follow it.
+    let dangling = dir.join("dangling");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+    assert_eq!(real_path(&dangling.display().to_string()), None);
+    assert_eq!(real_path(&format!("{}/below", dangling.display())), None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
