@@ -27,17 +27,17 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 }
 
 /// A size as `agent.toml` gives it: bytes, or with a `K`, `M` or `G` suffix (powers of
-/// 1024, an optional `i`/`B` after it: `256M`, `1GiB`).
+/// 1024; `KB`/`KiB` and the like too: `256M`, `1GiB`).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let upper = text.to_ascii_uppercase();
     let number_end = upper.find(|c: char| !c.is_ascii_digit()).unwrap_or(upper.len());
     let (number, unit) = upper.split_at(number_end);
-    let factor: u64 = match unit.trim().trim_end_matches('B').trim_end_matches('I') {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
         _ => return None,
     };
     number.parse::<u64>().ok()?.checked_mul(factor)
@@ -60,7 +60,7 @@ mod tests {
         assert_eq!(parse_size("256M"), Some(256 << 20));
         assert_eq!(parse_size(" 1GiB "), Some(1 << 30));
         assert_eq!(parse_size("64kb"), Some(64 << 10));
-        for bad in ["", "M", "-1M", "1T", "1.5G", "12 apples", "99999999999999999999G"] {
+        for bad in ["", "M", "-1M", "1T", "1.5G", "12 apples", "99999999999999999999G", "1BB", "1i", "1MM"] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
         }
     }

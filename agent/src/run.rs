@@ -71,6 +71,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         foreign_seen: BTreeSet::new(),
         wall_clock: WallClockWatch::default(),
         images_to_collect: true,
+        last_cycle_error: None,
         invalid_logged: LoggedOnce::default(),
         poll_failures: 0,
         next_poll: clock::since_boot(),
@@ -126,6 +127,8 @@ struct Agent {
     /// Something was deployed (or the agent started): unused images are collected once
     /// no deployment is in probation (`image_gc.rs`).
     images_to_collect: bool,
+    /// The error the last cycle ended with, already in the event log.
+    last_cycle_error: Option<String>,
     /// Invalid and refused services, logged when they appear rather than every cycle.
     invalid_logged: LoggedOnce,
     poll_failures: u32,
@@ -153,9 +156,17 @@ impl Agent {
     }
 
     fn reconcile_logged(&mut self) {
-        if let Err(e) = self.reconcile() {
-            log::error!("{e}");
-            let _ = self.store.log_event("error", &e.to_string());
+        match self.reconcile() {
+            Err(e) => {
+                log::error!("{e}");
+                // The event log gets an error once, not every cycle it lasts (the flash).
+                let message = e.to_string();
+                if self.last_cycle_error.as_deref() != Some(message.as_str()) {
+                    let _ = self.store.log_event("error", &message);
+                    self.last_cycle_error = Some(message);
+                }
+            }
+            Ok(()) => self.last_cycle_error = None,
         }
         // Not while the server is away: each try would wait for its timeout.
         if !self.server_away() {

@@ -103,6 +103,12 @@ ALTER TABLE services ADD COLUMN rollback_boot TEXT;
 ALTER TABLE services ADD COLUMN rollback_uptime INTEGER;
 ALTER TABLE services ADD COLUMN rollback_holds INTEGER;
 DROP TABLE IF EXISTS pending_report;
+-- What earlier agents pulled for the deployments they still know, so that those images
+-- are collected once no longer used (older ones were never recorded).
+INSERT OR IGNORE INTO pulled_images (image, pulled_at) SELECT image, 0 FROM services;
+INSERT OR IGNORE INTO pulled_images (image, pulled_at)
+    SELECT json_extract(previous_spec, '$.image'), 0 FROM services
+    WHERE json_valid(previous_spec) AND json_extract(previous_spec, '$.image') IS NOT NULL;
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -729,6 +735,8 @@ mod tests {
         let old = &store.services().unwrap()[0];
         assert_eq!((old.image.as_str(), old.container_id.as_deref(), old.deployed_at), ("a@1", Some("c1"), 0));
         assert_eq!(old.rollback, None);
+        assert_eq!((old.probation_since.as_ref(), old.retry_after.as_ref()), (None, None), "settled, not held");
+        assert_eq!(store.pulled_images().unwrap(), ["a@1"], "the image it runs can be collected later");
         assert_eq!(store.deployments(&key("web")).unwrap(), Deployments::default());
         let v2 = DesiredService::example("web", "a@2", "h2");
         store.record_deployed(&v2, "c2").unwrap();
