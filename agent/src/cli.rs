@@ -45,9 +45,10 @@ SETTINGS (file key = environment variable):
 GATEWAY LIMITS (what a target state may ask of this host; all closed by default):
     allow_privileged     PINION_ALLOW_PRIVILEGED     true allows privileged containers
     allowed_bind_sources PINION_ALLOWED_BIND_SOURCES host paths bind mounts may come from:
-                         each allows itself and what is under it, but `/`, the Docker and
-                         containerd sockets and directories holding them only when named
-                         exactly. Named volumes are always allowed
+                         each allows exactly itself, or with /* each direct child (not
+                         `/`, the Docker socket, Docker, containerd and pinion state, /proc,
+                         /sys, /boot, /dev: those only when named). A path under another
+                         entry's is refused. Named volumes are always allowed
     allowed_devices      PINION_ALLOWED_DEVICES      device paths (each with what is under it)
     allowed_capabilities PINION_ALLOWED_CAPABILITIES cap_add values (NET_ADMIN; ALL allows any)
     allow_host_network   PINION_ALLOW_HOST_NETWORK   true allows networkMode host, container:<x>
