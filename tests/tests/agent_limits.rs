@@ -4,7 +4,10 @@
 //! capability, the host's network, an image from a registry the gateway did not list —
 //! creates none of them and reports each as an error naming the `agent.toml` setting
 //! that would allow it; restarted with that setting opened (its `PINION_*` variable),
-//! it runs the same target.
+//! it runs the same target. One more service binds an allowed directory read-write and
+//! a path under it (the swapped-symlink attack: a container replaces the lower path with
+//! a link to the Docker socket, followed when Docker restarts the other): it is refused
+//! even with both paths listed, naming the upper entry.
 //!
 //! One device, one server, one registry, one target; the agent restarts twice (registries
 //! closed, then everything opened), so each case costs one restart at most.
@@ -27,11 +30,16 @@ fn powers(socket: &str) -> Vec<(&'static str, Value, &'static str)> {
     ]
 }
 
-fn target(image: &str, socket: &str) -> Value {
+/// Binds `dir` read-write and `dir/x`: never allowed together.
+fn nested(dir: &str) -> Value {
+    json!({"volumes": [format!("{dir}:/data"), format!("{dir}/x:/x")]})
+}
+
+fn target(image: &str, socket: &str, dir: &str) -> Value {
     let mut services: Vec<Value> = powers(socket)
         .into_iter()
         .map(|(name, extra, _)| (name, extra))
-        .chain([("plain", json!({}))])
+        .chain([("plain", json!({})), ("nested", nested(dir))])
         .enumerate()
         .map(|(i, (name, extra))| {
             let mut config = json!({"image": image, "restart": "always"});
@@ -88,7 +96,9 @@ fn each_limit_refuses_its_service_by_default_and_runs_it_once_opened() {
     let socket = docker.socket().display().to_string();
 
     let uuid = unique("limits");
-    let reply = server.set_target_state_uncached(&uuid, &target(&image, &socket));
+    let dir = std::env::temp_dir().join(unique("pinion-limits")).display().to_string();
+    std::fs::create_dir_all(format!("{dir}/x")).unwrap();
+    let reply = server.set_target_state_uncached(&uuid, &target(&image, &socket, &dir));
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     // The defaults, with the test registry listed: only the plain service runs.
@@ -102,6 +112,7 @@ fn each_limit_refuses_its_service_by_default_and_runs_it_once_opened() {
     agent.converge("the plain service runs, each other is reported refused naming its setting", || {
         running(docker, "plain")
             && powers(&socket).iter().all(|(name, _, setting)| refused_naming(&server, &uuid, name, setting))
+            && refused_naming(&server, &uuid, "nested", "allowed_bind_sources")
     });
     let made = containers(docker);
     assert_eq!(made.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(), ["plain"], "nothing refused was created");
@@ -121,7 +132,7 @@ fn each_limit_refuses_its_service_by_default_and_runs_it_once_opened() {
     // nothing new is created (the plain service's container is held as it was).
     agent.restart_with_env(&[
         ("PINION_ALLOW_PRIVILEGED", "true"),
-        ("PINION_ALLOWED_BIND_SOURCES", &socket),
+        ("PINION_ALLOWED_BIND_SOURCES", &format!("{socket}, {dir}, {dir}/x")),
         ("PINION_ALLOWED_DEVICES", "/dev/zero"),
         ("PINION_ALLOWED_CAPABILITIES", "NET_ADMIN"),
         ("PINION_ALLOW_HOST_NETWORK", "true"),
@@ -154,8 +165,11 @@ fn each_limit_refuses_its_service_by_default_and_runs_it_once_opened() {
             let service = reported(&server, &uuid, "privileged");
             service["status"] == "error" && service["error"]["type"] != "refused_by_gateway"
         };
-        privileged && ["plain", "socket", "device", "netadmin", "hostnet"].iter().all(|name| running(docker, name))
+        privileged
+            && ["plain", "socket", "device", "netadmin", "hostnet"].iter().all(|name| running(docker, name))
+            && refused_naming(&server, &uuid, "nested", &format!("remove \"{dir}\" from allowed_bind_sources"))
     });
+    assert!(!containers(docker).iter().any(|(name, _, _)| name == "nested"), "the nested binds were never created");
     let inspect = |name: &str| -> Value {
         let id = containers(docker).into_iter().find(|(n, _, _)| n == name).map(|(_, id, _)| id).unwrap_or_default();
         serde_json::from_str::<Value>(&docker.run(&["inspect", &id])).unwrap()[0].clone()
@@ -172,4 +186,5 @@ fn each_limit_refuses_its_service_by_default_and_runs_it_once_opened() {
             .iter()
             .all(|name| reported(&server, &uuid, name)["status"] == "running")
     });
+    let _ = std::fs::remove_dir_all(&dir);
 }
