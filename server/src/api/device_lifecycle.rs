@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// `DELETE /devices/{uuid}`: the device, its key, target versions, reports, logs,
-/// metrics, policy and registration tokens are gone. Its agent's next poll gets 401 and
-/// leaves the gateway's containers as they are.
+/// metrics, policy, registration tokens and the registry credentials scoped to it are
+/// gone. Its agent's next poll gets 401 and leaves the gateway's containers as they are.
 pub(super) fn delete(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
