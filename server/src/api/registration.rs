@@ -38,7 +38,8 @@ struct Registration {
 /// `uuid`, `deviceName`, `deviceType`, `createdAt`, and `mqtt`, empty: pinion has no
 /// broker, and the agent leaves MQTT off). The same registration again gets the same
 /// answer; who may claim an existing uuid is `claims::decide_claim`'s rule (409 for
-/// everyone else, the same answer whatever the device's state).
+/// everyone else, the same answer whatever the device's state; 403 for a key bound to
+/// another uuid).
 pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     let key = caller.require_provisioning()?;
     let registration: Registration = request.json()?;
