@@ -373,8 +373,8 @@ impl Agent {
     fn owned_containers(&mut self, records: &[ServiceRecord]) -> Result<Vec<Container>, Error> {
         let recorded: BTreeSet<&str> = records.iter().filter_map(|r| r.container_id.as_deref()).collect();
         let (owned, foreign) = self.owner.split(self.engine.managed_containers()?, &recorded);
-        for container in foreign {
-            if self.foreign_seen.insert(container.id.clone()) {
+        for container in &foreign {
+            if !self.foreign_seen.contains(&container.id) {
                 log::warn!(
                     "container {} ({}) carries pinion's labels but was not made by this agent: left alone",
                     container.name,
@@ -382,6 +382,8 @@ impl Agent {
                 );
             }
         }
+        // Only the ones there now: containers run by hand again and again do not grow it.
+        self.foreign_seen = foreign.into_iter().map(|c| c.id).collect();
         Ok(owned)
     }
 

@@ -247,6 +247,17 @@ pub fn docker_config_json(entries: &[(&str, &str, &str)]) -> String {
     serde_json::json!({ "auths": auths }).to_string()
 }
 
+/// A target state of one app (`"1"`, `demo`) whose services `svc1`, `svc2`, … run
+/// `images`, with no config: what a test that only cares about resolution sets.
+pub fn demo_target(images: &[&str]) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| serde_json::json!({"serviceId": i + 1, "serviceName": format!("svc{}", i + 1), "imageName": image}))
+        .collect();
+    serde_json::json!({"apps": {"1": {"appId": 1, "appName": "demo", "services": services}}, "config": {}})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,9 @@
 //! friends) appear only in references that are refused before any connection; the
 //! address policy itself is unit-tested in `server/src/registry/allowed.rs`.
 
+use pinion_tests::util::demo_target;
 use pinion_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const WEBHOOK_TOKEN: &str = "webhook-token-for-allowed-registries";
@@ -16,15 +17,6 @@ fn resolve(args: &[&str]) -> CliOutput {
     let mut all = vec!["image", "resolve"];
     all.extend_from_slice(args);
     run_cli_within(&all, Duration::from_secs(60))
-}
-
-fn target_state(images: &[&str]) -> Value {
-    let services: Vec<Value> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| json!({"serviceId": i + 1, "serviceName": format!("svc{}", i + 1), "imageName": image}))
-        .collect();
-    json!({"apps": {"1": {"appId": 1, "appName": "demo", "services": services}}, "config": {}})
 }
 
 #[test]
@@ -82,7 +74,7 @@ fn server_refuses_a_target_naming_another_registry_with_422_and_stores_nothing()
     let other = FakeRegistry::no_digest_header();
     let server = Server::start(&["--allowed-registries", &allowed.host()]);
     let good = format!("{}/demo/app:latest", allowed.host());
-    let first = server.set_target_state("gateway-1", &target_state(&[&good]));
+    let first = server.set_target_state("gateway-1", &demo_target(&[&good]));
     assert_eq!(first.status, 200, "{}", first.body);
     let first = first.json();
     assert_eq!(first["apps"]["1"]["services"][0]["imageResolution"]["digest"], allowed.manifest_digest());
@@ -90,7 +82,7 @@ fn server_refuses_a_target_naming_another_registry_with_422_and_stores_nothing()
     let foreign = format!("{}/demo/app:latest", other.host());
     let pinned_foreign = format!("{}/demo/app@{}", other.host(), other.manifest_digest());
     for image in [&foreign, &pinned_foreign] {
-        let reply = server.set_target_state("gateway-1", &target_state(&[&good, image]));
+        let reply = server.set_target_state("gateway-1", &demo_target(&[&good, image]));
         assert_eq!(reply.status, 422, "{image}: {}", reply.body);
         let error = reply.json();
         assert_eq!(error["error"], "registry_not_allowed", "{error:#}");
@@ -106,7 +98,7 @@ fn server_refuses_a_target_naming_another_registry_with_422_and_stores_nothing()
 #[test]
 fn server_refuses_a_metadata_registry_with_422_without_a_list() {
     let server = Server::start(&[]);
-    let reply = server.set_target_state("gateway-1", &target_state(&["169.254.169.254/latest/meta-data:latest"]));
+    let reply = server.set_target_state("gateway-1", &demo_target(&["169.254.169.254/latest/meta-data:latest"]));
     assert_eq!(reply.status, 422, "{}", reply.body);
     let error = reply.json();
     assert_eq!(error["error"], "registry_not_allowed", "{error:#}");

@@ -9,13 +9,9 @@
 //! (`FakeRegistry::redirect_to`, `::bearer_realm`): a real registry does not send its
 //! clients to an admin endpoint.
 
+use pinion_tests::util::demo_target;
 use pinion_tests::*;
-use serde_json::{json, Value};
-
-fn target_state(image: &str) -> Value {
-    json!({"apps": {"1": {"appId": 1, "appName": "demo",
-        "services": [{"serviceId": 1, "serviceName": "web", "imageName": image}]}}, "config": {}})
-}
+use serde_json::json;
 
 /// A loopback service that records every request it gets; it must get none.
 fn victim() -> FakeRegistry {
@@ -31,14 +27,14 @@ fn admin_url(victim: &FakeRegistry) -> String {
 fn assert_refused_naming(server: &Server, image: &str, refused: &str) {
     for method in ["POST", "PUT"] {
         let path = "/api/v1/devices/gateway-1/target-state";
-        let reply = server.request(method, path, Some(&target_state(image)), Some(server.admin_token()));
+        let reply = server.request(method, path, Some(&demo_target(&[image])), Some(server.admin_token()));
         assert_eq!(reply.status, 422, "{method}: {}", reply.body);
         let error = reply.json();
         assert_eq!(error["error"], "registry_not_allowed", "{method}: {error:#}");
         let message = error["message"].as_str().unwrap_or_default();
         assert!(message.contains(&format!("registry {refused} is not allowed")), "{method}: {message}");
         assert!(message.contains(&format!("add {refused} to --allowed-registries")), "{method}: {message}");
-        assert!(message.contains("service web"), "{method}: {message}");
+        assert!(message.contains("service svc1"), "{method}: {message}");
     }
     let devices = server.request("GET", "/api/v1/devices", None, Some(server.admin_token())).json();
     assert_eq!(devices["devices"], json!([]), "a refused target was stored: {devices:#}");
@@ -75,7 +71,7 @@ fn a_redirect_to_a_listed_registry_is_followed() {
     let listed = format!("{},{}", registry.host(), serving.host());
     let server = Server::start(&["--allowed-registries", &listed]);
 
-    let reply = server.set_target_state("gateway-1", &target_state(&format!("{}/demo/app:latest", registry.host())));
+    let reply = server.set_target_state("gateway-1", &demo_target(&[&format!("{}/demo/app:latest", registry.host())]));
     assert_eq!(reply.status, 200, "{}", reply.body);
     let resolution = &reply.json()["apps"]["1"]["services"][0]["imageResolution"];
     assert_eq!(resolution["status"], "resolved", "{resolution:#}");
@@ -90,7 +86,7 @@ fn without_a_list_a_redirect_to_another_loopback_service_is_followed_as_before()
     let serving = FakeRegistry::no_digest_header();
     let registry = FakeRegistry::redirect_to(&format!("http://{}/v2/demo/app/manifests/latest", serving.host()));
     let server = Server::start(&[]);
-    let reply = server.set_target_state("gateway-1", &target_state(&format!("{}/demo/app:latest", registry.host())));
+    let reply = server.set_target_state("gateway-1", &demo_target(&[&format!("{}/demo/app:latest", registry.host())]));
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["apps"]["1"]["services"][0]["imageResolution"]["digest"], serving.manifest_digest());
 }

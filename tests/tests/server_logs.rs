@@ -9,21 +9,13 @@
 //! put control characters in its errors) answers 404 with `\n<0>forged emergency` in its
 //! message, and the line arrives escaped, whole.
 
+use pinion_tests::util::demo_target;
 use pinion_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const USER: &str = "fleet";
 const PASSWORD: &str = "pw-that-must-never-be-logged-7f3a";
 const WEBHOOK_TOKEN: &str = "webhook-token-that-must-never-be-logged-91c2";
-
-fn target_state(images: &[&str]) -> Value {
-    let services: Vec<Value> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| json!({"serviceId": i + 1, "serviceName": format!("svc{}", i + 1), "imageName": image}))
-        .collect();
-    json!({"apps": {"1": {"appId": 1, "appName": "demo", "services": services}}, "config": {}})
-}
 
 /// A trace-level server that authenticated to `registries` with the stored credentials
 /// and took a webhook call naming the first of them.
@@ -42,7 +34,7 @@ fn trace_server_after_authenticating(registries: &[&Registry]) -> Server {
         images.push((format!("{}/private/app:latest", registry.host()), digest));
     }
     let written: Vec<&str> = images.iter().map(|(image, _)| image.as_str()).collect();
-    let reply = server.set_target_state("gateway-1", &target_state(&written));
+    let reply = server.set_target_state("gateway-1", &demo_target(&written));
     assert_eq!(reply.status, 200, "{}", reply.body);
     let answer = reply.json();
     for (i, (image, digest)) in images.iter().enumerate() {
@@ -135,7 +127,7 @@ fn a_registry_error_cannot_forge_a_log_line() {
     // Not under systemd: lines are `[LEVEL target] message`, no priority prefixes.
     let server = Server::start_with_env(&[("JOURNAL_STREAM", None)], &[]);
     let image = format!("{}/demo/app:latest", registry.host());
-    let reply = server.set_target_state("gateway-1", &target_state(&[&image]));
+    let reply = server.set_target_state("gateway-1", &demo_target(&[&image]));
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     // The operator's JSON: the registry's message is kept (it says why the tag was not
