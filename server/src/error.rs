@@ -54,6 +54,9 @@ pub enum Error {
     TooManyReferences { limit: usize },
     /// The request conflicts with what is stored (e.g. a device already registered).
     Conflict { reason: String },
+    /// Well-formed, but not something that can be done: a wave list that selects nobody,
+    /// a compose key the agent does not run, a release whose images could not be pinned.
+    Unprocessable { reason: String },
     /// A client address over its limit of `attempts` (failed authentications,
     /// registrations); refused without looking at its credentials.
     TooManyAttempts { client: String, attempts: &'static str, retry_after_secs: u64 },
@@ -124,6 +127,7 @@ impl fmt::Display for Error {
                 write!(f, "more than {limit} log lines in one request; send them in smaller batches")
             }
             Conflict { reason } => write!(f, "{reason}"),
+            Unprocessable { reason } => write!(f, "{reason}"),
             TooManyAttempts { client, attempts, retry_after_secs } => {
                 write!(f, "too many {attempts} from {client}; retry after {retry_after_secs} s")
             }

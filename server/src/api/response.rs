@@ -17,6 +17,7 @@ pub fn status_of(error: &Error) -> (u16, &'static str) {
         NotFound { .. } => (404, "not_found"),
         MethodNotAllowed { .. } => (405, "method_not_allowed"),
         Conflict { .. } => (409, "conflict"),
+        Unprocessable { .. } => (422, "unprocessable"),
         PayloadTooLarge { .. } | TooManyLogLines { .. } | TooManyReferences { .. } => (413, "payload_too_large"),
         TooManyAttempts { .. } => (429, "too_many_attempts"),
         RegistryNotAllowed { .. } => (422, "registry_not_allowed"),
