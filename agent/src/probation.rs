@@ -115,6 +115,13 @@ impl Probation {
         self.busy
     }
 
+    /// Deployments (service, config hash) seen failing probation since the agent started
+    /// and still the target's, with a rollback or with nothing to go back to (which the
+    /// store does not record): reported as `"failed"`, never as passed.
+    pub fn failed(&self) -> &BTreeSet<(ServiceKey, String)> {
+        &self.judged
+    }
+
     /// Inspects the containers of deployments in probation that are still the target's
     /// (`target`: its services before rollbacks) and rolls back those that fail; the
     /// last lines of a failed one go to `failure_logs`, with the reason.
@@ -213,7 +220,9 @@ impl Probation {
     /// After `apply` ran `desired`: a new container that could not be created or started
     /// is rolled back (the next round puts the earlier one back): for `ROLLBACK_EXPIRES`
     /// when Docker refused it as invalid, for the service's retry backoff when the host
-    /// was at fault. Also decides `busy`.
+    /// was at fault. Also ends the probations that passed by `now`, so that the report of
+    /// this cycle says so (and goes out: it changed) rather than one a poll interval
+    /// later, and decides `busy`.
     pub fn after_apply(
         &mut self,
         store: &AgentStore,
@@ -252,6 +261,7 @@ impl Probation {
                 self.reject(store, attempted, Some(restore), reason, holds_for);
             }
         }
+        self.keep_probation_clocks(store, now);
         self.busy |= store.services()?.iter().any(|r| in_probation(r, self.period, now));
         Ok(())
     }
@@ -545,6 +555,33 @@ mod tests {
             .unwrap();
         let rollback = store.rollback_of(&v3.key).unwrap().expect("rolled back");
         assert_eq!(rollback.to.image, "a@2");
+    }
+
+    /// Ended as soon as it is over, so that the report of the same cycle says `passed`;
+    /// one that failed with nothing to go back to is still `failed`.
+    #[test]
+    fn a_probation_ends_after_the_apply_it_runs_out_in_and_a_failure_is_remembered() {
+        let store = AgentStore::in_memory().unwrap();
+        let v1 = DesiredService::example("web", "a@1", "h1");
+        store.record_deployed(&v1, "c1").unwrap();
+        let since = store.services().unwrap()[0].probation_since.clone().expect("v1's probation runs");
+        let at = |secs| since.after(Duration::from_secs(secs));
+        let mut probation = Probation::new(Duration::from_secs(60));
+        probation.after_apply(&store, std::slice::from_ref(&v1), &BTreeMap::new(), &at(59)).unwrap();
+        assert!(probation.busy() && store.services().unwrap()[0].probation_since.is_some(), "not yet");
+        probation.after_apply(&store, std::slice::from_ref(&v1), &BTreeMap::new(), &at(60)).unwrap();
+        assert!(!probation.busy());
+        assert_eq!(store.services().unwrap()[0].probation_since, None, "passed");
+        assert!(probation.failed().is_empty());
+
+        // A first install that crashes: no rollback (nothing to go back to), but failed.
+        let db = DesiredService::example("db", "d@1", "d1");
+        store.record_deployed(&db, "c2").unwrap();
+        let crashing = Inspecting(health("restarting", 1, 2, None));
+        let mut logs = FailureLogs::new();
+        probation.watch(&crashing, &store, &[v1.clone(), db.clone()], &mut logs, &crate::clock::now()).unwrap();
+        assert_eq!(store.rollback_of(&db.key).unwrap(), None);
+        assert_eq!(probation.failed(), &BTreeSet::from([(db.key.clone(), "d1".to_string())]));
     }
 
     #[test]

@@ -3,6 +3,14 @@
 //! running, exited, error with its type and message), and a rollback when a deployment
 //! failed probation. Built by a pure function from what the agent knows, so that
 //! "changed since the last report" is a string compare.
+//!
+//! `probation` says how far the service's deployment is through probation
+//! (`probation.rs`), for the server's staged rollouts: `"running"` while the store
+//! records this container as the deployment in place with its probation not yet over;
+//! `"passed"` once it is over (or probation is off) and the container runs; `"failed"`
+//! while a rollback is in force, or the deployment failed probation with nothing to go
+//! back to. Left out otherwise: pending, downloading, not started, or started but not yet
+//! recorded as the deployment in place (its probation has not begun).
 
 use crate::apply::Activity;
 use crate::engine::{Container, LABEL_APP_ID, LABEL_CONFIG_HASH, LABEL_SERVICE_NAME};
@@ -10,7 +18,8 @@ use crate::spec::{DesiredService, ServiceKey};
 use crate::store::ServiceRecord;
 use crate::Error;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// Facts about the device sent with every report.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -28,6 +37,11 @@ pub struct ReportInput<'a> {
     pub containers: &'a [Container],
     pub activities: &'a BTreeMap<ServiceKey, Activity>,
     pub records: &'a [ServiceRecord],
+    /// `Config::probation`; zero: probation is off, and a running deployment has passed.
+    pub probation_period: Duration,
+    /// Deployments (service, config hash) seen failing probation since the agent started,
+    /// also those with nothing to go back to, which have no rollback (`Probation::failed`).
+    pub failed_probation: &'a BTreeSet<(ServiceKey, String)>,
     pub info: &'a DeviceInfo,
 }
 
@@ -124,6 +138,9 @@ fn service_report(wanted: &DesiredService, input: &ReportInput<'_>) -> Value {
             json!({"from": rollback.from_image, "to": rollback.to.image, "reason": rollback.reason, "at": rollback.at}),
         );
     }
+    if let Some(probation) = probation_state(wanted, current.copied(), record, input) {
+        service.insert("probation".into(), probation.into());
+    }
     if current.is_none() && shown.is_some() {
         service.insert("runningImage".into(), shown.map(|c| c.image.clone()).into());
     }
@@ -131,6 +148,37 @@ fn service_report(wanted: &DesiredService, input: &ReportInput<'_>) -> Value {
         service.insert("warnings".into(), wanted.warnings.clone().into());
     }
     Value::Object(service)
+}
+
+/// The report's `probation` for `wanted`, whose container is `current` (the one with its
+/// config hash), or `None` when there is nothing to say yet.
+fn probation_state(
+    wanted: &DesiredService,
+    current: Option<&Container>,
+    record: Option<&ServiceRecord>,
+    input: &ReportInput<'_>,
+) -> Option<&'static str> {
+    let rejected = input.failed_probation.contains(&(wanted.key.clone(), wanted.config_hash.clone()));
+    if rejected || record.is_some_and(|r| r.rollback.is_some()) {
+        return Some("failed");
+    }
+    let current = current?;
+    let running = current.state == "running";
+    if input.probation_period.is_zero() {
+        return running.then_some("passed");
+    }
+    // Only a record of this very container as the deployment in place speaks for it: until
+    // `record_deployed` wrote it (just started, or a write that failed), the record is the
+    // previous deployment's, whose probation may be long over, or a failed attempt's.
+    let record = record.filter(|r| {
+        r.image == wanted.image
+            && r.config_hash == wanted.config_hash
+            && r.container_id.as_deref() == Some(current.id.as_str())
+    })?;
+    match record.probation_since {
+        Some(_) => Some("running"),
+        None => running.then_some("passed"),
+    }
 }
 
 /// Docker's container state as a report status.
@@ -241,6 +289,8 @@ mod tests {
             containers: &containers,
             activities: &activities,
             records: &records,
+            probation_period: Duration::from_secs(60),
+            failed_probation: &BTreeSet::new(),
             info: &DeviceInfo { os_version: Some("Debian".into()), local_ip: None },
         });
         let services = &report["dev"]["apps"]["1"]["services"];
@@ -301,11 +351,117 @@ mod tests {
             containers: &[container("web", "h1", "running")],
             activities: &BTreeMap::new(),
             records: &records,
+            probation_period: Duration::from_secs(60),
+            failed_probation: &BTreeSet::new(),
             info: &DeviceInfo::default(),
         });
         let web = &report["dev"]["apps"]["1"]["services"]["web"];
         assert_eq!((web["status"].as_str(), web["imageName"].as_str()), (Some("running"), Some("app@1")));
         assert_eq!(web["targetImage"], "app@2");
         assert_eq!(web["rollback"], json!({"from": "app@2", "to": "app@1", "reason": reason, "at": 1_800_000_000u64}));
+        assert_eq!(web["probation"], "failed", "what runs is not the target's");
+    }
+
+    /// The record `store.record_deployed(wanted, container_id)` leaves, its probation
+    /// started at `probation_since`.
+    fn deployed(wanted: &DesiredService, container_id: &str, probation_since: Option<u64>) -> ServiceRecord {
+        ServiceRecord {
+            key: wanted.key.clone(),
+            image: wanted.image.clone(),
+            config_hash: wanted.config_hash.clone(),
+            container_id: Some(container_id.into()),
+            failures: 0,
+            retry_at: 0,
+            last_error: None,
+            deployed_at: 1_800_000_000,
+            probation_since: probation_since.map(|uptime| crate::clock::Moment { boot: "boot".into(), uptime }),
+            retry_after: None,
+            rollback: None,
+        }
+    }
+
+    /// Each service's `probation` (absent: `None`) with probation `period`.
+    fn probation_of(
+        desired: &[DesiredService],
+        containers: &[Container],
+        records: &[ServiceRecord],
+        period: Duration,
+        failed_probation: &BTreeSet<(ServiceKey, String)>,
+    ) -> Vec<(String, Option<String>)> {
+        let report = build_report(&ReportInput {
+            uuid: "dev",
+            desired,
+            invalid: &[],
+            containers,
+            activities: &BTreeMap::new(),
+            records,
+            probation_period: period,
+            failed_probation,
+            info: &DeviceInfo::default(),
+        });
+        let services = report["dev"]["apps"]["1"]["services"].as_object().unwrap().clone();
+        let mut said: Vec<(String, Option<String>)> = services
+            .into_iter()
+            .map(|(name, s)| (name, s.get("probation").and_then(|p| p.as_str()).map(String::from)))
+            .collect();
+        said.sort();
+        said
+    }
+
+    #[test]
+    fn probation_says_whether_the_deployment_in_place_passed_it() {
+        let (watched, settled, pending) = (wanted("watched"), wanted("settled"), wanted("pending"));
+        let (old_settled, stopped) = (DesiredService::example("old", "app@0", "hash-0"), wanted("stopped"));
+        let desired = [watched.clone(), settled.clone(), pending.clone(), stopped.clone()];
+        let containers = [
+            container("watched", "hash-watched", "running"),
+            container("settled", "hash-settled", "running"),
+            container("stopped", "hash-stopped", "exited"),
+        ];
+        let records = [
+            deployed(&watched, "id-watched-hash-watched", Some(100)),
+            deployed(&settled, "id-settled-hash-settled", None),
+            deployed(&stopped, "id-stopped-hash-stopped", None),
+            // What ran before: nothing of `pending` yet.
+            ServiceRecord { key: pending.key.clone(), ..deployed(&old_settled, "id-old", None) },
+        ];
+        let none = BTreeSet::new();
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            probation_of(&desired, &containers, &records, minute, &none),
+            [
+                ("pending".into(), None),
+                ("settled".into(), Some("passed".into())),
+                ("stopped".into(), None),
+                ("watched".into(), Some("running".into())),
+            ]
+        );
+        // Probation off: a running deployment has passed; `probation_since` is never cleared then.
+        let off = probation_of(&desired, &containers, &records, Duration::ZERO, &none);
+        assert_eq!(off[3], ("watched".into(), Some("passed".into())));
+        assert_eq!((off[0].1.as_deref(), off[2].1.as_deref()), (None, None));
+        // Failed with nothing to go back to: no rollback in the store, but not passed.
+        let rejected = BTreeSet::from([(watched.key.clone(), watched.config_hash.clone())]);
+        assert_eq!(probation_of(&desired, &containers, &records, minute, &rejected)[3].1.as_deref(), Some("failed"));
+    }
+
+    /// Started, but the store still records the deployment before it (the agent died in
+    /// between, or the write failed): that one's probation is over, this one's has not begun.
+    #[test]
+    fn a_deployment_not_yet_recorded_has_not_passed() {
+        let (v1, v2) = (wanted("web"), DesiredService::example("web", "app@2", "hash-2"));
+        let running_v2 = [container("web", "hash-2", "running")];
+        let v1_settled = deployed(&v1, "id-web-hash-web", None);
+        let minute = Duration::from_secs(60);
+        let none = BTreeSet::new();
+        let of =
+            |records: &[ServiceRecord]| probation_of(std::slice::from_ref(&v2), &running_v2, records, minute, &none);
+        assert_eq!(of(std::slice::from_ref(&v1_settled))[0].1, None);
+        assert_eq!(of(&[])[0].1, None, "nothing on record");
+        // A failed attempt at v2 names it, but the container on record is still v1's.
+        let attempt =
+            ServiceRecord { last_error: Some("start failed".into()), ..deployed(&v2, "id-web-hash-web", None) };
+        assert_eq!(of(&[attempt])[0].1, None);
+        assert_eq!(of(&[deployed(&v2, "id-web-hash-2", Some(5))])[0].1.as_deref(), Some("running"), "recorded");
     }
 }

@@ -398,6 +398,7 @@ impl Agent {
         let mut last_progress = Instant::now() - PROGRESS_REPORT_EVERY;
         let (store, engine, client, identity, info) =
             (&self.store, &self.engine, &self.client, &self.identity, &self.info);
+        let (probation_period, failed_probation) = (self.config.probation, self.probation.failed());
         // Progress goes out only while the server answers: a pull is not held up by a
         // report's timeout.
         let server_away = self.server_away();
@@ -416,6 +417,8 @@ impl Agent {
                     containers,
                     activities: &live,
                     records: &records,
+                    probation_period,
+                    failed_probation,
                     info,
                 });
                 if let Err(e) = client.report(&identity.device_key, &report.to_string()) {
@@ -462,6 +465,8 @@ impl Agent {
             containers,
             activities,
             records: &records,
+            probation_period: self.config.probation,
+            failed_probation: self.probation.failed(),
             info: &self.info,
         })
         .to_string();
