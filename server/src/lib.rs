@@ -6,6 +6,7 @@ pub mod admin_token;
 pub mod api;
 pub mod claims;
 pub mod cli;
+pub mod compose;
 pub mod device_logs;
 pub mod digest_cache;
 mod error;
