@@ -44,6 +44,8 @@ SERVE OPTIONS:
                                [default 0: off]
     --refresh-interval DUR     every followed tag is asked again within this time, spread out;
                                0 turns the background re-resolution off [default 15m]
+    --rollout-interval DUR     how often running rollouts look at their devices and fleets'
+                               moved tags become releases [default 5s]
     --webhook-token TOKEN      token registries send to POST /api/v1/webhooks/registry
                                (Bearer or ?token=) [env PINION_WEBHOOK_TOKEN; off when unset]
     --auto-update true|false   default policy: false only records a moved tag as a pending
@@ -191,6 +193,7 @@ struct Options {
     resolve_deadline: Option<Duration>,
     cache_ttl: Option<Duration>,
     refresh_interval: Option<Duration>,
+    rollout_interval: Option<Duration>,
     webhook_token: Option<String>,
     workers: Option<usize>,
     max_body: Option<usize>,
@@ -237,6 +240,7 @@ impl Options {
             "resolve-deadline" => self.resolve_deadline = Some(duration(&value)?),
             "cache-ttl" => self.cache_ttl = Some(duration(&value)?),
             "refresh-interval" => self.refresh_interval = Some(duration(&value)?),
+            "rollout-interval" => self.rollout_interval = Some(duration(&value)?).filter(|d| !d.is_zero()),
             "webhook-token" => self.webhook_token = Some(value),
             "workers" => self.workers = Some(number(&value)?),
             "max-body" => self.max_body = Some(number(&value)?),
@@ -350,6 +354,16 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         .name("refresh".into())
         .spawn(move || refresher.run(refresh_interval, &refresh_queue))
         .map_err(|source| Error::Io { path: "refresh thread".into(), source })?;
+    let presence = Arc::new(crate::presence::Presence::new(std::time::Instant::now()));
+    let rollout_lock = Arc::new(std::sync::Mutex::new(()));
+    crate::rollout_driver::spawn(
+        Arc::clone(&store),
+        Arc::clone(&presence),
+        Arc::clone(&rollout_lock),
+        options.default_policy(),
+        options.rollout_interval.unwrap_or(Duration::from_secs(5)),
+    )
+    .map_err(|source| Error::Io { path: "rollout thread".into(), source })?;
     let api = Api {
         store,
         resolver,
@@ -361,6 +375,8 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         poll_cache: Default::default(),
         log_retention: Default::default(),
         trusted_proxies: options.trusted_proxies.clone(),
+        presence,
+        rollout_lock,
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");

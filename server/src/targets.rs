@@ -64,6 +64,7 @@ pub fn store_target(
             source,
             expected_version,
             supersedes_pending: supersedes_pending(source),
+            release: None,
         },
     )
 }

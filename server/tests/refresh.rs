@@ -63,6 +63,8 @@ impl Fleet {
             poll_cache: Default::default(),
             log_retention: Default::default(),
             trusted_proxies: Vec::new(),
+            presence: Default::default(),
+            rollout_lock: Default::default(),
         };
         Fleet { store, tag, refresher, api }
     }

@@ -28,6 +28,7 @@ pub(super) fn poll(api: &Api, request: &Request, uuid: &str) -> Result<Response,
     if let (Some(generation), Some(key_hash), Some(if_none_match)) = (generation, &key_hash, if_none_match) {
         if let Some(etag) = api.poll_cache.etag(key_hash, uuid, generation) {
             if etag_matches(if_none_match, &etag) {
+                api.presence.polled(uuid, std::time::Instant::now());
                 return Ok(Response::empty(304).with_header("ETag", etag));
             }
         }
@@ -42,6 +43,7 @@ pub(super) fn poll(api: &Api, request: &Request, uuid: &str) -> Result<Response,
             return Err(Error::Unauthorized { reason: format!("the key is no longer the key of device {uuid}") });
         }
     }
+    api.presence.polled(uuid, std::time::Instant::now());
     let answer = match api.store.poll(uuid)? {
         Some(answer) => answer,
         None => poll_answer(uuid, &TargetState::default()),

@@ -121,6 +121,7 @@ pub(super) fn registration_token(api: &Api, caller: &Caller, request: &Request, 
             device: Some(uuid.to_string()),
             single_use: true,
             expires_in_hours: wanted.expires_in_hours,
+            fleet: None,
         },
     )
 }

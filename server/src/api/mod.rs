@@ -9,6 +9,7 @@ pub mod client_address;
 mod credentials;
 mod device;
 mod device_lifecycle;
+mod fleets;
 mod history;
 pub mod http;
 mod images;
@@ -17,7 +18,9 @@ mod policy;
 pub mod poll_cache;
 pub mod rate_limit;
 mod registration;
+mod releases;
 mod response;
+mod rollouts;
 mod serve;
 mod telemetry;
 mod webhook;
@@ -55,6 +58,10 @@ pub struct Api {
     pub log_retention: crate::device_logs::LogRetention,
     /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` name the client (`--trusted-proxy`).
     pub trusted_proxies: Vec<client_address::TrustedProxy>,
+    /// When each device last polled: rollouts defer devices that stopped.
+    pub presence: Arc<crate::presence::Presence>,
+    /// One rollout decision at a time, the operator's or the driver's (`rollout_driver`).
+    pub rollout_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl Api {
@@ -98,6 +105,18 @@ enum Route<'a> {
     ProvisioningKey(&'a str),
     Registries,
     RegistryCredentials(&'a str),
+    Fleets,
+    Fleet(&'a str),
+    FleetRelease(&'a str),
+    Releases(&'a str),
+    Release(&'a str, &'a str),
+    Rollouts(&'a str),
+    Rollout(&'a str, &'a str),
+    RolloutCommand(&'a str, &'a str, &'a str),
+    DeviceFleet(&'a str),
+    DeviceLabels(&'a str),
+    DevicePin(&'a str),
+    Events,
 }
 
 impl Route<'_> {
@@ -117,6 +136,13 @@ impl Route<'_> {
             Route::ProvisioningKey(_) => &["DELETE"],
             Route::Registries => &["GET"],
             Route::RegistryCredentials(_) => &["PUT", "DELETE"],
+            Route::Fleets | Route::Releases(_) | Route::Rollouts(_) => &["GET", "POST"],
+            Route::Fleet(_) => &["GET", "PUT", "DELETE"],
+            Route::FleetRelease(_) | Route::DeviceLabels(_) => &["PUT"],
+            Route::Release(..) | Route::Rollout(..) | Route::Events => &["GET"],
+            Route::RolloutCommand(..) => &["POST"],
+            Route::DeviceFleet(_) => &["PUT", "DELETE"],
+            Route::DevicePin(_) => &["DELETE"],
         }
     }
 }
@@ -149,6 +175,20 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["provisioning-keys", id] => Route::ProvisioningKey(id),
         ["registries"] => Route::Registries,
         ["registries", host, "credentials"] => Route::RegistryCredentials(host),
+        ["fleets"] => Route::Fleets,
+        ["fleets", fleet] => Route::Fleet(fleet),
+        ["fleets", fleet, "release"] => Route::FleetRelease(fleet),
+        ["fleets", fleet, "releases"] => Route::Releases(fleet),
+        ["fleets", fleet, "releases", id] => Route::Release(fleet, id),
+        ["fleets", fleet, "rollouts"] => Route::Rollouts(fleet),
+        ["fleets", fleet, "rollouts", id] => Route::Rollout(fleet, id),
+        ["fleets", fleet, "rollouts", id, action @ ("pause" | "resume" | "promote" | "abort")] => {
+            Route::RolloutCommand(fleet, id, action)
+        }
+        ["devices", uuid, "fleet"] => Route::DeviceFleet(uuid),
+        ["devices", uuid, "labels"] => Route::DeviceLabels(uuid),
+        ["devices", uuid, "pin"] => Route::DevicePin(uuid),
+        ["events"] => Route::Events,
         _ => return None,
     })
 }
@@ -289,7 +329,7 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         | Route::DeviceLogs(_) => Err(Error::NotFound { what: format!("route {}", request.path) }),
         Route::DeviceReport => device::report(api, &caller, request),
         Route::DeviceRegister => registration::register(api, &caller, request),
-        Route::Devices => operator::list_devices(api, &caller),
+        Route::Devices => operator::list_devices(api, &caller, request),
         Route::Device(uuid) => match method {
             "DELETE" => device_lifecycle::delete(api, &caller, uuid),
             _ => operator::get_device(api, &caller, uuid),
@@ -323,6 +363,34 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
             "DELETE" => credentials::delete(api, &caller, request, host),
             _ => credentials::put(api, &caller, request, host),
         },
+        Route::Fleets => match method {
+            "GET" => fleets::list(api, &caller),
+            _ => fleets::create(api, &caller, request),
+        },
+        Route::Fleet(fleet) => match method {
+            "GET" => fleets::get(api, &caller, fleet),
+            "DELETE" => fleets::delete(api, &caller, fleet),
+            _ => fleets::update(api, &caller, request, fleet),
+        },
+        Route::FleetRelease(fleet) => fleets::set_release(api, &caller, request, fleet),
+        Route::Releases(fleet) => match method {
+            "GET" => releases::list(api, &caller, request, fleet),
+            _ => releases::create(api, &caller, request, fleet),
+        },
+        Route::Release(fleet, id) => releases::get(api, &caller, fleet, id),
+        Route::Rollouts(fleet) => match method {
+            "GET" => rollouts::list(api, &caller, request, fleet),
+            _ => rollouts::create(api, &caller, request, fleet),
+        },
+        Route::Rollout(fleet, id) => rollouts::get(api, &caller, fleet, id),
+        Route::RolloutCommand(fleet, id, action) => rollouts::command(api, &caller, request, fleet, id, action),
+        Route::DeviceFleet(uuid) => match method {
+            "DELETE" => fleets::leave_fleet(api, &caller, uuid),
+            _ => fleets::set_device_fleet(api, &caller, request, uuid),
+        },
+        Route::DeviceLabels(uuid) => fleets::set_labels(api, &caller, request, uuid),
+        Route::DevicePin(uuid) => fleets::unpin(api, &caller, uuid),
+        Route::Events => rollouts::events(api, &caller, request),
     }
 }
 

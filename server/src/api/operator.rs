@@ -76,6 +76,7 @@ pub(super) fn get_target(api: &Api, caller: &Caller, uuid: &str) -> Result<Respo
     };
     answer.insert("uuid".into(), uuid.into());
     answer.insert("version".into(), device.target_version.into());
+    answer.insert("source".into(), super::fleets::target_source(api, uuid)?);
     Ok(Response::json(200, &answer))
 }
 
@@ -116,9 +117,28 @@ pub(super) fn get_current(api: &Api, caller: &Caller, uuid: &str) -> Result<Resp
     Ok(Response::json(200, &answer))
 }
 
-pub(super) fn list_devices(api: &Api, caller: &Caller) -> Result<Response, Error> {
+/// `GET /devices[?fleet=…][&label=key=value]`.
+pub(super) fn list_devices(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     caller.require_admin()?;
-    let devices: Vec<Value> = api.store.devices()?.iter().map(device_json).collect();
+    let fleet = request.query_value("fleet");
+    if let Some(name) = &fleet {
+        super::fleets::fleet_name(name)?;
+    }
+    let label = match request.query_value("label") {
+        None => None,
+        Some(pair) => match pair.split_once('=') {
+            Some((key, value)) => Some((key.to_string(), value.to_string())),
+            None => return Err(Error::BadRequest { reason: format!("label must be key=value, not {pair:?}") }),
+        },
+    };
+    let devices: Vec<Value> = api
+        .store
+        .devices()?
+        .iter()
+        .filter(|d| fleet.as_ref().is_none_or(|f| d.fleet.as_ref() == Some(f)))
+        .filter(|d| label.as_ref().is_none_or(|(k, v)| d.labels.get(k) == Some(v)))
+        .map(device_json)
+        .collect();
     Ok(Response::json(200, &json!({"devices": devices})))
 }
 
@@ -145,6 +165,8 @@ pub(super) struct NewProvisioningKey {
     pub single_use: bool,
     /// Registers nothing after this many hours; a bound key defaults to a week.
     pub expires_in_hours: Option<u64>,
+    /// Every device it registers joins this fleet.
+    pub fleet: Option<String>,
 }
 
 /// `POST /provisioning-keys`: the secret is in this answer and nowhere else, ever.
@@ -168,6 +190,9 @@ pub(super) fn issue_provisioning_key(api: &Api, wanted: NewProvisioningKey) -> R
             });
         }
     }
+    if let Some(fleet) = &wanted.fleet {
+        super::fleets::known_fleet(api, fleet)?;
+    }
     let secret = new_secret();
     let now = crate::timefmt::unix_now();
     let key = ProvisioningKey {
@@ -179,6 +204,7 @@ pub(super) fn issue_provisioning_key(api: &Api, wanted: NewProvisioningKey) -> R
         device: wanted.device,
         single_use: wanted.single_use,
         expires_at: hours.map(|h| crate::timefmt::rfc3339(now + h * 3600)),
+        fleet: wanted.fleet,
     };
     api.store.create_provisioning_key(&key, &hash_secret(&secret))?;
     match &key.device {
@@ -250,6 +276,8 @@ fn device_json(device: &DeviceRecord) -> Value {
         "registeredAt": device.registered_at,
         "targetVersion": device.target_version,
         "lastReportAt": device.last_report_at,
+        "fleet": device.fleet,
+        "labels": device.labels,
     })
 }
 
@@ -263,5 +291,6 @@ fn key_json(key: &ProvisioningKey) -> Value {
         "device": key.device,
         "singleUse": key.single_use,
         "expiresAt": key.expires_at,
+        "fleet": key.fleet,
     })
 }

@@ -101,6 +101,19 @@ pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<
         system_info: Some(Value::Object(system_info).to_string()),
     })?;
     log::info!("device {} registered (number {})", device.uuid, device.id);
+    // A provisioning key made for a fleet puts the devices it registers in it (not one
+    // the operator has already put in a fleet).
+    if let Some(fleet) = key.and_then(|k| k.fleet.as_deref()).filter(|_| device.fleet.is_none()) {
+        match api.store.set_device_fleet(&device.uuid, Some(fleet)) {
+            Ok(_) => {
+                crate::fleets::bring_device_to_release(api.store.as_ref(), &device.uuid)?;
+                log::info!("device {} joined fleet {fleet} with its provisioning key", device.uuid);
+            }
+            // The fleet was deleted since the key was made: the device registers all the same.
+            Err(Error::NotFound { what }) => log::warn!("device {}: {what}: it joins no fleet", device.uuid),
+            Err(e) => return Err(e),
+        }
+    }
     let mut answer = json!({
         "id": device.id,
         "uuid": device.uuid,

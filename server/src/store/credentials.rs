@@ -293,6 +293,7 @@ mod tests {
             source: "operator",
             expected_version: None,
             supersedes_pending: true,
+            release: None,
         };
         store.set_target(uuid, &target).unwrap();
     }
@@ -384,6 +385,7 @@ mod tests {
                 source: "operator",
                 expected_version: None,
                 supersedes_pending: true,
+                release: None,
             };
             store.set_target("old", &target).unwrap();
             store.conn().execute_batch("DROP TABLE device_registries").unwrap();

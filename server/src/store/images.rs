@@ -30,7 +30,7 @@ pub struct TrackedImage {
     pub changed_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
-    /// Devices whose current target follows it.
+    /// Devices whose current target follows it (none when only fleets' releases do).
     pub devices: Vec<String>,
 }
 
@@ -114,7 +114,7 @@ impl ImageStore for SqliteStore {
         self.conn_outside_polls()
             .execute(
                 "DELETE FROM image_digests
-                 WHERE reference NOT IN (SELECT reference FROM device_images)
+                 WHERE reference NOT IN (SELECT reference FROM device_images UNION SELECT reference FROM fleet_images)
                    AND MAX(COALESCE(checked_at, 0), COALESCE(last_error_at, 0)) < ?1",
                 [before],
             )
@@ -125,17 +125,21 @@ impl ImageStore for SqliteStore {
         let conn = self.reader()?;
         let mut stmt = conn
             .prepare(
-                "SELECT d.reference, i.digest, i.media_type, i.checked_at, i.changed_at, i.last_error,
-                        i.last_error_at, group_concat(d.device_uuid, ' ')
-                 FROM device_images d LEFT JOIN image_digests i ON i.reference = d.reference
-                 GROUP BY d.reference ORDER BY d.reference",
+                // Followed by devices' own targets, or by a fleet's release (`fleet_images`).
+                "SELECT f.reference, i.digest, i.media_type, i.checked_at, i.changed_at, i.last_error,
+                        i.last_error_at,
+                        (SELECT group_concat(d.device_uuid, ' ') FROM device_images d WHERE d.reference = f.reference)
+                 FROM (SELECT reference FROM device_images UNION SELECT reference FROM fleet_images) f
+                 LEFT JOIN image_digests i ON i.reference = f.reference
+                 ORDER BY f.reference",
             )
             .map_err(db("listing tracked images"))?;
         let rows = stmt
             .query_map([], |row| {
                 let mut image = from_row(row)?;
                 let devices: Option<String> = row.get(7)?;
-                image.devices = devices.unwrap_or_default().split(' ').map(str::to_string).collect();
+                image.devices =
+                    devices.unwrap_or_default().split(' ').filter(|d| !d.is_empty()).map(str::to_string).collect();
                 image.devices.sort();
                 Ok(image)
             })
@@ -173,6 +177,7 @@ mod tests {
                 source: "operator",
                 expected_version: None,
                 supersedes_pending: true,
+                release: None,
             };
             store.set_target(uuid, &target).unwrap();
         }

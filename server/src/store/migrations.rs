@@ -68,6 +68,97 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX provisioning_keys_by_device ON provisioning_keys(device_uuid);
     ",
     },
+    Migration {
+        version: 5,
+        // Fleets, their frozen releases and staged rollouts (`fleets.rs`). A device's
+        // fleet, labels, whether its own target pins it, the release its target was made
+        // from, and the release a rollout gave it; the references a fleet's current
+        // release follows; moved tags waiting for `minimumAge`; and the event log.
+        sql: "
+        CREATE TABLE fleets (
+            name             TEXT PRIMARY KEY,
+            description      TEXT,
+            update_policy    TEXT,
+            rollout_plan     TEXT,
+            current_release  INTEGER,
+            created_at       TEXT NOT NULL
+        );
+        ALTER TABLE devices ADD COLUMN fleet TEXT;
+        ALTER TABLE devices ADD COLUMN labels TEXT;
+        ALTER TABLE devices ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE devices ADD COLUMN release_id INTEGER;
+        ALTER TABLE devices ADD COLUMN rollout_id INTEGER;
+        ALTER TABLE devices ADD COLUMN rollout_release INTEGER;
+        CREATE INDEX devices_by_fleet ON devices(fleet);
+        ALTER TABLE provisioning_keys ADD COLUMN fleet TEXT;
+        CREATE TABLE releases (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            fleet       TEXT NOT NULL REFERENCES fleets(name) ON DELETE CASCADE,
+            state       TEXT NOT NULL,
+            refs        TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            note        TEXT,
+            created_at  TEXT NOT NULL
+        );
+        CREATE INDEX releases_by_fleet ON releases(fleet, id);
+        CREATE TABLE fleet_images (
+            fleet      TEXT NOT NULL REFERENCES fleets(name) ON DELETE CASCADE,
+            reference  TEXT NOT NULL,
+            PRIMARY KEY (fleet, reference)
+        );
+        CREATE INDEX fleet_images_by_reference ON fleet_images(reference);
+        CREATE TABLE fleet_updates (
+            fleet        TEXT NOT NULL REFERENCES fleets(name) ON DELETE CASCADE,
+            reference    TEXT NOT NULL,
+            digest       TEXT NOT NULL,
+            detected_at  INTEGER NOT NULL,
+            PRIMARY KEY (fleet, reference)
+        );
+        CREATE TABLE rollouts (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+            fleet              TEXT NOT NULL REFERENCES fleets(name) ON DELETE CASCADE,
+            release_id         INTEGER NOT NULL,
+            previous_release   INTEGER,
+            plan               TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            current_wave       INTEGER,
+            wave_started_at    INTEGER,
+            wave_count         INTEGER NOT NULL,
+            superseded_by      INTEGER,
+            failures_accepted  INTEGER NOT NULL DEFAULT 0,
+            created_at         TEXT NOT NULL,
+            updated_at         TEXT NOT NULL
+        );
+        CREATE INDEX rollouts_by_fleet ON rollouts(fleet, id);
+        CREATE TABLE rollout_devices (
+            rollout_id        INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+            device_uuid       TEXT NOT NULL,
+            wave              INTEGER NOT NULL,
+            status            TEXT NOT NULL,
+            reason            TEXT,
+            updating_since    INTEGER,
+            healthy_at        INTEGER,
+            assigned          INTEGER NOT NULL DEFAULT 0,
+            running_since     INTEGER,
+            fingerprint       TEXT,
+            previous_rollout  INTEGER,
+            previous_release  INTEGER,
+            PRIMARY KEY (rollout_id, device_uuid)
+        );
+        CREATE TABLE events (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            at          TEXT NOT NULL,
+            fleet       TEXT,
+            device      TEXT,
+            rollout     INTEGER,
+            release_id  INTEGER,
+            kind        TEXT NOT NULL,
+            message     TEXT NOT NULL
+        );
+        CREATE INDEX events_by_fleet ON events(fleet, id);
+        CREATE INDEX events_by_device ON events(device, id);
+    ",
+    },
 ];
 
 /// The version a database is at once every migration has run.

@@ -3,6 +3,7 @@
 //! and a PostgreSQL store for several replicas answer the API the same way.
 
 mod credentials;
+mod fleets;
 mod images;
 mod migrations;
 mod policy;
@@ -10,6 +11,9 @@ mod sqlite;
 mod telemetry;
 
 pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
+pub use fleets::{
+    Event, EventFilter, Fleet, FleetStore, FleetUpdate, Membership, Release, RolloutDeviceRow, StoredRollout, EVENTS_KEPT,
+};
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
 pub use sqlite::{SqliteStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
@@ -36,6 +40,8 @@ pub struct DeviceRecord {
     /// Whether its agent has used its key since registering (a poll or a key exchange):
     /// until then the same uuid may register again with another key.
     pub registration_complete: bool,
+    pub fleet: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The device a key belongs to.
@@ -73,6 +79,9 @@ pub struct NewTarget<'a> {
     pub expected_version: Option<u64>,
     /// Drop the device's pending updates in the same transaction (`targets::supersedes_pending`).
     pub supersedes_pending: bool,
+    /// The fleet release it was made from (`fleets`). `None` for the device's own target:
+    /// an operator's write (`supersedes_pending`) then pins the device, overriding its fleet.
+    pub release: Option<u64>,
 }
 
 /// What a device poll answers: the body serialized once, when the target was written,
@@ -120,9 +129,11 @@ pub struct ProvisioningKey {
     pub single_use: bool,
     /// After this (RFC 3339, UTC) it registers nothing.
     pub expires_at: Option<String>,
+    /// The fleet every device it registers joins.
+    pub fleet: Option<String>,
 }
 
-pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + Send + Sync {
+pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + FleetStore + Send + Sync {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
     /// The stored hash of a device's key, `None` if it has none (or does not exist).
@@ -152,6 +163,9 @@ pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + S
     /// answer derived from it; returns the new version number. Versions beyond the
     /// store's history limit (`SqliteStore::with_history_limit`) are deleted, oldest first.
     fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error>;
+    /// `set_target` for many devices in one transaction (a wave of a rollout); each
+    /// device's new version, in order.
+    fn set_targets(&self, targets: &[(&str, NewTarget<'_>)]) -> Result<Vec<u64>, Error>;
     /// The current version.
     fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error>;
     fn target_version(&self, uuid: &str, version: u64) -> Result<Option<StoredTarget>, Error>;

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS provisioning_keys (
 ";
 
 const DEVICE_COLUMNS: &str = "uuid, device_name, device_type, api_key_hash IS NOT NULL, created_at, \
-                              registered_at, target_version, reported_at, id, registration_completed_at IS NOT NULL";
+                              registered_at, target_version, reported_at, id, registration_completed_at IS NOT NULL, \
+                              fleet, labels";
 
 /// Idle read connections kept for reuse; more are opened when every one is busy.
 const MAX_IDLE_READERS: usize = 32;
@@ -282,6 +283,8 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         last_report_at: row.get(7)?,
         id: row.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
         registration_complete: row.get(9)?,
+        fleet: row.get(10)?,
+        labels: row.get::<_, Option<String>>(11)?.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
     })
 }
 
@@ -309,6 +312,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ProvisioningKey> {
         device: row.get(5)?,
         single_use: row.get(6)?,
         expires_at: row.get(7)?,
+        fleet: row.get(8)?,
     })
 }
 
@@ -324,7 +328,69 @@ fn target_from_row(row: &Row<'_>) -> rusqlite::Result<StoredTarget> {
 }
 
 const KEY_COLUMNS: &str =
-    "id, description, created_at, revoked_at, devices_registered, device_uuid, single_use, expires_at";
+    "id, description, created_at, revoked_at, devices_registered, device_uuid, single_use, expires_at, fleet";
+
+/// Writes one target version inside `tx` (`Store::set_target`).
+fn write_target(tx: &Transaction<'_>, uuid: &str, target: &NewTarget<'_>, history_limit: u64, now: &str) -> Result<u64, Error> {
+    insert_device(tx, uuid, now).map_err(db("storing a target state"))?;
+    let current: i64 = tx
+        .query_row("SELECT target_version FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
+        .map_err(db("storing a target state"))?;
+    if let Some(expected) = target.expected_version {
+        if current as u64 != expected {
+            return Err(Error::Conflict {
+                reason: format!("device {uuid} moved from target version {expected} to {current} meanwhile"),
+            });
+        }
+    }
+    let version = current + 1;
+    tx.execute(
+        "UPDATE devices SET target_version = ?2, poll_etag = ?3, poll_body = ?4 WHERE uuid = ?1",
+        params![uuid, version, target.poll.etag, target.poll.body],
+    )
+    .map_err(db("storing a target state"))?;
+    // Where the state came from: a fleet release, or the device's own (a pin).
+    match target.release {
+        Some(release) => tx.execute("UPDATE devices SET release_id = ?2 WHERE uuid = ?1", params![uuid, release as i64]),
+        None if target.supersedes_pending => {
+            tx.execute("UPDATE devices SET release_id = NULL, pinned = 1 WHERE uuid = ?1", [uuid])
+        }
+        None => Ok(0),
+    }
+    .map_err(db("storing a target state"))?;
+    tx.execute(
+        "INSERT INTO target_states (device_uuid, version, state, created_at, source) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![uuid, version, target.state, now, target.source],
+    )
+    .map_err(db("storing a target state"))?;
+    tx.execute("DELETE FROM device_images WHERE device_uuid = ?1", [uuid]).map_err(db("storing a target state"))?;
+    for reference in target.references {
+        tx.execute(
+            "INSERT OR IGNORE INTO device_images (device_uuid, reference) VALUES (?1, ?2)",
+            params![uuid, reference],
+        )
+        .map_err(db("storing a target state"))?;
+    }
+    super::credentials::write_device_registries(tx, uuid, target.registries).map_err(db("storing a target state"))?;
+    if target.supersedes_pending {
+        tx.execute("DELETE FROM pending_updates WHERE device_uuid = ?1", [uuid])
+            .map_err(db("storing a target state"))?;
+    } else {
+        // The refresher's own write (another tag moved): what it holds back for this
+        // device still applies on top of the new version.
+        tx.execute(
+            "UPDATE pending_updates SET from_version = ?2 WHERE device_uuid = ?1 AND from_version = ?3",
+            params![uuid, version, current],
+        )
+        .map_err(db("storing a target state"))?;
+    }
+    tx.execute(
+        "DELETE FROM target_states WHERE device_uuid = ?1 AND version <= ?2",
+        params![uuid, version.saturating_sub(history_limit as i64)],
+    )
+    .map_err(db("pruning the target history"))?;
+    Ok(version as u64)
+}
 
 impl Store for SqliteStore {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error> {
@@ -454,6 +520,8 @@ impl Store for SqliteStore {
             .map_err(db("deleting a device's registration tokens"))?;
         tx.execute("DELETE FROM registry_credentials WHERE device_uuid = ?1", [uuid])
             .map_err(db("deleting a device's registry credentials"))?;
+        tx.execute("DELETE FROM rollout_devices WHERE device_uuid = ?1", [uuid])
+            .map_err(db("deleting a device from its rollouts"))?;
         tx.commit().map_err(db("deleting a device"))?;
         Ok(deleted == 1)
     }
@@ -474,58 +542,21 @@ impl Store for SqliteStore {
     fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("storing a target state"))?;
-        let now = rfc3339_now();
-        insert_device(&tx, uuid, &now).map_err(db("storing a target state"))?;
-        let current: i64 = tx
-            .query_row("SELECT target_version FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
-            .map_err(db("storing a target state"))?;
-        if let Some(expected) = target.expected_version {
-            if current as u64 != expected {
-                return Err(Error::Conflict {
-                    reason: format!("device {uuid} moved from target version {expected} to {current} meanwhile"),
-                });
-            }
-        }
-        let version = current + 1;
-        tx.execute(
-            "UPDATE devices SET target_version = ?2, poll_etag = ?3, poll_body = ?4 WHERE uuid = ?1",
-            params![uuid, version, target.poll.etag, target.poll.body],
-        )
-        .map_err(db("storing a target state"))?;
-        tx.execute(
-            "INSERT INTO target_states (device_uuid, version, state, created_at, source) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![uuid, version, target.state, now, target.source],
-        )
-        .map_err(db("storing a target state"))?;
-        tx.execute("DELETE FROM device_images WHERE device_uuid = ?1", [uuid]).map_err(db("storing a target state"))?;
-        for reference in target.references {
-            tx.execute(
-                "INSERT OR IGNORE INTO device_images (device_uuid, reference) VALUES (?1, ?2)",
-                params![uuid, reference],
-            )
-            .map_err(db("storing a target state"))?;
-        }
-        super::credentials::write_device_registries(&tx, uuid, target.registries)
-            .map_err(db("storing a target state"))?;
-        if target.supersedes_pending {
-            tx.execute("DELETE FROM pending_updates WHERE device_uuid = ?1", [uuid])
-                .map_err(db("storing a target state"))?;
-        } else {
-            // The refresher's own write (another tag moved): what it holds back for this
-            // device still applies on top of the new version.
-            tx.execute(
-                "UPDATE pending_updates SET from_version = ?2 WHERE device_uuid = ?1 AND from_version = ?3",
-                params![uuid, version, current],
-            )
-            .map_err(db("storing a target state"))?;
-        }
-        tx.execute(
-            "DELETE FROM target_states WHERE device_uuid = ?1 AND version <= ?2",
-            params![uuid, version.saturating_sub(self.history_limit as i64)],
-        )
-        .map_err(db("pruning the target history"))?;
+        let version = write_target(&tx, uuid, target, self.history_limit, &rfc3339_now())?;
         tx.commit().map_err(db("storing a target state"))?;
-        Ok(version as u64)
+        Ok(version)
+    }
+
+    fn set_targets(&self, targets: &[(&str, NewTarget<'_>)]) -> Result<Vec<u64>, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("storing target states"))?;
+        let now = rfc3339_now();
+        let versions = targets
+            .iter()
+            .map(|(uuid, target)| write_target(&tx, uuid, target, self.history_limit, &now))
+            .collect::<Result<Vec<u64>, Error>>()?;
+        tx.commit().map_err(db("storing target states"))?;
+        Ok(versions)
     }
 
     fn target(&self, uuid: &str) -> Result<Option<StoredTarget>, Error> {
@@ -597,9 +628,19 @@ impl Store for SqliteStore {
             insert_device(&tx, uuid, &key.created_at).map_err(db("creating a provisioning key"))?;
         }
         tx.execute(
-            "INSERT INTO provisioning_keys (id, key_hash, description, created_at, device_uuid, single_use, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![key.id, key_hash, key.description, key.created_at, key.device, key.single_use, key.expires_at],
+            "INSERT INTO provisioning_keys (id, key_hash, description, created_at, device_uuid, single_use, expires_at,
+                                           fleet)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                key.id,
+                key_hash,
+                key.description,
+                key.created_at,
+                key.device,
+                key.single_use,
+                key.expires_at,
+                key.fleet
+            ],
         )
         .map_err(db("creating a provisioning key"))?;
         tx.commit().map_err(db("creating a provisioning key"))?;
@@ -660,6 +701,7 @@ mod tests {
             source: "operator",
             expected_version: None,
             supersedes_pending: true,
+            release: None,
         }
     }
 
@@ -694,6 +736,7 @@ mod tests {
             device: device.map(Into::into),
             single_use: device.is_some(),
             expires_at: None,
+            fleet: None,
         }
     }
 

@@ -1,0 +1,97 @@
+//! When each device last polled, kept in memory: a rollout defers a device that has not
+//! polled for three of its poll intervals (`rollout_driver`). Polls answered from the poll
+//! cache count too, so this costs a map lookup per poll and no write to the store.
+//! The interval is what the device shows: the gap between its last two polls.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The interval assumed for a device seen polling fewer than twice: the agent's default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// A device is offline after this many of its intervals without a poll.
+pub const MISSED_POLLS: u32 = 3;
+/// Bounds on a measured interval: a burst of polls does not make a device "offline"
+/// after three milliseconds, and a long gap does not keep it "online" for days.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Copy)]
+struct Seen {
+    last: Instant,
+    interval: Duration,
+}
+
+pub struct Presence {
+    /// Devices not seen since the server started count as seen then.
+    started: Instant,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+impl Default for Presence {
+    fn default() -> Presence {
+        Presence::new(Instant::now())
+    }
+}
+
+impl Presence {
+    pub fn new(now: Instant) -> Presence {
+        Presence { started: now, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// A poll by `uuid` (authenticated) at `now`.
+    pub fn polled(&self, uuid: &str, now: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match seen.get_mut(uuid) {
+            Some(entry) => {
+                let gap = now.saturating_duration_since(entry.last);
+                // Several polls within a second (a retry, a restart) say nothing of the interval.
+                if gap >= MIN_INTERVAL {
+                    entry.interval = gap.min(MAX_INTERVAL);
+                }
+                entry.last = now;
+            }
+            None => {
+                seen.insert(uuid.to_string(), Seen { last: now, interval: DEFAULT_POLL_INTERVAL });
+            }
+        }
+    }
+
+    /// Whether `uuid` has polled within `MISSED_POLLS` of its intervals.
+    pub fn online(&self, uuid: &str, now: Instant) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Seen { last, interval } =
+            seen.get(uuid).copied().unwrap_or(Seen { last: self.started, interval: DEFAULT_POLL_INTERVAL });
+        // A second of slack: polls are not to the millisecond.
+        now.saturating_duration_since(last) <= interval * MISSED_POLLS + MIN_INTERVAL
+    }
+
+    /// Forgets a device (deleted).
+    pub fn forget(&self, uuid: &str) {
+        self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(uuid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_is_offline_after_three_of_its_own_intervals() {
+        let start = Instant::now();
+        let presence = Presence::new(start);
+        let s = Duration::from_secs;
+        // Never seen: as if seen at start, with the default interval.
+        assert!(presence.online("a", start + s(180)));
+        assert!(!presence.online("a", start + s(182)));
+        presence.polled("a", start + s(10));
+        presence.polled("a", start + s(15));
+        assert!(presence.online("a", start + s(30)));
+        assert!(!presence.online("a", start + s(32)));
+        // A burst of polls keeps the measured interval.
+        presence.polled("a", start + s(40));
+        presence.polled("a", start + s(40) + Duration::from_millis(100));
+        assert!(presence.online("a", start + s(110)));
+        assert!(!presence.online("a", start + s(120)));
+    }
+}
