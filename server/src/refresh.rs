@@ -49,13 +49,18 @@ impl Refresher {
     /// Returns (device, reference, outcome) for every device that a moved tag touched.
     pub fn refresh(&self, references: &[String], now: Timestamp, source: &str) -> Vec<(String, String, Outcome)> {
         let mut parsed: Vec<Reference> = references.iter().filter_map(|r| Reference::parse(r).ok()).collect();
-        // Only what some device follows is worth a registry request.
-        parsed.retain(|reference| match self.store.devices_using(&reference.canonical()) {
-            Ok(devices) => !devices.is_empty(),
-            Err(e) => {
+        // Only what some device or fleet follows is worth a registry request.
+        parsed.retain(|reference| {
+            let canonical = reference.canonical();
+            let followed = self
+                .store
+                .devices_using(&canonical)
+                .map(|d| !d.is_empty())
+                .and_then(|devices| Ok(devices || !self.store.fleets_following(&canonical)?.is_empty()));
+            followed.unwrap_or_else(|e| {
                 log::error!("{e}");
                 false
-            }
+            })
         });
         parsed.retain(|reference| match self.resolver.admit(reference) {
             Ok(()) => true,
@@ -80,6 +85,15 @@ impl Refresher {
                 }
                 None => continue,
             };
+            // A fleet's release is frozen: its new digest becomes a new release, in time.
+            for fleet in self.store.fleets_following(&canonical).unwrap_or_default() {
+                match crate::rollout_driver::tag_seen(self.store.as_ref(), &fleet, &canonical, &digest, now.as_second())
+                {
+                    Ok(true) => log::info!("fleet {fleet}: {canonical} moved to {digest}"),
+                    Ok(false) => {}
+                    Err(e) => log::error!("fleet {fleet}, {canonical}: {e}"),
+                }
+            }
             let devices = match self.store.devices_using(&canonical) {
                 Ok(devices) => devices,
                 Err(e) => {

@@ -154,10 +154,8 @@ fn decide(
     decision: impl FnOnce(&RolloutPlan, &RolloutProgress, &[RolloutDevice]) -> Result<Step, Error>,
 ) -> Result<(), Error> {
     let rollout = ctx.store.rollout(id)?.ok_or_else(|| Error::NotFound { what: format!("rollout {id}") })?;
-    let fleet = ctx
-        .store
-        .fleet(&rollout.fleet)?
-        .ok_or_else(|| Error::NotFound { what: format!("fleet {}", rollout.fleet) })?;
+    let fleet =
+        ctx.store.fleet(&rollout.fleet)?.ok_or_else(|| Error::NotFound { what: format!("fleet {}", rollout.fleet) })?;
     let release = ctx
         .store
         .release(&fleet.name, rollout.release)?
@@ -238,7 +236,12 @@ fn apply(
             .assign
             .iter()
             .filter_map(|uuid| members.get(uuid))
-            .map(|m| Membership { rollout_id: Some(rollout.id), rollout_release: Some(rollout.release), pinned: false, ..m.clone() })
+            .map(|m| Membership {
+                rollout_id: Some(rollout.id),
+                rollout_release: Some(rollout.release),
+                pinned: false,
+                ..m.clone()
+            })
             .collect();
         bring_to_release(store, fleet, &given)?;
     }
@@ -258,10 +261,24 @@ fn apply(
             .filter_map(|uuid| {
                 let row = by_uuid.get(uuid.as_str())?;
                 let member = members.get(uuid)?;
-                Some(Membership { rollout_id: row.previous_rollout, rollout_release: row.previous_release, ..member.clone() })
+                Some(Membership {
+                    rollout_id: row.previous_rollout,
+                    rollout_release: row.previous_release,
+                    ..member.clone()
+                })
             })
             .collect();
         bring_to_release(store, fleet, &put_back)?;
+    }
+    // The devices that have the release once the step is applied (a rollback took it back).
+    let mut given: std::collections::HashSet<String> =
+        rows.iter().filter(|r| r.device.assigned).map(|r| r.device.uuid.clone()).collect();
+    for device in &step.changes {
+        if device.assigned {
+            given.insert(device.uuid.clone());
+        } else {
+            given.remove(&device.uuid);
+        }
     }
     // Then the rollout's own rows: the changed ones and those that joined.
     let mut changed: Vec<RolloutDeviceRow> = joined.to_vec();
@@ -299,7 +316,7 @@ fn apply(
     }
     if step.hand_over {
         if let Some(next) = step.progress.superseded_by {
-            hand_over(ctx, rollout, next, rows)?;
+            hand_over(ctx, rollout, next, &given)?;
         }
     }
     Ok(())
@@ -308,15 +325,18 @@ fn apply(
 /// The waiting rollout `next` takes over from `previous` at its wave boundary: the devices
 /// `previous` gave its release go into `next`'s first wave, so the fleet never runs three
 /// releases, and `next` takes its first step now.
-fn hand_over(ctx: &RolloutContext<'_>, previous: &StoredRollout, next: u64, rows: &[RolloutDeviceRow]) -> Result<(), Error> {
+fn hand_over(
+    ctx: &RolloutContext<'_>,
+    previous: &StoredRollout,
+    next: u64,
+    given: &std::collections::HashSet<String>,
+) -> Result<(), Error> {
     let Some(mut waiting) = ctx.store.rollout(next)? else { return Ok(()) };
     if waiting.progress.status != RolloutStatus::Waiting {
         return Ok(());
     }
-    let given: std::collections::HashSet<&str> =
-        rows.iter().filter(|r| r.device.assigned).map(|r| r.device.uuid.as_str()).collect();
     let mut moved: Vec<RolloutDeviceRow> = ctx.store.rollout_devices(next)?;
-    moved.retain(|r| given.contains(r.device.uuid.as_str()));
+    moved.retain(|r| given.contains(&r.device.uuid));
     for row in moved.iter_mut() {
         row.device.wave = 0;
         row.previous_rollout = Some(previous.id);
@@ -324,7 +344,8 @@ fn hand_over(ctx: &RolloutContext<'_>, previous: &StoredRollout, next: u64, rows
     }
     waiting.progress.status = RolloutStatus::Running;
     ctx.store.save_rollout(next, &waiting.progress, &moved)?;
-    let message = format!("rollout {next} takes over from rollout {}: {} devices in its first wave", previous.id, moved.len());
+    let message =
+        format!("rollout {next} takes over from rollout {}: {} devices in its first wave", previous.id, moved.len());
     ctx.store.record_events(&[fleet_event(&waiting, "rollout-started", None, message)])?;
     advance(ctx, next, unix_now())
 }
@@ -354,13 +375,17 @@ pub fn tag_seen(store: &dyn Store, fleet: &str, reference: &str, digest: &str, n
     if crate::targets::repin(&mut state, reference, digest, &rfc3339_now()) == 0 {
         return Ok(false);
     }
-    store.put_fleet_update(&FleetUpdate {
+    let new = store.put_fleet_update(&FleetUpdate {
         fleet: fleet.to_string(),
         reference: reference.to_string(),
         digest: digest.to_string(),
         detected_at: now,
     })?;
-    Ok(true)
+    if new {
+        let message = format!("{reference} moved to {digest} (release {} follows it)", head.id);
+        store.record_events(&[crate::fleets::event(fleet, "tag-moved", message)])?;
+    }
+    Ok(new)
 }
 
 /// The fleet's newest release: its active rollout's, else its current one.
@@ -383,7 +408,8 @@ pub fn follow_tags(ctx: &RolloutContext<'_>, now: i64) -> Result<(), Error> {
     }
     for (name, updates) in by_fleet {
         let Some(fleet) = ctx.store.fleet(&name)? else { continue };
-        let plan = fleet.rollout_plan.as_deref().and_then(|p| serde_json::from_str::<RolloutPlan>(p).ok()).unwrap_or_default();
+        let plan =
+            fleet.rollout_plan.as_deref().and_then(|p| serde_json::from_str::<RolloutPlan>(p).ok()).unwrap_or_default();
         let newest = updates.iter().map(|u| u.detected_at).max().unwrap_or(now);
         if now - newest < plan.minimum_age as i64 {
             continue;
@@ -401,10 +427,15 @@ pub fn follow_tags(ctx: &RolloutContext<'_>, now: i64) -> Result<(), Error> {
         if moved.is_empty() {
             continue;
         }
-        let json = serde_json::to_string(&state).map_err(|e| Error::Store { op: "making a release", reason: e.to_string() })?;
+        let json = serde_json::to_string(&state)
+            .map_err(|e| Error::Store { op: "making a release", reason: e.to_string() })?;
         let note = format!("tags moved: {}", moved.join(", "));
         let id = ctx.store.create_release(&name, &json, &head.references, "tag-moved", Some(&note))?;
-        let mut event = crate::fleets::event(&name, "release-created", format!("release {id} made from release {}: {note}", head.id));
+        let mut event = crate::fleets::event(
+            &name,
+            "release-created",
+            format!("release {id} made from release {}: {note}", head.id),
+        );
         event.release = Some(id);
         ctx.store.record_events(&[event])?;
         let policy: UpdatePolicy = fleet

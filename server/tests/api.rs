@@ -61,8 +61,8 @@ impl Fixture {
                 poll_cache: Default::default(),
                 log_retention: Default::default(),
                 trusted_proxies: Vec::new(),
-            presence: Default::default(),
-            rollout_lock: Default::default(),
+                presence: Default::default(),
+                rollout_lock: Default::default(),
             },
         }
     }

@@ -42,7 +42,10 @@ pub(super) fn fleet_name(name: &str) -> Result<&str, Error> {
         Ok(name)
     } else {
         Err(Error::BadRequest {
-            reason: format!("fleet name {:?} must match [a-z0-9][a-z0-9-]{{0,62}}", name.chars().take(80).collect::<String>()),
+            reason: format!(
+                "fleet name {:?} must match [a-z0-9][a-z0-9-]{{0,62}}",
+                name.chars().take(80).collect::<String>()
+            ),
         })
     }
 }
@@ -175,7 +178,10 @@ pub(super) fn set_release(api: &Api, caller: &Caller, request: &Request, name: &
     let mut event = crate::fleets::event(&fleet.name, "fleet-release-set", message);
     event.release = Some(release);
     api.store.record_events(&[event])?;
-    Ok(Response::json(200, &json!({"status": "ok", "fleet": fleet.name, "release": release, "devicesUpdated": moved.len()})))
+    Ok(Response::json(
+        200,
+        &json!({"status": "ok", "fleet": fleet.name, "release": release, "devicesUpdated": moved.len()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -224,7 +230,9 @@ pub(super) fn set_labels(api: &Api, caller: &Caller, request: &Request, uuid: &s
 /// Keys `[a-z0-9][a-z0-9._-]{0,62}`, values `[A-Za-z0-9._-]{0,63}`, `MAX_LABELS` at most.
 pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
     if labels.len() > MAX_LABELS {
-        return Err(Error::BadRequest { reason: format!("a device has at most {MAX_LABELS} labels, not {}", labels.len()) });
+        return Err(Error::BadRequest {
+            reason: format!("a device has at most {MAX_LABELS} labels, not {}", labels.len()),
+        });
     }
     for (key, value) in labels {
         let key_ok = (1..=63).contains(&key.len())
@@ -232,7 +240,9 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
             && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
         if !key_ok {
             let shown: String = key.chars().take(80).collect();
-            return Err(Error::BadRequest { reason: format!("label key {shown:?} must match [a-z0-9][a-z0-9._-]{{0,62}}") });
+            return Err(Error::BadRequest {
+                reason: format!("label key {shown:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
+            });
         }
         let value_ok = value.len() <= 63 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !value_ok {

@@ -22,7 +22,9 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
     let mut state = release_body(request, &fleet.name)?;
     if state.extra.contains_key(REGISTRY_AUTH_KEY) {
         return Err(Error::BadRequest {
-            reason: format!("{REGISTRY_AUTH_KEY} is added by the server from stored registry credentials, not set in a release"),
+            reason: format!(
+                "{REGISTRY_AUTH_KEY} is added by the server from stored registry credentials, not set in a release"
+            ),
         });
     }
     let allow_tags = request.query_value("allowTags").is_some_and(|v| v == "true" || v == "1");
@@ -43,11 +45,18 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
     let references = followed_references(&state);
     let note = request.query_value("note").filter(|n| n.len() <= 200 && crate::text::is_printable(n));
     let id = api.store.create_release(&fleet.name, &json, &references, "operator", note.as_deref())?;
-    log::info!("fleet {}: release {id} created ({} images, {} pinned)", fleet.name, summary.total, summary.resolved + summary.pinned + summary.cached);
-    let mut event = crate::fleets::event(&fleet.name, "release-created", format!("release {id} created by the operator"));
+    log::info!(
+        "fleet {}: release {id} created ({} images, {} pinned)",
+        fleet.name,
+        summary.total,
+        summary.resolved + summary.pinned + summary.cached
+    );
+    let mut event =
+        crate::fleets::event(&fleet.name, "release-created", format!("release {id} created by the operator"));
     event.release = Some(id);
     api.store.record_events(&[event])?;
-    let release = api.store.release(&fleet.name, id)?.ok_or_else(|| Error::NotFound { what: format!("release {id}") })?;
+    let release =
+        api.store.release(&fleet.name, id)?.ok_or_else(|| Error::NotFound { what: format!("release {id}") })?;
     let mut answer = release_json(&release, true);
     answer["resolution"] = serde_json::to_value(&summary).unwrap_or_default();
     Ok(Response::json(201, &answer))
@@ -61,8 +70,9 @@ fn release_body(request: &Request, fleet: &str) -> Result<TargetState, Error> {
         let text = std::str::from_utf8(&request.body)
             .map_err(|_| Error::BadRequest { reason: "the compose file is not UTF-8".into() })?;
         let value = crate::compose::target_from_compose(text, fleet)?;
-        return serde_json::from_value(value)
-            .map_err(|e| Error::Unprocessable { reason: format!("the compose file does not make a target state: {e}") });
+        return serde_json::from_value(value).map_err(|e| Error::Unprocessable {
+            reason: format!("the compose file does not make a target state: {e}"),
+        });
     }
     request.json()
 }
@@ -95,9 +105,10 @@ pub(super) fn get(api: &Api, caller: &Caller, fleet: &str, id: &str) -> Result<R
 
 /// A release or rollout number from a path.
 pub(super) fn release_id(text: &str) -> Result<u64, Error> {
-    text.parse::<u64>().ok().filter(|n| *n > 0 && *n <= i64::MAX as u64).ok_or_else(|| Error::NotFound {
-        what: format!("release {}", text.chars().take(40).collect::<String>()),
-    })
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+        .ok_or_else(|| Error::NotFound { what: format!("release {}", text.chars().take(40).collect::<String>()) })
 }
 
 fn release_json(release: &Release, with_state: bool) -> Value {

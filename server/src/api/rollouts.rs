@@ -17,7 +17,11 @@ impl Api {
     /// The rollout context, with the lock that keeps one decision at a time.
     fn with_rollouts<T>(&self, run: impl FnOnce(&RolloutContext<'_>) -> Result<T, Error>) -> Result<T, Error> {
         let _one_at_a_time = self.rollout_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        run(&RolloutContext { store: self.store.as_ref(), presence: &self.presence, default_policy: &self.default_policy })
+        run(&RolloutContext {
+            store: self.store.as_ref(),
+            presence: &self.presence,
+            default_policy: &self.default_policy,
+        })
     }
 }
 
@@ -28,7 +32,9 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
     let mut body: Map<String, Value> = request.json()?;
     let release = match body.remove("release") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => n.as_u64().unwrap_or(0),
-        Some(other) => return Err(Error::BadRequest { reason: format!("release must be a release number, not {other}") }),
+        Some(other) => {
+            return Err(Error::BadRequest { reason: format!("release must be a release number, not {other}") })
+        }
         None => return Err(Error::BadRequest { reason: "a rollout needs \"release\": the release number".into() }),
     };
     let flag = |body: &mut Map<String, Value>, name: &str| match body.remove(name) {
@@ -53,7 +59,10 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
             .enumerate()
             .map(|(i, devices)| json!({"wave": i + 1, "devices": devices, "count": devices.len()}))
             .collect();
-        return Ok(Response::json(200, &json!({"dryRun": true, "fleet": fleet.name, "release": release, "waves": waves})));
+        return Ok(Response::json(
+            200,
+            &json!({"dryRun": true, "fleet": fleet.name, "release": release, "waves": waves}),
+        ));
     }
     let id = api.with_rollouts(|ctx| start_rollout(ctx, &fleet, RolloutRequest { release, plan, supersede }))?;
     let rollout = api.store.rollout(id)?.ok_or_else(|| Error::NotFound { what: format!("rollout {id}") })?;
@@ -181,24 +190,23 @@ pub(super) fn events(api: &Api, caller: &Caller, request: &Request) -> Result<Re
     if let Some(uuid) = &device {
         device_id(uuid)?;
     }
-    let since = request.query_value("since");
-    if let Some(since) = &since {
-        since.parse::<jiff::Timestamp>().map_err(|e| Error::BadRequest {
-            reason: format!("since must be an RFC 3339 time such as 2026-12-07T10:00:00Z: {e}"),
-        })?;
-    }
+    // Stored times are RFC 3339 in UTC to the second: compared as text once normalized.
+    let since = match request.query_value("since") {
+        None => None,
+        Some(text) => {
+            let at = text.parse::<jiff::Timestamp>().map_err(|e| Error::BadRequest {
+                reason: format!("since must be an RFC 3339 time such as 2026-12-07T10:00:00Z: {e}"),
+            })?;
+            Some(crate::timefmt::rfc3339(at.as_second().max(0) as u64))
+        }
+    };
     let limit = request.query_number("limit", 100, 1..=1000)?;
     let before = match request.query_value("before") {
         None => None,
         Some(_) => Some(request.query_number("before", 0, 1..=i64::MAX as usize)? as u64),
     };
-    let filter = EventFilter {
-        fleet: fleet.as_deref(),
-        device: device.as_deref(),
-        since: since.as_deref(),
-        before,
-        limit,
-    };
+    let filter =
+        EventFilter { fleet: fleet.as_deref(), device: device.as_deref(), since: since.as_deref(), before, limit };
     let events: Vec<Value> = api
         .store
         .events(&filter)?

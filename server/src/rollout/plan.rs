@@ -53,14 +53,27 @@ pub struct WaveSpec {
 }
 
 /// Failures (within the rollout so far) beyond which it stops: more than `count`, or more
-/// than `percent` of the devices given the release. Either passed is enough.
+/// than `percent` of the devices given the release. Either passed is enough; neither
+/// given: the first failure stops it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MaxFailures {
-    #[serde(default)]
-    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u8>,
+}
+
+impl MaxFailures {
+    /// The failures allowed by count: `count`, else none when no percent is given
+    /// either, else any number (the percent alone decides).
+    pub fn count_limit(&self) -> u64 {
+        match (self.count, self.percent) {
+            (Some(count), _) => count,
+            (None, None) => 0,
+            (None, Some(_)) => u64::MAX,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -73,7 +86,10 @@ pub enum OnFailure {
 }
 
 fn default_waves() -> Vec<WaveSpec> {
-    vec![WaveSpec { devices: Some(1), percent: None, labels: None }, WaveSpec { devices: None, percent: Some(100), labels: None }]
+    vec![
+        WaveSpec { devices: Some(1), percent: None, labels: None },
+        WaveSpec { devices: None, percent: Some(100), labels: None },
+    ]
 }
 fn default_bake_time() -> u64 {
     15 * 60
@@ -130,8 +146,7 @@ impl RolloutPlan {
         let mut last_percent = 0u8;
         for (i, wave) in self.waves.iter().enumerate() {
             let n = i + 1;
-            let selectors =
-                wave.devices.is_some() as u8 + wave.percent.is_some() as u8 + wave.labels.is_some() as u8;
+            let selectors = wave.devices.is_some() as u8 + wave.percent.is_some() as u8 + wave.labels.is_some() as u8;
             if selectors != 1 {
                 return invalid(format!("wave {n} must have exactly one of devices, percent and labels"));
             }
@@ -146,9 +161,7 @@ impl RolloutPlan {
                     ))
                 }
                 (_, Some(p), _) => last_percent = p,
-                (_, _, Some(labels)) if labels.is_empty() => {
-                    return invalid(format!("wave {n} selects on no labels"))
-                }
+                (_, _, Some(labels)) if labels.is_empty() => return invalid(format!("wave {n} selects on no labels")),
                 (_, _, Some(labels)) if labels.len() > MAX_WAVE_LABELS => {
                     return invalid(format!("wave {n} selects on more than {MAX_WAVE_LABELS} labels"))
                 }
@@ -176,9 +189,9 @@ mod duration_text {
         }
         match Text::deserialize(deserializer)? {
             Text::Seconds(seconds) => Ok(seconds),
-            Text::Text(text) => pinion_model::duration::parse_duration(&text)
-                .map(|d| d.as_secs())
-                .map_err(serde::de::Error::custom),
+            Text::Text(text) => {
+                pinion_model::duration::parse_duration(&text).map(|d| d.as_secs()).map_err(serde::de::Error::custom)
+            }
         }
     }
 }
@@ -194,7 +207,8 @@ mod tests {
 
     #[test]
     fn a_plan_takes_durations_as_text_and_fills_defaults() {
-        let plan = RolloutPlan::from_json(json!({"waves": [{"percent": 10}, {"percent": 100}], "bakeTime": "2m"})).unwrap();
+        let plan =
+            RolloutPlan::from_json(json!({"waves": [{"percent": 10}, {"percent": 100}], "bakeTime": "2m"})).unwrap();
         assert_eq!((plan.bake_time, plan.device_timeout, plan.success_percent), (120, 1800, 100));
         assert_eq!(plan.on_failure, OnFailure::Pause);
         assert_eq!(RolloutPlan::from_json(json!({})).unwrap(), RolloutPlan::default());

@@ -249,8 +249,8 @@ impl<'a> Run<'a> {
             d.assigned || matches!(d.status, DeviceStatus::Updating | DeviceStatus::Healthy | DeviceStatus::Failed)
         });
         let limit = &self.plan.max_failures;
-        let why = if failures > limit.count {
-            format!("{} (maxFailures.count is {})", devices_text(failures, "failed device"), limit.count)
+        let why = if failures > limit.count_limit() {
+            format!("{} (maxFailures.count is {})", devices_text(failures, "failed device"), limit.count_limit())
         } else {
             match limit.percent {
                 Some(p) if failures.saturating_mul(100) > u64::from(p).saturating_mul(given) => {
@@ -716,7 +716,7 @@ mod tests {
 
     #[test]
     fn failure_thresholds() {
-        let limit = |count, percent| MaxFailures { count, percent };
+        let limit = |count, percent| MaxFailures { count: Some(count), percent };
         #[rustfmt::skip]
         let cases: &[(&str, MaxFailures, usize, usize, Option<&str>)] = &[
             ("default: the first failure stops it", MaxFailures::default(), 1, 10, Some("paused: 1 failed device (maxFailures.count is 0)")),
@@ -725,6 +725,8 @@ mod tests {
             ("20% of 10: two go on", limit(5, Some(20)), 2, 10, None),
             ("20% of 10: the third stops it", limit(5, Some(20)), 3, 10, Some("paused: 3 of 10 devices failed (maxFailures.percent is 20)")),
             ("0%: any failure", limit(5, Some(0)), 1, 10, Some("paused: 1 of 10 devices failed (maxFailures.percent is 0)")),
+            ("20% alone: two go on", MaxFailures { count: None, percent: Some(20) }, 2, 10, None),
+            ("20% alone: the third stops it", MaxFailures { count: None, percent: Some(20) }, 3, 10, Some("paused: 3 of 10 devices failed (maxFailures.percent is 20)")),
         ];
         for (name, max_failures, failed, given, paused) in cases {
             let plan = RolloutPlan { max_failures: max_failures.clone(), ..plan() };

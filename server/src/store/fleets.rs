@@ -138,8 +138,14 @@ pub trait FleetStore {
     fn set_rollout_release(&self, uuids: &[String], rollout: Option<u64>, release: Option<u64>) -> Result<(), Error>;
 
     /// Stores a release; its id.
-    fn create_release(&self, fleet: &str, state: &str, references: &[String], source: &str, note: Option<&str>)
-        -> Result<u64, Error>;
+    fn create_release(
+        &self,
+        fleet: &str,
+        state: &str,
+        references: &[String],
+        source: &str,
+        note: Option<&str>,
+    ) -> Result<u64, Error>;
     fn release(&self, fleet: &str, id: u64) -> Result<Option<Release>, Error>;
     /// Newest first, older than `before` when given.
     fn releases(&self, fleet: &str, before: Option<u64>, limit: usize) -> Result<Vec<Release>, Error>;
@@ -151,8 +157,9 @@ pub trait FleetStore {
     fn set_fleet_references(&self, fleet: &str, references: &[String]) -> Result<(), Error>;
     /// Fleets whose newest release follows `reference` (canonical).
     fn fleets_following(&self, reference: &str) -> Result<Vec<String>, Error>;
-    /// Records a new digest of a fleet's tag (keeping `detected_at` for the same digest).
-    fn put_fleet_update(&self, update: &FleetUpdate) -> Result<(), Error>;
+    /// Records a new digest of a fleet's tag (keeping `detected_at` for the same digest);
+    /// `true` when the digest was not the one recorded.
+    fn put_fleet_update(&self, update: &FleetUpdate) -> Result<bool, Error>;
     fn fleet_updates(&self) -> Result<Vec<FleetUpdate>, Error>;
     fn delete_fleet_updates(&self, fleet: &str) -> Result<(), Error>;
 
@@ -369,11 +376,16 @@ impl FleetStore for SqliteStore {
             .map_err(db("deleting a fleet"))?;
         if members > 0 {
             return Err(Error::Conflict {
-                reason: format!("fleet {name} still has {members} devices: move them out first (DELETE /devices/{{uuid}}/fleet)"),
+                reason: format!(
+                    "fleet {name} still has {members} devices: move them out first (DELETE /devices/{{uuid}}/fleet)"
+                ),
             });
         }
-        tx.execute("DELETE FROM rollout_devices WHERE rollout_id IN (SELECT id FROM rollouts WHERE fleet = ?1)", [name])
-            .map_err(db("deleting a fleet"))?;
+        tx.execute(
+            "DELETE FROM rollout_devices WHERE rollout_id IN (SELECT id FROM rollouts WHERE fleet = ?1)",
+            [name],
+        )
+        .map_err(db("deleting a fleet"))?;
         tx.execute("UPDATE provisioning_keys SET fleet = NULL WHERE fleet = ?1", [name])
             .map_err(db("deleting a fleet"))?;
         let deleted = tx.execute("DELETE FROM fleets WHERE name = ?1", [name]).map_err(db("deleting a fleet"))?;
@@ -535,17 +547,28 @@ impl FleetStore for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(db("listing fleets following a tag"))
     }
 
-    fn put_fleet_update(&self, update: &FleetUpdate) -> Result<(), Error> {
-        self.conn_outside_polls()
-            .execute(
-                "INSERT INTO fleet_updates (fleet, reference, digest, detected_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (fleet, reference) DO UPDATE SET digest = excluded.digest,
-                     detected_at = CASE WHEN fleet_updates.digest = excluded.digest
-                                        THEN fleet_updates.detected_at ELSE excluded.detected_at END",
-                params![update.fleet, update.reference, update.digest, update.detected_at],
+    fn put_fleet_update(&self, update: &FleetUpdate) -> Result<bool, Error> {
+        let mut conn = self.conn_outside_polls();
+        let tx = conn.transaction().map_err(db("recording a fleet's moved tag"))?;
+        let known: Option<String> = tx
+            .query_row(
+                "SELECT digest FROM fleet_updates WHERE fleet = ?1 AND reference = ?2",
+                params![update.fleet, update.reference],
+                |r| r.get(0),
             )
+            .optional()
             .map_err(db("recording a fleet's moved tag"))?;
-        Ok(())
+        if known.as_deref() == Some(update.digest.as_str()) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO fleet_updates (fleet, reference, digest, detected_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (fleet, reference) DO UPDATE SET digest = excluded.digest, detected_at = excluded.detected_at",
+            params![update.fleet, update.reference, update.digest, update.detected_at],
+        )
+        .map_err(db("recording a fleet's moved tag"))?;
+        tx.commit().map_err(db("recording a fleet's moved tag"))?;
+        Ok(true)
     }
 
     fn fleet_updates(&self) -> Result<Vec<FleetUpdate>, Error> {
@@ -577,7 +600,8 @@ impl FleetStore for SqliteStore {
                     "SELECT id, status FROM rollouts WHERE fleet = ?1 AND status IN ('running', 'paused', 'waiting')",
                 )
                 .map_err(db("creating a rollout"))?;
-            let rows = stmt.query_map([&rollout.fleet], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db("creating a rollout"))?;
+            let rows =
+                stmt.query_map([&rollout.fleet], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db("creating a rollout"))?;
             rows.collect::<Result<_, _>>().map_err(db("creating a rollout"))?
         };
         let superseding = rollout.progress.status == RolloutStatus::Waiting;

@@ -12,7 +12,8 @@ mod telemetry;
 
 pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
 pub use fleets::{
-    Event, EventFilter, Fleet, FleetStore, FleetUpdate, Membership, Release, RolloutDeviceRow, StoredRollout, EVENTS_KEPT,
+    Event, EventFilter, Fleet, FleetStore, FleetUpdate, Membership, Release, RolloutDeviceRow, StoredRollout,
+    EVENTS_KEPT,
 };
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};

@@ -331,7 +331,13 @@ const KEY_COLUMNS: &str =
     "id, description, created_at, revoked_at, devices_registered, device_uuid, single_use, expires_at, fleet";
 
 /// Writes one target version inside `tx` (`Store::set_target`).
-fn write_target(tx: &Transaction<'_>, uuid: &str, target: &NewTarget<'_>, history_limit: u64, now: &str) -> Result<u64, Error> {
+fn write_target(
+    tx: &Transaction<'_>,
+    uuid: &str,
+    target: &NewTarget<'_>,
+    history_limit: u64,
+    now: &str,
+) -> Result<u64, Error> {
     insert_device(tx, uuid, now).map_err(db("storing a target state"))?;
     let current: i64 = tx
         .query_row("SELECT target_version FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
@@ -351,7 +357,9 @@ fn write_target(tx: &Transaction<'_>, uuid: &str, target: &NewTarget<'_>, histor
     .map_err(db("storing a target state"))?;
     // Where the state came from: a fleet release, or the device's own (a pin).
     match target.release {
-        Some(release) => tx.execute("UPDATE devices SET release_id = ?2 WHERE uuid = ?1", params![uuid, release as i64]),
+        Some(release) => {
+            tx.execute("UPDATE devices SET release_id = ?2 WHERE uuid = ?1", params![uuid, release as i64])
+        }
         None if target.supersedes_pending => {
             tx.execute("UPDATE devices SET release_id = NULL, pinned = 1 WHERE uuid = ?1", [uuid])
         }
