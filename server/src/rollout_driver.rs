@@ -239,7 +239,6 @@ fn apply(
             .map(|m| Membership {
                 rollout_id: Some(rollout.id),
                 rollout_release: Some(rollout.release),
-                pinned: false,
                 ..m.clone()
             })
             .collect();

@@ -21,6 +21,7 @@ pub(super) fn delete(api: &Api, caller: &Caller, uuid: &str) -> Result<Response,
     if !api.store.delete_device(uuid)? {
         return Err(Error::NotFound { what: format!("device {uuid}") });
     }
+    api.presence.forget(uuid);
     log::info!("device {uuid} deleted");
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid})))
 }
