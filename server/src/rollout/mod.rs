@@ -6,6 +6,8 @@
 pub mod observe;
 pub mod plan;
 pub mod step;
+#[cfg(test)]
+mod step_tests;
 pub mod waves;
 
 pub use observe::{observe, Observation, Presence, ReleaseImages, ReleaseService};
