@@ -177,6 +177,7 @@ fn decide(
         rows.extend(joined.iter().cloned());
     }
     let fleet_policy: Option<UpdatePolicy> = fleet.update_policy.as_deref().and_then(|p| serde_json::from_str(p).ok());
+    let own_policies = ctx.store.fleet_device_policies(&fleet.name)?;
     let instant = Instant::now();
     let timestamp = Timestamp::from_second(now).unwrap_or_else(|_| Timestamp::now());
     let started = rollout.progress.current_wave;
@@ -193,7 +194,11 @@ fn decide(
         let member = &members[&device.uuid];
         let presence = Seen {
             online: ctx.presence.online(&device.uuid, instant),
-            in_window: in_window(ctx, &device.uuid, fleet_policy.as_ref(), timestamp)?,
+            in_window: in_window(
+                own_policies.get(&device.uuid).or(fleet_policy.as_ref()),
+                ctx.default_policy,
+                timestamp,
+            ),
             pinned: member.pinned,
         };
         let report: Option<serde_json::Value> = member.report.as_deref().and_then(|r| serde_json::from_str(r).ok());
@@ -205,15 +210,8 @@ fn decide(
 }
 
 /// Whether the device's update window (its own, else its fleet's, else the default) is open.
-fn in_window(
-    ctx: &RolloutContext<'_>,
-    uuid: &str,
-    fleet_policy: Option<&UpdatePolicy>,
-    now: Timestamp,
-) -> Result<bool, Error> {
-    let own = ctx.store.update_policy(uuid)?;
-    let policy = own.as_ref().or(fleet_policy).unwrap_or(ctx.default_policy);
-    Ok(policy.update_window.as_ref().is_none_or(|window| window_contains(window, now)))
+fn in_window(policy: Option<&UpdatePolicy>, default: &UpdatePolicy, now: Timestamp) -> bool {
+    policy.unwrap_or(default).update_window.as_ref().is_none_or(|window| window_contains(window, now))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -236,11 +234,7 @@ fn apply(
             .assign
             .iter()
             .filter_map(|uuid| members.get(uuid))
-            .map(|m| Membership {
-                rollout_id: Some(rollout.id),
-                rollout_release: Some(rollout.release),
-                ..m.clone()
-            })
+            .map(|m| Membership { rollout_id: Some(rollout.id), rollout_release: Some(rollout.release), ..m.clone() })
             .collect();
         bring_to_release(store, fleet, &given)?;
     }

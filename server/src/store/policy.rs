@@ -54,6 +54,8 @@ pub trait PolicyStore {
     fn set_update_policy(&self, uuid: &str, policy: &UpdatePolicy) -> Result<(), Error>;
     /// Removes the device's own policy (it follows the default again); `false` if it had none.
     fn delete_update_policy(&self, uuid: &str) -> Result<bool, Error>;
+    /// The own policies of a fleet's devices (those that have one), in one read.
+    fn fleet_device_policies(&self, fleet: &str) -> Result<std::collections::HashMap<String, UpdatePolicy>, Error>;
 
     /// Adds or replaces the pending update of (device, reference): the newest digest
     /// wins. Re-adding the same digest keeps its `detected_at` and takes the new
@@ -83,6 +85,21 @@ fn pending_from_row(row: &Row<'_>) -> rusqlite::Result<PendingUpdate> {
 
 type PolicyRow = (bool, Option<String>, Option<String>, Option<String>);
 
+fn policy_from_row(uuid: &str, (auto_update, start, end, timezone): PolicyRow) -> Result<UpdatePolicy, Error> {
+    let update_window = match (start, end, timezone) {
+        (Some(start), Some(end), Some(timezone)) => {
+            // Re-validated on the way out: a time zone the system tzdb no longer
+            // knows is an error here rather than a silently wrong window.
+            Some(UpdateWindow::new(&start, &end, &timezone).map_err(|e| Error::Store {
+                op: "reading an update policy",
+                reason: format!("stored update window of device {uuid}: {e}"),
+            })?)
+        }
+        _ => None,
+    };
+    Ok(UpdatePolicy { auto_update, update_window })
+}
+
 impl PolicyStore for SqliteStore {
     fn update_policy(&self, uuid: &str) -> Result<Option<UpdatePolicy>, Error> {
         let row: Option<PolicyRow> = self
@@ -95,19 +112,27 @@ impl PolicyStore for SqliteStore {
             )
             .optional()
             .map_err(db("reading an update policy"))?;
-        let Some((auto_update, start, end, timezone)) = row else { return Ok(None) };
-        let update_window = match (start, end, timezone) {
-            (Some(start), Some(end), Some(timezone)) => {
-                // Re-validated on the way out: a time zone the system tzdb no longer
-                // knows is an error here rather than a silently wrong window.
-                Some(UpdateWindow::new(&start, &end, &timezone).map_err(|e| Error::Store {
-                    op: "reading an update policy",
-                    reason: format!("stored update window of device {uuid}: {e}"),
-                })?)
-            }
-            _ => None,
-        };
-        Ok(Some(UpdatePolicy { auto_update, update_window }))
+        row.map(|row| policy_from_row(uuid, row)).transpose()
+    }
+
+    fn fleet_device_policies(&self, fleet: &str) -> Result<std::collections::HashMap<String, UpdatePolicy>, Error> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT p.device_uuid, p.auto_update, p.window_start, p.window_end, p.window_timezone
+                 FROM update_policies p JOIN devices d ON d.uuid = p.device_uuid WHERE d.fleet = ?1",
+            )
+            .map_err(db("reading update policies"))?;
+        let rows = stmt
+            .query_map([fleet], |r| Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
+            .map_err(db("reading update policies"))?;
+        let mut policies = std::collections::HashMap::new();
+        for row in rows {
+            let (uuid, row) = row.map_err(db("reading update policies"))?;
+            let policy = policy_from_row(&uuid, row)?;
+            policies.insert(uuid, policy);
+        }
+        Ok(policies)
     }
 
     fn set_update_policy(&self, uuid: &str, policy: &UpdatePolicy) -> Result<(), Error> {
