@@ -132,7 +132,7 @@ pub fn bring_to_release(store: &dyn Store, fleet: &Fleet, members: &[Membership]
 /// Brings every device of `fleet` to what it should run.
 pub fn bring_fleet_to_release(store: &dyn Store, fleet_name: &str) -> Result<Vec<String>, Error> {
     let fleet = store.fleet(fleet_name)?.ok_or_else(|| Error::NotFound { what: format!("fleet {fleet_name}") })?;
-    let members = store.fleet_members(fleet_name, false)?;
+    let members = store.fleet_members(fleet_name)?;
     bring_to_release(store, &fleet, &members)
 }
 

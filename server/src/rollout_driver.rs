@@ -37,11 +37,8 @@ pub struct RolloutRequest {
 
 /// Devices per wave, as `assign_waves` puts the fleet's devices.
 pub fn plan_waves(store: &dyn Store, fleet: &str, plan: &RolloutPlan) -> Result<Vec<Vec<String>>, Error> {
-    let members: Vec<FleetMember> = store
-        .fleet_members(fleet, false)?
-        .into_iter()
-        .map(|m| FleetMember { uuid: m.uuid, labels: m.labels })
-        .collect();
+    let members: Vec<FleetMember> =
+        store.fleet_members(fleet)?.into_iter().map(|m| FleetMember { uuid: m.uuid, labels: m.labels }).collect();
     assign_waves(&plan.waves, &members)
 }
 
@@ -54,7 +51,7 @@ pub fn start_rollout(ctx: &RolloutContext<'_>, fleet: &Fleet, request: RolloutRe
         .ok_or_else(|| Error::NotFound { what: format!("release {} of fleet {}", request.release, fleet.name) })?;
     let waves = plan_waves(ctx.store, &fleet.name, &request.plan)?;
     let members: HashMap<String, Membership> =
-        ctx.store.fleet_members(&fleet.name, false)?.into_iter().map(|m| (m.uuid.clone(), m)).collect();
+        ctx.store.fleet_members(&fleet.name)?.into_iter().map(|m| (m.uuid.clone(), m)).collect();
     let mut rows = Vec::new();
     for (wave, uuids) in waves.iter().enumerate() {
         for uuid in uuids {
@@ -162,7 +159,7 @@ fn decide(
         .ok_or_else(|| Error::NotFound { what: format!("release {} of fleet {}", rollout.release, fleet.name) })?;
     let images = ReleaseImages::of(&release_state(&release)?);
     let members: HashMap<String, Membership> =
-        ctx.store.fleet_members(&fleet.name, true)?.into_iter().map(|m| (m.uuid.clone(), m)).collect();
+        ctx.store.fleet_members(&fleet.name)?.into_iter().map(|m| (m.uuid.clone(), m)).collect();
     let mut rows: Vec<RolloutDeviceRow> = ctx.store.rollout_devices(id)?;
     // Devices that left the fleet (or were deleted) are out of the rollout; those that
     // joined since go into the last wave.
@@ -181,14 +178,19 @@ fn decide(
     let instant = Instant::now();
     let timestamp = Timestamp::from_second(now).unwrap_or_else(|_| Timestamp::now());
     let started = rollout.progress.current_wave;
-    for row in rows.iter_mut() {
-        let device = &mut row.device;
-        // Only devices of started waves whose state can still change are looked at.
+    // Only devices of started waves whose state can still change are looked at, and a
+    // wave about to start (its devices may be deferred at once): their reports only.
+    let looked_at = |device: &RolloutDevice| {
         let watched = started.is_some_and(|w| device.wave <= w)
             && matches!(device.status, DeviceStatus::Pending | DeviceStatus::Updating | DeviceStatus::Deferred);
-        // A wave about to start is looked at too: its devices may be deferred at once.
         let next = started.map_or(device.wave == 0, |w| device.wave == w + 1);
-        if !(watched || next && device.status == DeviceStatus::Pending) {
+        watched || next && device.status == DeviceStatus::Pending
+    };
+    let watched: Vec<&str> = rows.iter().filter(|r| looked_at(&r.device)).map(|r| r.device.uuid.as_str()).collect();
+    let reports = ctx.store.last_reports(&watched)?;
+    for row in rows.iter_mut() {
+        let device = &mut row.device;
+        if !looked_at(device) {
             continue;
         }
         let member = &members[&device.uuid];
@@ -201,7 +203,7 @@ fn decide(
             ),
             pinned: member.pinned,
         };
-        let report: Option<serde_json::Value> = member.report.as_deref().and_then(|r| serde_json::from_str(r).ok());
+        let report: Option<serde_json::Value> = reports.get(&device.uuid).and_then(|r| serde_json::from_str(r).ok());
         device.observation = observe(&images, report.as_ref(), &presence);
     }
     let devices: Vec<RolloutDevice> = rows.iter().map(|r| r.device.clone()).collect();

@@ -97,7 +97,7 @@ pub(super) fn list(api: &Api, caller: &Caller) -> Result<Response, Error> {
     caller.require_admin()?;
     let mut fleets = Vec::new();
     for fleet in api.store.fleets()? {
-        let members = api.store.fleet_members(&fleet.name, false)?;
+        let members = api.store.fleet_members(&fleet.name)?;
         fleets.push(fleet_json(api, &fleet, &members));
     }
     Ok(Response::json(200, &json!({"fleets": fleets})))
@@ -107,7 +107,7 @@ pub(super) fn list(api: &Api, caller: &Caller) -> Result<Response, Error> {
 pub(super) fn get(api: &Api, caller: &Caller, name: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let fleet = known_fleet(api, name)?;
-    let members = api.store.fleet_members(&fleet.name, false)?;
+    let members = api.store.fleet_members(&fleet.name)?;
     Ok(Response::json(200, &fleet_json(api, &fleet, &members)))
 }
 
@@ -128,7 +128,7 @@ pub(super) fn update(api: &Api, caller: &Caller, request: &Request, name: &str) 
     if !api.store.update_fleet(&fleet)? {
         return Err(Error::NotFound { what: format!("fleet {}", fleet.name) });
     }
-    let members = api.store.fleet_members(&fleet.name, false)?;
+    let members = api.store.fleet_members(&fleet.name)?;
     Ok(Response::json(200, &fleet_json(api, &fleet, &members)))
 }
 

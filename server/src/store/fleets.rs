@@ -8,7 +8,7 @@ use crate::rollout::{DeviceStatus, Observation, RolloutDevice, RolloutPlan, Roll
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The newest events kept; older ones are deleted as new ones come.
 pub const EVENTS_KEPT: i64 = 100_000;
@@ -39,8 +39,6 @@ pub struct Membership {
     /// The rollout that gave it a release, and that release.
     pub rollout_id: Option<u64>,
     pub rollout_release: Option<u64>,
-    /// Its last report (the stored state JSON), when asked for.
-    pub report: Option<String>,
 }
 
 /// An immutable, pinned target state of a fleet.
@@ -125,9 +123,11 @@ pub trait FleetStore {
     fn update_fleet(&self, fleet: &Fleet) -> Result<bool, Error>;
     /// `Conflict` while devices remain; `false` if there is no such fleet.
     fn delete_fleet(&self, name: &str) -> Result<bool, Error>;
-    /// The devices of a fleet, by uuid, with their last reports when `with_reports`.
-    fn fleet_members(&self, fleet: &str, with_reports: bool) -> Result<Vec<Membership>, Error>;
+    /// The devices of a fleet, by uuid.
+    fn fleet_members(&self, fleet: &str) -> Result<Vec<Membership>, Error>;
     fn membership(&self, uuid: &str) -> Result<Option<Membership>, Error>;
+    /// The last reports (state JSON) of these devices, those that have one.
+    fn last_reports(&self, uuids: &[&str]) -> Result<HashMap<String, String>, Error>;
     /// Moves a device into a fleet (or out with `None`): it follows the fleet from now
     /// on (its pin and any rollout's release are dropped). `false` for no such device.
     fn set_device_fleet(&self, uuid: &str, fleet: Option<&str>) -> Result<bool, Error>;
@@ -204,7 +204,6 @@ fn member_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
         release_id: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
         rollout_id: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
         rollout_release: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-        report: None,
     })
 }
 
@@ -393,20 +392,12 @@ impl FleetStore for SqliteStore {
         Ok(deleted == 1)
     }
 
-    fn fleet_members(&self, fleet: &str, with_reports: bool) -> Result<Vec<Membership>, Error> {
+    fn fleet_members(&self, fleet: &str) -> Result<Vec<Membership>, Error> {
         let conn = self.reader()?;
-        let sql = format!(
-            "SELECT {MEMBER_COLUMNS}, {} FROM devices WHERE fleet = ?1 ORDER BY uuid",
-            if with_reports { "current_state" } else { "NULL" }
-        );
-        let mut stmt = conn.prepare(&sql).map_err(db("listing a fleet's devices"))?;
-        let rows = stmt
-            .query_map([fleet], |row| {
-                let mut member = member_from_row(row)?;
-                member.report = row.get(7)?;
-                Ok(member)
-            })
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {MEMBER_COLUMNS} FROM devices WHERE fleet = ?1 ORDER BY uuid"))
             .map_err(db("listing a fleet's devices"))?;
+        let rows = stmt.query_map([fleet], member_from_row).map_err(db("listing a fleet's devices"))?;
         rows.collect::<Result<_, _>>().map_err(db("listing a fleet's devices"))
     }
 
@@ -415,6 +406,28 @@ impl FleetStore for SqliteStore {
             .query_row(&format!("SELECT {MEMBER_COLUMNS} FROM devices WHERE uuid = ?1"), [uuid], member_from_row)
             .optional()
             .map_err(db("reading a device's fleet"))
+    }
+
+    fn last_reports(&self, uuids: &[&str]) -> Result<HashMap<String, String>, Error> {
+        let conn = self.reader()?;
+        let mut reports = HashMap::new();
+        // SQLite binds at most 32,766 parameters; a few hundred per statement is plenty.
+        for chunk in uuids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT uuid, current_state FROM devices WHERE current_state IS NOT NULL AND uuid IN ({marks})"
+                ))
+                .map_err(db("reading reports"))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db("reading reports"))?;
+            for row in rows {
+                let (uuid, report): (String, String) = row.map_err(db("reading reports"))?;
+                reports.insert(uuid, report);
+            }
+        }
+        Ok(reports)
     }
 
     fn set_device_fleet(&self, uuid: &str, fleet: Option<&str>) -> Result<bool, Error> {
