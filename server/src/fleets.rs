@@ -145,6 +145,26 @@ pub fn bring_device_to_release(store: &dyn Store, uuid: &str) -> Result<TargetSo
     Ok(followed_release(&member, Some(&fleet)))
 }
 
+/// The update policy a device follows, and whose it is: its own (`device`), else its
+/// fleet's (`fleet`), else `default`.
+pub fn effective_policy(
+    store: &dyn Store,
+    uuid: &str,
+    default: &crate::policy::UpdatePolicy,
+) -> Result<(crate::policy::UpdatePolicy, &'static str), Error> {
+    if let Some(own) = store.update_policy(uuid)? {
+        return Ok((own, "device"));
+    }
+    let fleet = match store.membership(uuid)?.and_then(|m| m.fleet) {
+        Some(name) => store.fleet(&name)?,
+        None => None,
+    };
+    Ok(match fleet.and_then(|f| f.update_policy).and_then(|p| serde_json::from_str(&p).ok()) {
+        Some(policy) => (policy, "fleet"),
+        None => (default.clone(), "default"),
+    })
+}
+
 /// An event of a fleet, stamped now.
 pub fn event(fleet: &str, kind: &str, message: String) -> crate::store::Event {
     crate::store::Event {

@@ -125,7 +125,7 @@ impl Refresher {
         if repin(&mut state, reference, digest, &rfc3339(now.as_second().max(0) as u64)) == 0 {
             return Ok(None);
         }
-        let policy = self.store.update_policy(uuid)?.unwrap_or_else(|| self.default_policy.clone());
+        let (policy, _) = crate::fleets::effective_policy(self.store.as_ref(), uuid, &self.default_policy)?;
         let outcome = match decide(&policy, now) {
             Decision::ApplyNow => {
                 let version =
@@ -215,7 +215,7 @@ impl Refresher {
         if current.is_empty() {
             return Ok(false);
         }
-        let policy = self.store.update_policy(uuid)?.unwrap_or_else(|| self.default_policy.clone());
+        let (policy, _) = crate::fleets::effective_policy(self.store.as_ref(), uuid, &self.default_policy)?;
         match decide(&policy, now) {
             Decision::ApplyNow => {}
             Decision::HoldUntil(opening) => {

@@ -59,12 +59,9 @@ pub(super) fn pending(api: &Api, caller: &Caller, uuid: &str) -> Result<Response
     Ok(Response::json(200, &json!({"uuid": uuid, "pendingUpdates": pending})))
 }
 
-/// The policy in force for `uuid`: its own, or the server default.
+/// The policy in force for `uuid`: its own, its fleet's, or the server default.
 fn effective_policy(api: &Api, uuid: &str) -> Result<(UpdatePolicy, &'static str), Error> {
-    Ok(match api.store.update_policy(uuid)? {
-        Some(policy) => (policy, "device"),
-        None => (api.default_policy.clone(), "default"),
-    })
+    crate::fleets::effective_policy(api.store.as_ref(), uuid, &api.default_policy)
 }
 
 fn policy_json(api: &Api, uuid: &str) -> Result<Value, Error> {
