@@ -37,6 +37,11 @@ pub fn probation_verdict(health: &ContainerHealth, keep_running: bool) -> Option
     }
     if health.restart_count > RESTARTS_TOLERATED {
         let times = health.restart_count;
+        // Docker sets `State.ExitCode` to 0 at every start: once restarted and running again,
+        // the code the last run exited with is gone, and a 0 would say it exited cleanly.
+        if health.state == "running" {
+            return Some(format!("restarted {times} times within probation"));
+        }
         return Some(format!("restarted {times} times within probation (last exit code {code})"));
     }
     match health.state.as_str() {
@@ -340,6 +345,11 @@ mod tests {
         assert_eq!(
             verdict(health("restarting", 1, 2, None), true).as_deref(),
             Some("restarted 2 times within probation (last exit code 1)")
+        );
+        assert_eq!(
+            verdict(health("running", 0, 2, None), true).as_deref(),
+            Some("restarted 2 times within probation"),
+            "running again after a restart: Docker has reset the exit code to 0"
         );
         assert_eq!(
             verdict(health("running", 0, 0, Some("unhealthy")), true).as_deref(),
