@@ -17,8 +17,9 @@
 //!
 //! YAML: saphyr-parser's events, built into a small tree here, so the cost is bounded:
 //! at most `MAX_BYTES` in, `MAX_DEPTH` levels, and aliases (and `<<` merge keys, which
-//! compose files use with `x-` anchors) copying at most `ALIAS_BUDGET` nodes in all, so
-//! an alias bomb stops after a few thousand nodes instead of expanding to billions.
+//! compose files use with `x-` anchors) copying at most `ALIAS_BUDGET` nodes in all (a
+//! long text weighing one node per 64 bytes), so an alias bomb stops after a few thousand
+//! nodes instead of expanding to billions, and a megabyte aliased thousands of times too.
 //! Core schema (YAML 1.2): `no`/`on` are strings; values keep their text (`1.10` stays
 //! `1.10`); only `privileged` asks for a boolean.
 
@@ -36,6 +37,9 @@ const MAX_DEPTH: usize = 32;
 /// Nodes that aliases may copy, in all: far above any real use of anchors in a compose
 /// file, far below what a nine-level alias bomb asks for (9^9 nodes).
 const ALIAS_BUDGET: usize = 10_000;
+/// Text weighs one node per this many bytes against `ALIAS_BUDGET` (so aliases copy at
+/// most about 640 KiB of text in all).
+const TEXT_BYTES_PER_NODE: usize = 64;
 
 /// Compose service keys the agent runs, with the agent's `config` key for each.
 const SERVICE_KEYS: &[(&str, &str)] = &[
@@ -438,7 +442,10 @@ fn parse(text: &str) -> Result<Option<Node>, Error> {
                 continue;
             }
             Event::Scalar(text, style, anchor, tag) => {
-                (Node { yaml: scalar(text, style, tag.as_deref(), line)?, line, size: 1 }, anchor)
+                // A long text weighs as much as the nodes it could have been: an alias of
+                // a megabyte repeated thousands of times is a bomb too.
+                let size = 1 + text.len() / TEXT_BYTES_PER_NODE;
+                (Node { yaml: scalar(text, style, tag.as_deref(), line)?, line, size }, anchor)
             }
             Event::SequenceStart(anchor, tag) => {
                 start(&mut open, tag.as_deref(), Open::Seq { items: Vec::new(), line, anchor }, line)?;
@@ -828,5 +835,17 @@ services:
         assert!(unprocessable(tagged).contains("YAML tag !reset is not supported"));
         assert!(unprocessable("services:\n  s:\n    image: [a]\n").contains("image (line 3): expected a string"));
         assert!(unprocessable("services:\n  s p:\n    image: a\n").starts_with("service s p: a service name"));
+    }
+
+    #[test]
+    fn a_long_text_aliased_many_times_is_a_bomb_too() {
+        let big = "A".repeat(200_000);
+        let aliases = vec!["*a"; 100].join(", ");
+        let yaml = format!("x-a: &a \"{big}\"\nx-b: [{aliases}]\nservices:\n  web:\n    image: nginx\n");
+        let err = target_from_compose(&yaml, "app").unwrap_err().to_string();
+        assert!(err.contains("alias bomb"), "{err}");
+        // Once is fine.
+        let yaml = format!("x-a: &a \"{big}\"\nx-b: [*a]\nservices:\n  web:\n    image: nginx\n");
+        target_from_compose(&yaml, "app").unwrap();
     }
 }
