@@ -272,6 +272,8 @@ impl<'a> Run<'a> {
     /// Rolled back: every device given the release is put back on what it ran before.
     fn roll_back(&mut self, why: &str) {
         self.progress.status = RolloutStatus::RolledBack;
+        // A rollout waiting to supersede this one starts now: its wave boundary never comes.
+        self.hand_over = self.progress.superseded_by.is_some();
         for device in self.devices.iter_mut().filter(|d| d.assigned) {
             device.assigned = false;
             self.revert.push(device.uuid.clone());
@@ -284,16 +286,25 @@ impl<'a> Run<'a> {
     }
 
     /// The wave has enough healthy devices among those not deferred, and has baked since
-    /// the last of them turned healthy. A wave of deferred devices only waits.
+    /// the last of them turned healthy. Failures the operator accepted (a resume) do not
+    /// hold it back; a wave of deferred devices only waits; a wave whose devices all left
+    /// the fleet is done.
     fn wave_done(&self, wave: usize) -> bool {
-        let in_wave = || self.devices.iter().filter(move |d| self.wave_of(d) == wave);
-        let counted = in_wave()
-            .filter(|d| matches!(d.status, DeviceStatus::Updating | DeviceStatus::Healthy | DeviceStatus::Failed))
-            .count() as u64;
-        let healthy = in_wave().filter(|d| d.status == DeviceStatus::Healthy).count() as u64;
-        let last_healthy = in_wave().filter(|d| d.status == DeviceStatus::Healthy).filter_map(|d| d.healthy_at).max();
-        counted > 0
-            && healthy.saturating_mul(100) >= u64::from(self.plan.success_percent).saturating_mul(counted)
+        let in_wave: Vec<&RolloutDevice> = self.devices.iter().filter(|d| self.wave_of(d) == wave).collect();
+        if in_wave.is_empty() {
+            return true;
+        }
+        let count = |status| in_wave.iter().filter(|d| d.status == status).count() as u64;
+        let failed = count(DeviceStatus::Failed).saturating_sub(self.progress.failures_accepted);
+        let healthy = count(DeviceStatus::Healthy);
+        let counted = count(DeviceStatus::Updating) + healthy + failed;
+        if counted == 0 {
+            // Only accepted failures left: nothing to wait for. Deferred or pending ones: wait.
+            return count(DeviceStatus::Deferred) + count(DeviceStatus::Pending) == 0;
+        }
+        let last_healthy =
+            in_wave.iter().filter(|d| d.status == DeviceStatus::Healthy).filter_map(|d| d.healthy_at).max();
+        healthy.saturating_mul(100) >= u64::from(self.plan.success_percent).saturating_mul(counted)
             && last_healthy.is_some_and(|at| self.now >= later(at, self.plan.bake_time))
     }
 

@@ -481,3 +481,37 @@ fn stored_nonsense_never_panics() {
     let _ = step(&plan, &odd, &[d.clone()], i64::MAX);
     let _ = step(&plan, &progress(RolloutStatus::Running, None), &[d], i64::MIN);
 }
+
+#[test]
+fn an_accepted_failure_does_not_hold_its_wave_at_success_percent_100() {
+    let devices = [
+        device("a", 0, Healthy, Observation::Healthy),
+        device("b", 1, Failed, Observation::Failed("web: exited".into())),
+        device("c", 1, Healthy, Observation::Healthy),
+        device("d", 2, Pending, Observation::Updating),
+    ];
+    let paused = progress(RolloutStatus::Paused, Some(1));
+    let resumed = command(&plan(), &paused, &devices, Command::Resume, T0).unwrap();
+    let on = step(&plan(), &resumed.progress, &devices, T0 + 15 * MINUTE);
+    assert_eq!(on.assign, ["d"], "wave 2's accepted failure leaves its healthy device to decide");
+}
+
+#[test]
+fn a_wave_whose_devices_all_left_the_fleet_is_done() {
+    // Wave 2's devices are gone (the driver drops rows of devices no longer in the fleet).
+    let devices = [device("a", 0, Healthy, Observation::Healthy), device("z", 2, Pending, Observation::Updating)];
+    let on = step(&plan(), &progress(RolloutStatus::Running, Some(1)), &devices, T0 + MINUTE);
+    assert_eq!(on.assign, ["z"]);
+    assert_eq!(on.progress.current_wave, Some(2));
+}
+
+#[test]
+fn a_rollback_hands_over_to_the_rollout_waiting_to_supersede_it() {
+    let plan = RolloutPlan { on_failure: OnFailure::Rollback, ..plan() };
+    let devices = [device("a", 0, Updating, Observation::Failed("web: rolled back: exited".into()))];
+    let waiting = RolloutProgress { superseded_by: Some(9), ..progress(RolloutStatus::Running, Some(0)) };
+    let on = step(&plan, &waiting, &devices, T0 + MINUTE);
+    assert_eq!(on.progress.status, RolloutStatus::RolledBack);
+    assert!(on.hand_over, "its successor would wait for a wave boundary that never comes");
+    assert_eq!(on.revert, ["a"]);
+}
