@@ -9,7 +9,7 @@ use crate::targets::poll_answer;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use pinion_model::TargetState;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Why a device runs what it runs (`GET /devices/{uuid}/target-state`'s `source`).
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +177,37 @@ pub fn event(fleet: &str, kind: &str, message: String) -> crate::store::Event {
         kind: kind.to_string(),
         message,
     }
+}
+
+/// The most labels one device may carry.
+pub const MAX_LABELS: usize = 16;
+
+/// Keys `[a-z0-9][a-z0-9._-]{0,62}`, values `[A-Za-z0-9._-]{0,63}`, `MAX_LABELS` at most.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::BadRequest {
+            reason: format!("a device has at most {MAX_LABELS} labels, not {}", labels.len()),
+        });
+    }
+    for (key, value) in labels {
+        let key_ok = (1..=63).contains(&key.len())
+            && key.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !key_ok {
+            let shown: String = key.chars().take(80).collect();
+            return Err(Error::BadRequest {
+                reason: format!("label key {shown:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
+            });
+        }
+        let value_ok = value.len() <= 63 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !value_ok {
+            let shown: String = value.chars().take(80).collect();
+            return Err(Error::BadRequest {
+                reason: format!("label {key}: value {shown:?} must match [A-Za-z0-9._-]{{0,63}}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A fleet name: `[a-z0-9][a-z0-9-]{0,62}`.

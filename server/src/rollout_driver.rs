@@ -4,7 +4,7 @@
 //! first, then the rollout's rows, so a crash in between repeats a write rather than
 //! losing one. Also turns a fleet's moved tags into new releases (`follow_tags`).
 
-use crate::fleets::{bring_fleet_to_release, bring_to_release, release_state};
+use crate::fleets::{bring_fleet_to_release, bring_to_release, followed_release, release_state};
 use crate::policy::{window_contains, UpdatePolicy};
 use crate::presence::Presence;
 use crate::rollout::observe::Presence as Seen;
@@ -124,7 +124,7 @@ fn new_row(uuid: &str, wave: usize, member: Option<&Membership>) -> RolloutDevic
 
 /// One step of rollout `id` at `now` (unix seconds).
 pub fn advance(ctx: &RolloutContext<'_>, id: u64, now: i64) -> Result<(), Error> {
-    decide(ctx, id, now, |plan, progress, devices| Ok(crate::rollout::step(plan, progress, devices, now)))
+    decide(ctx, id, |plan, progress, devices| Ok(crate::rollout::step(plan, progress, devices, now)))
 }
 
 /// An operator's command to rollout `id` of `fleet`; the rollout as it is after it.
@@ -139,7 +139,7 @@ pub fn run_command(
         return Err(Error::NotFound { what: format!("rollout {id} of fleet {fleet}") });
     }
     let now = unix_now();
-    decide(ctx, id, now, |plan, progress, devices| crate::rollout::command(plan, progress, devices, command, now))?;
+    decide(ctx, id, |plan, progress, devices| crate::rollout::command(plan, progress, devices, command, now))?;
     ctx.store.rollout(id)?.ok_or_else(|| Error::NotFound { what: format!("rollout {id}") })
 }
 
@@ -147,7 +147,6 @@ pub fn run_command(
 fn decide(
     ctx: &RolloutContext<'_>,
     id: u64,
-    now: i64,
     decision: impl FnOnce(&RolloutPlan, &RolloutProgress, &[RolloutDevice]) -> Result<Step, Error>,
 ) -> Result<(), Error> {
     let rollout = ctx.store.rollout(id)?.ok_or_else(|| Error::NotFound { what: format!("rollout {id}") })?;
@@ -172,11 +171,21 @@ fn decide(
             joined.push(new_row(&member.uuid, last, Some(member)));
         }
         rows.extend(joined.iter().cloned());
+        // A device given the release whose target no longer comes from this rollout (it
+        // left the fleet and came back, or was pinned) starts its wave again.
+        for row in rows.iter_mut().filter(|r| r.device.assigned) {
+            let member = &members[&row.device.uuid];
+            if followed_release(member, Some(&fleet)).release() != Some(rollout.release) {
+                row.device = new_row(&row.device.uuid, row.device.wave, None).device;
+                joined.push(row.clone());
+            }
+        }
     }
     let fleet_policy: Option<UpdatePolicy> = fleet.update_policy.as_deref().and_then(|p| serde_json::from_str(p).ok());
     let own_policies = ctx.store.fleet_device_policies(&fleet.name)?;
     let instant = Instant::now();
-    let timestamp = Timestamp::from_second(now).unwrap_or_else(|_| Timestamp::now());
+    // Update windows are local wall-clock time: the wall clock, whatever it says.
+    let timestamp = Timestamp::now();
     let started = rollout.progress.current_wave;
     // Only devices of started waves whose state can still change are looked at, and a
     // wave about to start (its devices may be deferred at once): their reports only.
@@ -275,6 +284,33 @@ fn apply(
             given.remove(&device.uuid);
         }
     }
+    let was_active = rollout.progress.status.is_active();
+    match step.progress.status {
+        // Its release is the fleet's now (before the rollout is saved as done: a crash in
+        // between repeats this step): the devices it could not reach (deferred) get it as
+        // they come back, and those that join later too.
+        RolloutStatus::Succeeded if was_active => {
+            store.set_fleet_release(&fleet.name, rollout.release)?;
+            store.set_fleet_references(&fleet.name, references)?;
+            bring_fleet_to_release(store, &fleet.name)?;
+        }
+        RolloutStatus::Aborted | RolloutStatus::RolledBack if was_active => {
+            // The fleet follows the tags of its own release again.
+            if let Some(current) = fleet.current_release.and_then(|r| store.release(&fleet.name, r).ok().flatten()) {
+                store.set_fleet_references(&fleet.name, &current.references)?;
+            }
+            // A waiting rollout aborted: the one it was to supersede runs on.
+            if rollout.progress.status == RolloutStatus::Waiting {
+                for mut running in
+                    store.active_rollouts()?.into_iter().filter(|r| r.progress.superseded_by == Some(rollout.id))
+                {
+                    running.progress.superseded_by = None;
+                    store.save_rollout(running.id, &running.progress, &[])?;
+                }
+            }
+        }
+        _ => {}
+    }
     // Then the rollout's own rows: the changed ones and those that joined.
     let mut changed: Vec<RolloutDeviceRow> = joined.to_vec();
     for device in step.changes {
@@ -293,22 +329,6 @@ fn apply(
         log::info!("fleet {}: rollout {}: {}", fleet.name, rollout.id, event.message);
     }
     store.record_events(&events)?;
-    match step.progress.status {
-        RolloutStatus::Succeeded if rollout.progress.status != RolloutStatus::Succeeded => {
-            // Its release is the fleet's now: the devices it could not reach (deferred) get it
-            // as they come back, and those that join later too.
-            store.set_fleet_release(&fleet.name, rollout.release)?;
-            store.set_fleet_references(&fleet.name, references)?;
-            bring_fleet_to_release(store, &fleet.name)?;
-        }
-        RolloutStatus::Aborted | RolloutStatus::RolledBack if rollout.progress.status.is_active() => {
-            // The fleet follows the tags of its own release again.
-            if let Some(current) = fleet.current_release.and_then(|r| store.release(&fleet.name, r).ok().flatten()) {
-                store.set_fleet_references(&fleet.name, &current.references)?;
-            }
-        }
-        _ => {}
-    }
     if step.hand_over {
         if let Some(next) = step.progress.superseded_by {
             hand_over(ctx, rollout, next, &given)?;
@@ -409,8 +429,10 @@ pub fn follow_tags(ctx: &RolloutContext<'_>, now: i64) -> Result<(), Error> {
         if now - newest < plan.minimum_age as i64 {
             continue;
         }
-        ctx.store.delete_fleet_updates(&name)?;
-        let Some(head) = head_release(ctx.store, &name)? else { continue };
+        let Some(head) = head_release(ctx.store, &name)? else {
+            ctx.store.delete_fleet_updates(&name)?;
+            continue;
+        };
         let mut state = release_state(&head)?;
         let stamp = rfc3339_now();
         let mut moved = Vec::new();
@@ -419,13 +441,18 @@ pub fn follow_tags(ctx: &RolloutContext<'_>, now: i64) -> Result<(), Error> {
                 moved.push(format!("{} → {}", update.reference, update.digest));
             }
         }
-        if moved.is_empty() {
-            continue;
-        }
         let json = serde_json::to_string(&state)
             .map_err(|e| Error::Store { op: "making a release", reason: e.to_string() })?;
+        // Made already, by a pass that stopped before it could drop the moved tags.
+        let made = ctx.store.releases(&name, None, 1)?.first().is_some_and(|newest| newest.state == json);
+        if moved.is_empty() || made {
+            ctx.store.delete_fleet_updates(&name)?;
+            continue;
+        }
         let note = format!("tags moved: {}", moved.join(", "));
         let id = ctx.store.create_release(&name, &json, &head.references, "tag-moved", Some(&note))?;
+        // Dropped once the release holds them: a failure before this makes it again, not never.
+        ctx.store.delete_fleet_updates(&name)?;
         let mut event = crate::fleets::event(
             &name,
             "release-created",
@@ -458,6 +485,9 @@ pub fn tick(ctx: &RolloutContext<'_>) {
     if let Err(e) = follow_tags(ctx, now) {
         log::error!("following fleets' tags: {e}");
     }
+    if let Err(e) = start_orphaned(ctx) {
+        log::error!("starting waiting rollouts: {e}");
+    }
     let rollouts = match ctx.store.active_rollouts() {
         Ok(rollouts) => rollouts,
         Err(e) => {
@@ -470,6 +500,24 @@ pub fn tick(ctx: &RolloutContext<'_>) {
             log::error!("fleet {}: rollout {}: {e}", rollout.fleet, rollout.id);
         }
     }
+}
+
+/// A waiting rollout whose fleet has no running or paused one (the one it waited for
+/// ended without handing over: the server stopped in between) starts now.
+fn start_orphaned(ctx: &RolloutContext<'_>) -> Result<(), Error> {
+    let active = ctx.store.active_rollouts()?;
+    let running = |fleet: &str| {
+        active
+            .iter()
+            .any(|r| r.fleet == fleet && matches!(r.progress.status, RolloutStatus::Running | RolloutStatus::Paused))
+    };
+    for waiting in active.iter().filter(|r| r.progress.status == RolloutStatus::Waiting && !running(&r.fleet)) {
+        let progress = RolloutProgress { status: RolloutStatus::Running, ..waiting.progress.clone() };
+        ctx.store.save_rollout(waiting.id, &progress, &[])?;
+        let message = format!("rollout {} starts: no rollout of the fleet runs any more", waiting.id);
+        ctx.store.record_events(&[fleet_event(waiting, "rollout-started", None, message)])?;
+    }
+    Ok(())
 }
 
 /// Runs `tick` every `interval` on a thread of its own, for as long as the server runs.
@@ -491,6 +539,12 @@ pub fn spawn(
     })
 }
 
+/// Rollout time, in unix seconds: the wall clock as it was when the server started, moved
+/// on by the monotonic clock. A wall-clock step (NTP catching up on a machine without an
+/// RTC, an operator's `date`) neither starts a wave early nor times devices out; a
+/// restart reads the wall clock again.
 fn unix_now() -> i64 {
-    crate::timefmt::unix_now() as i64
+    static ANCHOR: std::sync::OnceLock<(i64, Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = ANCHOR.get_or_init(|| (crate::timefmt::unix_now() as i64, Instant::now()));
+    wall.saturating_add(at.elapsed().as_secs() as i64)
 }

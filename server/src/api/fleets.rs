@@ -5,7 +5,9 @@
 use super::auth::Caller;
 use super::http::{Request, Response};
 use super::{device_id, known_device, Api};
-use crate::fleets::{bring_device_to_release, bring_fleet_to_release, followed_release, is_valid_fleet_name};
+use crate::fleets::{
+    bring_device_to_release, bring_fleet_to_release, check_labels, followed_release, is_valid_fleet_name,
+};
 use crate::policy::UpdatePolicy;
 use crate::rollout::RolloutPlan;
 use crate::store::{Fleet, Membership};
@@ -15,9 +17,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
-
-/// The most labels one device may carry.
-pub const MAX_LABELS: usize = 16;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -225,34 +224,6 @@ pub(super) fn set_labels(api: &Api, caller: &Caller, request: &Request, uuid: &s
     check_labels(&labels)?;
     api.store.set_device_labels(uuid, &labels)?;
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "labels": labels})))
-}
-
-/// Keys `[a-z0-9][a-z0-9._-]{0,62}`, values `[A-Za-z0-9._-]{0,63}`, `MAX_LABELS` at most.
-pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
-    if labels.len() > MAX_LABELS {
-        return Err(Error::BadRequest {
-            reason: format!("a device has at most {MAX_LABELS} labels, not {}", labels.len()),
-        });
-    }
-    for (key, value) in labels {
-        let key_ok = (1..=63).contains(&key.len())
-            && key.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        if !key_ok {
-            let shown: String = key.chars().take(80).collect();
-            return Err(Error::BadRequest {
-                reason: format!("label key {shown:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
-            });
-        }
-        let value_ok = value.len() <= 63 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !value_ok {
-            let shown: String = value.chars().take(80).collect();
-            return Err(Error::BadRequest {
-                reason: format!("label {key}: value {shown:?} must match [A-Za-z0-9._-]{{0,63}}"),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// `DELETE /devices/{uuid}/pin`: the device follows its fleet again.

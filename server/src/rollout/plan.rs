@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub const MAX_WAVES: usize = 20;
 /// The most labels one wave may select on.
 pub const MAX_WAVE_LABELS: usize = 8;
+/// The longest bake, timeout or minimum age: a year.
+pub const MAX_DURATION: u64 = 366 * 24 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -143,6 +145,13 @@ impl RolloutPlan {
         if self.device_timeout == 0 {
             return invalid("deviceTimeout must be more than 0".into());
         }
+        for (name, seconds) in
+            [("bakeTime", self.bake_time), ("deviceTimeout", self.device_timeout), ("minimumAge", self.minimum_age)]
+        {
+            if seconds > MAX_DURATION {
+                return invalid(format!("{name} must be at most a year ({MAX_DURATION}s), not {seconds}s"));
+            }
+        }
         let mut last_percent = 0u8;
         for (i, wave) in self.waves.iter().enumerate() {
             let n = i + 1;
@@ -165,6 +174,8 @@ impl RolloutPlan {
                 (_, _, Some(labels)) if labels.len() > MAX_WAVE_LABELS => {
                     return invalid(format!("wave {n} selects on more than {MAX_WAVE_LABELS} labels"))
                 }
+                (_, _, Some(labels)) => crate::fleets::check_labels(labels)
+                    .map_err(|e| Error::Unprocessable { reason: format!("wave {n}: {e}") })?,
                 _ => {}
             }
         }
@@ -229,5 +240,7 @@ mod tests {
         assert!(reason(json!({"onFailure": "explode"})).contains("unknown variant"));
         assert!(reason(json!({"successPercent": 0})).contains("successPercent"));
         assert!(reason(json!({"wavez": []})).contains("unknown field"));
+        assert!(reason(json!({"minimumAge": "5124095576030431h"})).contains("minimumAge must be at most a year"));
+        assert!(reason(json!({"waves": [{"labels": {"BAD KEY": "x"}}]})).contains("wave 1: label key"));
     }
 }
