@@ -148,8 +148,8 @@ struct FleetRelease {
     release: u64,
 }
 
-/// `PUT /fleets/{fleet}/release`: the whole fleet on a release at once, no waves. A
-/// running rollout is left as it is: its devices keep the release it gave them.
+/// `PUT /fleets/{fleet}/release`: the whole fleet on a release at once, no waves; 409
+/// while a rollout is active (abort it first).
 pub(super) fn set_release(api: &Api, caller: &Caller, request: &Request, name: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let fleet = known_fleet(api, name)?;
@@ -158,6 +158,11 @@ pub(super) fn set_release(api: &Api, caller: &Caller, request: &Request, name: &
         .store
         .release(&fleet.name, release)?
         .ok_or_else(|| Error::NotFound { what: format!("release {release} of fleet {}", fleet.name) })?;
+    // Under the rollouts' lock: no rollout may start between this check and the write.
+    api.with_rollouts(|_| set_release_now(api, &fleet, release, &stored.references))
+}
+
+fn set_release_now(api: &Api, fleet: &Fleet, release: u64, references: &[String]) -> Result<Response, Error> {
     if let Some(active) = api.store.active_rollouts()?.into_iter().find(|r| r.fleet == fleet.name) {
         return Err(Error::Conflict {
             reason: format!(
@@ -170,7 +175,7 @@ pub(super) fn set_release(api: &Api, caller: &Caller, request: &Request, name: &
         });
     }
     api.store.set_fleet_release(&fleet.name, release)?;
-    api.store.set_fleet_references(&fleet.name, &stored.references)?;
+    api.store.set_fleet_references(&fleet.name, references)?;
     let moved = bring_fleet_to_release(api.store.as_ref(), &fleet.name)?;
     let message = format!("fleet moved to release {release} at once: {} devices given it", moved.len());
     log::info!("fleet {}: {message}", fleet.name);
@@ -197,8 +202,13 @@ pub(super) fn set_device_fleet(api: &Api, caller: &Caller, request: &Request, uu
     known_device(api, uuid)?;
     let DeviceFleet { fleet } = request.json()?;
     let fleet = known_fleet(api, &fleet)?;
-    api.store.set_device_fleet(uuid, Some(&fleet.name))?;
-    let source = bring_device_to_release(api.store.as_ref(), uuid)?;
+    let source = api.with_rollouts(|_| {
+        // Already in it: nothing changes (a rollout's release and a pin stay).
+        if known_device(api, uuid)?.fleet.as_deref() != Some(fleet.name.as_str()) {
+            api.store.set_device_fleet(uuid, Some(&fleet.name))?;
+        }
+        bring_device_to_release(api.store.as_ref(), uuid)
+    })?;
     log::info!("device {uuid} joined fleet {}", fleet.name);
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "fleet": fleet.name, "source": source.to_json()})))
 }
@@ -210,7 +220,7 @@ pub(super) fn leave_fleet(api: &Api, caller: &Caller, uuid: &str) -> Result<Resp
     let Some(fleet) = device.fleet else {
         return Err(Error::NotFound { what: format!("fleet of device {uuid} (it is in none)") });
     };
-    api.store.set_device_fleet(uuid, None)?;
+    api.with_rollouts(|_| api.store.set_device_fleet(uuid, None))?;
     log::info!("device {uuid} left fleet {fleet}; it keeps its target as its own");
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "left": fleet})))
 }
@@ -236,8 +246,10 @@ pub(super) fn unpin(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, 
             reason: format!("device {uuid} is in no fleet: there is nothing to follow (PUT /devices/{uuid}/fleet)"),
         });
     }
-    api.store.unpin(uuid)?;
-    let source = bring_device_to_release(api.store.as_ref(), uuid)?;
+    let source = api.with_rollouts(|_| {
+        api.store.unpin(uuid)?;
+        bring_device_to_release(api.store.as_ref(), uuid)
+    })?;
     Ok(Response::json(200, &json!({"status": "ok", "uuid": uuid, "source": source.to_json()})))
 }
 

@@ -101,6 +101,8 @@ pub(super) fn register(api: &Api, caller: &Caller, request: &Request) -> Result<
         system_info: Some(Value::Object(system_info).to_string()),
     })?;
     log::info!("device {} registered (number {})", device.uuid, device.id);
+    // Alive now: a rollout does not defer it as offline before its first poll.
+    api.presence.polled(&device.uuid, std::time::Instant::now());
     // A provisioning key made for a fleet puts the devices it registers in it (not one
     // the operator has already put in a fleet).
     if let Some(fleet) = key.and_then(|k| k.fleet.as_deref()).filter(|_| device.fleet.is_none()) {

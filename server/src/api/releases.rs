@@ -20,6 +20,7 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
     caller.require_admin()?;
     let fleet = known_fleet(api, fleet)?;
     let mut state = release_body(request, &fleet.name)?;
+    check_release(&state)?;
     if state.extra.contains_key(REGISTRY_AUTH_KEY) {
         return Err(Error::BadRequest {
             reason: format!(
@@ -60,6 +61,22 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
     let mut answer = release_json(&release, true);
     answer["resolution"] = serde_json::to_value(&summary).unwrap_or_default();
     Ok(Response::json(201, &answer))
+}
+
+/// A release runs something: at least one service, and no keys a target state does not
+/// have (a misspelt `"app"` would otherwise make an empty release that clears every device).
+fn check_release(state: &TargetState) -> Result<(), Error> {
+    if let Some(key) = state.extra.keys().next() {
+        let shown: String = key.chars().take(40).collect();
+        return Err(Error::Unprocessable { reason: format!("a release has \"apps\" and \"config\", not {shown:?}") });
+    }
+    let services: usize = state.apps.iter().map(|(_, app)| app.services.iter().count()).sum();
+    if services == 0 {
+        return Err(Error::Unprocessable {
+            reason: "a release needs at least one service (\"apps\": {\"<id>\": {\"services\": {…}}})".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The body as a target state: JSON, or a compose file.
@@ -103,12 +120,16 @@ pub(super) fn get(api: &Api, caller: &Caller, fleet: &str, id: &str) -> Result<R
     Ok(Response::json(200, &release_json(&release, true)))
 }
 
-/// A release or rollout number from a path.
+/// A release number from a path.
 pub(super) fn release_id(text: &str) -> Result<u64, Error> {
-    text.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0 && *n <= i64::MAX as u64)
+    number(text)
         .ok_or_else(|| Error::NotFound { what: format!("release {}", text.chars().take(40).collect::<String>()) })
+}
+
+/// A release or rollout number as a path writes it: digits only (no `+1`, no `01`).
+pub(super) fn number(text: &str) -> Option<u64> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    digits.then(|| text.parse::<u64>().ok()).flatten().filter(|n| *n <= i64::MAX as u64)
 }
 
 fn release_json(release: &Release, with_state: bool) -> Value {

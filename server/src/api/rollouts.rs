@@ -4,7 +4,7 @@
 use super::auth::Caller;
 use super::fleets::{fleet_plan, known_fleet};
 use super::http::{Request, Response};
-use super::releases::release_id;
+use super::releases::number;
 use super::{device_id, Api};
 use crate::rollout::{Command, DeviceStatus, RolloutPlan};
 use crate::rollout_driver::{plan_waves, run_command, start_rollout, RolloutContext, RolloutRequest};
@@ -15,7 +15,10 @@ use serde_json::{json, Map, Value};
 
 impl Api {
     /// The rollout context, with the lock that keeps one decision at a time.
-    fn with_rollouts<T>(&self, run: impl FnOnce(&RolloutContext<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    pub(super) fn with_rollouts<T>(
+        &self,
+        run: impl FnOnce(&RolloutContext<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let _one_at_a_time = self.rollout_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         run(&RolloutContext {
             store: self.store.as_ref(),
@@ -53,6 +56,18 @@ pub(super) fn create(api: &Api, caller: &Caller, request: &Request, fleet: &str)
         return Err(Error::NotFound { what: format!("release {release} of fleet {}", fleet.name) });
     }
     if dry_run {
+        // What the real request would be refused, the dry run is too.
+        let active = api.store.active_rollouts()?.into_iter().find(|r| r.fleet == fleet.name);
+        if let (Some(active), false) = (active, supersede) {
+            return Err(Error::Conflict {
+                reason: format!(
+                    "fleet {} has rollout {} {}: one rollout per fleet (\"supersede\": true starts one at the end of its current wave)",
+                    fleet.name,
+                    active.id,
+                    active.progress.status.as_str()
+                ),
+            });
+        }
         let waves = plan_waves(api.store.as_ref(), &fleet.name, &plan)?;
         let waves: Vec<Value> = waves
             .iter()
@@ -107,6 +122,9 @@ pub(super) fn command(
 ) -> Result<Response, Error> {
     caller.require_admin()?;
     let rollout = known_rollout(api, fleet, id)?;
+    if action != "abort" && !request.body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::BadRequest { reason: format!("{action} takes no body") });
+    }
     let command = match action {
         "pause" => Command::Pause,
         "resume" => Command::Resume,
@@ -121,7 +139,8 @@ pub(super) fn command(
 
 fn known_rollout(api: &Api, fleet: &str, id: &str) -> Result<StoredRollout, Error> {
     let fleet = known_fleet(api, fleet)?;
-    let id = release_id(id).map_err(|_| Error::NotFound { what: format!("rollout {id}") })?;
+    let shown: String = id.chars().take(40).collect();
+    let id = number(id).ok_or_else(|| Error::NotFound { what: format!("rollout {shown}") })?;
     api.store
         .rollout(id)?
         .filter(|r| r.fleet == fleet.name)

@@ -880,6 +880,26 @@ mod tests {
     }
 
     #[test]
+    fn a_release_never_replaces_the_target_of_a_pinned_device() {
+        let store = store_with_devices(&["d1"]);
+        assert!(store.membership("d1").unwrap().unwrap().pinned);
+        let poll = crate::store::PollAnswer { etag: "\"r\"".into(), body: "{\"release\":1}".into() };
+        let target = crate::store::NewTarget {
+            state: "{}",
+            poll: &poll,
+            references: &[],
+            registries: &[],
+            source: "rollout",
+            expected_version: None,
+            supersedes_pending: true,
+            release: Some(1),
+        };
+        assert_eq!(store.set_targets(&[("d1", target)]).unwrap(), [1], "still version 1");
+        assert_eq!(store.poll("d1").unwrap().unwrap().etag, "\"e\"");
+        assert_eq!(store.membership("d1").unwrap().unwrap().release_id, None);
+    }
+
+    #[test]
     fn one_active_rollout_per_fleet_and_one_waiting_to_supersede_it() {
         let store = store_with_devices(&[]);
         store.create_fleet(&fleet("prod")).unwrap();

@@ -339,9 +339,13 @@ fn write_target(
     now: &str,
 ) -> Result<u64, Error> {
     insert_device(tx, uuid, now).map_err(db("storing a target state"))?;
-    let current: i64 = tx
-        .query_row("SELECT target_version FROM devices WHERE uuid = ?1", [uuid], |r| r.get(0))
+    let (current, pinned): (i64, bool) = tx
+        .query_row("SELECT target_version, pinned FROM devices WHERE uuid = ?1", [uuid], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(db("storing a target state"))?;
+    // A fleet's release never replaces the target of a device pinned meanwhile.
+    if pinned && target.release.is_some() {
+        return Ok(current as u64);
+    }
     if let Some(expected) = target.expected_version {
         if current as u64 != expected {
             return Err(Error::Conflict {
