@@ -159,7 +159,7 @@ pub fn effective_policy(
         Some(name) => store.fleet(&name)?,
         None => None,
     };
-    Ok(match fleet.and_then(|f| f.update_policy).and_then(|p| serde_json::from_str(&p).ok()) {
+    Ok(match fleet.and_then(|f| f.policy()) {
         Some(policy) => (policy, "fleet"),
         None => (default.clone(), "default"),
     })

@@ -71,7 +71,7 @@ fn checked_plan(plan: Option<Value>) -> Result<Option<String>, Error> {
 
 /// The plan a fleet's rollouts start from.
 pub(super) fn fleet_plan(fleet: &Fleet) -> RolloutPlan {
-    fleet.rollout_plan.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default()
+    fleet.plan()
 }
 
 /// `POST /fleets`.
@@ -277,8 +277,8 @@ fn fleet_json(api: &Api, fleet: &Fleet, members: &[Membership]) -> Value {
     json!({
         "name": fleet.name,
         "description": fleet.description,
-        "updatePolicy": fleet.update_policy.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
-        "rolloutPlan": fleet.rollout_plan.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
+        "updatePolicy": fleet.policy(),
+        "rolloutPlan": fleet.plan(),
         "release": fleet.current_release,
         "createdAt": fleet.created_at,
         "devices": {

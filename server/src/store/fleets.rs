@@ -26,6 +26,19 @@ pub struct Fleet {
     pub created_at: String,
 }
 
+impl Fleet {
+    /// Its update policy; `None` for the server default. Stored from a checked one: a
+    /// row that no longer reads counts as none.
+    pub fn policy(&self) -> Option<crate::policy::UpdatePolicy> {
+        self.update_policy.as_deref().and_then(|p| serde_json::from_str(p).ok())
+    }
+
+    /// The plan its rollouts start from: its own, else the default.
+    pub fn plan(&self) -> RolloutPlan {
+        self.rollout_plan.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default()
+    }
+}
+
 /// A device's place in the fleets.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Membership {
