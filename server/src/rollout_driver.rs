@@ -388,7 +388,25 @@ pub fn tag_seen(store: &dyn Store, fleet: &str, reference: &str, digest: &str, n
     let Some(head) = head_release(store, fleet)? else { return Ok(false) };
     let mut state = release_state(&head)?;
     if crate::targets::repin(&mut state, reference, digest, &rfc3339_now()) == 0 {
-        return Ok(false);
+        // The tag is back where the release has it: a move seen before, still waiting for
+        // `minimumAge` (a push taken back), is void. Recorded over it, this digest leaves
+        // `follow_tags` nothing moved, instead of a release of the digest passed through.
+        let taken_back =
+            store.fleet_updates()?.iter().any(|u| u.fleet == fleet && u.reference == reference && u.digest != digest);
+        if taken_back {
+            store.put_fleet_update(&FleetUpdate {
+                fleet: fleet.to_string(),
+                reference: reference.to_string(),
+                digest: digest.to_string(),
+                detected_at: now,
+            })?;
+            let message = format!(
+                "{reference} moved back to {digest}, which release {} has: the move before is dropped",
+                head.id
+            );
+            store.record_events(&[crate::fleets::event(fleet, "tag-moved", message)])?;
+        }
+        return Ok(taken_back);
     }
     let new = store.put_fleet_update(&FleetUpdate {
         fleet: fleet.to_string(),
