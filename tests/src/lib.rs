@@ -15,6 +15,7 @@ pub mod image;
 pub mod raw_http;
 pub mod registry;
 pub mod server;
+pub mod simulated;
 pub mod tls;
 pub mod token;
 pub mod util;
