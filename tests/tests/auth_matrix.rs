@@ -35,6 +35,33 @@ const OTHER_DEVICE: &str = "matrix-dev-b";
 /// Registered, never polled: the routes that reset, reserve or delete a device.
 const SPARE_DEVICE: &str = "matrix-dev-spare";
 const REGISTRY_HOST: &str = "registry.lan:5000";
+/// The fleet `DEVICE` and `OTHER_DEVICE` are in, with a release: the fleet, release and
+/// device routes are asked of it.
+const FLEET: &str = "matrix";
+/// A fleet of its own with a running rollout (two devices, two waves, an hour's bake):
+/// the rollout routes and its commands, each once in an order every one of them takes.
+const ROLLOUT_FLEET: &str = "matrix-roll";
+const ROLLOUT_DEVICES: [&str; 2] = ["matrix-dev-roll-1", "matrix-dev-roll-2"];
+/// Without devices: `DELETE /fleets/{fleet}` takes it.
+const SPARE_FLEET: &str = "matrix-spare";
+
+/// A release's body: one service, its image pinned already (no registry is asked).
+fn release_body() -> Value {
+    let image = format!("{REGISTRY_HOST}/matrix/app@sha256:{}", "5e".repeat(32));
+    json!({"apps": {"1": {"appId": 1, "appName": "matrix",
+                          "services": [{"serviceId": 1, "serviceName": "main", "imageName": image}]}},
+           "config": {}})
+}
+
+/// What the table's paths and bodies name, made before the matrix runs.
+struct Fixture {
+    spare_provisioning_key_id: String,
+    /// A release of `FLEET`, and one of `ROLLOUT_FLEET`.
+    release: u64,
+    rollout_release: u64,
+    /// The running rollout of `ROLLOUT_FLEET`.
+    rollout: u64,
+}
 
 // Rows of intended statuses, one column per caller in `CALLERS` order:
 //                         anonymous  own device  other device  provisioning  admin  webhook
@@ -59,10 +86,11 @@ struct RouteCase {
 }
 
 /// The intended answers, route × method × caller.
-fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
+fn intended(fixture: &Fixture) -> Vec<RouteCase> {
     let route = |label, path: String, methods: Vec<(&'static str, [u16; 6])>| RouteCase { label, path, methods };
     let device = |rest: &str| format!("/api/v1/devices/{DEVICE}{rest}");
     let spare = |rest: &str| format!("/api/v1/devices/{SPARE_DEVICE}{rest}");
+    let rollout = |rest: &str| format!("/api/v1/fleets/{ROLLOUT_FLEET}/rollouts/{}{rest}", fixture.rollout);
     vec![
         route("health", "/api/v1/health".into(), vec![("GET", OPEN)]),
         route("device poll", format!("/api/v1/device/{DEVICE}/state"), vec![("GET", OWN_DEVICE_ONLY)]),
@@ -105,7 +133,7 @@ fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
         ),
         route(
             "provisioning key",
-            format!("/api/v1/provisioning-keys/{spare_provisioning_key_id}"),
+            format!("/api/v1/provisioning-keys/{}", fixture.spare_provisioning_key_id),
             vec![("DELETE", admin_only(200))],
         ),
         route("registries", "/api/v1/registries".into(), vec![("GET", admin_only(200))]),
@@ -114,11 +142,48 @@ fn intended(spare_provisioning_key_id: &str) -> Vec<RouteCase> {
             format!("/api/v1/registries/{REGISTRY_HOST}/credentials"),
             vec![("PUT", admin_only(200)), ("DELETE", admin_only(200))],
         ),
+        // Fleets, releases, rollouts and events: the operator's alone.
+        route("fleets", "/api/v1/fleets".into(), vec![("GET", admin_only(200)), ("POST", admin_only(201))]),
+        route(
+            "fleet",
+            format!("/api/v1/fleets/{SPARE_FLEET}"),
+            vec![("GET", admin_only(200)), ("PUT", admin_only(200)), ("DELETE", admin_only(200))],
+        ),
+        // Before any rollout of the fleet: a running one would make it a 409.
+        route("fleet release", format!("/api/v1/fleets/{FLEET}/release"), vec![("PUT", admin_only(200))]),
+        route(
+            "releases",
+            format!("/api/v1/fleets/{FLEET}/releases"),
+            vec![("GET", admin_only(200)), ("POST", admin_only(201))],
+        ),
+        route(
+            "release",
+            format!("/api/v1/fleets/{FLEET}/releases/{}", fixture.release),
+            vec![("GET", admin_only(200))],
+        ),
+        // The fleet has a running rollout: a new one is asked as a dry run (200, stores nothing).
+        route(
+            "rollouts",
+            format!("/api/v1/fleets/{ROLLOUT_FLEET}/rollouts"),
+            vec![("GET", admin_only(200)), ("POST", admin_only(200))],
+        ),
+        route("rollout", rollout(""), vec![("GET", admin_only(200))]),
+        // One route, each command once, in an order that takes each: running → paused →
+        // running → its second wave → aborted.
+        route("rollout pause", rollout("/pause"), vec![("POST", admin_only(200))]),
+        route("rollout resume", rollout("/resume"), vec![("POST", admin_only(200))]),
+        route("rollout promote", rollout("/promote"), vec![("POST", admin_only(200))]),
+        route("rollout abort", rollout("/abort"), vec![("POST", admin_only(200))]),
+        route("labels", device("/labels"), vec![("PUT", admin_only(200))]),
+        route("pin", format!("/api/v1/devices/{OTHER_DEVICE}/pin"), vec![("DELETE", admin_only(200))]),
+        // Last of the device's: it leaves the fleet it joins here.
+        route("device fleet", device("/fleet"), vec![("PUT", admin_only(200)), ("DELETE", admin_only(200))]),
+        route("events", "/api/v1/events".into(), vec![("GET", admin_only(200))]),
     ]
 }
 
 /// The body a route is asked with: what its intended caller would send.
-fn body_for(label: &str, method: &str) -> Option<Value> {
+fn body_for(label: &str, method: &str, fixture: &Fixture) -> Option<Value> {
     let state = json!({"apps": {}, "config": {"RESIN_SUPERVISOR_POLL_INTERVAL": "60000"}});
     match (label, method) {
         ("device report", _) => Some(json!({DEVICE: {"apps": {}, "config": {}, "os_version": "matrix"}})),
@@ -134,6 +199,19 @@ fn body_for(label: &str, method: &str) -> Option<Value> {
         ("registry webhook", _) => Some(json!({"events": []})),
         ("provisioning keys", "POST") => Some(json!({"description": "matrix"})),
         ("registry credentials", "PUT") => Some(json!({"username": "matrix", "password": "secret"})),
+        ("fleets", "POST") => Some(json!({"name": "matrix-new"})),
+        ("fleet", "PUT") => Some(json!({"description": "matrix"})),
+        ("fleet release", _) => Some(json!({"release": fixture.release})),
+        ("releases", "POST") => Some(release_body()),
+        // A dry run is refused what the real request would be: with the running rollout, one
+        // that would supersede it.
+        ("rollouts", "POST") => Some(json!({"release": fixture.rollout_release, "waves": [{"percent": 100}],
+                                           "supersede": true, "dryRun": true})),
+        // The commands take no body, except abort's optional one.
+        ("rollout pause" | "rollout resume" | "rollout promote", _) => None,
+        ("rollout abort", _) => Some(json!({"rollback": false})),
+        ("labels", _) => Some(json!({"ring": "canary", "site": "berlin"})),
+        ("device fleet", "PUT") => Some(json!({"fleet": FLEET})),
         (_, "POST" | "PUT" | "PATCH") => Some(json!({})),
         _ => None,
     }
@@ -158,6 +236,44 @@ impl Credentials {
             Caller::Admin => Some(&self.admin_token),
             Caller::Webhook => Some(&self.webhook_token),
         }
+    }
+}
+
+/// The fleets the table asks of: `FLEET` with `DEVICE`, `OTHER_DEVICE` and a release;
+/// `ROLLOUT_FLEET` with its own two devices, a release and a rollout of it running (its
+/// first wave started); `SPARE_FLEET`, empty.
+fn fleets_fixture(server: &Server, credentials: &Credentials, spare_provisioning_key_id: String) -> Fixture {
+    let admin = |method: &str, path: &str, body: Value, status: u16| {
+        let reply = server.request(method, path, Some(&body), Some(server.admin_token()));
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+        reply.json()
+    };
+    for name in [FLEET, ROLLOUT_FLEET, SPARE_FLEET] {
+        admin("POST", "/api/v1/fleets", json!({"name": name}), 201);
+    }
+    for uuid in ROLLOUT_DEVICES {
+        register(server, &credentials.provisioning_key, uuid, &random_hex(20));
+    }
+    for (uuid, fleet) in [
+        (DEVICE, FLEET),
+        (OTHER_DEVICE, FLEET),
+        (ROLLOUT_DEVICES[0], ROLLOUT_FLEET),
+        (ROLLOUT_DEVICES[1], ROLLOUT_FLEET),
+    ] {
+        admin("PUT", &format!("/api/v1/devices/{uuid}/fleet"), json!({"fleet": fleet}), 200);
+    }
+    let release = admin("POST", &format!("/api/v1/fleets/{FLEET}/releases"), release_body(), 201)["id"].as_u64();
+    let rollout_release =
+        admin("POST", &format!("/api/v1/fleets/{ROLLOUT_FLEET}/releases"), release_body(), 201)["id"].as_u64();
+    let rollout_release = rollout_release.expect("a release id");
+    let plan = json!({"release": rollout_release, "waves": [{"devices": 1}, {"percent": 100}], "bakeTime": "1h"});
+    let rollout = admin("POST", &format!("/api/v1/fleets/{ROLLOUT_FLEET}/rollouts"), plan, 201);
+    assert_eq!(rollout["state"], "running", "{rollout}");
+    Fixture {
+        spare_provisioning_key_id,
+        release: release.expect("a release id"),
+        rollout_release,
+        rollout: rollout["id"].as_u64().expect("a rollout id"),
     }
 }
 
@@ -217,9 +333,11 @@ fn every_route_method_and_caller_gets_the_intended_status() {
     let spare = server.request("POST", "/api/v1/provisioning-keys", Some(&json!({})), Some(server.admin_token()));
     assert_eq!(spare.status, 201, "{}", spare.body);
     let spare_id = spare.json()["id"].as_str().expect("a provisioning key id").to_string();
+    let fixture = fleets_fixture(&server, &credentials, spare_id);
 
-    let table = intended(&spare_id);
-    const ROUTES: usize = 24;
+    let table = intended(&fixture);
+    // The rollout commands' route has a row per command.
+    const ROUTES: usize = 39;
     assert_eq!(table.len(), ROUTES, "one row per route of api::route()");
     let mut wrong = Vec::new();
     let mut cells = 0;
@@ -228,7 +346,7 @@ fn every_route_method_and_caller_gets_the_intended_status() {
         for method in METHODS {
             let row = route.methods.iter().find(|(m, _)| *m == method).map(|(_, row)| *row).unwrap_or([405; 6]);
             for (caller, intended_status) in CALLERS.into_iter().zip(row) {
-                let body = body_for(route.label, method);
+                let body = body_for(route.label, method, &fixture);
                 let reply = server.request(method, &route.path, body.as_ref(), credentials.bearer(caller));
                 cells += 1;
                 *by_status.entry(reply.status).or_default() += 1;
