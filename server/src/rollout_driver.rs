@@ -181,7 +181,7 @@ fn decide(
             }
         }
     }
-    let fleet_policy: Option<UpdatePolicy> = fleet.update_policy.as_deref().and_then(|p| serde_json::from_str(p).ok());
+    let fleet_policy = fleet.policy();
     let own_policies = ctx.store.fleet_device_policies(&fleet.name)?;
     let instant = Instant::now();
     // Update windows are local wall-clock time: the wall clock, whatever it says.
@@ -448,10 +448,22 @@ pub fn follow_tags(ctx: &RolloutContext<'_>, now: i64) -> Result<(), Error> {
     for update in ctx.store.fleet_updates()? {
         by_fleet.entry(update.fleet.clone()).or_default().push(update);
     }
+    let waiting: Vec<String> = ctx
+        .store
+        .active_rollouts()?
+        .into_iter()
+        .filter(|r| r.progress.status == RolloutStatus::Waiting)
+        .map(|r| r.fleet)
+        .collect();
     for (name, updates) in by_fleet {
+        // A release already waits to supersede the running rollout: the moved tags wait
+        // for it to start (and are made into a release on top of it), so that a fleet
+        // never has three releases in flight.
+        if waiting.contains(&name) {
+            continue;
+        }
         let Some(fleet) = ctx.store.fleet(&name)? else { continue };
-        let plan =
-            fleet.rollout_plan.as_deref().and_then(|p| serde_json::from_str::<RolloutPlan>(p).ok()).unwrap_or_default();
+        let plan = fleet.plan();
         let newest = updates.iter().map(|u| u.detected_at).max().unwrap_or(now);
         if now - newest < plan.minimum_age as i64 {
             continue;
@@ -487,11 +499,7 @@ pub fn follow_tags(ctx: &RolloutContext<'_>, now: i64) -> Result<(), Error> {
         );
         event.release = Some(id);
         ctx.store.record_events(&[event])?;
-        let policy: UpdatePolicy = fleet
-            .update_policy
-            .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok())
-            .unwrap_or_else(|| ctx.default_policy.clone());
+        let policy = fleet.policy().unwrap_or_else(|| ctx.default_policy.clone());
         if policy.auto_update {
             let request = RolloutRequest { release: id, plan, supersede: true };
             match start_rollout(ctx, &fleet, request) {
