@@ -7,10 +7,9 @@
 use crate::fleets::{bring_fleet_to_release, bring_to_release, followed_release, release_state};
 use crate::policy::{window_contains, UpdatePolicy};
 use crate::presence::Presence;
-use crate::rollout::observe::Presence as Seen;
 use crate::rollout::{
     assign_waves, observe, DeviceStatus, FleetMember, Observation, ReleaseImages, RolloutDevice, RolloutEvent,
-    RolloutPlan, RolloutProgress, RolloutStatus, Step,
+    RolloutPlan, RolloutProgress, RolloutStatus, Standing, Step,
 };
 use crate::store::{Event, Fleet, FleetUpdate, Membership, RolloutDeviceRow, Store, StoredRollout};
 use crate::timefmt::rfc3339_now;
@@ -195,13 +194,13 @@ fn decide(
         let next = started.map_or(device.wave == 0, |w| device.wave == w + 1);
         watched || next && device.status == DeviceStatus::Pending
     };
-    let seen: Vec<(usize, Seen)> = rows
+    let standings: Vec<(usize, Standing)> = rows
         .iter()
         .enumerate()
         .filter(|(_, row)| looked_at(&row.device))
         .map(|(i, row)| {
             let uuid = &row.device.uuid;
-            let presence = Seen {
+            let presence = Standing {
                 online: ctx.presence.online(uuid, instant),
                 in_window: in_window(own_policies.get(uuid).or(fleet_policy.as_ref()), ctx.default_policy, timestamp),
                 pinned: members[uuid].pinned,
@@ -213,13 +212,13 @@ fn decide(
     // only tells that when its window is closed (it is not deferred if it runs the release
     // already): the reports of the others are neither read nor parsed. With 10,000 devices
     // that was every device of the next wave, every tick.
-    let wanted: Vec<&str> = seen
+    let wanted: Vec<&str> = standings
         .iter()
         .filter(|(i, presence)| rows[*i].device.assigned || !presence.in_window)
         .map(|(i, _)| rows[*i].device.uuid.as_str())
         .collect();
     let reports = ctx.store.last_reports(&wanted)?;
-    for (i, presence) in seen {
+    for (i, presence) in standings {
         let device = &mut rows[i].device;
         let report: Option<serde_json::Value> = reports.get(&device.uuid).and_then(|r| serde_json::from_str(r).ok());
         device.observation = observe(&images, report.as_ref(), &presence);

@@ -10,7 +10,7 @@ pub mod step;
 mod step_tests;
 pub mod waves;
 
-pub use observe::{observe, Observation, Presence, ReleaseImages, ReleaseService};
+pub use observe::{observe, Observation, ReleaseImages, ReleaseService, Standing};
 pub use plan::{MaxFailures, OnFailure, RolloutPlan, WaveSpec};
 pub use step::{command, step, Command, Step};
 pub use waves::{assign_waves, FleetMember};

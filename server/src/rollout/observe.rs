@@ -56,7 +56,7 @@ impl ReleaseImages {
 
 /// What the server knows of a device apart from its report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Presence {
+pub struct Standing {
     /// It polled recently.
     pub online: bool,
     /// Its update policy's window is open now (or it has none).
@@ -92,7 +92,7 @@ const FAILED_STATUSES: [&str; 4] = ["error", "failed", "exited", "dead"];
 /// `release`. Pinned, then offline, come first. Outside its update window a device that
 /// does not already run (or fail) the release is `OutsideWindow`; one that does is judged
 /// on its report, since the window only holds back giving it the release.
-pub fn observe(release: &ReleaseImages, report: Option<&Value>, presence: &Presence) -> Observation {
+pub fn observe(release: &ReleaseImages, report: Option<&Value>, presence: &Standing) -> Observation {
     if presence.pinned {
         return Observation::Pinned;
     }
@@ -244,7 +244,7 @@ mod tests {
     const OLD_WEB: &str =
         "registry.example:5000/web@sha256:9999999999999999999999999999999999999999999999999999999999999999";
 
-    const HERE: Presence = Presence { online: true, in_window: true, pinned: false };
+    const HERE: Standing = Standing { online: true, in_window: true, pinned: false };
 
     /// A release of app 1001 with services web (id 1) and db (id 2), as stored: pinned.
     fn release() -> ReleaseImages {
@@ -431,15 +431,15 @@ mod tests {
         let healthy = ours(running(WEB, "1", "c-web", "passed"), running(DB, "2", "c-db", "passed"));
         let updating = ours(running(OLD_WEB, "1", "c-old", "passed"), running(DB, "2", "c-db", "passed"));
         let failed = ours(json!({"imageName": WEB, "status": "exited"}), running(DB, "2", "c-db", "passed"));
-        let away = Presence { online: false, ..HERE };
-        let closed = Presence { in_window: false, ..HERE };
-        let pinned = Presence { pinned: true, ..HERE };
+        let away = Standing { online: false, ..HERE };
+        let closed = Standing { in_window: false, ..HERE };
+        let pinned = Standing { pinned: true, ..HERE };
         #[rustfmt::skip]
-        let cases: &[(&str, Option<&Value>, Presence, Observation)] = &[
-            ("pinned, even offline", Some(&healthy), Presence { pinned: true, online: false, in_window: false }, Observation::Pinned),
+        let cases: &[(&str, Option<&Value>, Standing, Observation)] = &[
+            ("pinned, even offline", Some(&healthy), Standing { pinned: true, online: false, in_window: false }, Observation::Pinned),
             ("pinned", Some(&updating), pinned, Observation::Pinned),
             ("offline", Some(&healthy), away, Observation::Offline),
-            ("offline outside its window", None, Presence { online: false, in_window: false, pinned: false }, Observation::Offline),
+            ("offline outside its window", None, Standing { online: false, in_window: false, pinned: false }, Observation::Offline),
             ("outside its window, not running the release", Some(&updating), closed, Observation::OutsideWindow),
             ("outside its window, no report yet", None, closed, Observation::OutsideWindow),
             ("outside its window, running the release", Some(&healthy), closed, Observation::Healthy),
@@ -456,7 +456,7 @@ mod tests {
         let empty = ReleaseImages::default();
         assert_eq!(observe(&empty, None, &HERE), Observation::Healthy);
         assert_eq!(observe(&empty, Some(&json!({"apps": {}})), &HERE), Observation::Healthy);
-        assert_eq!(observe(&empty, None, &Presence { online: false, ..HERE }), Observation::Offline);
+        assert_eq!(observe(&empty, None, &Standing { online: false, ..HERE }), Observation::Offline);
     }
 
     #[test]
