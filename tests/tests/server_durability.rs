@@ -201,8 +201,10 @@ fn check_served(server: &Server, path: &Path) {
         assert_eq!(reply.status, 200, "GET target state of {uuid} after the restart: {}", reply.body);
         let mut served = reply.json();
         assert_eq!(served["version"], version, "{uuid}: {}", reply.body);
+        // An operator's target: the device's own, whatever fleets exist.
+        assert_eq!(served["source"]["kind"], "device", "{uuid}: {}", reply.body);
         let served = served.as_object_mut().unwrap();
-        for key in ["uuid", "version", "updatedAt"] {
+        for key in ["uuid", "version", "updatedAt", "source"] {
             served.remove(key);
         }
         let stored: Value = serde_json::from_str(&state).unwrap();
