@@ -1,9 +1,10 @@
 //! The `pinion-server` command line: `serve`, `image parse`, `image resolve`.
 
 use crate::api::rate_limit::{DEFAULT_AUTH_FAILURES_PER_MINUTE, DEFAULT_REGISTRATIONS_PER_MINUTE};
-use crate::api::{self, Api, ClientLimits};
+use crate::api::{self, Api, ClientLimits, ScrapeAccess};
 use crate::digest_cache::CachedResolver;
 use crate::keys::hash_secret;
+use crate::metrics::{CountingResolver, Metrics};
 use crate::pinning::ResolveDigests;
 use crate::policy::{UpdatePolicy, UpdateWindow};
 use crate::refresh::Refresher;
@@ -80,6 +81,12 @@ SERVE OPTIONS:
     --registrations-per-minute N
                                POST /api/v1/device/register calls per minute and client
                                address, same rule; 0 = no limit [default 30]
+    --metrics-token TOKEN      token (Bearer) that may scrape GET /metrics, Prometheus' text
+                               format; the admin token may too [env PINION_METRICS_TOKEN]
+    --metrics-allow ADDR[,ADDR…]
+                               client addresses or networks (127.0.0.1, 10.0.0.0/8) that may
+                               scrape GET /metrics without a token; with neither of these two
+                               options /metrics is off (404) [default: none]
 
 REGISTRY OPTIONS:
     --registry-auth FILE       Docker config.json with registry credentials (auths); credentials
@@ -209,6 +216,8 @@ struct Options {
     registry_timeout: Option<Duration>,
     allowed_registries: Vec<String>,
     trusted_proxies: Vec<crate::api::client_address::TrustedProxy>,
+    metrics_token: Option<String>,
+    metrics_allow: Vec<crate::api::client_address::Network>,
     allow_link_local_registries: bool,
     auto_update: Option<bool>,
     update_window: Option<UpdateWindow>,
@@ -266,6 +275,14 @@ impl Options {
                     self.trusted_proxies.push(proxy);
                 }
             }
+            "metrics-token" => self.metrics_token = Some(value),
+            "metrics-allow" => {
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let network = crate::api::client_address::Network::parse(entry)
+                        .map_err(|e| usage(format!("--{name}: {e}")))?;
+                    self.metrics_allow.push(network);
+                }
+            }
             "auto-update" => {
                 self.auto_update = Some(match value.as_str() {
                     "true" => true,
@@ -289,8 +306,13 @@ impl Options {
         UpdatePolicy { auto_update: self.auto_update.unwrap_or(true), update_window: self.update_window.clone() }
     }
 
-    /// The resolver, with the credentials stored through the API when there is a store.
-    fn resolver(&self, stored_credentials: Option<Arc<dyn CredentialSource>>) -> Result<Resolver, Error> {
+    /// The resolver, with the credentials stored through the API when there is a store;
+    /// its registry requests are timed into `metrics`.
+    fn resolver(
+        &self,
+        stored_credentials: Option<Arc<dyn CredentialSource>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Resolver, Error> {
         let credentials = match &self.registry_auth {
             Some(path) => Credentials::from_docker_config(path)?,
             None => Credentials::default(),
@@ -302,12 +324,32 @@ impl Options {
             request_timeout: self.registry_timeout.unwrap_or(Duration::from_secs(10)),
             access: RegistryAccess::new(&self.allowed_registries, self.allow_link_local_registries)
                 .map_err(|e| usage(format!("--allowed-registries: {e}")))?,
+            metrics,
         }))
     }
 }
 
-/// Shortest webhook token accepted: guessing it must be as hard as any key's.
+/// Shortest webhook (and metrics) token accepted: guessing it must be as hard as any key's.
 const MIN_WEBHOOK_TOKEN_LEN: usize = 16;
+
+/// Who may scrape `/metrics`: `--metrics-token` (or `PINION_METRICS_TOKEN`) and
+/// `--metrics-allow`.
+fn metrics_access(options: &Options) -> Result<ScrapeAccess, Error> {
+    let token = options.metrics_token.clone().or_else(|| std::env::var("PINION_METRICS_TOKEN").ok());
+    let token = token.filter(|t| !t.trim().is_empty());
+    if let Some(token) = &token {
+        if token.trim().len() < MIN_WEBHOOK_TOKEN_LEN {
+            return Err(usage(format!(
+                "the metrics token (--metrics-token or PINION_METRICS_TOKEN) must be at least \
+                 {MIN_WEBHOOK_TOKEN_LEN} characters; leave it unset to scrape only from --metrics-allow"
+            )));
+        }
+    }
+    Ok(ScrapeAccess {
+        token_hash: token.as_deref().map(|t| hash_secret(t.trim())),
+        allowed: options.metrics_allow.clone(),
+    })
+}
 
 fn serve(options: Options) -> Result<ExitCode, Error> {
     let listen = options.listen.clone().or_else(|| std::env::var("PINION_LISTEN").ok());
@@ -335,11 +377,14 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let history_versions = options.history_versions.unwrap_or(crate::store::DEFAULT_HISTORY_LIMIT);
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&db)?.with_secret_key(secret_key).with_history_limit(history_versions));
+    let metrics_access = metrics_access(&options)?;
+    let metrics = Arc::new(Metrics::default());
     let cache_ttl = options.cache_ttl.unwrap_or(Duration::ZERO);
     let stored_credentials: Arc<dyn CredentialSource> = Arc::new(StoredCredentials(Arc::clone(&store)));
-    let registry = options.resolver(Some(stored_credentials))?;
+    let registry = options.resolver(Some(stored_credentials), Arc::clone(&metrics))?;
+    let cached = Arc::new(CachedResolver::new(Box::new(registry), Arc::clone(&store), cache_ttl));
     let resolver: Arc<dyn ResolveDigests + Send + Sync> =
-        Arc::new(CachedResolver::new(Box::new(registry), Arc::clone(&store), cache_ttl));
+        Arc::new(CountingResolver { inner: cached, metrics: Arc::clone(&metrics) });
     let resolve_deadline = options.resolve_deadline.unwrap_or(Duration::from_secs(15));
     let refresh_requests = Arc::new(crate::refresh_queue::RefreshQueue::default());
     let refresh_queue = Arc::clone(&refresh_requests);
@@ -348,6 +393,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         resolver: Arc::clone(&resolver),
         default_policy: options.default_policy(),
         deadline: resolve_deadline,
+        metrics: Arc::clone(&metrics),
     };
     let refresh_interval = options.refresh_interval.unwrap_or(Duration::from_secs(15 * 60));
     std::thread::Builder::new()
@@ -377,6 +423,8 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         trusted_proxies: options.trusted_proxies.clone(),
         presence,
         rollout_lock,
+        metrics,
+        metrics_access,
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");
@@ -414,7 +462,7 @@ fn image_parse(input: &str) -> Result<ExitCode, Error> {
 
 fn image_resolve(input: &str, options: Options) -> Result<ExitCode, Error> {
     let reference = parse_reference(input)?;
-    let resolved = options.resolver(None)?.resolve(&reference)?;
+    let resolved = options.resolver(None, Arc::default())?.resolve(&reference)?;
     let line = json!({
         "requested": input,
         "digest": resolved.digest,

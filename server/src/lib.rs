@@ -14,6 +14,7 @@ pub mod fleets;
 pub mod http_server;
 pub mod keys;
 mod listener;
+pub mod metrics;
 pub mod pinning;
 pub mod policy;
 pub mod presence;

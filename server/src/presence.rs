@@ -66,6 +66,11 @@ impl Presence {
         now.saturating_duration_since(last) <= interval * MISSED_POLLS + MIN_INTERVAL
     }
 
+    /// Whether `uuid` has polled since the server started (`pinion_devices`' never_seen).
+    pub fn has_polled(&self, uuid: &str) -> bool {
+        self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(uuid)
+    }
+
     /// Forgets a device (deleted).
     pub fn forget(&self, uuid: &str) {
         self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(uuid);

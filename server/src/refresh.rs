@@ -42,12 +42,23 @@ pub struct Refresher {
     pub resolver: Arc<dyn ResolveDigests + Send + Sync>,
     pub default_policy: UpdatePolicy,
     pub deadline: Duration,
+    /// Where each run is counted (`pinion_refresh_last_run_timestamp_seconds`, …).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Refresher {
     /// Asks the registry for each reference now and moves the devices that follow it.
     /// Returns (device, reference, outcome) for every device that a moved tag touched.
     pub fn refresh(&self, references: &[String], now: Timestamp, source: &str) -> Vec<(String, String, Outcome)> {
+        let started = Instant::now();
+        let outcomes = self.refresh_untimed(references, now, source);
+        let ended_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let source = if source == "webhook" { "webhook" } else { "refresh" };
+        self.metrics.refresh_ran(source, ended_at.as_secs_f64(), started.elapsed());
+        outcomes
+    }
+
+    fn refresh_untimed(&self, references: &[String], now: Timestamp, source: &str) -> Vec<(String, String, Outcome)> {
         let mut parsed: Vec<Reference> = references.iter().filter_map(|r| Reference::parse(r).ok()).collect();
         // Only what some device or fleet follows is worth a registry request.
         parsed.retain(|reference| {

@@ -63,6 +63,8 @@ impl Fixture {
                 trusted_proxies: Vec::new(),
                 presence: Default::default(),
                 rollout_lock: Default::default(),
+                metrics: Default::default(),
+                metrics_access: Default::default(),
             },
         }
     }

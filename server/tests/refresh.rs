@@ -51,6 +51,7 @@ impl Fleet {
             resolver: Arc::clone(&resolver),
             default_policy: UpdatePolicy::default(),
             deadline: Duration::from_secs(1),
+            metrics: Default::default(),
         };
         let api = Api {
             store: Arc::clone(&store),
@@ -65,6 +66,8 @@ impl Fleet {
             trusted_proxies: Vec::new(),
             presence: Default::default(),
             rollout_lock: Default::default(),
+            metrics: Default::default(),
+            metrics_access: Default::default(),
         };
         Fleet { store, tag, refresher, api }
     }
@@ -293,6 +296,7 @@ fn a_refresh_or_webhook_reference_on_a_registry_not_allowed_is_ignored_without_a
         resolver: Arc::clone(&registry) as Arc<dyn ResolveDigests + Send + Sync>,
         default_policy: UpdatePolicy::default(),
         deadline: Duration::from_secs(1),
+        metrics: Default::default(),
     };
     for source in ["refresh", "webhook"] {
         let outcomes = refresher.refresh(&[CANONICAL.into()], at("2026-11-28T12:00:00Z"), source);

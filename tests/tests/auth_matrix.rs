@@ -72,6 +72,10 @@ const WEBHOOK_ONLY: [u16; 6] = [401, 401, 401, 401, 401, 202];
 // The key exchange checks the header's key against the body's (here not the key of
 // anyone): no key at all is the original server's 400, a key that differs its 401.
 const KEY_EXCHANGE_WRONG_BODY: [u16; 6] = [400, 401, 401, 401, 401, 401];
+// `GET /metrics` with `--metrics-token` (a token no caller here holds): the admin token
+// scrapes too; any other credential is not valid there (401), none is a 401 as well
+// (the test's address is not on `--metrics-allow`).
+const SCRAPE: [u16; 6] = [401, 401, 401, 401, 200, 401];
 const fn admin_only(status: u16) -> [u16; 6] {
     [401, 403, 403, 403, status, 401]
 }
@@ -93,6 +97,7 @@ fn intended(fixture: &Fixture) -> Vec<RouteCase> {
     let rollout = |rest: &str| format!("/api/v1/fleets/{ROLLOUT_FLEET}/rollouts/{}{rest}", fixture.rollout);
     vec![
         route("health", "/api/v1/health".into(), vec![("GET", OPEN)]),
+        route("prometheus scrape", "/metrics".into(), vec![("GET", SCRAPE)]),
         route("device poll", format!("/api/v1/device/{DEVICE}/state"), vec![("GET", OWN_DEVICE_ONLY)]),
         route("device report", "/api/v1/device/state".into(), vec![("PATCH", OWN_DEVICE_ONLY)]),
         route("device register", "/api/v1/device/register".into(), vec![("POST", REGISTRATION)]),
@@ -315,6 +320,8 @@ fn every_route_method_and_caller_gets_the_intended_status() {
         "1000000",
         "--registrations-per-minute",
         "1000000",
+        "--metrics-token",
+        &random_hex(16),
     ]);
     let provisioning_key = server.provisioning_key();
     let credentials = Credentials {
@@ -337,7 +344,7 @@ fn every_route_method_and_caller_gets_the_intended_status() {
 
     let table = intended(&fixture);
     // The rollout commands' route has a row per command.
-    const ROUTES: usize = 39;
+    const ROUTES: usize = 40;
     assert_eq!(table.len(), ROUTES, "one row per route of api::route()");
     let mut wrong = Vec::new();
     let mut cells = 0;

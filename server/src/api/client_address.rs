@@ -6,16 +6,20 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// An address or a network (`10.0.0.0/8`, `fd00::/8`) whose proxies are believed.
+/// An address or a network (`10.0.0.0/8`, `fd00::/8`): a proxy whose headers are
+/// believed (`--trusted-proxy`), or a client that may scrape `/metrics` (`--metrics-allow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedProxy {
+pub struct Network {
     network: IpAddr,
     prefix: u8,
 }
 
-impl TrustedProxy {
+/// A reverse proxy whose `Forwarded`/`X-Forwarded-For` name the client.
+pub type TrustedProxy = Network;
+
+impl Network {
     /// `ADDR` or `ADDR/PREFIX`.
-    pub fn parse(text: &str) -> Result<TrustedProxy, String> {
+    pub fn parse(text: &str) -> Result<Network, String> {
         let (address, prefix) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
@@ -27,10 +31,11 @@ impl TrustedProxy {
             None => bits,
             Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= bits).ok_or(format!("{text:?}: bad prefix"))?,
         };
-        Ok(TrustedProxy { network, prefix })
+        Ok(Network { network, prefix })
     }
 
-    fn contains(&self, address: IpAddr) -> bool {
+    /// Whether `address` (IPv4-mapped IPv6 as IPv4) is in this network.
+    pub fn contains(&self, address: IpAddr) -> bool {
         match (self.network, canonical(address)) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
                 masked(u32::from(net).into(), 32, self.prefix) == masked(u32::from(a).into(), 32, self.prefix)

@@ -1,5 +1,6 @@
 //! The HTTP API of DESIGN.md's wire contract, under `/api/v1`: device routes (poll,
-//! report, register) and operator routes (target state, devices, provisioning keys).
+//! report, register) and operator routes (target state, devices, provisioning keys);
+//! and `/metrics` for Prometheus (`scrape`).
 //! `handle` is a plain function from `Request` to `Response`; `serve` puts it on a
 //! socket, behind the per-address limits of `handle_limited`, with `refuse_before_body`
 //! deciding whether a large body is worth reading.
@@ -21,6 +22,7 @@ mod registration;
 mod releases;
 mod response;
 mod rollouts;
+mod scrape;
 mod serve;
 mod telemetry;
 mod webhook;
@@ -28,6 +30,7 @@ mod webhook;
 pub use http::{Request, Response};
 pub use rate_limit::ClientLimits;
 pub use response::status_of;
+pub use scrape::ScrapeAccess;
 pub use serve::serve;
 
 use crate::pinning::ResolveDigests;
@@ -62,6 +65,10 @@ pub struct Api {
     pub presence: Arc<crate::presence::Presence>,
     /// One rollout decision at a time, the operator's or the driver's (`rollout_driver`).
     pub rollout_lock: Arc<std::sync::Mutex<()>>,
+    /// What `GET /metrics` shows of what happened; shared with the resolver and refresher.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Who may scrape `GET /metrics` (`--metrics-token`, `--metrics-allow`); off by default.
+    pub metrics_access: ScrapeAccess,
 }
 
 impl Api {
@@ -82,6 +89,8 @@ impl Api {
 /// The routes, by path shape; the method is checked by each route.
 enum Route<'a> {
     Health,
+    /// `GET /metrics`, outside `/api/v1`, where Prometheus looks by default.
+    Scrape,
     DeviceState(&'a str),
     DeviceReport,
     DeviceRegister,
@@ -122,7 +131,7 @@ enum Route<'a> {
 impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
-            Route::Health | Route::DeviceState(_) | Route::Devices | Route::CurrentState(_) => &["GET"],
+            Route::Health | Route::Scrape | Route::DeviceState(_) | Route::Devices | Route::CurrentState(_) => &["GET"],
             Route::Device(_) => &["GET", "DELETE"],
             Route::DeviceKeyReset(_) | Route::RegistrationToken(_) => &["POST"],
             Route::Logs(_) | Route::Metrics(_) => &["GET"],
@@ -148,6 +157,9 @@ impl Route<'_> {
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/metrics" {
+        return Some(Route::Scrape);
+    }
     let rest = path.strip_prefix("/api/v1/")?;
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     Some(match parts.as_slice() {
@@ -223,7 +235,24 @@ pub fn handle(api: &Api, request: &Request) -> Response {
 /// looked at, so a brute force learns nothing more; every 401 and 403 counts against it.
 /// A key exchange naming an unknown device, and a registration refused a uuid (409),
 /// count as failures too (it is how uuids would be enumerated). Successful calls never count, and `/health` is never limited.
+/// Every answer to a device poll or report, refusals included, is counted for `/metrics`.
 pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
+    let response = limited(api, limits, request);
+    count_answer(api, request, response.status);
+    response
+}
+
+/// Counts a device poll's or report's answer, whatever it was (`pinion_polls_total`,
+/// `pinion_reports_total`).
+fn count_answer(api: &Api, request: &Request, status: u16) {
+    match (route(&request.path), request.method.as_str()) {
+        (Some(Route::DeviceState(_)), "GET") => api.metrics.poll_answered(status),
+        (Some(Route::DeviceReport), "PATCH") => api.metrics.report_answered(status),
+        _ => {}
+    }
+}
+
+fn limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
     let (registering, key_exchange) = match route(&request.path) {
         None | Some(Route::Health) => return handle(api, request),
         Some(Route::DeviceRegister) => (request.method == "POST", false),
@@ -270,6 +299,12 @@ fn credential_of(request: &Request) -> Option<&str> {
 /// `handle_limited` would have. `None` lets the body be read; the route still checks
 /// that the credential is the right kind.
 pub fn refuse_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> Option<Response> {
+    let refusal = refusal_before_body(api, limits, request)?;
+    count_answer(api, request, refusal.status);
+    Some(refusal)
+}
+
+fn refusal_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> Option<Response> {
     let route = match routed(request) {
         Ok(route) => route,
         Err(refusal) => return Some(refusal),
@@ -306,6 +341,8 @@ pub fn refuse_before_body(api: &Api, limits: &ClientLimits, request: &Request) -
 fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, Error> {
     match route {
         Route::Health => return Ok(Response::json(200, &serde_json::json!({"status": "ok"}))),
+        // Its own token, or an allowed address without one.
+        Route::Scrape => return scrape::scrape(api, request),
         // Registries authenticate with their own token, in a header or the query.
         Route::RegistryWebhook => return webhook::receive(api, request),
         // Most of a fleet's traffic: its unchanged polls may be answered before the store
@@ -323,6 +360,7 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
     let method = request.method.as_str();
     match route {
         Route::Health
+        | Route::Scrape
         | Route::RegistryWebhook
         | Route::DeviceState(_)
         | Route::KeyExchange(_)

@@ -101,7 +101,10 @@ pub(crate) fn send(
         if let Some(authorization) = authorization {
             request = request.header("Authorization", authorization);
         }
-        let response = request.call().map_err(|e| transport::failure(e, &target.domain, &target.display))?;
+        let sent_at = std::time::Instant::now();
+        let response = request.call();
+        inner.metrics.registry_request(&target.domain, sent_at.elapsed());
+        let response = response.map_err(|e| transport::failure(e, &target.domain, &target.display))?;
         match response.status().as_u16() {
             401 => {}
             403 => return Err(unauthorized(target, credentials.is_some(), "HTTP 403 forbidden")),

@@ -58,6 +58,8 @@ pub struct ResolverConfig {
     /// Which registries may be asked (`--allowed-registries`, link-local and metadata
     /// addresses).
     pub access: RegistryAccess,
+    /// Where each registry request's latency is counted (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for ResolverConfig {
@@ -68,6 +70,7 @@ impl Default for ResolverConfig {
             insecure_registries: Vec::new(),
             request_timeout: Duration::from_secs(10),
             access: RegistryAccess::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -97,6 +100,7 @@ struct Inner {
     tokens: token::TokenCache,
     plans: auth::Plans,
     access: Arc<RegistryAccess>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One manifest to ask a registry for, with everything the request path needs.
@@ -150,6 +154,7 @@ impl Resolver {
                 tokens: token::TokenCache::default(),
                 plans: auth::Plans::default(),
                 access,
+                metrics: config.metrics,
             }),
         }
     }

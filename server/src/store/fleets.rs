@@ -184,6 +184,8 @@ pub trait FleetStore {
     fn rollouts(&self, fleet: &str, limit: usize) -> Result<Vec<StoredRollout>, Error>;
     /// Running, paused and waiting rollouts, oldest first.
     fn active_rollouts(&self) -> Result<Vec<StoredRollout>, Error>;
+    /// How many rollouts are in each status (`running`, `succeeded`, …), of every fleet.
+    fn rollout_counts(&self) -> Result<Vec<(String, u64)>, Error>;
     fn rollout_devices(&self, id: u64) -> Result<Vec<RolloutDeviceRow>, Error>;
     /// Saves a step: the new progress, the changed rows, rows of devices that joined.
     fn save_rollout(&self, id: u64, progress: &RolloutProgress, rows: &[RolloutDeviceRow]) -> Result<(), Error>;
@@ -716,6 +718,17 @@ impl FleetStore for SqliteStore {
             .map_err(db("listing rollouts"))?;
         let rows = stmt.query_map([], rollout_from_row).map_err(db("listing rollouts"))?;
         rows.collect::<Result<_, _>>().map_err(db("listing rollouts"))
+    }
+
+    fn rollout_counts(&self) -> Result<Vec<(String, u64)>, Error> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare("SELECT status, COUNT(*) FROM rollouts GROUP BY status ORDER BY status")
+            .map_err(db("counting rollouts"))?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?.max(0) as u64)))
+            .map_err(db("counting rollouts"))?;
+        rows.collect::<Result<_, _>>().map_err(db("counting rollouts"))
     }
 
     fn rollout_devices(&self, id: u64) -> Result<Vec<RolloutDeviceRow>, Error> {

@@ -125,6 +125,7 @@ fn one_active_rollout_per_fleet_and_one_waiting_to_supersede_it() {
     let err = store.create_rollout(&rollout("prod", 3, RolloutStatus::Waiting), &[]).unwrap_err().to_string();
     assert!(err.contains(&format!("rollout {second} waiting")), "{err}");
     assert_eq!(store.active_rollouts().unwrap().len(), 2);
+    assert_eq!(store.rollout_counts().unwrap(), vec![("running".to_string(), 1), ("waiting".to_string(), 1)]);
 }
 
 #[test]
