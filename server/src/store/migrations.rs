@@ -89,7 +89,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE devices ADD COLUMN release_id INTEGER;
         ALTER TABLE devices ADD COLUMN rollout_id INTEGER;
         ALTER TABLE devices ADD COLUMN rollout_release INTEGER;
-        CREATE INDEX devices_by_fleet ON devices(fleet);
+        -- Covering: a rollout's step reads its fleet's members every tick, and a device
+        -- row is kilobytes (poll body, last report) with these columns at its end.
+        CREATE INDEX devices_by_fleet
+            ON devices(fleet, uuid, labels, pinned, release_id, rollout_id, rollout_release);
         ALTER TABLE provisioning_keys ADD COLUMN fleet TEXT;
         CREATE TABLE releases (
             id          INTEGER PRIMARY KEY AUTOINCREMENT,

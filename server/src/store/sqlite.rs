@@ -132,6 +132,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db("configuring the database"))?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db("configuring the database"))?;
+        // Writes take the write lock when they begin, waiting `busy_timeout` for it: a
+        // deferred transaction that reads first and is refused the lock when it writes
+        // (SQLITE_BUSY while WAL is checkpointed) fails at once, without waiting.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db("reading the schema version"))?;
         let latest = super::migrations::latest();
