@@ -121,7 +121,7 @@ fn judge(release: &ReleaseImages, report: Option<&Value>) -> Observation {
             continue;
         };
         if let Some(reason) = rolled_back_from(seen, &wanted.image) {
-            return Observation::Failed(format!("{}: rolled back: {reason}", wanted.name));
+            return Observation::Failed(bounded(format!("{}: rolled back: {reason}", wanted.name)));
         }
         let runs_release = reported_image(seen).is_some_and(|image| same_image(image, &wanted.image));
         if !runs_release {
@@ -130,13 +130,13 @@ fn judge(release: &ReleaseImages, report: Option<&Value>) -> Observation {
         }
         let status = seen.get("status").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
         if FAILED_STATUSES.contains(&status.as_str()) {
-            return Observation::Failed(format!("{}: {}", wanted.name, error_text(seen, &status)));
+            return Observation::Failed(bounded(format!("{}: {}", wanted.name, error_text(seen, &status))));
         }
         let probation = seen.get("probation");
         any_probation |= probation.is_some();
         let probation = probation.and_then(Value::as_str);
         if probation == Some("failed") {
-            return Observation::Failed(format!("{}: failed probation", wanted.name));
+            return Observation::Failed(bounded(format!("{}: failed probation", wanted.name)));
         }
         if status != "running" {
             all_running = false;
@@ -182,6 +182,18 @@ fn reported_service<'a>(report: &'a Value, wanted: &ReleaseService) -> Option<&'
         _ => None,
     };
     found?.as_object()
+}
+
+/// The most of a device's own words (an error, a rollback's reason) a rollout keeps for a
+/// device: they are stored with it and in every event about it.
+const MAX_REASON_CHARS: usize = 300;
+
+/// `text` cut to `MAX_REASON_CHARS`, marked when it was.
+fn bounded(text: String) -> String {
+    match text.char_indices().nth(MAX_REASON_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }
 
 /// The reason of a rollback away from `image`, if the service reports one.
@@ -470,6 +482,21 @@ mod tests {
             json!({"apps": [{"appId": 1001, "services": [{"serviceName": "web", "status": 5}]}]}),
         ] {
             assert_eq!(seen(&report), Observation::Updating, "{report}");
+        }
+    }
+
+    #[test]
+    fn a_devices_own_words_are_kept_short() {
+        let release = ReleaseImages::of(
+            &serde_json::from_value(json!({"apps": {"1": {"services": {"web": {"imageName": "app@sha256:1"}}}}}))
+                .unwrap(),
+        );
+        let long = "x".repeat(100_000);
+        let report = json!({"apps": {"1": {"services": {"web": {"imageName": "app@sha256:1", "status": "error", "error": {"type": "t", "message": long}}}}}});
+        let here = Standing { online: true, in_window: true, pinned: false };
+        match observe(&release, Some(&report), &here) {
+            Observation::Failed(reason) => assert_eq!(reason.chars().count(), MAX_REASON_CHARS + 1, "{reason}"),
+            other => panic!("{other:?}"),
         }
     }
 }
