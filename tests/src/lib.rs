@@ -11,6 +11,7 @@ pub mod client;
 pub mod docker;
 pub mod dockerd;
 pub mod fake;
+pub mod fleet_api;
 pub mod image;
 pub mod raw_http;
 pub mod registry;
