@@ -245,6 +245,10 @@ pub fn handle_limited(api: &Api, limits: &ClientLimits, request: &Request) -> Re
 /// Counts a device poll's or report's answer, whatever it was (`pinion_polls_total`,
 /// `pinion_reports_total`).
 fn count_answer(api: &Api, request: &Request, status: u16) {
+    // Every request passes here: only device routes are worth parsing the path again.
+    if !request.path.starts_with("/api/v1/device/") {
+        return;
+    }
     match (route(&request.path), request.method.as_str()) {
         (Some(Route::DeviceState(_)), "GET") => api.metrics.poll_answered(status),
         (Some(Route::DeviceReport), "PATCH") => api.metrics.report_answered(status),
