@@ -1,12 +1,14 @@
 //! pinion-tests: the end-to-end test harness. Real parts wherever a user has them — the
 //! Debian `docker-registry` as a child process (anonymous, htpasswd or token auth),
 //! images pushed over the registry HTTP API, `pinion-server` and `pinion-agent` run as
-//! processes, a real dockerd driven with the docker CLI — and
-//! hand-written fakes (`FakeRegistry`) only for faults a real registry cannot produce.
+//! processes, a real dockerd driven with the docker CLI, a headless Chromium through
+//! chromedriver for the dashboard (`browser`) — and hand-written fakes (`FakeRegistry`)
+//! only for faults a real registry cannot produce.
 //! Everything listens on 127.0.0.1 with its own port and temp dir, so tests run in
 //! parallel, and everything started is stopped on drop.
 
 pub mod agent;
+pub mod browser;
 pub mod client;
 pub mod docker;
 pub mod dockerd;
