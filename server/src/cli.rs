@@ -11,6 +11,7 @@ use crate::refresh::Refresher;
 use crate::registry::{CredentialSource, Credentials, RegistryAccess, Resolver, ResolverConfig};
 use crate::registry_auth::StoredCredentials;
 use crate::secrets::{default_key_path, SecretKey, SECRET_KEY_FILE_ENV};
+use crate::sessions::{Sessions, DEFAULT_LIFETIME as DEFAULT_SESSION_LIFETIME};
 use crate::store::{SqliteStore, Store};
 use crate::{admin_token, Error};
 use lexopt::prelude::*;
@@ -47,6 +48,8 @@ SERVE OPTIONS:
                                0 turns the background re-resolution off [default 15m]
     --rollout-interval DUR     how often running rollouts look at their devices and fleets'
                                moved tags become releases [default 5s]
+    --session-lifetime DUR     how long a dashboard sign-in lasts (http://HOST:PORT/ signs in
+                               with the admin token; sessions end on restart) [default 12h]
     --webhook-token TOKEN      token registries send to POST /api/v1/webhooks/registry
                                (Bearer or ?token=) [env PINION_WEBHOOK_TOKEN; off when unset]
     --auto-update true|false   default policy: false only records a moved tag as a pending
@@ -201,6 +204,7 @@ struct Options {
     cache_ttl: Option<Duration>,
     refresh_interval: Option<Duration>,
     rollout_interval: Option<Duration>,
+    session_lifetime: Option<Duration>,
     webhook_token: Option<String>,
     workers: Option<usize>,
     max_body: Option<usize>,
@@ -250,6 +254,13 @@ impl Options {
             "cache-ttl" => self.cache_ttl = Some(duration(&value)?),
             "refresh-interval" => self.refresh_interval = Some(duration(&value)?),
             "rollout-interval" => self.rollout_interval = Some(duration(&value)?).filter(|d| !d.is_zero()),
+            "session-lifetime" => {
+                let lifetime = duration(&value)?;
+                if lifetime.is_zero() {
+                    return Err(usage(format!("--{name}: a session must last at least a second")));
+                }
+                self.session_lifetime = Some(lifetime);
+            }
             "webhook-token" => self.webhook_token = Some(value),
             "workers" => self.workers = Some(number(&value)?),
             "max-body" => self.max_body = Some(number(&value)?),
@@ -425,6 +436,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         rollout_lock,
         metrics,
         metrics_access,
+        sessions: Arc::new(Sessions::new(options.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME))),
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");

@@ -22,6 +22,14 @@ struct Seen {
     interval: Duration,
 }
 
+/// A device's polling as the dashboard shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connectivity {
+    Online,
+    Stale,
+    Offline,
+}
+
 pub struct Presence {
     /// Devices not seen since the server started count as seen then.
     started: Instant,
@@ -66,6 +74,23 @@ impl Presence {
         now.saturating_duration_since(last) <= interval * MISSED_POLLS + MIN_INTERVAL
     }
 
+    /// Whether `uuid` polls as often as it showed (online), has missed a poll (stale),
+    /// or has missed `MISSED_POLLS` (offline); with how long ago it last polled, if it
+    /// has since the server started.
+    pub fn connectivity(&self, uuid: &str, now: Instant) -> (Connectivity, Option<Duration>) {
+        let seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(uuid).copied();
+        let Seen { last, interval } = seen.unwrap_or(Seen { last: self.started, interval: DEFAULT_POLL_INTERVAL });
+        let gap = now.saturating_duration_since(last);
+        let state = if gap <= interval * 2 + MIN_INTERVAL {
+            Connectivity::Online
+        } else if gap <= interval * MISSED_POLLS + MIN_INTERVAL {
+            Connectivity::Stale
+        } else {
+            Connectivity::Offline
+        };
+        (state, seen.map(|_| gap))
+    }
+
     /// Whether `uuid` has polled since the server started (`pinion_devices`' never_seen).
     pub fn has_polled(&self, uuid: &str) -> bool {
         self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(uuid)
@@ -80,6 +105,24 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_is_stale_after_a_missed_poll_and_offline_after_three() {
+        let start = Instant::now();
+        let presence = Presence::new(start);
+        let s = Duration::from_secs;
+        presence.polled("a", start);
+        presence.polled("a", start + s(10));
+        let at = |secs| presence.connectivity("a", start + s(10) + s(secs));
+        assert_eq!(at(0), (Connectivity::Online, Some(s(0))));
+        assert_eq!(at(21), (Connectivity::Online, Some(s(21))));
+        assert_eq!(at(22).0, Connectivity::Stale);
+        assert_eq!(at(31).0, Connectivity::Stale);
+        assert_eq!(at(32), (Connectivity::Offline, Some(s(32))));
+        // Never polled since the start: judged from the start, with no time of its own.
+        assert_eq!(presence.connectivity("b", start + s(60)), (Connectivity::Online, None));
+        assert_eq!(presence.connectivity("b", start + s(200)).0, Connectivity::Offline);
+    }
 
     #[test]
     fn a_device_is_offline_after_three_of_its_own_intervals() {

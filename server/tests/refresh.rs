@@ -68,6 +68,7 @@ impl Fleet {
             rollout_lock: Default::default(),
             metrics: Default::default(),
             metrics_access: Default::default(),
+            sessions: Default::default(),
         };
         Fleet { store, tag, refresher, api }
     }

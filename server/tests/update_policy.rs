@@ -49,6 +49,7 @@ impl Fixture {
                 rollout_lock: Default::default(),
                 metrics: Default::default(),
                 metrics_access: Default::default(),
+                sessions: Default::default(),
             },
         }
     }

@@ -1,12 +1,15 @@
 //! Who is calling: the operator (admin token), a device (its own key), an agent about to
 //! register (a provisioning key), or nobody. Secrets are compared as SHA-256 hashes, the
-//! admin token in constant time; each route then says which callers it takes.
+//! admin token in constant time; each route then says which callers it takes. A signed-in
+//! dashboard's session cookie stands for the admin token (`session_caller`).
 
 use super::http::Request;
 use super::Api;
 use crate::keys::{constant_time_eq, hash_secret};
+use crate::sessions::{cookie_value, SessionCheck};
 use crate::store::{KeyOwner, ProvisioningKey};
 use crate::Error;
+use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Caller {
@@ -41,7 +44,7 @@ fn identify(api: &Api, request: &Request, provisioning_first: bool) -> Result<Ca
         });
     }
     let Some(authorization) = request.header("authorization") else {
-        return Ok(Caller::Anonymous);
+        return session_caller(api, request);
     };
     let Some(token) = bearer_token(authorization) else {
         return Ok(Caller::Unrecognized);
@@ -65,6 +68,31 @@ fn identify(api: &Api, request: &Request, provisioning_first: bool) -> Result<Ca
         }
     };
     Ok(found.unwrap_or(Caller::Unrecognized))
+}
+
+/// The operator signed in to the dashboard (its session cookie), else nobody. A cookie
+/// that is no longer signed in is refused with why; one on a state-changing request
+/// from another site's page is refused outright (`origin`), whatever its session.
+pub fn session_caller(api: &Api, request: &Request) -> Result<Caller, Error> {
+    let Some(cookie) = session_cookie(request) else {
+        return Ok(Caller::Anonymous);
+    };
+    match api.sessions.check(cookie, Instant::now()) {
+        SessionCheck::Valid { .. } => {}
+        SessionCheck::Expired => return Err(super::session::expired()),
+        SessionCheck::Unknown => return Err(Error::Unauthorized { reason: super::session::UNKNOWN_SESSION.into() }),
+    }
+    let changes_state = !matches!(request.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    if changes_state && !super::origin::same_origin(request, &api.trusted_proxies) {
+        return Err(super::session::foreign_origin(request));
+    }
+    Ok(Caller::Admin)
+}
+
+/// The dashboard session cookie a request carries, if any.
+pub fn session_cookie(request: &Request) -> Option<&str> {
+    let cookies = request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("cookie"));
+    cookie_value(cookies.map(|(_, value)| value.as_str()))
 }
 
 /// The key a request presents, as `authenticate` reads it: `X-Device-API-Key` when

@@ -260,14 +260,19 @@ pub(super) fn target_source(api: &Api, uuid: &str) -> Result<Value, Error> {
         Some(name) => api.store.fleet(name)?,
         None => None,
     };
-    let mut source = followed_release(&member, fleet.as_ref()).to_json();
+    Ok(source_json(&member, fleet.as_ref()))
+}
+
+/// Where `member`'s target comes from, as `GET …/target-state` says it under `source`.
+pub(super) fn source_json(member: &Membership, fleet: Option<&Fleet>) -> Value {
+    let mut source = followed_release(member, fleet).to_json();
     if let (Some(name), Some(object)) = (member.fleet.as_deref(), source.as_object_mut()) {
         object.entry("fleet").or_insert_with(|| name.into());
         if member.pinned {
             object.insert("pinned".into(), true.into());
         }
     }
-    Ok(source)
+    source
 }
 
 fn fleet_json(api: &Api, fleet: &Fleet, members: &[Membership]) -> Value {

@@ -8,6 +8,7 @@
 mod auth;
 pub mod client_address;
 mod credentials;
+mod dashboard;
 mod device;
 mod device_lifecycle;
 mod fleets;
@@ -15,6 +16,7 @@ mod history;
 pub mod http;
 mod images;
 mod operator;
+mod origin;
 mod policy;
 pub mod poll_cache;
 pub mod rate_limit;
@@ -24,6 +26,8 @@ mod response;
 mod rollouts;
 mod scrape;
 mod serve;
+mod session;
+mod status;
 mod telemetry;
 mod webhook;
 
@@ -69,6 +73,8 @@ pub struct Api {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who may scrape `GET /metrics` (`--metrics-token`, `--metrics-allow`); off by default.
     pub metrics_access: ScrapeAccess,
+    /// The dashboard's signed-in browsers (`POST /api/v1/session`).
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 impl Api {
@@ -91,6 +97,13 @@ enum Route<'a> {
     Health,
     /// `GET /metrics`, outside `/api/v1`, where Prometheus looks by default.
     Scrape,
+    /// The dashboard's files, under `/` (`dashboard`).
+    Dashboard(&'static dashboard::Asset),
+    /// The dashboard's sign-in.
+    Session,
+    StatusOverview,
+    StatusDevices,
+    StatusDevice(&'a str),
     DeviceState(&'a str),
     DeviceReport,
     DeviceRegister,
@@ -132,6 +145,8 @@ impl Route<'_> {
     fn methods(&self) -> &'static [&'static str] {
         match self {
             Route::Health | Route::Scrape | Route::DeviceState(_) | Route::Devices | Route::CurrentState(_) => &["GET"],
+            Route::Dashboard(_) | Route::StatusOverview | Route::StatusDevices | Route::StatusDevice(_) => &["GET"],
+            Route::Session => &["GET", "POST", "DELETE"],
             Route::Device(_) => &["GET", "DELETE"],
             Route::DeviceKeyReset(_) | Route::RegistrationToken(_) => &["POST"],
             Route::Logs(_) | Route::Metrics(_) => &["GET"],
@@ -160,10 +175,16 @@ fn route(path: &str) -> Option<Route<'_>> {
     if path == "/metrics" {
         return Some(Route::Scrape);
     }
-    let rest = path.strip_prefix("/api/v1/")?;
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
+        return dashboard::asset(path).map(Route::Dashboard);
+    };
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     Some(match parts.as_slice() {
         ["health"] => Route::Health,
+        ["session"] => Route::Session,
+        ["status", "overview"] => Route::StatusOverview,
+        ["status", "devices"] => Route::StatusDevices,
+        ["status", "devices", uuid] => Route::StatusDevice(uuid),
         ["device", uuid, "state"] => Route::DeviceState(uuid),
         ["device", "state"] => Route::DeviceReport,
         ["device", "register"] => Route::DeviceRegister,
@@ -258,7 +279,7 @@ fn count_answer(api: &Api, request: &Request, status: u16) {
 
 fn limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
     let (registering, key_exchange) = match route(&request.path) {
-        None | Some(Route::Health) => return handle(api, request),
+        None | Some(Route::Health | Route::Dashboard(_)) => return handle(api, request),
         Some(Route::DeviceRegister) => (request.method == "POST", false),
         Some(Route::KeyExchange(_)) => (false, true),
         Some(_) => (false, false),
@@ -325,6 +346,8 @@ fn refusal_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> O
     }
     let credential = match route {
         Route::RegistryWebhook => webhook::check_token(api, request),
+        // A sign-in is a token in a small body: a large (or chunked) one is nobody's.
+        Route::Session => Err(Error::PayloadTooLarge { limit: crate::http_server::SMALL_BODY }),
         _ => match authenticate(api, request) {
             Ok(auth::Caller::Anonymous) => Err(Error::Unauthorized { reason: "this route needs credentials".into() }),
             Ok(auth::Caller::Unrecognized) => {
@@ -345,6 +368,15 @@ fn refusal_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> O
 fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, Error> {
     match route {
         Route::Health => return Ok(Response::json(200, &serde_json::json!({"status": "ok"}))),
+        Route::Dashboard(asset) => return Ok(dashboard::serve(asset, request)),
+        // The admin token in the body, or the cookie itself.
+        Route::Session => {
+            return match request.method.as_str() {
+                "POST" => session::sign_in(api, request),
+                "DELETE" => session::sign_out(api, request),
+                _ => session::status(api, request),
+            }
+        }
         // Its own token, or an allowed address without one.
         Route::Scrape => return scrape::scrape(api, request),
         // Registries authenticate with their own token, in a header or the query.
@@ -365,6 +397,8 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
     match route {
         Route::Health
         | Route::Scrape
+        | Route::Dashboard(_)
+        | Route::Session
         | Route::RegistryWebhook
         | Route::DeviceState(_)
         | Route::KeyExchange(_)
@@ -372,6 +406,9 @@ fn dispatch(api: &Api, request: &Request, route: Route<'_>) -> Result<Response, 
         Route::DeviceReport => device::report(api, &caller, request),
         Route::DeviceRegister => registration::register(api, &caller, request),
         Route::Devices => operator::list_devices(api, &caller, request),
+        Route::StatusOverview => status::overview(api, &caller),
+        Route::StatusDevices => status::devices(api, &caller, request),
+        Route::StatusDevice(uuid) => status::device(api, &caller, uuid),
         Route::Device(uuid) => match method {
             "DELETE" => device_lifecycle::delete(api, &caller, uuid),
             _ => operator::get_device(api, &caller, uuid),

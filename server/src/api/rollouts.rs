@@ -147,7 +147,7 @@ fn known_rollout(api: &Api, fleet: &str, id: &str) -> Result<StoredRollout, Erro
         .ok_or_else(|| Error::NotFound { what: format!("rollout {id} of fleet {}", fleet.name) })
 }
 
-fn rollout_json(rollout: &StoredRollout, rows: &[RolloutDeviceRow], with_devices: bool) -> Value {
+pub(super) fn rollout_json(rollout: &StoredRollout, rows: &[RolloutDeviceRow], with_devices: bool) -> Value {
     let mut waves: Vec<Map<String, Value>> = (0..rollout.progress.wave_count)
         .map(|i| {
             let mut wave = Map::new();
@@ -226,14 +226,12 @@ pub(super) fn events(api: &Api, caller: &Caller, request: &Request) -> Result<Re
     };
     let filter =
         EventFilter { fleet: fleet.as_deref(), device: device.as_deref(), since: since.as_deref(), before, limit };
-    let events: Vec<Value> = api
-        .store
-        .events(&filter)?
-        .iter()
-        .map(|e| {
-            json!({"id": e.id, "at": e.at, "kind": e.kind, "fleet": e.fleet, "device": e.device,
-                   "rollout": e.rollout, "release": e.release, "message": e.message})
-        })
-        .collect();
+    let events: Vec<Value> = api.store.events(&filter)?.iter().map(event_json).collect();
     Ok(Response::json(200, &json!({"events": events})))
+}
+
+/// One event as `GET /events` shows it.
+pub(super) fn event_json(e: &crate::store::Event) -> Value {
+    json!({"id": e.id, "at": e.at, "kind": e.kind, "fleet": e.fleet, "device": e.device,
+           "rollout": e.rollout, "release": e.release, "message": e.message})
 }

@@ -162,7 +162,7 @@ fn judge(release: &ReleaseImages, report: Option<&Value>) -> Observation {
 
 /// The report's entry for `wanted`: its app by key or `appId`, then the service by key
 /// == name, `serviceName` == name, `serviceId` == the release's, or key == that id.
-fn reported_service<'a>(report: &'a Value, wanted: &ReleaseService) -> Option<&'a Map<String, Value>> {
+pub(crate) fn reported_service<'a>(report: &'a Value, wanted: &ReleaseService) -> Option<&'a Map<String, Value>> {
     let is_app = |app: &&Value| app.get("appId").and_then(id_string).as_deref() == Some(wanted.app_id.as_str());
     let app = match report.get("apps")? {
         Value::Object(apps) => apps.get(&wanted.app_id).or_else(|| apps.values().find(is_app))?,
@@ -208,13 +208,13 @@ fn rolled_back_from(seen: &Map<String, Value>, image: &str) -> Option<String> {
 }
 
 /// The image a service reports running (ours: `imageName`; the original agent may say `image`).
-fn reported_image(seen: &Map<String, Value>) -> Option<&str> {
+pub(crate) fn reported_image(seen: &Map<String, Value>) -> Option<&str> {
     seen.get("imageName").or_else(|| seen.get("image")).and_then(Value::as_str)
 }
 
 /// The same image: equal references, or the same `@sha256:` digest (`nginx@sha256:x` and
 /// `docker.io/library/nginx@sha256:x`).
-fn same_image(seen: &str, wanted: &str) -> bool {
+pub(crate) fn same_image(seen: &str, wanted: &str) -> bool {
     seen == wanted || (digest(wanted).is_some() && digest(seen) == digest(wanted))
 }
 
@@ -223,7 +223,7 @@ fn digest(image: &str) -> Option<&str> {
 }
 
 /// `<type>: <message>` from the service's `error`, else its status.
-fn error_text(seen: &Map<String, Value>, status: &str) -> String {
+pub(crate) fn error_text(seen: &Map<String, Value>, status: &str) -> String {
     let error = seen.get("error");
     if let Some(text) = error.and_then(Value::as_str) {
         return text.to_string();

@@ -8,6 +8,7 @@ mod images;
 mod migrations;
 mod policy;
 mod sqlite;
+mod status;
 mod telemetry;
 
 pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
@@ -18,6 +19,7 @@ pub use fleets::{
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
 pub use sqlite::{SqliteStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
+pub use status::{DeviceStatusRow, StatusStore};
 pub use telemetry::{CurrentReport, LogPage, MetricsSample, NewReport, TelemetryStore};
 
 use crate::Error;
@@ -134,7 +136,9 @@ pub struct ProvisioningKey {
     pub fleet: Option<String>,
 }
 
-pub trait Store: ImageStore + PolicyStore + CredentialStore + TelemetryStore + FleetStore + Send + Sync {
+pub trait Store:
+    ImageStore + PolicyStore + CredentialStore + TelemetryStore + FleetStore + StatusStore + Send + Sync
+{
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
     /// The stored hash of a device's key, `None` if it has none (or does not exist).

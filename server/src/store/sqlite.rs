@@ -275,7 +275,7 @@ pub(super) fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::Store { op, reason: e.to_string() }
 }
 
-fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+pub(super) fn device_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     Ok(DeviceRecord {
         uuid: row.get(0)?,
         device_name: row.get(1)?,

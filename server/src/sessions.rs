@@ -1,0 +1,156 @@
+//! The dashboard's sign-in sessions: the admin token is typed once, then an HttpOnly
+//! cookie stands for it until the session expires or is signed out. Kept in memory as
+//! SHA-256 hashes of the cookie (a server restart signs everyone out, which is the safe
+//! side), bounded in number so sign-ins cannot grow it without end. Pure: every call
+//! takes the time.
+
+use crate::keys::{hash_secret, new_secret};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The cookie's name.
+pub const COOKIE: &str = "pinion_session";
+/// How long a session lasts from sign-in when `--session-lifetime` does not say.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most; the oldest go first. An operator signs in from a few browsers.
+const MAX_SESSIONS: usize = 1000;
+/// An expired session is remembered this long, so its cookie is told "expired" rather
+/// than "not valid".
+const REMEMBER_EXPIRED: Duration = Duration::from_secs(24 * 3600);
+
+/// What a presented cookie is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCheck {
+    /// Signed in; the session ends in this long.
+    Valid {
+        remaining: Duration,
+    },
+    Expired,
+    Unknown,
+}
+
+pub struct Sessions {
+    lifetime: Duration,
+    /// Cookie hash → when the session ends.
+    ends: Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions::new(DEFAULT_LIFETIME)
+    }
+}
+
+impl Sessions {
+    pub fn new(lifetime: Duration) -> Sessions {
+        Sessions { lifetime, ends: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// A new session from `now`: its cookie value (256 random bits, hex).
+    pub fn open(&self, now: Instant) -> String {
+        let secret = new_secret();
+        let mut ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ends.retain(|_, end| now < *end + REMEMBER_EXPIRED);
+        while ends.len() >= MAX_SESSIONS {
+            let Some(oldest) = ends.iter().min_by_key(|(_, end)| **end).map(|(hash, _)| hash.clone()) else { break };
+            ends.remove(&oldest);
+        }
+        ends.insert(hash_secret(&secret), now + self.lifetime);
+        secret
+    }
+
+    pub fn check(&self, cookie: &str, now: Instant) -> SessionCheck {
+        let ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match ends.get(&hash_secret(cookie)) {
+            Some(end) if now < *end => SessionCheck::Valid { remaining: *end - now },
+            Some(_) => SessionCheck::Expired,
+            None => SessionCheck::Unknown,
+        }
+    }
+
+    /// Signs a session out; true if it was signed in.
+    pub fn close(&self, cookie: &str, now: Instant) -> bool {
+        let mut ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ends.remove(&hash_secret(cookie)).is_some_and(|end| now < end)
+    }
+}
+
+/// The session cookie's value among a request's `Cookie` headers, if it carries one.
+pub fn cookie_value<'a>(cookie_headers: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    cookie_headers
+        .flat_map(|header| header.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
+}
+
+/// `Set-Cookie` for a session that lasts `max_age` (zero: clears it). `Secure` when the
+/// browser reached the server over https.
+pub fn set_cookie(value: &str, max_age: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{COOKIE}={value}; Max-Age={}; Path=/; HttpOnly; SameSite=Strict{secure}", max_age.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_valid_until_its_lifetime_then_expired_then_forgotten() {
+        let start = Instant::now();
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let cookie = sessions.open(start);
+        assert_eq!(cookie.len(), 64);
+        assert_eq!(sessions.check(&cookie, start), SessionCheck::Valid { remaining: Duration::from_secs(60) });
+        assert!(matches!(sessions.check(&cookie, start + Duration::from_secs(59)), SessionCheck::Valid { .. }));
+        assert_eq!(sessions.check(&cookie, start + Duration::from_secs(60)), SessionCheck::Expired);
+        assert_eq!(sessions.check("0".repeat(64).as_str(), start), SessionCheck::Unknown);
+        // Opening another session later drops the long-expired one.
+        let later = start + Duration::from_secs(60) + REMEMBER_EXPIRED;
+        let other = sessions.open(later);
+        assert_eq!(sessions.check(&cookie, later), SessionCheck::Unknown);
+        assert!(matches!(sessions.check(&other, later), SessionCheck::Valid { .. }));
+    }
+
+    #[test]
+    fn signing_out_ends_only_that_session() {
+        let now = Instant::now();
+        let sessions = Sessions::new(DEFAULT_LIFETIME);
+        let (a, b) = (sessions.open(now), sessions.open(now));
+        assert_ne!(a, b);
+        assert!(sessions.close(&a, now));
+        assert!(!sessions.close(&a, now));
+        assert_eq!(sessions.check(&a, now), SessionCheck::Unknown);
+        assert!(matches!(sessions.check(&b, now), SessionCheck::Valid { .. }));
+    }
+
+    #[test]
+    fn sign_ins_cannot_grow_the_table_without_end() {
+        let now = Instant::now();
+        let sessions = Sessions::new(DEFAULT_LIFETIME);
+        let first = sessions.open(now);
+        for i in 1..=MAX_SESSIONS as u64 {
+            sessions.open(now + Duration::from_millis(i));
+        }
+        assert_eq!(sessions.ends.lock().unwrap().len(), MAX_SESSIONS);
+        assert_eq!(sessions.check(&first, now), SessionCheck::Unknown, "the oldest went first");
+    }
+
+    #[test]
+    fn the_cookie_is_found_among_others_and_set_strictly() {
+        let headers = ["a=1; pinion_session=abc ; b=2"];
+        assert_eq!(cookie_value(headers.iter().copied()), Some("abc"));
+        assert_eq!(cookie_value(["x=1", "pinion_session=\"q\""].iter().copied()), Some("q"));
+        assert_eq!(cookie_value(["pinion_sessionx=1; pinion_session="].iter().copied()), None);
+        assert_eq!(cookie_value(std::iter::empty()), None);
+        let set = set_cookie("abc", Duration::from_secs(60), true);
+        assert_eq!(set, "pinion_session=abc; Max-Age=60; Path=/; HttpOnly; SameSite=Strict; Secure");
+        assert!(!set_cookie("", Duration::ZERO, false).contains("Secure"));
+    }
+}
