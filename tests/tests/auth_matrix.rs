@@ -1,14 +1,19 @@
 //! Who may call what, against the real `pinion-server`: every route of `api::route()` ×
 //! every method × every kind of caller, each answer's status compared with a table
 //! written out by hand (`intended`), every 401/403/405 checked for the JSON error shape.
+//! The same table is asked again with the operator signed in to the dashboard instead of
+//! presenting the admin token: its session cookie is the admin on every route that takes
+//! the admin; the cookie on a state-changing request from another origin is refused
+//! (403); an expired cookie is nobody.
 //! Then the per-address limit of failed authentication and registration: a brute force
 //! is answered 429 with `Retry-After`, the right token included (no oracle), successful
 //! polls never count, and with the limit off nothing is ever 429.
 
 use pinion_tests::raw_http::{exchange, RawRequest};
-use pinion_tests::util::random_hex;
+use pinion_tests::util::{random_hex, wait_for};
 use pinion_tests::{ApiReply, HttpReply, Server};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Methods every route is asked with (HEAD is left out: its answer has no body to check).
 const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -184,7 +189,56 @@ fn intended(fixture: &Fixture) -> Vec<RouteCase> {
         // Last of the device's: it leaves the fleet it joins here.
         route("device fleet", device("/fleet"), vec![("PUT", admin_only(200)), ("DELETE", admin_only(200))]),
         route("events", "/api/v1/events".into(), vec![("GET", admin_only(200))]),
+        // The dashboard's files are for anyone; what they show comes through the API.
+        route("dashboard", "/".into(), vec![("GET", OPEN)]),
+        route("status overview", "/api/v1/status/overview".into(), vec![("GET", admin_only(200))]),
+        route("status devices", "/api/v1/status/devices".into(), vec![("GET", admin_only(200))]),
+        route("status device", device_status(DEVICE), vec![("GET", admin_only(200))]),
+        // Last: its DELETE signs the matrix's own session out. A Bearer token is no session
+        // (GET 401); a sign-in without a token is a 400; signing out is always possible.
+        route("session", "/api/v1/session".into(), vec![("GET", [401; 6]), ("POST", [400; 6]), ("DELETE", [200; 6])]),
     ]
+}
+
+fn device_status(uuid: &str) -> String {
+    format!("/api/v1/status/devices/{uuid}")
+}
+
+/// How the operator (the `Admin` column) presents itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AdminAs {
+    /// `Authorization: Bearer <admin token>`.
+    Token,
+    /// The dashboard's session cookie, from a page of this server (its `Origin`).
+    Session,
+    /// The session cookie, from another site's page.
+    SessionFromAnotherOrigin,
+    /// The cookie of a session that has expired.
+    ExpiredSession,
+}
+
+/// The routes that never read a session cookie: their own credentials, or none (`/metrics`
+/// is for Prometheus, which has a token of its own).
+const COOKIE_BLIND: [&str; 5] = ["health", "dashboard", "prometheus scrape", "key exchange", "registry webhook"];
+
+/// What the `Admin` column is intended to get when it presents itself as `admin_as`:
+/// `row` is the table's row for the route and method.
+fn admin_intended(label: &str, method: &str, row: [u16; 6], admin_as: AdminAs) -> u16 {
+    let (as_token, anonymous) = (row[4], row[0]);
+    if as_token == 405 {
+        return 405;
+    }
+    match admin_as {
+        AdminAs::Token => as_token,
+        AdminAs::ExpiredSession => anonymous,
+        _ if COOKIE_BLIND.contains(&label) => anonymous,
+        // Signed in: the session is described.
+        AdminAs::Session if (label, method) == ("session", "GET") => 200,
+        AdminAs::Session => as_token,
+        AdminAs::SessionFromAnotherOrigin if (label, method) == ("session", "GET") => 200,
+        AdminAs::SessionFromAnotherOrigin if method == "GET" => as_token,
+        AdminAs::SessionFromAnotherOrigin => 403,
+    }
 }
 
 /// The body a route is asked with: what its intended caller would send.
@@ -229,19 +283,45 @@ struct Credentials {
     provisioning_key: String,
     admin_token: String,
     webhook_token: String,
+    /// The operator's session cookie (`pinion_session=…`), when it signs in.
+    admin_cookie: Option<String>,
 }
 
 impl Credentials {
-    fn bearer(&self, caller: Caller) -> Option<&str> {
+    fn bearer(&self, caller: Caller, admin_as: AdminAs) -> Option<&str> {
         match caller {
             Caller::Anonymous => None,
             Caller::OwnDevice => Some(&self.own_device_key),
             Caller::OtherDevice => Some(&self.other_device_key),
             Caller::Provisioning => Some(&self.provisioning_key),
-            Caller::Admin => Some(&self.admin_token),
+            Caller::Admin if admin_as == AdminAs::Token => Some(&self.admin_token),
+            Caller::Admin => None,
             Caller::Webhook => Some(&self.webhook_token),
         }
     }
+
+    /// The cookie and `Origin` the caller sends, if it is the signed-in operator.
+    fn browser_headers(&self, server: &Server, caller: Caller, admin_as: AdminAs) -> Vec<(&'static str, String)> {
+        let (Caller::Admin, Some(cookie)) = (caller, &self.admin_cookie) else { return Vec::new() };
+        let origin = match admin_as {
+            AdminAs::SessionFromAnotherOrigin => "http://evil.example".to_string(),
+            _ => server.url(),
+        };
+        vec![("Cookie", cookie.clone()), ("Origin", origin)]
+    }
+}
+
+/// Signs in to the dashboard: the `pinion_session=…` pair of the answer's `Set-Cookie`.
+fn sign_in(server: &Server) -> String {
+    let body = json!({"token": server.admin_token()}).to_string();
+    let request = RawRequest::new("POST", "/api/v1/session").header("Content-Type", "application/json").body(body);
+    let reply = send(server, request);
+    assert_eq!(reply.status, 200, "signing in: {}", reply.text());
+    let set_cookie = reply.header("set-cookie").expect("a Set-Cookie header").to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set_cookie.contains(attribute), "{set_cookie} lacks {attribute}");
+    }
+    set_cookie.split(';').next().unwrap().to_string()
 }
 
 /// The fleets the table asks of: `FLEET` with `DEVICE`, `OTHER_DEVICE` and a release;
@@ -311,6 +391,27 @@ fn error_code(status: u16) -> Option<&'static str> {
 
 #[test]
 fn every_route_method_and_caller_gets_the_intended_status() {
+    ask_the_matrix(AdminAs::Token);
+}
+
+#[test]
+fn a_session_cookie_is_the_admin_on_every_route_of_the_admin() {
+    ask_the_matrix(AdminAs::Session);
+}
+
+#[test]
+fn a_session_cookie_from_another_origin_changes_nothing() {
+    ask_the_matrix(AdminAs::SessionFromAnotherOrigin);
+}
+
+#[test]
+fn an_expired_session_cookie_is_nobody() {
+    ask_the_matrix(AdminAs::ExpiredSession);
+}
+
+/// Asks every route × method × caller of a fresh server, the operator presenting itself
+/// as `admin_as`, and compares each answer with the table.
+fn ask_the_matrix(admin_as: AdminAs) {
     let webhook_token = random_hex(16);
     // Half the cells fail authentication on purpose: the limits must not get in the way.
     let server = Server::start(&[
@@ -322,6 +423,8 @@ fn every_route_method_and_caller_gets_the_intended_status() {
         "1000000",
         "--metrics-token",
         &random_hex(16),
+        "--session-lifetime",
+        if admin_as == AdminAs::ExpiredSession { "1s" } else { "1h" },
     ]);
     let provisioning_key = server.provisioning_key();
     let credentials = Credentials {
@@ -330,6 +433,7 @@ fn every_route_method_and_caller_gets_the_intended_status() {
         provisioning_key,
         admin_token: server.admin_token().to_string(),
         webhook_token,
+        admin_cookie: None,
     };
     register(&server, &credentials.provisioning_key, DEVICE, &credentials.own_device_key);
     register(&server, &credentials.provisioning_key, OTHER_DEVICE, &credentials.other_device_key);
@@ -341,10 +445,21 @@ fn every_route_method_and_caller_gets_the_intended_status() {
     assert_eq!(spare.status, 201, "{}", spare.body);
     let spare_id = spare.json()["id"].as_str().expect("a provisioning key id").to_string();
     let fixture = fleets_fixture(&server, &credentials, spare_id);
+    let credentials =
+        Credentials { admin_cookie: (admin_as != AdminAs::Token).then(|| sign_in(&server)), ..credentials };
+    if admin_as == AdminAs::ExpiredSession {
+        let cookie = credentials.admin_cookie.clone().unwrap();
+        let expired = wait_for(Duration::from_secs(30), || {
+            let reply = server.request_with("GET", "/api/v1/session", None, None, &[("Cookie", &cookie)]);
+            (reply.status == 401).then_some(reply)
+        });
+        let expired = expired.expect("the one-second session did not expire within 30 s");
+        assert!(expired.body.contains("expired"), "{}", expired.body);
+    }
 
     let table = intended(&fixture);
     // The rollout commands' route has a row per command.
-    const ROUTES: usize = 40;
+    const ROUTES: usize = 45;
     assert_eq!(table.len(), ROUTES, "one row per route of api::route()");
     let mut wrong = Vec::new();
     let mut cells = 0;
@@ -353,11 +468,18 @@ fn every_route_method_and_caller_gets_the_intended_status() {
         for method in METHODS {
             let row = route.methods.iter().find(|(m, _)| *m == method).map(|(_, row)| *row).unwrap_or([405; 6]);
             for (caller, intended_status) in CALLERS.into_iter().zip(row) {
+                let intended_status = match caller {
+                    Caller::Admin => admin_intended(route.label, method, row, admin_as),
+                    _ => intended_status,
+                };
                 let body = body_for(route.label, method, &fixture);
-                let reply = server.request(method, &route.path, body.as_ref(), credentials.bearer(caller));
+                let browser = credentials.browser_headers(&server, caller, admin_as);
+                let browser: Vec<(&str, &str)> = browser.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let bearer = credentials.bearer(caller, admin_as);
+                let reply = server.request_with(method, &route.path, body.as_ref(), bearer, &browser);
                 cells += 1;
                 *by_status.entry(reply.status).or_default() += 1;
-                let cell = format!("{} {method} {} as {caller:?}", route.label, route.path);
+                let cell = format!("{} {method} {} as {caller:?} ({admin_as:?})", route.label, route.path);
                 if reply.status != intended_status {
                     wrong.push(format!("{cell}: {} instead of {intended_status}: {}", reply.status, reply.body));
                 } else if let Some(problem) =
@@ -368,7 +490,10 @@ fn every_route_method_and_caller_gets_the_intended_status() {
             }
         }
     }
-    eprintln!("auth matrix: {cells} cells ({ROUTES} routes × {} methods × {} callers), statuses {by_status:?}", 6, 6);
+    eprintln!(
+        "auth matrix ({admin_as:?}): {cells} cells ({ROUTES} routes × {} methods × {} callers), statuses {by_status:?}",
+        6, 6
+    );
     assert_eq!(cells, ROUTES * METHODS.len() * CALLERS.len());
     assert!(wrong.is_empty(), "{} of {cells} cells differ from the table:\n{}", wrong.len(), wrong.join("\n"));
     // The X-Device-API-Key header is the same credential as a Bearer device key.
