@@ -75,9 +75,14 @@ impl Fixture {
     }
 
     fn call_with(&self, method: &str, path: &str, header: Option<(&str, String)>, body: Option<Value>) -> Response {
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_string())),
+            None => (path, None),
+        };
         let request = Request {
             method: method.into(),
             path: path.into(),
+            query,
             headers: header.map(|(n, v)| vec![(n.to_string(), v)]).unwrap_or_default(),
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
             ..Default::default()
@@ -487,4 +492,93 @@ fn a_device_key_may_not_be_a_provisioning_key_or_a_token_and_cannot_break_one() 
     let body = json!({"uuid": "dev-y", "deviceApiKey": KEY_A});
     let accepted = f.call("POST", "/api/v1/device/register", Some(&key), Some(body));
     assert_eq!(accepted.status, 200, "{}", text(&accepted));
+}
+
+#[test]
+fn the_status_views_judge_each_device_and_filter_and_page_them() {
+    let f = Fixture::new();
+    let running = format!("nginx@{DIGEST_V1}");
+    let report = |uuid: &str, image: &str, status: &str, probation: &str| {
+        json!({uuid: {"apps": {"1001": {"services": {"nginx": {"imageName": image, "status": status,
+            "probation": probation, "containerId": "c"}}}}, "config": {}, "agent_version": "0.9.1"}})
+    };
+    // dev-a runs its target; dev-b is still pulling another; dev-c failed it; dev-d has
+    // no target; dev-e was never registered; dev-f is named like an attack.
+    for (uuid, key) in [("dev-a", KEY_A), ("dev-b", KEY_B), ("dev-c", "device-key-c-0123456789abcdef0123456789")] {
+        f.register(uuid, key);
+        f.set_target(uuid, guide_target("nginx:latest"));
+        let (image, status, probation) = match uuid {
+            "dev-a" => (running.as_str(), "Running", "passed"),
+            "dev-b" => ("nginx@sha256:0000", "Downloading", "running"),
+            _ => (running.as_str(), "exited", "failed"),
+        };
+        let sent = f.call("PATCH", "/api/v1/device/state", Some(key), Some(report(uuid, image, status, probation)));
+        assert_eq!(sent.status, 200, "{}", text(&sent));
+    }
+    f.register("dev-d", "device-key-d-0123456789abcdef0123456789");
+    f.set_target("dev-e", guide_target("nginx:latest"));
+    let hostile = "<img src=x onerror=alert(1)>";
+    let body =
+        json!({"uuid": "dev-f", "deviceName": hostile, "deviceApiKey": "device-key-f-0123456789abcdef0123456789"});
+    let key =
+        json_of(&f.call("POST", "/api/v1/provisioning-keys", Some(ADMIN), None))["key"].as_str().unwrap().to_string();
+    assert_eq!(f.call("POST", "/api/v1/device/register", Some(&key), Some(body)).status, 200);
+
+    let list = |query: &str| json_of(&f.call("GET", &format!("/api/v1/status/devices{query}"), Some(ADMIN), None));
+    let all = list("");
+    assert_eq!(all["total"], 6);
+    let by_uuid = |uuid: &str| all["devices"].as_array().unwrap().iter().find(|d| d["uuid"] == uuid).unwrap().clone();
+    let a = by_uuid("dev-a");
+    assert_eq!((a["sync"].as_str(), a["agentVersion"].as_str()), (Some("in-sync"), Some("0.9.1")));
+    assert_eq!(a["services"][0]["targetImage"], running);
+    assert_eq!(a["services"][0]["differs"], false);
+    assert_eq!(a["source"]["kind"], "device");
+    assert_eq!(by_uuid("dev-b")["sync"], "updating");
+    assert_eq!(by_uuid("dev-b")["services"][0]["differs"], true);
+    assert_eq!(by_uuid("dev-c")["sync"], "failed");
+    assert!(by_uuid("dev-c")["reason"].as_str().unwrap().starts_with("nginx: "));
+    assert_eq!(by_uuid("dev-d")["sync"], "no-target");
+    assert_eq!(by_uuid("dev-e")["connectivity"], "never-seen");
+    assert_eq!(by_uuid("dev-f")["deviceName"], hostile, "names are data, kept as sent");
+
+    // Filters: by state (sync or connectivity), by name or uuid, and pages.
+    let uuids = |page: &Value| -> Vec<String> {
+        page["devices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|d| d["uuid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(uuids(&list("?state=failed")), ["dev-c"]);
+    assert_eq!(uuids(&list("?state=never-seen")), ["dev-e"]);
+    assert_eq!(uuids(&list("?name=%3CIMG")), ["dev-f"]);
+    assert_eq!(uuids(&list("?name=DEV-B")), ["dev-b"]);
+    let page = list("?offset=2&limit=2");
+    assert_eq!((page["total"].as_u64(), uuids(&page)), (Some(6), vec!["dev-c".to_string(), "dev-d".to_string()]));
+    assert_eq!(list("?offset=100")["devices"], json!([]));
+    for bad in ["?state=sleepy", "?limit=0", "?limit=501", "?offset=-1", "?label=nolabel", "?fleet=%20x"] {
+        let answer = f.call("GET", &format!("/api/v1/status/devices{bad}"), Some(ADMIN), None);
+        assert_eq!(answer.status, 400, "{bad}: {}", text(&answer));
+        assert_eq!(json_of(&answer)["error"], "bad_request");
+    }
+    let one = json_of(&f.call("GET", "/api/v1/status/devices/dev-a", Some(ADMIN), None));
+    assert_eq!(one["sync"], "in-sync");
+    assert_eq!(f.call("GET", "/api/v1/status/devices/nobody", Some(ADMIN), None).status, 404);
+
+    // The overview counts the same devices (none in a fleet here).
+    let overview = json_of(&f.call("GET", "/api/v1/status/overview", Some(ADMIN), None));
+    let counts = &overview["fleets"][0];
+    assert_eq!(counts["fleet"], Value::Null);
+    assert_eq!(
+        [
+            &counts["devices"],
+            &counts["inSync"],
+            &counts["updating"],
+            &counts["failed"],
+            &counts["noTarget"],
+            &counts["neverSeen"]
+        ],
+        [&json!(6), &json!(1), &json!(2), &json!(1), &json!(2), &json!(1)]
+    );
 }
