@@ -460,6 +460,32 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// What the dashboard asks every few seconds, with every device reporting: the overview,
+/// the first page of devices, a filtered page deep in the list, and one device.
+fn dashboard_views(agent: &ureq::Agent, server: &ServerProcess, pid: u32) {
+    let views = [
+        "/api/v1/status/overview".to_string(),
+        "/api/v1/status/devices?limit=50".to_string(),
+        "/api/v1/status/devices?state=in-sync&name=9&offset=500&limit=50".to_string(),
+        format!("/api/v1/status/devices/{}", uuid_of(4242)),
+    ];
+    println!("dashboard views (10 asks each): median / max ms, answer bytes");
+    for path in views {
+        let mut took = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..10 {
+            let (reply, spent) = admin(agent, server, "GET", &path, None);
+            assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+            bytes = reply.body.len();
+            took.push(spent.as_secs_f64() * 1000.0);
+        }
+        took.sort_by(f64::total_cmp);
+        println!("  {path}: {:.0} / {:.0} ms, {bytes} bytes", percentile(&took, 0.5), percentile(&took, 1.0));
+    }
+    let (rss, hwm, _) = memory_detail(pid);
+    println!("server memory after the dashboard views: VmRSS {} VmHWM {}", mb(rss), mb(hwm));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count: usize = args.first().map_or(10_000, |a| a.parse().expect("DEVICES is a number"));
@@ -803,6 +829,7 @@ fn main() {
     );
     let (rss, hwm, anon) = memory_detail(pid);
     println!("server memory at the end: VmRSS {} (RssAnon {}) VmHWM {}", mb(rss), mb(anon), mb(hwm));
+    dashboard_views(&agent, &server, pid);
     // BENCH_ROLLOUT_HOLD=SECONDS: the server and its devices stay up that long, for a
     // profiler or debugger to look at (`perf record -p PID`).
     if let Some(hold) = std::env::var("BENCH_ROLLOUT_HOLD").ok().and_then(|s| s.parse().ok()) {
