@@ -212,6 +212,12 @@ function shortImage(reference) {
 const digestOrTag = (reference) =>
   (/@sha256:/i.test(reference || '') ? shortDigest(reference.split('@')[1]) : shortImage(reference));
 
+/** A target as the operator wrote it and what it was pinned to: 'nginx:1.27 sha256:0123456789ab'. */
+const targetText = (service, show) =>
+  (service.requested && service.requested !== service.targetImage
+    ? `${service.requested.slice(service.requested.lastIndexOf('/') + 1)} ${digestOrTag(service.targetImage)}`
+    : show(service.targetImage));
+
 const shortId = (id) => (id && id.length > 12 ? id.slice(0, 12) + '…' : id || '');
 const plural = (count, word) => `${count} ${word}${count === 1 ? '' : 's'}`;
 
@@ -593,7 +599,7 @@ function deviceRow(device) {
 function serviceLine(service) {
   return h('div', { class: ['svc', service.differs && 'differs'] },
     h('span', { class: 'svc-name' }, service.service), ' ',
-    h('span', { class: 'mono', title: service.targetImage || '' }, digestOrTag(service.targetImage) || 'no image'),
+    h('span', { class: 'mono', title: service.targetImage || '' }, targetText(service, digestOrTag) || 'no image'),
     service.differs
       ? [' ≠ ', h('span', { class: 'mono', title: service.runningImage || '' },
         service.runningImage ? digestOrTag(service.runningImage) : 'not running')]
@@ -680,7 +686,7 @@ function serviceRow(service) {
   return h('tr', { class: service.differs ? 'differs' : null },
     h('td', {}, h('span', { class: 'svc-name' }, service.service)),
     h('td', {}, service.app),
-    h('td', { class: 'mono', title: service.targetImage || '' }, shortImage(service.targetImage) || '—'),
+    h('td', { class: 'mono', title: service.targetImage || '' }, targetText(service, shortImage) || '—'),
     h('td', { class: 'mono running', title: service.runningImage || '' },
       service.runningImage ? shortImage(service.runningImage) : 'not running'),
     h('td', {}, service.status || dash()),

@@ -46,6 +46,8 @@ pub struct ServiceView {
     pub app: String,
     pub service: String,
     pub target_image: String,
+    /// The reference the target was pinned from (`nginx:1.27`), if the server pinned it.
+    pub requested: Option<String>,
     pub running_image: Option<String>,
     /// The running image is not the target's (or nothing of it runs).
     pub differs: bool,
@@ -88,6 +90,7 @@ pub fn judge(
                 app: wanted.app_id.clone(),
                 service: wanted.name.clone(),
                 target_image: wanted.image.clone(),
+                requested: wanted.requested.clone(),
                 differs: running_image.as_deref().is_none_or(|image| !same_image(image, &wanted.image)),
                 running_image,
                 status: text("status"),

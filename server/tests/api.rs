@@ -531,6 +531,7 @@ fn the_status_views_judge_each_device_and_filter_and_page_them() {
     let a = by_uuid("dev-a");
     assert_eq!((a["sync"].as_str(), a["agentVersion"].as_str()), (Some("in-sync"), Some("0.9.1")));
     assert_eq!(a["services"][0]["targetImage"], running);
+    assert_eq!(a["services"][0]["requested"], "nginx:latest");
     assert_eq!(a["services"][0]["differs"], false);
     assert_eq!(a["source"]["kind"], "device");
     assert_eq!(by_uuid("dev-b")["sync"], "updating");

@@ -27,6 +27,8 @@ pub struct ReleaseService {
     /// The pinned image (`repo@sha256:…`), or what the release carried if it could not be
     /// pinned; empty if it carried none (nothing will match it).
     pub image: String,
+    /// The reference the operator wrote (`nginx:1.27`), when the server pinned it.
+    pub requested: Option<String>,
 }
 
 impl ReleaseImages {
@@ -46,6 +48,7 @@ impl ReleaseImages {
                     name,
                     service_id: service.service_id.as_ref().and_then(id_string),
                     image: image.to_string(),
+                    requested: service.image_resolution.as_ref().map(|r| r.requested.clone()),
                 });
             }
         }
