@@ -369,7 +369,11 @@ function flash(text, isError = false) {
   box.classList.toggle('error', Boolean(text) && isError);
   box.classList.toggle('ok', Boolean(text) && !isError);
   app.flashFromRefresh = false;
+  app.flashAt = Date.now();
 }
+
+/** A message belongs to the page it was said on, and to the page its action opened. */
+const FLASH_FOLLOWS_MS = 1500;
 
 function reportError(error) {
   if (error instanceof ApiError && error.status === 401) {
@@ -1351,6 +1355,7 @@ function onRoute() {
     refreshView();
     return;
   }
+  if (Date.now() - (app.flashAt || 0) > FLASH_FOLLOWS_MS) flash('');
   const view = viewFor(parts, query);
   view.path = path;
   app.view = view;
