@@ -437,6 +437,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         metrics,
         metrics_access,
         sessions: Arc::new(Sessions::new(options.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME))),
+        verdicts: Default::default(),
     };
     if !crate::policy::time_zone_database_found() {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");

@@ -34,5 +34,6 @@ pub mod targets;
 pub mod telemetry;
 pub mod text;
 pub mod timefmt;
+pub mod verdicts;
 
 pub use error::Error;

@@ -66,6 +66,7 @@ impl Fixture {
                 metrics: Default::default(),
                 metrics_access: Default::default(),
                 sessions: Default::default(),
+                verdicts: Default::default(),
             },
         }
     }
@@ -565,6 +566,11 @@ fn the_status_views_judge_each_device_and_filter_and_page_them() {
     }
     let one = json_of(&f.call("GET", "/api/v1/status/devices/dev-a", Some(ADMIN), None));
     assert_eq!(one["sync"], "in-sync");
+    // dev-b's pull ends within the same second: judged again, not the kept "updating".
+    let done = report("dev-b", &running, "Running", "passed");
+    assert_eq!(f.call("PATCH", "/api/v1/device/state", Some(KEY_B), Some(done)).status, 200);
+    assert_eq!(uuids(&list("?state=updating")), ["dev-e"], "dev-e has a target and has never reported");
+    assert_eq!(uuids(&list("?state=in-sync")), ["dev-a", "dev-b"]);
     assert_eq!(f.call("GET", "/api/v1/status/devices/nobody", Some(ADMIN), None).status, 404);
 
     // The overview counts the same devices (none in a fleet here).
@@ -580,6 +586,6 @@ fn the_status_views_judge_each_device_and_filter_and_page_them() {
             &counts["noTarget"],
             &counts["neverSeen"]
         ],
-        [&json!(6), &json!(1), &json!(2), &json!(1), &json!(2), &json!(1)]
+        [&json!(6), &json!(2), &json!(1), &json!(1), &json!(2), &json!(1)]
     );
 }

@@ -60,6 +60,7 @@ impl Fixture {
                 metrics: Default::default(),
                 metrics_access: Default::default(),
                 sessions: Default::default(),
+                verdicts: Default::default(),
             },
             db,
         }

@@ -69,6 +69,7 @@ impl Fleet {
             metrics: Default::default(),
             metrics_access: Default::default(),
             sessions: Default::default(),
+            verdicts: Default::default(),
         };
         Fleet { store, tag, refresher, api }
     }

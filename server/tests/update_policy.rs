@@ -50,6 +50,7 @@ impl Fixture {
                 metrics: Default::default(),
                 metrics_access: Default::default(),
                 sessions: Default::default(),
+                verdicts: Default::default(),
             },
         }
     }

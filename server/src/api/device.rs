@@ -89,6 +89,8 @@ pub(super) fn report(api: &Api, caller: &Caller, request: &Request) -> Result<Re
         let sample = parts.sample.map(|sample| Value::Object(sample).to_string());
         let now = unix_now() as i64;
         api.store.record_report(&uuid, &NewReport { state: &json, known: &known, sample: sample.as_deref(), now })?;
+        // Its report time is to the second: a second report within it must be judged too.
+        api.verdicts.forget(&uuid);
         for warning in parts.warnings {
             log::warn!("device {uuid}: {warning}");
             warnings.push(warning);

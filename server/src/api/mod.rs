@@ -75,6 +75,8 @@ pub struct Api {
     pub metrics_access: ScrapeAccess,
     /// The dashboard's signed-in browsers (`POST /api/v1/session`).
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// Each device's last judgement, for the status views (`verdicts`).
+    pub verdicts: crate::verdicts::Verdicts,
 }
 
 impl Api {

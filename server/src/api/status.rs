@@ -2,19 +2,22 @@
 //! (per fleet: devices online / stale / offline, in sync / updating / drifting / failed;
 //! running rollouts; the newest events), `GET /status/devices` (each device with its
 //! polling, its agent, and per service the target against what runs; filtered and
-//! paginated) and `GET /status/devices/{uuid}`. Every number is judged now from the
-//! store and the in-memory presence (`device_status`, `presence`).
+//! paginated) and `GET /status/devices/{uuid}`. Every number is judged from the store and
+//! the in-memory presence (`device_status`, `presence`); a device's verdict is kept
+//! (`verdicts`) until its target version or its last report changes.
 
 use super::auth::Caller;
 use super::fleets::source_json;
 use super::http::{Request, Response};
 use super::rollouts::{event_json, rollout_json};
 use super::{device_id, Api};
-use crate::device_status::{judge, ServiceView, Sync};
+use crate::device_status::{judge, Judgement, ServiceView, Sync};
 use crate::presence::Connectivity;
-use crate::store::{DeviceStatusRow, EventFilter, Fleet};
+use crate::store::{DeviceHead, DeviceStatusRow, EventFilter, Fleet};
 use crate::timefmt::{rfc3339, unix_now};
+use crate::verdicts::Verdict;
 use crate::Error;
+use pinion_model::TargetState;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -48,15 +51,18 @@ struct DeviceStatus {
 pub(super) fn overview(api: &Api, caller: &Caller) -> Result<Response, Error> {
     caller.require_admin()?;
     let judge = Judge::new(api)?;
+    let heads = api.store.device_heads()?;
+    api.verdicts.keep_only(&heads);
+    let all: Vec<&DeviceHead> = heads.iter().collect();
+    let verdicts = judge.verdicts(&all)?;
     let mut fleets: BTreeMap<Option<String>, BTreeMap<&'static str, u64>> =
         judge.fleets.keys().map(|name| (Some(name.clone()), BTreeMap::new())).collect();
-    api.store.visit_device_statuses(None, &mut |row| {
-        let status = judge.status(row);
-        let counts = fleets.entry(status.fleet.clone()).or_default();
-        for key in ["devices", connectivity_key(status.connectivity), sync_key(status.sync)] {
+    for (head, verdict) in heads.iter().zip(&verdicts) {
+        let counts = fleets.entry(head.device.fleet.clone()).or_default();
+        for key in ["devices", connectivity_key(judge.seen(head).0), sync_key(verdict.sync.as_str())] {
             *counts.entry(key).or_default() += 1;
         }
-    })?;
+    }
     // Fleets by name, then the devices in none.
     let mut rows: Vec<(Option<String>, BTreeMap<&'static str, u64>)> = fleets.into_iter().collect();
     rows.sort_by_key(|(name, _)| (name.is_none(), name.clone()));
@@ -86,43 +92,44 @@ pub(super) fn overview(api: &Api, caller: &Caller) -> Result<Response, Error> {
 }
 
 /// `GET /status/devices?fleet=&label=k=v&state=&name=&offset=&limit=`: the matching
-/// devices in uuid order, a page of them, and how many match.
+/// devices in uuid order, a page of them, and how many match. Only a sync state filter
+/// needs every candidate judged (most from `verdicts`); the page's devices are read whole.
 pub(super) fn devices(api: &Api, caller: &Caller, request: &Request) -> Result<Response, Error> {
     caller.require_admin()?;
     let filter = Filter::of(request)?;
     let offset = request.query_number("offset", 0, 0..=10_000_000)?;
     let limit = request.query_number("limit", 50, 1..=500)?;
     let judge = Judge::new(api)?;
-    let mut total = 0usize;
+    let heads = api.store.device_heads()?;
+    let mut matching: Vec<&DeviceHead> =
+        heads.iter().filter(|h| filter.admits_head(h)).filter(|h| filter.admits_seen(judge.seen(h).0)).collect();
+    if filter.wants_sync() {
+        let verdicts = judge.verdicts(&matching)?;
+        let mut verdicts = verdicts.iter();
+        matching.retain(|_| verdicts.next().is_some_and(|v| filter.admits_sync(v.sync.as_str())));
+    }
     let mut page = Vec::new();
-    api.store.visit_device_statuses(None, &mut |row| {
-        if !filter.admits_row(&row) {
-            return;
-        }
-        let status = judge.status(row);
-        if !filter.admits_status(&status) {
-            return;
-        }
-        if total >= offset && page.len() < limit {
+    for head in matching.iter().skip(offset).take(limit) {
+        if let Some(status) = judge.device(&head.device.uuid)? {
             page.push(status);
         }
-        total += 1;
-    })?;
-    Ok(Response::json(200, &json!({"total": total, "offset": offset, "limit": limit, "devices": page})))
+    }
+    Ok(Response::json(200, &json!({"total": matching.len(), "offset": offset, "limit": limit, "devices": page})))
 }
 
 /// `GET /status/devices/{uuid}`.
 pub(super) fn device(api: &Api, caller: &Caller, uuid: &str) -> Result<Response, Error> {
     caller.require_admin()?;
     let uuid = device_id(uuid)?;
-    let judge = Judge::new(api)?;
-    let mut found = None;
-    api.store.visit_device_statuses(Some(uuid), &mut |row| found = Some(judge.status(row)))?;
-    let status = found.ok_or_else(|| Error::NotFound { what: format!("device {uuid}") })?;
+    let status = Judge::new(api)?.device(uuid)?.ok_or_else(|| Error::NotFound { what: format!("device {uuid}") })?;
     Ok(Response::json(200, &status))
 }
 
-/// What judging every device needs once per request.
+/// More devices than this to judge, and they are read in one pass over every device
+/// rather than one query each.
+const JUDGED_ONE_BY_ONE: usize = 200;
+
+/// What judging devices needs once per request.
 struct Judge<'a> {
     api: &'a Api,
     fleets: HashMap<String, Fleet>,
@@ -136,10 +143,12 @@ impl<'a> Judge<'a> {
         Ok(Judge { api, fleets, now: Instant::now(), unix_now: unix_now() })
     }
 
-    fn status(&self, row: DeviceStatusRow) -> DeviceStatus {
-        let DeviceStatusRow { device, membership, target, report, system_info } = row;
+    /// Its connectivity word, and when it was last seen (its last poll since the server
+    /// started, else its last report).
+    fn seen(&self, head: &DeviceHead) -> (&'static str, Option<String>) {
+        let device = &head.device;
         let (connectivity, since_poll) = self.api.presence.connectivity(&device.uuid, self.now);
-        let connectivity = match (connectivity, since_poll, &device.last_report_at) {
+        let word = match (connectivity, since_poll, &device.last_report_at) {
             (_, None, None) => "never-seen",
             (Connectivity::Online, ..) => "online",
             (Connectivity::Stale, ..) => "stale",
@@ -149,30 +158,82 @@ impl<'a> Judge<'a> {
             Some(ago) => Some(rfc3339(self.unix_now.saturating_sub(ago.as_secs()))),
             None => device.last_report_at.clone(),
         };
-        let report: Option<Value> = report.and_then(|r| serde_json::from_str(&r).ok());
-        let (target_state, target_set_at) = match &target {
-            Some((state, at)) => (serde_json::from_str(state).ok(), unix_seconds(at)),
-            None => (None, None),
+        (word, last_seen)
+    }
+
+    /// The verdict on each of `heads` (in uuid order): kept ones, the others judged now.
+    fn verdicts(&self, heads: &[&DeviceHead]) -> Result<Vec<Verdict>, Error> {
+        let kept: Vec<Option<Verdict>> = heads.iter().map(|h| self.api.verdicts.get(h, self.unix_now)).collect();
+        let missing: Vec<&str> =
+            heads.iter().zip(&kept).filter(|(_, v)| v.is_none()).map(|(h, _)| h.device.uuid.as_str()).collect();
+        let mut judged: HashMap<String, Verdict> = HashMap::new();
+        let mut judge = |row: DeviceStatusRow| {
+            let uuid = row.head.device.uuid.clone();
+            judged.insert(uuid, self.judged(row).1);
         };
-        let reported_at = device.last_report_at.as_deref().and_then(unix_seconds);
-        let judged = judge(target_state.as_ref(), report.as_ref(), target_set_at, reported_at);
+        if missing.len() > JUDGED_ONE_BY_ONE {
+            let wanted: std::collections::HashSet<&str> = missing.iter().copied().collect();
+            self.api.store.visit_device_statuses(None, &mut |row| {
+                if wanted.contains(row.head.device.uuid.as_str()) {
+                    judge(row);
+                }
+            })?;
+        } else {
+            for uuid in &missing {
+                self.api.store.visit_device_statuses(Some(uuid), &mut judge)?;
+            }
+        }
+        // A device deleted meanwhile has nothing to judge: it has no target any more.
+        let gone = Verdict { sync: Sync::NoTarget, reason: None };
+        Ok(heads
+            .iter()
+            .zip(kept)
+            .map(|(head, kept)| kept.or_else(|| judged.remove(&head.device.uuid)).unwrap_or_else(|| gone.clone()))
+            .collect())
+    }
+
+    /// One device, whole, judged now.
+    fn device(&self, uuid: &str) -> Result<Option<DeviceStatus>, Error> {
+        let mut found = None;
+        self.api.store.visit_device_statuses(Some(uuid), &mut |row| found = Some(self.status(row)))?;
+        Ok(found)
+    }
+
+    /// `row` judged, the verdict kept for the next time.
+    fn judged(&self, row: DeviceStatusRow) -> (DeviceHead, Verdict, Judgement, Option<String>) {
+        let DeviceStatusRow { head, target, report, system_info } = row;
+        let report: Option<Value> = report.and_then(|r| serde_json::from_str(&r).ok());
+        let target_state: Option<TargetState> = target.and_then(|t| serde_json::from_str(&t).ok());
+        let target_set_at = head.target_set_at.as_deref().and_then(unix_seconds);
+        let reported_at = head.device.last_report_at.as_deref().and_then(unix_seconds);
+        let judgement = judge(target_state.as_ref(), report.as_ref(), target_set_at, reported_at);
+        let verdict = self.api.verdicts.put(&head, &judgement, target_set_at);
         let info: Option<Value> = system_info.and_then(|i| serde_json::from_str(&i).ok());
-        let agent_version = info.as_ref().and_then(|i| i.get("agent_version")).and_then(Value::as_str);
-        let fleet = membership.fleet.as_ref().and_then(|name| self.fleets.get(name));
+        let agent_version =
+            info.as_ref().and_then(|i| i.get("agent_version")).and_then(Value::as_str).map(str::to_string);
+        (head, verdict, judgement, agent_version)
+    }
+
+    fn status(&self, row: DeviceStatusRow) -> DeviceStatus {
+        let (head, _, judgement, agent_version) = self.judged(row);
+        let (connectivity, last_seen) = self.seen(&head);
+        let fleet = head.membership.fleet.as_ref().and_then(|name| self.fleets.get(name));
+        let source = source_json(&head.membership, fleet);
+        let device = head.device;
         DeviceStatus {
-            source: source_json(&membership, fleet),
+            source,
             uuid: device.uuid,
             device_name: device.device_name,
             fleet: device.fleet,
             labels: device.labels,
             connectivity,
             last_seen,
-            agent_version: agent_version.map(str::to_string),
+            agent_version,
             reported_at: device.last_report_at,
-            sync: judged.sync.as_str(),
-            reason: judged.reason,
+            sync: judgement.sync.as_str(),
+            reason: judgement.reason,
             target_version: device.target_version,
-            services: judged.services,
+            services: judgement.services,
         }
     }
 }
@@ -189,6 +250,7 @@ struct Filter {
 /// The `state` filter's words: a connectivity or a sync.
 const STATES: [&str; 9] =
     ["online", "stale", "offline", "never-seen", "in-sync", "updating", "drifting", "failed", "no-target"];
+const CONNECTIVITY_STATES: [&str; 4] = ["online", "stale", "offline", "never-seen"];
 
 impl Filter {
     fn of(request: &Request) -> Result<Filter, Error> {
@@ -220,9 +282,9 @@ impl Filter {
         Ok(Filter { fleet, label, state, name: name.map(|n| n.to_lowercase()) })
     }
 
-    /// The filters a row answers without judging it.
-    fn admits_row(&self, row: &DeviceStatusRow) -> bool {
-        let device = &row.device;
+    /// The filters a head answers alone.
+    fn admits_head(&self, head: &DeviceHead) -> bool {
+        let device = &head.device;
         self.fleet.as_ref().is_none_or(|f| device.fleet.as_ref() == Some(f))
             && self.label.as_ref().is_none_or(|(k, v)| device.labels.get(k) == Some(v))
             && self.name.as_ref().is_none_or(|needle| {
@@ -231,8 +293,21 @@ impl Filter {
             })
     }
 
-    fn admits_status(&self, status: &DeviceStatus) -> bool {
-        self.state.as_deref().is_none_or(|state| status.connectivity == state || status.sync == state)
+    /// Whether the state filter, if it is a connectivity word, admits `connectivity`.
+    fn admits_seen(&self, connectivity: &str) -> bool {
+        match self.state.as_deref() {
+            Some(state) if CONNECTIVITY_STATES.contains(&state) => state == connectivity,
+            _ => true,
+        }
+    }
+
+    /// Whether the state filter is a sync word (devices must be judged to apply it).
+    fn wants_sync(&self) -> bool {
+        self.state.as_deref().is_some_and(|state| !CONNECTIVITY_STATES.contains(&state))
+    }
+
+    fn admits_sync(&self, sync: &str) -> bool {
+        self.state.as_deref().is_none_or(|state| state == sync)
     }
 }
 

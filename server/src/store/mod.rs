@@ -19,7 +19,7 @@ pub use fleets::{
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
 pub use sqlite::{SqliteStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
-pub use status::{DeviceStatusRow, StatusStore};
+pub use status::{DeviceHead, DeviceStatusRow, StatusStore};
 pub use telemetry::{CurrentReport, LogPage, MetricsSample, NewReport, TelemetryStore};
 
 use crate::Error;

@@ -1,19 +1,30 @@
-//! What the dashboard's device views read: each device with its place in the fleets, the
-//! target state it was given and its last report, in one query, handed over row by row so
-//! that a listing of 10,000 devices holds one device's JSON at a time.
+//! What the dashboard's device views read. Every device's head (its record, its place in
+//! the fleets, when its target was set: no JSON but its labels) in one light query, so a
+//! listing of 10,000 devices filters and counts without reading 10,000 target states; and
+//! the details judged from (target state, last report, system facts) row by row, for the
+//! devices that need judging: one device's JSON at a time.
 
 use super::fleets::Membership;
 use super::sqlite::{db, device_from_row, SqliteStore};
 use super::DeviceRecord;
 use crate::Error;
+use rusqlite::Row;
+
+/// A device without its JSON documents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceHead {
+    pub device: DeviceRecord,
+    pub membership: Membership,
+    /// When the version of its target it was given was made (RFC 3339), if it has one.
+    pub target_set_at: Option<String>,
+}
 
 /// One device as its status is judged from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceStatusRow {
-    pub device: DeviceRecord,
-    pub membership: Membership,
-    /// The target state it was given (JSON) and when that version was made.
-    pub target: Option<(String, String)>,
+    pub head: DeviceHead,
+    /// The target state it was given (JSON).
+    pub target: Option<String>,
     /// Its last report as it sent it (JSON).
     pub report: Option<String>,
     /// Its last known system facts (JSON: `agent_version`, `os_version`, …).
@@ -21,18 +32,20 @@ pub struct DeviceStatusRow {
 }
 
 pub trait StatusStore {
-    /// Every device (or only `uuid`) in uuid order, each passed to `visit`.
+    /// Every device's head, in uuid order.
+    fn device_heads(&self) -> Result<Vec<DeviceHead>, Error>;
+    /// Every device (or only `uuid`) with its documents, in uuid order, each passed to `visit`.
     fn visit_device_statuses(&self, uuid: Option<&str>, visit: &mut dyn FnMut(DeviceStatusRow)) -> Result<(), Error>;
 }
 
-const STATUS_QUERY: &str = "SELECT d.uuid, d.device_name, d.device_type, d.api_key_hash IS NOT NULL, d.created_at, \
+/// The head's columns: `device_from_row`'s, then the membership's, then the target's time.
+const HEAD_COLUMNS: &str = "d.uuid, d.device_name, d.device_type, d.api_key_hash IS NOT NULL, d.created_at, \
      d.registered_at, d.target_version, d.reported_at, d.id, d.registration_completed_at IS NOT NULL, d.fleet, \
-     d.labels, d.pinned, d.release_id, d.rollout_id, d.rollout_release, t.state, t.created_at, d.current_state, \
-     d.system_info \
-     FROM devices d LEFT JOIN target_states t ON t.device_uuid = d.uuid AND t.version = d.target_version \
-     WHERE ?1 IS NULL OR d.uuid = ?1 ORDER BY d.uuid";
+     d.labels, d.pinned, d.release_id, d.rollout_id, d.rollout_release, t.created_at";
+const FROM: &str =
+    "FROM devices d LEFT JOIN target_states t ON t.device_uuid = d.uuid AND t.version = d.target_version";
 
-fn status_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceStatusRow> {
+fn head_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceHead> {
     let device = device_from_row(row)?;
     let membership = Membership {
         uuid: device.uuid.clone(),
@@ -43,24 +56,38 @@ fn status_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceStatusRow> {
         rollout_id: row.get::<_, Option<i64>>(14)?.map(|v| v as u64),
         rollout_release: row.get::<_, Option<i64>>(15)?.map(|v| v as u64),
     };
-    let target_state: Option<String> = row.get(16)?;
-    let target_at: Option<String> = row.get(17)?;
+    Ok(DeviceHead { device, membership, target_set_at: row.get(16)? })
+}
+
+fn status_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceStatusRow> {
     Ok(DeviceStatusRow {
-        device,
-        membership,
-        target: target_state.zip(target_at),
+        head: head_from_row(row)?,
+        target: row.get(17)?,
         report: row.get(18)?,
         system_info: row.get(19)?,
     })
 }
 
 impl StatusStore for SqliteStore {
+    fn device_heads(&self) -> Result<Vec<DeviceHead>, Error> {
+        let reader = self.reader()?;
+        let mut stmt = reader
+            .prepare_cached(&format!("SELECT {HEAD_COLUMNS} {FROM} ORDER BY d.uuid"))
+            .map_err(db("listing device heads"))?;
+        let rows = stmt.query_map([], head_from_row).map_err(db("listing device heads"))?;
+        rows.collect::<Result<_, _>>().map_err(db("listing device heads"))
+    }
+
     fn visit_device_statuses(&self, uuid: Option<&str>, visit: &mut dyn FnMut(DeviceStatusRow)) -> Result<(), Error> {
         let reader = self.reader()?;
-        let mut stmt = reader.prepare_cached(STATUS_QUERY).map_err(db("reading device statuses"))?;
+        let query = format!(
+            "SELECT {HEAD_COLUMNS}, t.state, d.current_state, d.system_info {FROM} \
+             WHERE ?1 IS NULL OR d.uuid = ?1 ORDER BY d.uuid"
+        );
+        let mut stmt = reader.prepare_cached(&query).map_err(db("reading device statuses"))?;
         let mut rows = stmt.query([uuid]).map_err(db("reading device statuses"))?;
         while let Some(row) = rows.next().map_err(db("reading device statuses"))? {
-            visit(status_row(row).map_err(db("reading device statuses"))?);
+            visit(status_from_row(row).map_err(db("reading device statuses"))?);
         }
         Ok(())
     }
