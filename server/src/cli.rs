@@ -256,8 +256,8 @@ impl Options {
             "rollout-interval" => self.rollout_interval = Some(duration(&value)?).filter(|d| !d.is_zero()),
             "session-lifetime" => {
                 let lifetime = duration(&value)?;
-                if lifetime.is_zero() {
-                    return Err(usage(format!("--{name}: a session must last at least a second")));
+                if lifetime.is_zero() || lifetime > crate::sessions::MAX_LIFETIME {
+                    return Err(usage(format!("--{name}: a session lasts from a second to 366 days")));
                 }
                 self.session_lifetime = Some(lifetime);
             }

@@ -1,9 +1,9 @@
 //! What the dashboard (and `GET /api/v1/status/…`) says of a device's apps: each service's
 //! target image against what its last report says runs, and one word for the whole
-//! device — in sync, updating, drifting (a report well after its target was set still
-//! shows another image, and nothing is in progress), failed, or no target. Read from the
-//! reports of both agents as the rollouts read them (`rollout::observe`). Pure: the
-//! caller passes the target, the report and their times.
+//! device — in sync, updating, drifting (its target was set a while ago, its last report
+//! still shows another image, and nothing is in progress), failed, or no target. Read
+//! from the reports of both agents as the rollouts read them (`rollout::observe`). Pure:
+//! the caller passes the target, the report, when the target was set and the time now.
 
 use crate::rollout::observe::{error_text, reported_image, reported_service, same_image};
 use crate::rollout::{observe, Observation, ReleaseImages, Standing};
@@ -17,7 +17,7 @@ use serde_json::Value;
 pub const DRIFT_GRACE_SECS: u64 = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncState {
     InSync,
     Updating,
     Drifting,
@@ -25,16 +25,17 @@ pub enum Sync {
     NoTarget,
 }
 
-impl Sync {
-    pub const ALL: [Sync; 5] = [Sync::InSync, Sync::Updating, Sync::Drifting, Sync::Failed, Sync::NoTarget];
+impl SyncState {
+    pub const ALL: [SyncState; 5] =
+        [SyncState::InSync, SyncState::Updating, SyncState::Drifting, SyncState::Failed, SyncState::NoTarget];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Sync::InSync => "in-sync",
-            Sync::Updating => "updating",
-            Sync::Drifting => "drifting",
-            Sync::Failed => "failed",
-            Sync::NoTarget => "no-target",
+            SyncState::InSync => "in-sync",
+            SyncState::Updating => "updating",
+            SyncState::Drifting => "drifting",
+            SyncState::Failed => "failed",
+            SyncState::NoTarget => "no-target",
         }
     }
 }
@@ -60,23 +61,18 @@ pub struct ServiceView {
 /// What a device is seen doing with its target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
-    pub sync: Sync,
+    pub sync: SyncState,
     /// Why it failed or drifts, naming the service.
     pub reason: Option<String>,
     pub services: Vec<ServiceView>,
 }
 
-/// Judges `report` (the device's last, reported at `reported_at`, Unix seconds) against
-/// `target` (set at `target_set_at`).
-pub fn judge(
-    target: Option<&TargetState>,
-    report: Option<&Value>,
-    target_set_at: Option<u64>,
-    reported_at: Option<u64>,
-) -> Judgement {
+/// Judges `report` (the device's last) against `target` (set at `target_set_at`, Unix
+/// seconds) at `now`.
+pub fn judge(target: Option<&TargetState>, report: Option<&Value>, target_set_at: Option<u64>, now: u64) -> Judgement {
     let images = target.map(ReleaseImages::of).unwrap_or_default();
     if images.services.is_empty() {
-        return Judgement { sync: Sync::NoTarget, reason: None, services: Vec::new() };
+        return Judgement { sync: SyncState::NoTarget, reason: None, services: Vec::new() };
     }
     let services: Vec<ServiceView> = images
         .services
@@ -105,14 +101,14 @@ pub fn judge(
         .collect();
     let everywhere = Standing { online: true, in_window: true, pinned: false };
     let (sync, reason) = match observe(&images, report, &everywhere) {
-        Observation::Failed(reason) => (Sync::Failed, Some(reason)),
-        Observation::Healthy | Observation::RunningUnproven { .. } => (Sync::InSync, None),
-        _ if report.is_none() || services.iter().any(in_progress) => (Sync::Updating, None),
-        _ => match (target_set_at, reported_at) {
-            (Some(set), Some(reported)) if reported >= set.saturating_add(DRIFT_GRACE_SECS) => {
-                (Sync::Drifting, services.iter().find(|s| s.differs).map(drift_reason))
+        Observation::Failed(reason) => (SyncState::Failed, Some(reason)),
+        Observation::Healthy | Observation::RunningUnproven { .. } => (SyncState::InSync, None),
+        _ if report.is_none() || services.iter().any(in_progress) => (SyncState::Updating, None),
+        _ => match target_set_at {
+            Some(set) if now >= set.saturating_add(DRIFT_GRACE_SECS) => {
+                (SyncState::Drifting, services.iter().find(|s| s.differs).map(drift_reason))
             }
-            _ => (Sync::Updating, None),
+            _ => (SyncState::Updating, None),
         },
     };
     Judgement { sync, reason, services }
@@ -155,8 +151,8 @@ mod tests {
     #[test]
     fn running_the_target_is_in_sync_with_either_agent() {
         for probation in [Some("passed"), None] {
-            let seen = judge(Some(&target()), Some(&report(WEB, "Running", probation)), Some(100), Some(200));
-            assert_eq!(seen.sync, Sync::InSync, "{probation:?}");
+            let seen = judge(Some(&target()), Some(&report(WEB, "Running", probation)), Some(100), 200);
+            assert_eq!(seen.sync, SyncState::InSync, "{probation:?}");
             assert!(!seen.services[0].differs);
             assert_eq!(seen.services[0].container_id.as_deref(), Some("c1"));
         }
@@ -165,45 +161,45 @@ mod tests {
     #[test]
     fn another_image_is_updating_within_the_grace_then_drifting() {
         let old = report(OLD, "Running", Some("passed"));
-        let early = judge(Some(&target()), Some(&old), Some(100), Some(100 + DRIFT_GRACE_SECS - 1));
-        assert_eq!(early.sync, Sync::Updating);
+        let early = judge(Some(&target()), Some(&old), Some(100), 100 + DRIFT_GRACE_SECS - 1);
+        assert_eq!(early.sync, SyncState::Updating);
         assert!(early.services[0].differs);
-        let late = judge(Some(&target()), Some(&old), Some(100), Some(100 + DRIFT_GRACE_SECS));
-        assert_eq!(late.sync, Sync::Drifting);
+        let late = judge(Some(&target()), Some(&old), Some(100), 100 + DRIFT_GRACE_SECS);
+        assert_eq!(late.sync, SyncState::Drifting);
         assert_eq!(late.reason.as_deref(), Some(format!("web: runs {OLD}, not {WEB}").as_str()));
         // Still pulling long after: updating, not drifting.
-        let pulling = judge(Some(&target()), Some(&report(OLD, "Downloading", None)), Some(100), Some(10_000));
-        assert_eq!(pulling.sync, Sync::Updating);
+        let pulling = judge(Some(&target()), Some(&report(OLD, "Downloading", None)), Some(100), 10_000);
+        assert_eq!(pulling.sync, SyncState::Updating);
         // In probation: updating.
-        let proving = judge(Some(&target()), Some(&report(WEB, "Running", Some("running"))), Some(100), Some(10_000));
-        assert_eq!(proving.sync, Sync::Updating);
+        let proving = judge(Some(&target()), Some(&report(WEB, "Running", Some("running"))), Some(100), 10_000);
+        assert_eq!(proving.sync, SyncState::Updating);
         // No report at all: updating (it has not said anything yet).
-        assert_eq!(judge(Some(&target()), None, Some(100), None).sync, Sync::Updating);
+        assert_eq!(judge(Some(&target()), None, Some(100), 10_000).sync, SyncState::Updating);
         // The service missing from a late report: drifting, "not running".
-        let empty = judge(Some(&target()), Some(&json!({"apps": {}})), Some(100), Some(10_000));
-        assert_eq!((empty.sync, empty.reason.as_deref()), (Sync::Drifting, Some("web: not running")));
+        let empty = judge(Some(&target()), Some(&json!({"apps": {}})), Some(100), 10_000);
+        assert_eq!((empty.sync, empty.reason.as_deref()), (SyncState::Drifting, Some("web: not running")));
     }
 
     #[test]
     fn a_failure_names_the_service_and_its_error() {
         let mut crashed = report(WEB, "exited", None);
         crashed["apps"]["1"]["services"]["web"]["error"] = json!({"type": "Exited", "message": "code 3"});
-        let seen = judge(Some(&target()), Some(&crashed), Some(100), Some(101));
-        assert_eq!((seen.sync, seen.reason.as_deref()), (Sync::Failed, Some("web: Exited: code 3")));
+        let seen = judge(Some(&target()), Some(&crashed), Some(100), 101);
+        assert_eq!((seen.sync, seen.reason.as_deref()), (SyncState::Failed, Some("web: Exited: code 3")));
         assert_eq!(seen.services[0].error.as_deref(), Some("Exited: code 3"));
         let rolled_back = json!({"apps": {"1": {"services": {"web": {"imageName": OLD, "status": "Running",
             "rollback": {"from": WEB, "reason": "failed probation"}}}}}});
-        let seen = judge(Some(&target()), Some(&rolled_back), Some(100), Some(101));
-        assert_eq!(seen.sync, Sync::Failed);
+        let seen = judge(Some(&target()), Some(&rolled_back), Some(100), 101);
+        assert_eq!(seen.sync, SyncState::Failed);
         assert!(seen.reason.unwrap().contains("failed probation"));
     }
 
     #[test]
     fn no_services_is_no_target() {
-        assert_eq!(judge(None, None, None, None).sync, Sync::NoTarget);
+        assert_eq!(judge(None, None, None, 0).sync, SyncState::NoTarget);
         assert_eq!(
-            judge(Some(&TargetState::default()), Some(&report(WEB, "Running", None)), None, None).sync,
-            Sync::NoTarget
+            judge(Some(&TargetState::default()), Some(&report(WEB, "Running", None)), None, 0).sync,
+            SyncState::NoTarget
         );
     }
 }

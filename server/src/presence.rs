@@ -30,6 +30,20 @@ pub enum Connectivity {
     Offline,
 }
 
+impl Connectivity {
+    /// A device last heard of `gap` ago that polls every `interval`: online until it
+    /// misses a second poll, stale until it misses `MISSED_POLLS`.
+    pub fn after(gap: Duration, interval: Duration) -> Connectivity {
+        if gap <= interval * 2 + MIN_INTERVAL {
+            Connectivity::Online
+        } else if gap <= interval * MISSED_POLLS + MIN_INTERVAL {
+            Connectivity::Stale
+        } else {
+            Connectivity::Offline
+        }
+    }
+}
+
 pub struct Presence {
     /// Devices not seen since the server started count as seen then.
     started: Instant,
@@ -81,14 +95,7 @@ impl Presence {
         let seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(uuid).copied();
         let Seen { last, interval } = seen.unwrap_or(Seen { last: self.started, interval: DEFAULT_POLL_INTERVAL });
         let gap = now.saturating_duration_since(last);
-        let state = if gap <= interval * 2 + MIN_INTERVAL {
-            Connectivity::Online
-        } else if gap <= interval * MISSED_POLLS + MIN_INTERVAL {
-            Connectivity::Stale
-        } else {
-            Connectivity::Offline
-        };
-        (state, seen.map(|_| gap))
+        (Connectivity::after(gap, interval), seen.map(|_| gap))
     }
 
     /// Whether `uuid` has polled since the server started (`pinion_devices`' never_seen).

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 pub const COOKIE: &str = "pinion_session";
 /// How long a session lasts from sign-in when `--session-lifetime` does not say.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// The longest a session may last (`--session-lifetime` is refused above it).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Sessions kept at most; the oldest go first. An operator signs in from a few browsers.
 const MAX_SESSIONS: usize = 1000;
+/// Cookies of the session's name looked at in one request, at most.
+const MAX_COOKIES_LOOKED_AT: usize = 8;
 /// An expired session is remembered this long, so its cookie is told "expired" rather
 /// than "not valid".
 const REMEMBER_EXPIRED: Duration = Duration::from_secs(24 * 3600);
@@ -43,8 +47,9 @@ impl Default for Sessions {
 }
 
 impl Sessions {
+    /// Sessions of `lifetime`, at most `MAX_LIFETIME`.
     pub fn new(lifetime: Duration) -> Sessions {
-        Sessions { lifetime, ends: Mutex::new(HashMap::new()) }
+        Sessions { lifetime: lifetime.min(MAX_LIFETIME), ends: Mutex::new(HashMap::new()) }
     }
 
     pub fn lifetime(&self) -> Duration {
@@ -55,7 +60,7 @@ impl Sessions {
     pub fn open(&self, now: Instant) -> String {
         let secret = new_secret();
         let mut ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        ends.retain(|_, end| now < *end + REMEMBER_EXPIRED);
+        ends.retain(|_, end| now.saturating_duration_since(*end) < REMEMBER_EXPIRED);
         while ends.len() >= MAX_SESSIONS {
             let Some(oldest) = ends.iter().min_by_key(|(_, end)| **end).map(|(hash, _)| hash.clone()) else { break };
             ends.remove(&oldest);
@@ -73,6 +78,20 @@ impl Sessions {
         }
     }
 
+    /// The best of several cookies of the same name (a stale one set for another path
+    /// or by a sibling host comes first): valid if any is, else expired if any is.
+    pub fn check_any<'a>(&self, cookies: impl Iterator<Item = &'a str>, now: Instant) -> SessionCheck {
+        let mut best = SessionCheck::Unknown;
+        for cookie in cookies.take(MAX_COOKIES_LOOKED_AT) {
+            match self.check(cookie, now) {
+                valid @ SessionCheck::Valid { .. } => return valid,
+                SessionCheck::Expired => best = SessionCheck::Expired,
+                SessionCheck::Unknown => {}
+            }
+        }
+        best
+    }
+
     /// Signs a session out; true if it was signed in.
     pub fn close(&self, cookie: &str, now: Instant) -> bool {
         let mut ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -80,12 +99,12 @@ impl Sessions {
     }
 }
 
-/// The session cookie's value among a request's `Cookie` headers, if it carries one.
-pub fn cookie_value<'a>(cookie_headers: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+/// The session cookie's values among a request's `Cookie` headers, in order.
+pub fn cookie_values<'a>(cookie_headers: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
     cookie_headers
         .flat_map(|header| header.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.trim().trim_matches('"'))
         .filter(|value| !value.is_empty())
 }
@@ -131,6 +150,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_cookie_before_the_valid_one_does_not_hide_it() {
+        let now = Instant::now();
+        let sessions = Sessions::new(Duration::from_secs(10));
+        let old = sessions.open(now);
+        let valid = sessions.open(now + Duration::from_secs(5));
+        let later = now + Duration::from_secs(12);
+        let check = |cookies: &[&str]| sessions.check_any(cookies.iter().copied(), later);
+        assert!(matches!(check(&["bad", old.as_str(), valid.as_str()]), SessionCheck::Valid { .. }));
+        assert_eq!(check(&["bad", old.as_str()]), SessionCheck::Expired);
+        assert_eq!(check(&["bad"]), SessionCheck::Unknown);
+        assert_eq!(check(&[]), SessionCheck::Unknown);
+    }
+
+    #[test]
     fn sign_ins_cannot_grow_the_table_without_end() {
         let now = Instant::now();
         let sessions = Sessions::new(DEFAULT_LIFETIME);
@@ -144,11 +177,11 @@ mod tests {
 
     #[test]
     fn the_cookie_is_found_among_others_and_set_strictly() {
-        let headers = ["a=1; pinion_session=abc ; b=2"];
-        assert_eq!(cookie_value(headers.iter().copied()), Some("abc"));
-        assert_eq!(cookie_value(["x=1", "pinion_session=\"q\""].iter().copied()), Some("q"));
-        assert_eq!(cookie_value(["pinion_sessionx=1; pinion_session="].iter().copied()), None);
-        assert_eq!(cookie_value(std::iter::empty()), None);
+        let values = |headers: &[&'static str]| cookie_values(headers.iter().copied()).collect::<Vec<_>>();
+        assert_eq!(values(&["a=1; pinion_session=abc ; b=2"]), ["abc"]);
+        assert_eq!(values(&["x=1", "pinion_session=\"q\"; pinion_session=r"]), ["q", "r"]);
+        assert!(values(&["pinion_sessionx=1; pinion_session="]).is_empty());
+        assert!(values(&[]).is_empty());
         let set = set_cookie("abc", Duration::from_secs(60), true);
         assert_eq!(set, "pinion_session=abc; Max-Age=60; Path=/; HttpOnly; SameSite=Strict; Secure");
         assert!(!set_cookie("", Duration::ZERO, false).contains("Secure"));

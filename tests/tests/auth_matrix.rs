@@ -569,6 +569,38 @@ fn wrong_tokens_from_one_address_are_limited_and_then_the_right_one_is_refused_t
 }
 
 #[test]
+fn a_signed_in_dashboard_is_not_locked_out_and_refused_cookies_never_count() {
+    const LIMIT: usize = 3;
+    let server = Server::start(&["--auth-failures-per-minute", &LIMIT.to_string()]);
+    let cookie = sign_in(&server);
+    let origin = server.url();
+    let overview = RawRequest::new("GET", "/api/v1/status/overview");
+    let with_cookie = |request: RawRequest, cookie: &str| request.header("Cookie", cookie).header("Origin", &origin);
+    assert_eq!(send(&server, with_cookie(overview.clone(), &cookie)).status, 200);
+    // Refused cookies and the signed-out page's own question are no guesses: none counts.
+    let fleet = RawRequest::new("POST", "/api/v1/fleets").body(json!({"name": "csrf"}).to_string());
+    for i in 0..3 * LIMIT {
+        let unknown = send(&server, with_cookie(overview.clone(), &format!("pinion_session={}", random_hex(32))));
+        assert_eq!(unknown.status, 401, "unknown cookie {i}: {}", unknown.text());
+        let foreign = send(&server, fleet.clone().header("Cookie", &cookie).header("Origin", "http://evil.example"));
+        assert_eq!(foreign.status, 403, "another site's page, {i}: {}", foreign.text());
+        let signed_out = send(&server, RawRequest::new("GET", "/api/v1/session"));
+        assert_eq!(signed_out.status, 401, "the sign-in page asking, {i}");
+    }
+    // A guesser at the same address: limited after LIMIT wrong tokens (so nothing before
+    // counted), and the signed-in dashboard keeps working.
+    let devices = RawRequest::new("GET", "/api/v1/devices");
+    for i in 0..LIMIT {
+        assert_eq!(send(&server, devices.clone().bearer(&format!("wrong-{i}"))).status, 401, "guess {i}");
+    }
+    assert_limited(&send(&server, devices.clone().bearer("wrong-last")), "the guesser over the limit");
+    assert_eq!(send(&server, with_cookie(overview.clone(), &cookie)).status, 200, "the dashboard keeps working");
+    // A wrong sign-in is a guess like any wrong token: refused unseen while limited.
+    let wrong_sign_in = RawRequest::new("POST", "/api/v1/session").body(json!({"token": "wrong"}).to_string());
+    assert_limited(&send(&server, wrong_sign_in), "a sign-in while the address is limited");
+}
+
+#[test]
 fn registrations_are_limited_per_address_and_other_routes_are_not() {
     const LIMIT: usize = 2;
     let server = Server::start(&["--registrations-per-minute", &LIMIT.to_string()]);

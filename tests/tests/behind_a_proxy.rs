@@ -84,3 +84,57 @@ fn through_nginx_a_guesser_does_not_lock_out_devices_and_operators_that_already_
     assert_eq!(get("/api/v1/devices", server.admin_token()), 200, "the operator keeps working");
     assert_eq!(get("/api/v1/devices", "another-guess"), 429, "a new guess is refused unseen");
 }
+
+/// The dashboard behind nginx as SECURITY.md sets it up, over https on a port of its own:
+/// the sign-in's `Origin` names the proxy's host and port (`X-Forwarded-Host $http_host`:
+/// nginx's `$host` has no port), the cookie
+/// is `Secure` (`X-Forwarded-Proto $scheme`), and a state change with it is taken from
+/// the proxy's origin and refused from any other.
+#[test]
+fn through_nginx_the_dashboard_signs_in_over_https_and_keeps_its_origin_rule() {
+    let pki = FleetPki::generate("pinion dashboard proxy test");
+    let server = Server::start(&["--trusted-proxy", "127.0.0.2"]);
+    let proxy = TlsProxy::start_with(
+        &server.url(),
+        &pki.server_cert(),
+        &pki.server_key(),
+        "proxy_bind 127.0.0.2;\n      proxy_set_header X-Forwarded-Host $http_host;\n      \
+         proxy_set_header X-Forwarded-Proto $scheme;\n      \
+         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+    );
+    let ca = pki.ca_pem();
+    let origin = proxy.url();
+    // curl through nginx: the answer's status and headers.
+    let curl = |method: &str, path: &str, headers: &[String], body: Option<&str>| -> (u16, String) {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-X", method, "--cacert"]).arg(&ca);
+        for header in headers {
+            command.args(["-H", header]);
+        }
+        if let Some(body) = body {
+            command.args(["-H", "Content-Type: application/json", "--data-binary", body]);
+        }
+        let output = command.arg(format!("{origin}{path}")).output().expect("curl runs (scripts/test installs it)");
+        let head = String::from_utf8_lossy(&output.stdout).to_string();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, head)
+    };
+    let sign_in = json!({"token": server.admin_token()}).to_string();
+    let (status, head) = curl("POST", "/api/v1/session", &[format!("Origin: {origin}")], Some(&sign_in));
+    assert_eq!(status, 200, "{head}\n{}", proxy.log());
+    let set_cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {head}"));
+    assert!(set_cookie.contains("; Secure"), "over https the cookie is Secure: {set_cookie}");
+    let cookie = set_cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_string();
+    let fleet = json!({"name": "through-nginx"}).to_string();
+    let with = |from: &str| vec![format!("Cookie: {cookie}"), format!("Origin: {from}")];
+    let (status, head) = curl("POST", "/api/v1/fleets", &with("https://evil.example"), Some(&fleet));
+    assert_eq!(status, 403, "{head}");
+    let (status, head) = curl("POST", "/api/v1/fleets", &with(&origin), Some(&fleet));
+    assert_eq!(status, 201, "{head}");
+    // The server itself, on its own port, is another origin for that cookie.
+    let (status, head) = curl("POST", "/api/v1/fleets", &with(&server.url()), Some(&fleet));
+    assert_eq!(status, 403, "{head}");
+}

@@ -6,7 +6,7 @@
 use super::http::Request;
 use super::Api;
 use crate::keys::{constant_time_eq, hash_secret};
-use crate::sessions::{cookie_value, SessionCheck};
+use crate::sessions::{cookie_values, SessionCheck};
 use crate::store::{KeyOwner, ProvisioningKey};
 use crate::Error;
 use std::time::Instant;
@@ -74,10 +74,10 @@ fn identify(api: &Api, request: &Request, provisioning_first: bool) -> Result<Ca
 /// that is no longer signed in is refused with why; one on a state-changing request
 /// from another site's page is refused outright (`origin`), whatever its session.
 pub fn session_caller(api: &Api, request: &Request) -> Result<Caller, Error> {
-    let Some(cookie) = session_cookie(request) else {
+    if session_cookies(request).next().is_none() {
         return Ok(Caller::Anonymous);
-    };
-    match api.sessions.check(cookie, Instant::now()) {
+    }
+    match api.sessions.check_any(session_cookies(request), Instant::now()) {
         SessionCheck::Valid { .. } => {}
         SessionCheck::Expired => return Err(super::session::expired()),
         SessionCheck::Unknown => return Err(Error::Unauthorized { reason: super::session::UNKNOWN_SESSION.into() }),
@@ -89,10 +89,10 @@ pub fn session_caller(api: &Api, request: &Request) -> Result<Caller, Error> {
     Ok(Caller::Admin)
 }
 
-/// The dashboard session cookie a request carries, if any.
-pub fn session_cookie(request: &Request) -> Option<&str> {
+/// The dashboard session cookies a request carries (one, unless a stale one is sent too).
+pub fn session_cookies(request: &Request) -> impl Iterator<Item = &str> {
     let cookies = request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("cookie"));
-    cookie_value(cookies.map(|(_, value)| value.as_str()))
+    cookie_values(cookies.map(|(_, value)| value.as_str()))
 }
 
 /// The key a request presents, as `authenticate` reads it: `X-Device-API-Key` when

@@ -16,15 +16,15 @@ pub(super) fn list(api: &Api, caller: &Caller) -> Result<Response, Error> {
     for image in api.store.tracked_images()? {
         let fleets = api.store.fleets_following(&image.reference)?;
         images.push(json!({
-                "reference": image.reference,
-                "digest": image.digest,
-                "mediaType": image.media_type,
-                "lastChecked": when(image.checked_at),
-                "lastChanged": when(image.changed_at),
-                "lastError": image.last_error,
-                "lastErrorAt": when(image.last_error_at),
-                "devices": image.devices,
-                "fleets": fleets,
+            "reference": image.reference,
+            "digest": image.digest,
+            "mediaType": image.media_type,
+            "lastChecked": when(image.checked_at),
+            "lastChanged": when(image.changed_at),
+            "lastError": image.last_error,
+            "lastErrorAt": when(image.last_error_at),
+            "devices": image.devices,
+            "fleets": fleets,
         }));
     }
     Ok(Response::json(200, &json!({"images": images})))

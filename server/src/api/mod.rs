@@ -286,6 +286,14 @@ fn limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
         Some(Route::KeyExchange(_)) => (false, true),
         Some(_) => (false, false),
     };
+    // A session cookie is no guess worth counting (256 bits; unknown after a restart,
+    // expired after a while), and another site's page can make the operator's browser
+    // send it with a foreign Origin: counting those would let that page lock the
+    // operator's address out. Only a sign-in with a wrong token counts, of the session's.
+    let guessable = match route(&request.path) {
+        Some(Route::Session) => request.method == "POST",
+        _ => !presents_only_a_session(request),
+    };
     let client = client_of(api, request);
     let credential = credential_of(request);
     if let Err(error) = limits.admit(client, registering, credential, Instant::now()) {
@@ -298,7 +306,7 @@ fn limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
     let refused = matches!(response.status, 401 | 403)
         || (key_exchange && response.status == 404)
         || (registering && response.status == 409);
-    if refused {
+    if refused && guessable {
         limits.record_failure(client, Instant::now());
     } else if response.status < 400 {
         limits.record_success(client, credential, Instant::now());
@@ -312,12 +320,23 @@ fn client_of(api: &Api, request: &Request) -> Option<std::net::SocketAddr> {
     Some(client_address::client_address(peer, &request.headers, &api.trusted_proxies))
 }
 
-/// The secret a request presents (a key, a token, a webhook's `?token=`), if any.
+/// The secret a request presents (a key, a token, a webhook's `?token=`, the session
+/// cookie), if any: one that worked from an address lately is admitted there while the
+/// address is over its limit.
 fn credential_of(request: &Request) -> Option<&str> {
-    auth::presented_key(request).or_else(|| {
-        let query = request.query.as_deref()?;
-        query.split('&').find_map(|pair| pair.strip_prefix("token="))
-    })
+    auth::presented_key(request)
+        .or_else(|| {
+            let query = request.query.as_deref()?;
+            query.split('&').find_map(|pair| pair.strip_prefix("token="))
+        })
+        .or_else(|| auth::session_cookies(request).next())
+}
+
+/// A request whose only credential is a session cookie.
+fn presents_only_a_session(request: &Request) -> bool {
+    auth::presented_key(request).is_none()
+        && request.query_value("token").is_none()
+        && auth::session_cookies(request).next().is_some()
 }
 
 /// For a request whose large (or chunked, or `Expect: 100-continue`) body has not been
@@ -349,7 +368,12 @@ fn refusal_before_body(api: &Api, limits: &ClientLimits, request: &Request) -> O
     let credential = match route {
         Route::RegistryWebhook => webhook::check_token(api, request),
         // A sign-in is a token in a small body: a large (or chunked) one is nobody's.
-        Route::Session => Err(Error::PayloadTooLarge { limit: crate::http_server::SMALL_BODY }),
+        Route::Session => Err(Error::BadRequest {
+            reason: format!(
+                "a sign-in is a JSON body of at most {} bytes sent with Content-Length",
+                crate::http_server::SMALL_BODY
+            ),
+        }),
         _ => match authenticate(api, request) {
             Ok(auth::Caller::Anonymous) => Err(Error::Unauthorized { reason: "this route needs credentials".into() }),
             Ok(auth::Caller::Unrecognized) => {

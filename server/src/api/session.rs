@@ -4,7 +4,7 @@
 //! `GET /api/v1/session` says whether the browser is signed in. The cookie is read in
 //! `auth`, which refuses it on a state-changing request from another origin.
 
-use super::auth::session_cookie;
+use super::auth::session_cookies;
 use super::http::{Request, Response};
 use super::origin::{over_https, same_origin};
 use super::Api;
@@ -25,7 +25,10 @@ struct SignIn {
 /// `POST /session`: the admin token for a session cookie.
 pub(super) fn sign_in(api: &Api, request: &Request) -> Result<Response, Error> {
     if request.header("origin").is_some() && !same_origin(request, &api.trusted_proxies) {
-        return Err(foreign_origin(request));
+        let origin = shown_origin(request);
+        return Err(Error::Forbidden {
+            reason: format!("a sign-in must come from this server's own page, not Origin {origin:?}"),
+        });
     }
     let SignIn { token } = request.json()?;
     let hash = hash_secret(token.trim());
@@ -42,10 +45,10 @@ pub(super) fn sign_in(api: &Api, request: &Request) -> Result<Response, Error> {
 
 /// `GET /session`: 200 with when it ends, or 401.
 pub(super) fn status(api: &Api, request: &Request) -> Result<Response, Error> {
-    let Some(cookie) = session_cookie(request) else {
+    if session_cookies(request).next().is_none() {
         return Err(Error::Unauthorized { reason: "not signed in: POST /api/v1/session with the admin token".into() });
-    };
-    let remaining = match api.sessions.check(cookie, Instant::now()) {
+    }
+    let remaining = match api.sessions.check_any(session_cookies(request), Instant::now()) {
         SessionCheck::Valid { remaining } => remaining,
         SessionCheck::Expired => return Err(expired()),
         SessionCheck::Unknown => return Err(Error::Unauthorized { reason: UNKNOWN_SESSION.into() }),
@@ -59,10 +62,10 @@ pub(super) fn sign_out(api: &Api, request: &Request) -> Result<Response, Error> 
     if request.header("origin").is_some() && !same_origin(request, &api.trusted_proxies) {
         return Err(foreign_origin(request));
     }
-    let signed_out = match session_cookie(request) {
-        Some(cookie) => api.sessions.close(cookie, Instant::now()),
-        None => false,
-    };
+    let now = Instant::now();
+    // Every session cookie it sends is signed out, not only the first.
+    let closed: Vec<bool> = session_cookies(request).map(|cookie| api.sessions.close(cookie, now)).collect();
+    let signed_out = closed.contains(&true);
     if signed_out {
         log::info!("dashboard: signed out from {}", client(request));
     }
@@ -72,7 +75,7 @@ pub(super) fn sign_out(api: &Api, request: &Request) -> Result<Response, Error> 
 
 /// The refusal of a browser request that another site's page made.
 pub(super) fn foreign_origin(request: &Request) -> Error {
-    let origin: String = request.header("origin").unwrap_or("(none)").chars().take(100).collect();
+    let origin = shown_origin(request);
     Error::Forbidden {
         reason: format!(
             "{} {} with a session cookie must come from this server's own pages, not Origin {origin:?}",
@@ -90,8 +93,13 @@ pub(super) fn expired() -> Error {
 pub(super) const UNKNOWN_SESSION: &str =
     "the session cookie is not valid (signed out, or the server restarted): sign in again";
 
+/// The request's `Origin` as an error message may quote it.
+fn shown_origin(request: &Request) -> String {
+    request.header("origin").unwrap_or("(none)").chars().take(100).collect()
+}
+
 fn expires_at(remaining: Duration) -> String {
-    rfc3339(unix_now() + remaining.as_secs())
+    rfc3339(unix_now().saturating_add(remaining.as_secs()))
 }
 
 fn client(request: &Request) -> String {

@@ -11,8 +11,8 @@ use super::fleets::source_json;
 use super::http::{Request, Response};
 use super::rollouts::{event_json, rollout_json};
 use super::{device_id, Api};
-use crate::device_status::{judge, Judgement, ServiceView, Sync};
-use crate::presence::Connectivity;
+use crate::device_status::{judge, Judgement, ServiceView, SyncState};
+use crate::presence::{Connectivity, DEFAULT_POLL_INTERVAL};
 use crate::store::{DeviceHead, DeviceStatusRow, EventFilter, Fleet};
 use crate::timefmt::{rfc3339, unix_now};
 use crate::verdicts::Verdict;
@@ -21,7 +21,7 @@ use pinion_model::TargetState;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Events the overview shows.
 const OVERVIEW_EVENTS: usize = 20;
@@ -75,7 +75,7 @@ pub(super) fn overview(api: &Api, caller: &Caller) -> Result<Response, Error> {
             });
             for key in ["devices", "online", "stale", "offline", "neverSeen"]
                 .into_iter()
-                .chain(Sync::ALL.iter().map(|s| sync_key(s.as_str())))
+                .chain(SyncState::ALL.iter().map(|s| sync_key(s.as_str())))
             {
                 entry[key] = counts.get(key).copied().unwrap_or(0).into();
             }
@@ -135,30 +135,37 @@ struct Judge<'a> {
     fleets: HashMap<String, Fleet>,
     now: Instant,
     unix_now: u64,
+    /// `verdicts`' generation before anything was read.
+    read_at: u64,
 }
 
 impl<'a> Judge<'a> {
     fn new(api: &'a Api) -> Result<Judge<'a>, Error> {
+        let read_at = api.verdicts.generation();
         let fleets = api.store.fleets()?.into_iter().map(|f| (f.name.clone(), f)).collect();
-        Ok(Judge { api, fleets, now: Instant::now(), unix_now: unix_now() })
+        Ok(Judge { api, fleets, now: Instant::now(), unix_now: unix_now(), read_at })
     }
 
-    /// Its connectivity word, and when it was last seen (its last poll since the server
-    /// started, else its last report).
+    /// Its connectivity word, and when it was last seen: its last poll since the server
+    /// started, else its last report (a device that has not polled since a restart is
+    /// judged by that, not counted as seen at the start as rollouts count it).
     fn seen(&self, head: &DeviceHead) -> (&'static str, Option<String>) {
         let device = &head.device;
-        let (connectivity, since_poll) = self.api.presence.connectivity(&device.uuid, self.now);
-        let word = match (connectivity, since_poll, &device.last_report_at) {
-            (_, None, None) => "never-seen",
-            (Connectivity::Online, ..) => "online",
-            (Connectivity::Stale, ..) => "stale",
-            (Connectivity::Offline, ..) => "offline",
+        let (polling, since_poll) = self.api.presence.connectivity(&device.uuid, self.now);
+        let (connectivity, last_seen) = match (since_poll, &device.last_report_at) {
+            (Some(ago), _) => (polling, rfc3339(self.unix_now.saturating_sub(ago.as_secs()))),
+            (None, Some(reported_at)) => {
+                let ago = unix_seconds(reported_at).map_or(u64::MAX, |at| self.unix_now.saturating_sub(at));
+                (Connectivity::after(Duration::from_secs(ago), DEFAULT_POLL_INTERVAL), reported_at.clone())
+            }
+            (None, None) => return ("never-seen", None),
         };
-        let last_seen = match since_poll {
-            Some(ago) => Some(rfc3339(self.unix_now.saturating_sub(ago.as_secs()))),
-            None => device.last_report_at.clone(),
+        let word = match connectivity {
+            Connectivity::Online => "online",
+            Connectivity::Stale => "stale",
+            Connectivity::Offline => "offline",
         };
-        (word, last_seen)
+        (word, Some(last_seen))
     }
 
     /// The verdict on each of `heads` (in uuid order): kept ones, the others judged now.
@@ -184,7 +191,7 @@ impl<'a> Judge<'a> {
             }
         }
         // A device deleted meanwhile has nothing to judge: it has no target any more.
-        let gone = Verdict { sync: Sync::NoTarget, reason: None };
+        let gone = Verdict { sync: SyncState::NoTarget, reason: None };
         Ok(heads
             .iter()
             .zip(kept)
@@ -205,9 +212,8 @@ impl<'a> Judge<'a> {
         let report: Option<Value> = report.and_then(|r| serde_json::from_str(&r).ok());
         let target_state: Option<TargetState> = target.and_then(|t| serde_json::from_str(&t).ok());
         let target_set_at = head.target_set_at.as_deref().and_then(unix_seconds);
-        let reported_at = head.device.last_report_at.as_deref().and_then(unix_seconds);
-        let judgement = judge(target_state.as_ref(), report.as_ref(), target_set_at, reported_at);
-        let verdict = self.api.verdicts.put(&head, &judgement, target_set_at);
+        let judgement = judge(target_state.as_ref(), report.as_ref(), target_set_at, self.unix_now);
+        let verdict = self.api.verdicts.put(&head, &judgement, target_set_at, self.read_at);
         let info: Option<Value> = system_info.and_then(|i| serde_json::from_str(&i).ok());
         let agent_version =
             info.as_ref().and_then(|i| i.get("agent_version")).and_then(Value::as_str).map(str::to_string);
@@ -288,7 +294,7 @@ impl Filter {
         self.fleet.as_ref().is_none_or(|f| device.fleet.as_ref() == Some(f))
             && self.label.as_ref().is_none_or(|(k, v)| device.labels.get(k) == Some(v))
             && self.name.as_ref().is_none_or(|needle| {
-                device.uuid.contains(needle.as_str())
+                device.uuid.to_lowercase().contains(needle.as_str())
                     || device.device_name.as_ref().is_some_and(|n| n.to_lowercase().contains(needle.as_str()))
             })
     }

@@ -80,12 +80,18 @@ impl StatusStore for SqliteStore {
 
     fn visit_device_statuses(&self, uuid: Option<&str>, visit: &mut dyn FnMut(DeviceStatusRow)) -> Result<(), Error> {
         let reader = self.reader()?;
-        let query = format!(
-            "SELECT {HEAD_COLUMNS}, t.state, d.current_state, d.system_info {FROM} \
-             WHERE ?1 IS NULL OR d.uuid = ?1 ORDER BY d.uuid"
-        );
+        let columns = format!("SELECT {HEAD_COLUMNS}, t.state, d.current_state, d.system_info {FROM}");
+        // Two statements: `?1 IS NULL OR d.uuid = ?1` would scan the table for one device.
+        let query = match uuid {
+            Some(_) => format!("{columns} WHERE d.uuid = ?1"),
+            None => format!("{columns} ORDER BY d.uuid"),
+        };
         let mut stmt = reader.prepare_cached(&query).map_err(db("reading device statuses"))?;
-        let mut rows = stmt.query([uuid]).map_err(db("reading device statuses"))?;
+        let mut rows = match uuid {
+            Some(uuid) => stmt.query([uuid]),
+            None => stmt.query([]),
+        }
+        .map_err(db("reading device statuses"))?;
         while let Some(row) = rows.next().map_err(db("reading device statuses"))? {
             visit(status_from_row(row).map_err(db("reading device statuses"))?);
         }
