@@ -134,6 +134,15 @@ impl Docker {
         self.import_busybox_with(reference, version, cmd, &[])
     }
 
+    /// `import_busybox`, pushed to its registry and removed here again (the agent under
+    /// test must pull it): its manifest digest.
+    pub fn push_busybox(&self, reference: &str, version: &str, cmd: &str) -> String {
+        self.import_busybox(reference, version, cmd);
+        let digest = self.push(reference);
+        self.run(&["rmi", reference]);
+        digest
+    }
+
     /// `import_busybox` with more files at the root: `(name in the image, file to copy)`.
     pub fn import_busybox_with(
         &self,

@@ -9,6 +9,14 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// `method path` as the operator.
+/// A release (or target) of one app `app` named `app_name` whose one service `service`
+/// runs `image`, restarted always.
+pub fn one_service_release(app: u32, app_name: &str, service: &str, image: &str) -> Value {
+    let service = json!({"serviceId": 1, "serviceName": service, "imageName": image,
+                         "config": {"image": image, "restart": "always"}});
+    json!({"apps": {app.to_string(): {"appId": app, "appName": app_name, "services": [service]}}, "config": {}})
+}
+
 pub fn call(server: &Server, method: &str, path: &str, body: Option<Value>) -> ApiReply {
     server.request(method, path, body.as_ref(), Some(server.admin_token()))
 }

@@ -14,10 +14,7 @@ use std::time::Duration;
 /// A busybox image whose container prints its version and sleeps; pushed, then removed
 /// locally so that the agent has to pull it. Returns the pushed digest.
 fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
-    docker.import_busybox(reference, version, r#"["/bin/sh", "-c", "cat /version; exec sleep 3600"]"#);
-    let digest = docker.push(reference);
-    docker.run(&["rmi", reference]);
-    digest
+    docker.push_busybox(reference, version, r#"["/bin/sh", "-c", "cat /version; exec sleep 3600"]"#)
 }
 
 fn service(name: &str, image: &str, extra: Value) -> Value {

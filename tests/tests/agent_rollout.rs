@@ -144,9 +144,7 @@ fn push(builder: &Docker, reference: &str, version: &str, cmd: &str) -> String {
 
 /// A target state of app `APP` whose service `main` runs `image`, restarted always.
 fn release_body(image: &str) -> Value {
-    let service = json!({"serviceId": 1, "serviceName": SERVICE, "imageName": image,
-                         "config": {"image": image, "restart": "always"}});
-    json!({"apps": {APP.to_string(): {"appId": APP, "appName": "rollout", "services": [service]}}, "config": {}})
+    pinion_tests::fleet_api::one_service_release(APP, "rollout", SERVICE, image)
 }
 
 /// `method path` as the operator, answered with `status`; the answer's JSON.

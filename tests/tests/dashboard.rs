@@ -19,7 +19,7 @@
 
 use pinion_tests::browser::{css_string, Browser};
 use pinion_tests::docker::take_turn;
-use pinion_tests::fleet_api::{device_states, expect, waves_of};
+use pinion_tests::fleet_api::{device_states, expect, one_service_release, waves_of};
 use pinion_tests::simulated::{services_of, Round, SimulatedDevice, SimulatedFleet};
 use pinion_tests::util::{demo_target, random_hex, unique, wait_for};
 use pinion_tests::{Agent, Auth, Docker, Registry, Server};
@@ -52,21 +52,13 @@ fn screenshot_dir() -> PathBuf {
 /// A busybox image that prints its version and waits for SIGTERM; pushed, then removed
 /// from the shared dockerd so that the agent has to pull it. Its digest.
 fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
-    docker.import_busybox(
-        reference,
-        version,
-        r#"["/bin/sh", "-c", "trap 'exit 0' TERM; cat /version; while true; do sleep 0.2; done"]"#,
-    );
-    let digest = docker.push(reference);
-    docker.run(&["rmi", reference]);
-    digest
+    let cmd = r#"["/bin/sh", "-c", "trap 'exit 0' TERM; cat /version; while true; do sleep 0.2; done"]"#;
+    docker.push_busybox(reference, version, cmd)
 }
 
 /// A release (or target) of app `APP` whose service `web` runs `image`, restarted always.
 fn release_body(image: &str) -> Value {
-    let service = json!({"serviceId": 1, "serviceName": SERVICE, "imageName": image,
-                         "config": {"image": image, "restart": "always"}});
-    json!({"apps": {APP.to_string(): {"appId": APP, "appName": "web", "services": [service]}}, "config": {}})
+    one_service_release(APP, "web", SERVICE, image)
 }
 
 /// The hex of a `…@sha256:<hex>` reference or a `sha256:<hex>` digest.

@@ -15,10 +15,7 @@ const WEBHOOK_TOKEN: &str = "webhook-token-for-tests-0123456789";
 const SERVE: &str = r#"["/bin/sh", "-c", "trap 'exit 0' TERM; cat /version; while true; do sleep 1; done"]"#;
 
 fn push_version(docker: &Docker, reference: &str, version: &str) -> String {
-    docker.import_busybox(reference, version, SERVE);
-    let digest = docker.push(reference);
-    docker.run(&["rmi", reference]);
-    digest
+    docker.push_busybox(reference, version, SERVE)
 }
 
 fn running_image(docker: &Docker, app_id: u32) -> Vec<String> {
