@@ -280,19 +280,17 @@ fn count_answer(api: &Api, request: &Request, status: u16) {
 }
 
 fn limited(api: &Api, limits: &ClientLimits, request: &Request) -> Response {
-    let (registering, key_exchange) = match route(&request.path) {
-        None | Some(Route::Health | Route::Dashboard(_)) => return handle(api, request),
-        Some(Route::DeviceRegister) => (request.method == "POST", false),
-        Some(Route::KeyExchange(_)) => (false, true),
-        Some(_) => (false, false),
-    };
     // A session cookie is no guess worth counting (256 bits; unknown after a restart,
     // expired after a while), and another site's page can make the operator's browser
     // send it with a foreign Origin: counting those would let that page lock the
-    // operator's address out. Only a sign-in with a wrong token counts, of the session's.
-    let guessable = match route(&request.path) {
-        Some(Route::Session) => request.method == "POST",
-        _ => !presents_only_a_session(request),
+    // operator's address out. Of the session route, only a sign-in's wrong token counts.
+    let guess = !presents_only_a_session(request);
+    let (registering, key_exchange, guessable) = match route(&request.path) {
+        None | Some(Route::Health | Route::Dashboard(_)) => return handle(api, request),
+        Some(Route::DeviceRegister) => (request.method == "POST", false, guess),
+        Some(Route::KeyExchange(_)) => (false, true, guess),
+        Some(Route::Session) => (false, false, request.method == "POST"),
+        Some(_) => (false, false, guess),
     };
     let client = client_of(api, request);
     let credential = credential_of(request);
