@@ -445,8 +445,13 @@ fn bad_device_ids(callers: &Callers) -> Vec<Case> {
 /// Paths that are no route: 404, whatever the method.
 fn unknown_routes(callers: &Callers) -> Vec<Case> {
     let long = format!("/api/v1/{}", "x/".repeat(3000));
+    // `/` and `/ui/app.js`, `/ui/app.css` are the dashboard's; nothing else beside them.
     let paths = [
-        "/",
+        "/ui/",
+        "/ui/app.js/",
+        "/ui/../Cargo.toml",
+        "/ui/%2e%2e/app.js",
+        "/index.htm",
         "/api",
         "/api/v1",
         "/api/v1/",
