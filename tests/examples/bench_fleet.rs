@@ -97,11 +97,7 @@ fn main() {
         std::process::exit(2);
     };
     let count: usize = count.parse().expect("N is a number");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent();
+    let agent: ureq::Agent = pinion_tests::util::http_agent(Duration::from_secs(30));
     let admin_auth = format!("Bearer {admin}");
     let (status, _, body) =
         send(&agent, "POST", &format!("{url}/api/v1/provisioning-keys"), &[("Authorization", &admin_auth)], Some("{}"));

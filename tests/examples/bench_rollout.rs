@@ -110,11 +110,7 @@ fn key_of(i: usize) -> String {
 }
 
 fn new_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .new_agent()
+    pinion_tests::util::http_agent(Duration::from_secs(60))
 }
 
 struct Reply {

@@ -309,9 +309,5 @@ fn yaml_str(s: &str) -> String {
 }
 
 fn probe_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .new_agent()
+    crate::util::http_agent(Duration::from_secs(2))
 }

@@ -243,11 +243,7 @@ impl Server {
             open_files,
             env: env.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect(),
             log_path,
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(120)))
-                .build()
-                .new_agent(),
+            agent: crate::util::http_agent(Duration::from_secs(120)),
             dir,
         };
         let mut last_log = String::new();

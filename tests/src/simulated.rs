@@ -51,11 +51,7 @@ impl SimulatedDevice {
             uuid: uuid.to_string(),
             key,
             url: server.url(),
-            http: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .new_agent(),
+            http: crate::util::http_agent(Duration::from_secs(30)),
             etag: None,
             target: None,
             probation: None,

@@ -56,6 +56,12 @@ impl Drop for TempDir {
 /// moment ago. Callers that bind it in a child process retry with another port if the
 /// child reports the address in use (another process may have taken it meanwhile).
 /// `label-<pid>-<n>`: a name no other test of this run uses (device ids, container names).
+/// An HTTP client that hands every status back as an answer (4xx and 5xx are what the
+/// tests look at), each request bounded by `timeout`.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().new_agent()
+}
+
 pub fn unique(label: &str) -> String {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     format!("{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))

@@ -5,6 +5,7 @@
 //! may scrape: the metrics token, the admin token, an address on `--metrics-allow`;
 //! nobody else (401, 403), and with neither option /metrics is off (404).
 
+use pinion_tests::util::http_agent;
 use pinion_tests::util::require_tool;
 use pinion_tests::*;
 use serde_json::json;
@@ -15,21 +16,13 @@ use std::time::Duration;
 
 const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
 
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
-}
-
 /// `GET path` with `headers`: (status, headers, body).
 fn get(server: &Server, path: &str, headers: &[(&str, &str)]) -> (u16, BTreeMap<String, String>, String) {
     let mut request = ureq::http::Request::builder().method("GET").uri(format!("{}{path}", server.url()));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = http().run(request.body(()).unwrap()).expect("the server answers");
+    let mut response = http_agent(Duration::from_secs(30)).run(request.body(()).unwrap()).expect("the server answers");
     let status = response.status().as_u16();
     let headers = response
         .headers()

@@ -87,11 +87,7 @@ fn target_state(rng: &mut Rng, writer: usize, seq: u64) -> Value {
 
 /// Posts target states until a request fails (the kill). Returns why it stopped.
 fn write_until_cut(url: &str, token: &str, writer: usize, seed: u64, shared: &Shared) -> String {
-    let http = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent();
+    let http = pinion_tests::util::http_agent(Duration::from_secs(30));
     let uuid = DEVICES[writer];
     let mut rng = Rng(seed ^ (writer as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
     for seq in 0.. {

@@ -2,7 +2,7 @@
 //! the admin token made on first start) and the `image parse` command line.
 
 use flate2::write::GzEncoder;
-use pinion_tests::util::{free_port, tail_of_file, wait_for};
+use pinion_tests::util::{free_port, http_agent, tail_of_file, wait_for};
 use pinion_tests::{run_cli, server_binary, Server, TempDir};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -10,20 +10,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
-}
-
 fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
     let mut request = ureq::http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = http().run(request.body(body).unwrap()).expect("the server answers");
+    let mut response =
+        http_agent(Duration::from_secs(30)).run(request.body(body).unwrap()).expect("the server answers");
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
