@@ -12,7 +12,7 @@ use crate::registry::{CredentialSource, Credentials, RegistryAccess, Resolver, R
 use crate::registry_auth::StoredCredentials;
 use crate::secrets::{default_key_path, SecretKey, SECRET_KEY_FILE_ENV};
 use crate::sessions::{Sessions, DEFAULT_LIFETIME as DEFAULT_SESSION_LIFETIME};
-use crate::store::{SqliteStore, Store};
+use crate::store::{SqlStore, Store};
 use crate::{admin_token, Error};
 use lexopt::prelude::*;
 use pinion_model::duration::parse_duration;
@@ -28,15 +28,35 @@ pinion-server — pins image tags to registry digests and serves device target s
 
 USAGE:
     pinion-server serve [OPTIONS]
+    pinion-server backup --to FILE [--db PATH]
+    pinion-server migrate-store --from PATH --to URL [--db-ca-file PATH]
     pinion-server image parse REF
     pinion-server image resolve REF [REGISTRY OPTIONS] [--timeout DURATION]
 
+    backup          copies the SQLite database (a running server's too) into a new file
+                    FILE, one consistent snapshot; keep the secret key file with it
+    migrate-store   copies a SQLite database into an empty PostgreSQL one (devices and
+                    their keys, every target version, policies, credentials, provisioning
+                    keys, fleets, rollouts, the digest cache); stop the server first, then
+                    start the replicas on --db URL with the same secret key file
+
 SERVE OPTIONS:
     --listen ADDR              address to listen on [env PINION_LISTEN, default 0.0.0.0:3002]
-    --db PATH                  SQLite database [env PINION_DB, default ./pinion-server.db]
+    --db PATH|URL              SQLite database file, or a PostgreSQL URL for several replicas
+                               (postgres://USER:PASSWORD@HOST:PORT/DBNAME?sslmode=require;
+                               a socket directory as HOST: postgres://USER@%2Frun%2Fpostgresql/DB)
+                               [env PINION_DATABASE_URL or PINION_DB, default ./pinion-server.db]
+    --db-ca-file PATH          PEM certificates that may sign PostgreSQL's (sslmode=require,
+                               which pinion always verifies) [default: the Mozilla roots]
+    --db-connections N         PostgreSQL connections per replica at most [default 16]
     --secret-key-file PATH     key that encrypts the registry passwords stored in the database;
-                               made (mode 0600) on first start; keep it with the database
-                               [env PINION_SECRET_KEY_FILE, default DB with extension .secret-key]
+                               made (mode 0600) on first start; keep it with the database, and
+                               give every replica on one PostgreSQL the same file
+                               [env PINION_SECRET_KEY_FILE, default DB with extension .secret-key;
+                               with PostgreSQL ./pinion-server.secret-key]
+    --replace-admin-token      on PostgreSQL, every replica must have the same admin token
+                               (PINION_ADMIN_TOKEN, or the file beside the key); this one's
+                               becomes the token the others must have
     --resolve-deadline DUR     time one target-state request may spend on registries [default 15s]
     --cache-ttl DUR            setting a target asks the registry for every tag (a manifest
                                HEAD); with a TTL, a digest it gave less than DUR ago answers
@@ -176,6 +196,7 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
                     },
                 };
             }
+            Long("replace-admin-token") => options.replace_admin_token = true,
             Long(name) => {
                 let name = name.to_string();
                 let value = parser.value().map_err(usage)?.string().map_err(usage)?;
@@ -188,6 +209,8 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["serve"] => serve(options),
+        ["backup"] => backup(options),
+        ["migrate-store"] => migrate_store(options),
         ["image", "parse", reference] => image_parse(reference),
         ["image", "resolve", reference] => image_resolve(reference, options),
         [] => Err(usage("no command given")),
@@ -198,7 +221,12 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, Error> {
 #[derive(Default)]
 struct Options {
     listen: Option<String>,
-    db: Option<PathBuf>,
+    db: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    db_ca_file: Option<PathBuf>,
+    db_connections: Option<usize>,
+    replace_admin_token: bool,
     secret_key_file: Option<PathBuf>,
     resolve_deadline: Option<Duration>,
     cache_ttl: Option<Duration>,
@@ -248,7 +276,11 @@ impl Options {
         let per_minute = |v: &str| v.parse::<u32>().map_err(|_| usage(format!("--{name}: {v:?} is not a number")));
         match name {
             "listen" => self.listen = Some(value),
-            "db" => self.db = Some(value.into()),
+            "db" => self.db = Some(value),
+            "from" => self.from = Some(value),
+            "to" => self.to = Some(value),
+            "db-ca-file" => self.db_ca_file = Some(value.into()),
+            "db-connections" => self.db_connections = Some(number(&value)?.max(1)),
             "secret-key-file" => self.secret_key_file = Some(value.into()),
             "resolve-deadline" => self.resolve_deadline = Some(duration(&value)?),
             "cache-ttl" => self.cache_ttl = Some(duration(&value)?),
@@ -365,8 +397,7 @@ fn metrics_access(options: &Options) -> Result<ScrapeAccess, Error> {
 fn serve(options: Options) -> Result<ExitCode, Error> {
     let listen = options.listen.clone().or_else(|| std::env::var("PINION_LISTEN").ok());
     let listen = listen.unwrap_or_else(|| "0.0.0.0:3002".into());
-    let db = options.db.clone().or_else(|| std::env::var_os("PINION_DB").map(PathBuf::from));
-    let db = db.unwrap_or_else(|| PathBuf::from("pinion-server.db"));
+    let db = database(&options);
     let webhook_token = options.webhook_token.clone().or_else(|| std::env::var("PINION_WEBHOOK_TOKEN").ok());
     if let Some(token) = &webhook_token {
         if token.trim().len() < MIN_WEBHOOK_TOKEN_LEN {
@@ -376,18 +407,20 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
             )));
         }
     }
-    // The database, its WAL and shared memory, the token and key files: the server's alone.
-    crate::secret_file::make_new_files_private();
-    let beside = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
-    for file in [db.clone(), beside("-wal"), beside("-shm")] {
-        crate::secret_file::make_private_if_open(&file);
-    }
+    let (store, files_beside, replicated) = open_store(&options, &db)?;
     let secret_key_file =
         options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
-    let secret_key = SecretKey::load_or_create(&secret_key_file.unwrap_or_else(|| default_key_path(&db)))?;
+    let secret_key_file = secret_key_file.unwrap_or_else(|| default_key_path(&files_beside));
+    let secret_key = SecretKey::load_or_create(&secret_key_file)?;
+    crate::replicas::check_secret_key(&store, &secret_key, &secret_key_file)?;
+    let admin_token_hash = admin_token::load_or_create(&files_beside)?;
+    if replicated && options.replace_admin_token {
+        crate::replicas::replace_admin_token(&store, &admin_token_hash)?;
+    } else if replicated {
+        crate::replicas::check_admin_token(&store, &admin_token_hash)?;
+    }
     let history_versions = options.history_versions.unwrap_or(crate::store::DEFAULT_HISTORY_LIMIT);
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&db)?.with_secret_key(secret_key).with_history_limit(history_versions));
+    let store: Arc<dyn Store> = Arc::new(store.with_secret_key(secret_key).with_history_limit(history_versions));
     let metrics_access = metrics_access(&options)?;
     let metrics = Arc::new(Metrics::default());
     let cache_ttl = options.cache_ttl.unwrap_or(Duration::ZERO);
@@ -424,7 +457,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let api = Api {
         store,
         resolver,
-        admin_token_hash: admin_token::load_or_create(&db)?,
+        admin_token_hash,
         webhook_token_hash: webhook_token.as_deref().map(hash_secret),
         resolve_deadline,
         refresh_requests: Some(refresh_requests),
@@ -443,7 +476,8 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         log::warn!("no time zone database found (install tzdata, or set TZDIR): update windows can only use UTC");
     }
     let listener = crate::listener::bind(&listen)?;
-    log::info!("pinion-server {} listening on {} (database {})", env!("CARGO_PKG_VERSION"), listen, db.display());
+    let database = if replicated { crate::store::redacted_url(&db) } else { db };
+    log::info!("pinion-server {} listening on {} (database {database})", env!("CARGO_PKG_VERSION"), listen);
     pinion_systemd::ready();
     let limits = ClientLimits::per_minute(
         options.auth_failures_per_minute.unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
@@ -451,6 +485,82 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     );
     let server_limits = options.server_limits();
     api::serve(listener, api, limits, server_limits).map_err(|source| Error::Io { path: listen.into(), source })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The store `--db` names; where the files kept beside it go (the secret key, the admin
+/// token: beside a SQLite file, in the working directory for PostgreSQL); and whether it
+/// is PostgreSQL, which replicas may share.
+fn open_store(options: &Options, db: &str) -> Result<(SqlStore, PathBuf, bool), Error> {
+    if crate::store::is_postgres_url(db) {
+        #[cfg(feature = "postgres")]
+        {
+            let mut postgres = crate::store::PostgresOptions::new(db);
+            postgres.ca_file = options.db_ca_file.clone();
+            postgres.max_connections = options.db_connections.unwrap_or(postgres.max_connections);
+            return Ok((SqlStore::connect(&postgres)?, PathBuf::from("pinion-server.db"), true));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(usage("this pinion-server was built without PostgreSQL (cargo feature postgres)"));
+    }
+    if options.db_ca_file.is_some() || options.db_connections.is_some() {
+        return Err(usage("--db-ca-file and --db-connections are for a PostgreSQL --db"));
+    }
+    // The database, its WAL and shared memory, the token and key files: the server's alone.
+    let db = PathBuf::from(db);
+    crate::secret_file::make_new_files_private();
+    let beside = |suffix: &str| PathBuf::from(format!("{}{suffix}", db.display()));
+    for file in [db.clone(), beside("-wal"), beside("-shm")] {
+        crate::secret_file::make_private_if_open(&file);
+    }
+    Ok((SqlStore::open(&db)?, db, false))
+}
+
+/// `--db`, `PINION_DATABASE_URL`, `PINION_DB`, or the default file.
+fn database(options: &Options) -> String {
+    let db = options.db.clone().or_else(|| std::env::var("PINION_DATABASE_URL").ok());
+    db.or_else(|| std::env::var("PINION_DB").ok()).unwrap_or_else(|| "pinion-server.db".into())
+}
+
+fn backup(options: Options) -> Result<ExitCode, Error> {
+    let to = options.to.clone().ok_or_else(|| usage("backup needs --to FILE"))?;
+    let db = database(&options);
+    if crate::store::is_postgres_url(&db) {
+        return Err(usage("backup is for a SQLite database; back PostgreSQL up with pg_dump"));
+    }
+    if !std::path::Path::new(&db).exists() {
+        return Err(usage(format!("{db}: no such database file")));
+    }
+    let store = SqlStore::open(std::path::Path::new(&db))?;
+    crate::store::transfer::backup(&store, std::path::Path::new(&to))?;
+    eprintln!(
+        "pinion-server: {db} backed up to {to}; its registry passwords open only with the secret key file \
+         ({}), so keep a copy of that too",
+        default_key_path(std::path::Path::new(&db)).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn migrate_store(options: Options) -> Result<ExitCode, Error> {
+    let from = options.from.clone().ok_or_else(|| usage("migrate-store needs --from PATH (the SQLite database)"))?;
+    let to = options.to.clone().ok_or_else(|| usage("migrate-store needs --to URL (the PostgreSQL database)"))?;
+    if !crate::store::is_postgres_url(&to) {
+        return Err(usage(format!("--to {to}: not a postgres:// URL")));
+    }
+    if !std::path::Path::new(&from).exists() {
+        return Err(usage(format!("--from {from}: no such database file")));
+    }
+    let source = SqlStore::open(std::path::Path::new(&from))?;
+    let (target, _, _) = open_store(&options, &to)?;
+    let copied = crate::store::transfer::copy_store(&source, &target)?;
+    for (table, rows) in &copied {
+        eprintln!("pinion-server: {table}: {rows} rows");
+    }
+    eprintln!(
+        "pinion-server: {from} copied to {}; start every replica with --db URL and the secret key file {}",
+        crate::store::redacted_url(&to),
+        options.secret_key_file.clone().unwrap_or_else(|| default_key_path(std::path::Path::new(&from))).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -128,7 +128,7 @@ impl ResolveDigests for CachedResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::SqlStore;
     use std::sync::Mutex;
 
     /// A registry stand-in that counts questions and can be switched off.
@@ -158,7 +158,7 @@ mod tests {
 
     fn setup(ttl_secs: u64) -> (Arc<Switchable>, CachedResolver) {
         let registry = Arc::new(Switchable { digest: Mutex::new(Some("sha256:a")), asked: Mutex::new(0) });
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let store: Arc<dyn Store> = Arc::new(SqlStore::in_memory().unwrap());
         let cache = CachedResolver::new(Box::new(Arc::clone(&registry)), store, Duration::from_secs(ttl_secs));
         (registry, cache)
     }

@@ -64,6 +64,9 @@ pub enum Error {
     // --- local resources ---
     /// The store (SQLite) failed; `op` says what it was doing.
     Store { op: &'static str, reason: String },
+    /// The database cannot be reached (PostgreSQL restarting, every connection busy):
+    /// the request may be made again shortly.
+    StoreUnavailable { op: &'static str, reason: String },
     /// A file the server reads or writes.
     Io { path: PathBuf, source: std::io::Error },
     /// A stored secret that cannot be sealed or opened (no key, a wrong key file, an
@@ -132,6 +135,7 @@ impl fmt::Display for Error {
                 write!(f, "too many {attempts} from {client}; retry after {retry_after_secs} s")
             }
             Store { op, reason } => write!(f, "database error while {op}: {reason}"),
+            StoreUnavailable { op, reason } => write!(f, "the database is unavailable ({op}): {reason}"),
             Io { path, source } => write!(f, "{}: {source}", path.display()),
             Secrets { reason } => write!(f, "{reason}"),
             Usage { reason } => write!(f, "{reason}"),

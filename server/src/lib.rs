@@ -24,6 +24,7 @@ pub mod refresh_queue;
 pub mod registry;
 pub mod registry_auth;
 pub mod registry_events;
+pub mod replicas;
 pub mod rollout;
 pub mod rollout_driver;
 pub mod secret_file;

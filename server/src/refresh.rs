@@ -295,6 +295,18 @@ impl Refresher {
                 self.refresh(&named, Timestamp::now(), "webhook");
             }
             let now = Instant::now();
+            // Replicas on one database: the periodic work runs on the one holding the
+            // lease; the others keep their schedule and try again when it comes round.
+            // Webhook-named references (above) are refreshed wherever the webhook lands.
+            let due = now >= next_pending_check || now >= next_expiry || (!interval.is_zero() && now >= next_step);
+            if due && !self.leads() {
+                next_pending_check = next_pending_check.max(now + PENDING_CHECK_EVERY);
+                next_expiry = next_expiry.max(now + PENDING_CHECK_EVERY);
+                if !interval.is_zero() {
+                    next_step = next_step.max(now + interval.min(PENDING_CHECK_EVERY));
+                }
+                continue;
+            }
             if now >= next_pending_check {
                 self.apply_due(Timestamp::now());
                 next_pending_check = now + PENDING_CHECK_EVERY;
@@ -320,6 +332,15 @@ impl Refresher {
                 next_step = now + step.max(Duration::from_millis(100));
             }
         }
+    }
+
+    /// Whether this replica runs the periodic work now (`Store::lead`); a database that
+    /// cannot tell is logged and counts as not.
+    fn leads(&self) -> bool {
+        self.store.lead().unwrap_or_else(|e| {
+            log::error!("{e}");
+            false
+        })
     }
 
     /// Drops what the digest cache knows of references no device has followed for

@@ -564,7 +564,12 @@ pub fn spawn(
     interval: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("rollouts".into()).spawn(move || loop {
-        {
+        // Replicas on one database: only the one holding the lease steps rollouts.
+        let leads = store.lead().unwrap_or_else(|e| {
+            log::error!("{e}");
+            false
+        });
+        if leads {
             let _one_at_a_time = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let ctx = RolloutContext { store: store.as_ref(), presence: &presence, default_policy: &default_policy };
             tick(&ctx);

@@ -131,14 +131,7 @@ fn random_key() -> [u8; KEY_LEN] {
 }
 
 fn parse_hex_key(text: &str) -> Option<[u8; KEY_LEN]> {
-    if text.len() != KEY_LEN * 2 || !text.is_ascii() {
-        return None;
-    }
-    let mut bytes = [0u8; KEY_LEN];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
-    }
-    Some(bytes)
+    crate::keys::parse_hex(text)?.try_into().ok()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use pinion_model::Reference;
 use pinion_server::api::{handle, Api, Request, Response};
 use pinion_server::keys::hash_secret;
 use pinion_server::pinning::{Answers, Pin, ResolveDigests};
-use pinion_server::store::SqliteStore;
+use pinion_server::store::SqlStore;
 use pinion_server::Error;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,7 @@ impl Fixture {
         Fixture {
             latest: Arc::clone(&latest),
             api: Api {
-                store: Arc::new(SqliteStore::in_memory().unwrap()),
+                store: Arc::new(SqlStore::in_memory().unwrap()),
                 resolver: Arc::new(Digests(latest)),
                 webhook_token_hash: None,
                 refresh_requests: None,

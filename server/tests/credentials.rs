@@ -9,7 +9,7 @@ use pinion_server::api::{handle, Api, Request, Response};
 use pinion_server::keys::hash_secret;
 use pinion_server::pinning::{Answers, Pin, ResolveDigests};
 use pinion_server::secrets::SecretKey;
-use pinion_server::store::SqliteStore;
+use pinion_server::store::SqlStore;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ impl Fixture {
     fn new(name: &str) -> Fixture {
         let db = std::env::temp_dir().join(format!("pinion-credentials-{name}-{}.db", std::process::id()));
         remove_db(&db);
-        let store = SqliteStore::open(&db).unwrap().with_secret_key(SecretKey::generate());
+        let store = SqlStore::open(&db).unwrap().with_secret_key(SecretKey::generate());
         Fixture {
             api: Api {
                 store: Arc::new(store),

@@ -9,7 +9,7 @@ use pinion_server::keys::hash_secret;
 use pinion_server::pinning::{pin_target_state, Answers, Pin, ResolveDigests};
 use pinion_server::policy::{UpdatePolicy, UpdateWindow};
 use pinion_server::refresh::{Outcome, Refresher};
-use pinion_server::store::{PendingUpdate, SqliteStore, Store};
+use pinion_server::store::{PendingUpdate, SqlStore, Store};
 use pinion_server::targets::store_target;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,7 @@ struct Fleet {
 
 impl Fleet {
     fn new() -> Fleet {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let store: Arc<dyn Store> = Arc::new(SqlStore::in_memory().unwrap());
         let tag = Arc::new(Mutex::new(V1));
         let resolver: Arc<dyn ResolveDigests + Send + Sync> = Arc::new(MovableTag(Arc::clone(&tag)));
         let refresher = Refresher {
@@ -321,7 +321,7 @@ fn a_refresh_or_webhook_reference_on_a_registry_not_allowed_is_ignored_without_a
 #[test]
 fn history_keeps_the_last_versions_pages_through_them_and_rolls_back_to_the_oldest_kept() {
     let mut fleet = Fleet::new();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap().with_history_limit(3));
+    let store: Arc<dyn Store> = Arc::new(SqlStore::in_memory().unwrap().with_history_limit(3));
     fleet.store = Arc::clone(&store);
     fleet.api.store = Arc::clone(&store);
     fleet.refresher.store = store;

@@ -4,7 +4,7 @@
 //! exactly without `float_roundtrip`.
 
 use pinion_model::TargetState;
-use pinion_server::store::{SqliteStore, Store};
+use pinion_server::store::{SqlStore, Store};
 use pinion_server::targets::store_target;
 
 /// The fuzzer's input, and the text serde_json writes for what it reads from it.
@@ -12,7 +12,7 @@ const POSTED: &str = r#"{"apps": {}, "config": {"m": -92233720368546.75808, "f":
 
 #[test]
 fn numbers_in_a_stored_target_survive_reading_back_and_rewriting() {
-    let store = SqliteStore::in_memory().unwrap();
+    let store = SqlStore::in_memory().unwrap();
     let posted: TargetState = serde_json::from_str(POSTED).unwrap();
     // The nearest f64 to the posted decimal, as Rust's own parser reads it.
     assert_eq!(posted.config["m"].as_f64(), Some("-92233720368546.75808".parse::<f64>().unwrap()));

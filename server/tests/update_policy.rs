@@ -8,7 +8,7 @@ use pinion_server::api::{handle, Api, Request, Response};
 use pinion_server::keys::hash_secret;
 use pinion_server::pinning::{Answers, ResolveDigests};
 use pinion_server::policy::{UpdatePolicy, UpdateWindow};
-use pinion_server::store::{PendingUpdate, SqliteStore};
+use pinion_server::store::{PendingUpdate, SqlStore};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ impl Fixture {
     fn with_default(default_policy: UpdatePolicy) -> Fixture {
         Fixture {
             api: Api {
-                store: Arc::new(SqliteStore::in_memory().unwrap()),
+                store: Arc::new(SqlStore::in_memory().unwrap()),
                 resolver: Arc::new(NoRegistry),
                 admin_token_hash: hash_secret(ADMIN),
                 webhook_token_hash: None,

@@ -30,6 +30,7 @@ pub fn status_of(error: &Error) -> (u16, &'static str) {
         | RegistryProtocol { .. }
         | RegistryCredentials { .. } => (502, "registry_error"),
         Store { .. } => (500, "store_error"),
+        StoreUnavailable { .. } => (503, "store_unavailable"),
         Io { .. } => (500, "internal_error"),
         Secrets { .. } => (500, "secrets_error"),
     }
@@ -46,6 +47,8 @@ pub fn error_response(error: &Error) -> Response {
         Error::TooManyAttempts { retry_after_secs, .. } => {
             response.with_header("Retry-After", retry_after_secs.to_string())
         }
+        // An agent backs off and polls again; a load balancer may try another replica.
+        Error::StoreUnavailable { .. } => response.with_header("Retry-After", "5"),
         _ => response,
     }
 }

@@ -5,14 +5,17 @@
 //! global one. Passwords are sealed (`secrets.rs`) before they reach SQLite, bound to
 //! their host, device and user: no listing ever returns them.
 
-use super::sqlite::{db, SqliteStore};
+use super::sql::{args, db, DbError, Row, Sql, SqlExt};
+use super::sql_store::Touches;
+use super::sqlite_engine::Lite;
+use super::SqlStore;
 use crate::keys::new_id;
 use crate::registry_auth::registry_hosts;
 use crate::secrets::SecretKey;
 use crate::timefmt::rfc3339_now;
 use crate::Error;
 use pinion_model::TargetState;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::Connection;
 use std::fmt;
 
 /// `device_uuid` is `''` for the entry every device uses (a primary key cannot hold NULL
@@ -91,9 +94,9 @@ pub trait CredentialStore {
     fn device_registry_credentials(&self, uuid: &str) -> Result<Vec<RegistryCredential>, Error>;
 }
 
-/// Creates the tables. A database from before them gets `device_registries` filled
-/// from the devices' current targets, so their polls carry credentials without waiting
-/// for a new target.
+/// Creates the tables (SQLite's; PostgreSQL's are `postgres/schema.rs`). A database from
+/// before them gets `device_registries` filled from the devices' current targets, so their
+/// polls carry credentials without waiting for a new target.
 pub(super) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     let existed: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'device_registries'",
@@ -103,20 +106,26 @@ pub(super) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(SCHEMA)?;
     if !existed {
-        let targets: Vec<(String, String)> = {
-            let mut stmt = tx.prepare(
-                "SELECT d.uuid, t.state FROM devices d
-                 JOIN target_states t ON t.device_uuid = d.uuid AND t.version = d.target_version",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for (uuid, state) in targets {
-            let Ok(state) = serde_json::from_str::<TargetState>(&state) else { continue };
-            write_device_registries(&tx, &uuid, &registry_hosts(&state))?;
-        }
+        fill_device_registries(&mut Lite(&tx)).map_err(|e| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), Some(e.message))
+        })?;
     }
     tx.commit()
+}
+
+/// Writes the registry hosts of every device's current target.
+fn fill_device_registries(tx: &mut dyn Sql) -> Result<(), DbError> {
+    let targets: Vec<(String, String)> = tx.query_map(
+        "SELECT d.uuid, t.state FROM devices d
+         JOIN target_states t ON t.device_uuid = d.uuid AND t.version = d.target_version",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    for (uuid, state) in targets {
+        let Ok(state) = serde_json::from_str::<TargetState>(&state) else { continue };
+        write_device_registries(tx, &uuid, &registry_hosts(&state))?;
+    }
+    Ok(())
 }
 
 /// What a sealed password is bound to: moved to another host, device or user, it does
@@ -127,20 +136,23 @@ fn associated_data(host: &str, device: &str, username: &str) -> Vec<u8> {
 
 /// Replaces the registry hosts of a device's current target (inside `set_target`'s
 /// transaction).
-pub(super) fn write_device_registries(tx: &Transaction<'_>, uuid: &str, hosts: &[String]) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM device_registries WHERE device_uuid = ?1", [uuid])?;
+pub(super) fn write_device_registries(tx: &mut dyn Sql, uuid: &str, hosts: &[String]) -> Result<(), DbError> {
+    tx.execute("DELETE FROM device_registries WHERE device_uuid = ?1", args![uuid])?;
     for host in hosts {
-        tx.execute("INSERT OR IGNORE INTO device_registries (device_uuid, host) VALUES (?1, ?2)", params![uuid, host])?;
+        tx.execute(
+            "INSERT INTO device_registries (device_uuid, host) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            args![uuid, host],
+        )?;
     }
     Ok(())
 }
 
 /// One row as read: host, device ('' for all), username, sealed password, revision, updated_at.
-type Row = (String, String, String, Vec<u8>, String, String);
+type StoredRow = (String, String, String, Vec<u8>, String, String);
 
 fn open_row(
     key: &SecretKey,
-    (host, device, username, sealed, revision, updated_at): Row,
+    (host, device, username, sealed, revision, updated_at): StoredRow,
 ) -> Result<RegistryCredential, Error> {
     let what = match device.as_str() {
         "" => format!("the stored password for {host}"),
@@ -155,13 +167,27 @@ fn open_row(
     })
 }
 
-fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+fn read_row(row: &Row) -> Result<StoredRow, DbError> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
 }
 
 const ROW_COLUMNS: &str = "c.host, c.device_uuid, c.username, c.sealed_password, c.revision, c.updated_at";
 
-impl CredentialStore for SqliteStore {
+/// A device's rows, by host, its own entry before the global one. `CAST(?1 AS TEXT)`,
+/// not a bare `?1`: SQLite would propagate the value into the join and compile the
+/// statement again at every run (`StatementStatus::RePrepare`; 30 % of a 304 poll's CPU
+/// in BENCHMARKS.md, where `+?1` fixed it, which PostgreSQL does not take for text); the
+/// index is used either way.
+fn device_credentials_query() -> String {
+    format!(
+        "SELECT {ROW_COLUMNS} FROM device_registries r
+         JOIN registry_credentials c ON c.host = r.host AND (c.device_uuid = r.device_uuid OR c.device_uuid = '')
+         WHERE r.device_uuid = CAST(?1 AS TEXT)
+         ORDER BY c.host, c.device_uuid = ''"
+    )
+}
+
+impl CredentialStore for SqlStore {
     fn put_registry_credentials(
         &self,
         host: &str,
@@ -173,70 +199,71 @@ impl CredentialStore for SqliteStore {
         let global = [String::new()];
         let scopes = if devices.is_empty() { &global[..] } else { devices };
         let now = rfc3339_now();
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("storing registry credentials"))?;
-        for device in scopes {
-            let sealed = key.seal(password.as_bytes(), &associated_data(host, device, username));
-            tx.execute(
-                "INSERT INTO registry_credentials (host, device_uuid, username, sealed_password, revision, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (host, device_uuid) DO UPDATE SET username = excluded.username,
-                     sealed_password = excluded.sealed_password, revision = excluded.revision,
-                     updated_at = excluded.updated_at",
-                params![host, device, username, sealed, new_id(), now],
-            )
-            .map_err(db("storing registry credentials"))?;
-        }
-        tx.commit().map_err(db("storing registry credentials"))?;
+        // Sealed once, outside the transaction (which may run again on PostgreSQL).
+        let rows: Vec<(&String, Vec<u8>, String)> = scopes
+            .iter()
+            .map(|device| (device, key.seal(password.as_bytes(), &associated_data(host, device, username)), new_id()))
+            .collect();
+        self.write("storing registry credentials", Touches::Polls, |tx| {
+            for (device, sealed, revision) in &rows {
+                tx.execute(
+                    "INSERT INTO registry_credentials (host, device_uuid, username, sealed_password, revision, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (host, device_uuid) DO UPDATE SET username = excluded.username,
+                         sealed_password = excluded.sealed_password, revision = excluded.revision,
+                         updated_at = excluded.updated_at",
+                    args![host, device, username, sealed, revision, now],
+                )
+                .map_err(db("storing registry credentials"))?;
+            }
+            Ok(())
+        })?;
         Ok(now)
     }
 
     fn delete_registry_credentials(&self, host: &str, device: Option<&str>) -> Result<bool, Error> {
-        let changed = self
-            .conn()
-            .execute(
+        let changed = self.write("removing registry credentials", Touches::Polls, |tx| {
+            tx.execute(
                 "DELETE FROM registry_credentials WHERE host = ?1 AND device_uuid = ?2",
-                params![host, device.unwrap_or("")],
+                args![host, device.unwrap_or("")],
             )
-            .map_err(db("removing registry credentials"))?;
+            .map_err(db("removing registry credentials"))
+        })?;
         Ok(changed > 0)
     }
 
     fn registry_credential_entries(&self) -> Result<Vec<CredentialEntry>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare(
+        self.read(|c| {
+            c.query_map(
                 "SELECT host, device_uuid, username, updated_at FROM registry_credentials ORDER BY host, device_uuid",
+                args![],
+                |row| {
+                    let device: String = row.get(1)?;
+                    Ok(CredentialEntry {
+                        host: row.get(0)?,
+                        device: (!device.is_empty()).then_some(device),
+                        username: row.get(2)?,
+                        updated_at: row.get(3)?,
+                    })
+                },
             )
-            .map_err(db("listing registry credentials"))?;
-        let rows = stmt
-            .query_map([], |row| {
-                let device: String = row.get(1)?;
-                Ok(CredentialEntry {
-                    host: row.get(0)?,
-                    device: (!device.is_empty()).then_some(device),
-                    username: row.get(2)?,
-                    updated_at: row.get(3)?,
-                })
-            })
-            .map_err(db("listing registry credentials"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing registry credentials"))
+            .map_err(db("listing registry credentials"))
+        })
     }
 
     fn registry_credentials_for(&self, host: &str, device: Option<&str>) -> Result<Option<RegistryCredential>, Error> {
-        let row = self
-            .reader()?
-            .query_row(
+        let row = self.read(|c| {
+            c.query_opt(
                 &format!(
                     "SELECT {ROW_COLUMNS} FROM registry_credentials c
                      WHERE c.host = ?1 AND (c.device_uuid = ?2 OR c.device_uuid = '')
                      ORDER BY c.device_uuid = '' LIMIT 1"
                 ),
-                params![host, device.unwrap_or("")],
+                args![host, device.unwrap_or("")],
                 read_row,
             )
-            .optional()
-            .map_err(db("reading registry credentials"))?;
+            .map_err(db("reading registry credentials"))
+        })?;
         match row {
             Some(row) => Ok(Some(open_row(self.secret_key()?, row)?)),
             None => Ok(None),
@@ -244,23 +271,11 @@ impl CredentialStore for SqliteStore {
     }
 
     fn device_registry_credentials(&self, uuid: &str) -> Result<Vec<RegistryCredential>, Error> {
-        let rows: Vec<Row> = {
-            // Asked at every device poll: a read connection, not the writer's lock. `+?1`:
-            // with a bare `?1` SQLite propagates the value into the join and compiles the
-            // statement again at every run (`StatementStatus::RePrepare`; 30 % of a
-            // 304 poll's CPU in BENCHMARKS.md); the index is used either way.
-            let conn = self.reader()?;
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {ROW_COLUMNS} FROM device_registries r
-                     JOIN registry_credentials c ON c.host = r.host AND (c.device_uuid = r.device_uuid OR c.device_uuid = '')
-                     WHERE r.device_uuid = +?1
-                     ORDER BY c.host, c.device_uuid = ''"
-                ))
-                .map_err(db("reading a device's registry credentials"))?;
-            let rows = stmt.query_map([uuid], read_row).map_err(db("reading a device's registry credentials"))?;
-            rows.collect::<Result<_, _>>().map_err(db("reading a device's registry credentials"))?
-        };
+        // Asked at every device poll: a read connection, not the writer's lock.
+        let rows: Vec<StoredRow> = self.read(|c| {
+            c.query_map(&device_credentials_query(), args![uuid], read_row)
+                .map_err(db("reading a device's registry credentials"))
+        })?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -280,9 +295,10 @@ impl CredentialStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::both_engines;
     use crate::store::{NewTarget, PollAnswer, Store};
 
-    fn target_on(store: &SqliteStore, uuid: &str, hosts: &[&str]) {
+    fn target_on(store: &SqlStore, uuid: &str, hosts: &[&str]) {
         let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
         let target = NewTarget {
@@ -298,70 +314,72 @@ mod tests {
         store.set_target(uuid, &target).unwrap();
     }
 
-    #[test]
-    fn a_device_gets_the_credentials_of_its_registries_its_own_entry_winning() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.put_registry_credentials("reg.lan:5000", &[], "fleet", "global-pw").unwrap();
-        store.put_registry_credentials("reg.lan:5000", &["d2".into()], "d2-user", "d2-pw").unwrap();
-        store.put_registry_credentials("other.lan", &[], "o", "other-pw").unwrap();
-        target_on(&store, "d1", &["reg.lan:5000", "docker.io"]);
-        target_on(&store, "d2", &["reg.lan:5000"]);
-        target_on(&store, "d3", &["docker.io"]);
+    both_engines! {
+        fn a_device_gets_the_credentials_of_its_registries_its_own_entry_winning(store) {
+            store.put_registry_credentials("reg.lan:5000", &[], "fleet", "global-pw").unwrap();
+            store.put_registry_credentials("reg.lan:5000", &["d2".into()], "d2-user", "d2-pw").unwrap();
+            store.put_registry_credentials("other.lan", &[], "o", "other-pw").unwrap();
+            target_on(&store, "d1", &["reg.lan:5000", "docker.io"]);
+            target_on(&store, "d2", &["reg.lan:5000"]);
+            target_on(&store, "d3", &["docker.io"]);
 
-        let d1 = store.device_registry_credentials("d1").unwrap();
-        assert_eq!(d1.len(), 1);
-        assert_eq!((d1[0].entry.username.as_str(), d1[0].password.as_str()), ("fleet", "global-pw"));
-        let d2 = store.device_registry_credentials("d2").unwrap();
-        assert_eq!((d2[0].entry.username.as_str(), d2[0].password.as_str()), ("d2-user", "d2-pw"));
-        assert_eq!(d2[0].entry.device.as_deref(), Some("d2"));
-        assert!(store.device_registry_credentials("d3").unwrap().is_empty());
-        assert!(store.device_registry_credentials("nobody").unwrap().is_empty());
+            let d1 = store.device_registry_credentials("d1").unwrap();
+            assert_eq!(d1.len(), 1);
+            assert_eq!((d1[0].entry.username.as_str(), d1[0].password.as_str()), ("fleet", "global-pw"));
+            let d2 = store.device_registry_credentials("d2").unwrap();
+            assert_eq!((d2[0].entry.username.as_str(), d2[0].password.as_str()), ("d2-user", "d2-pw"));
+            assert_eq!(d2[0].entry.device.as_deref(), Some("d2"));
+            assert!(store.device_registry_credentials("d3").unwrap().is_empty());
+            assert!(store.device_registry_credentials("nobody").unwrap().is_empty());
 
-        let server = store.registry_credentials_for("reg.lan:5000", None).unwrap().unwrap();
-        assert_eq!(server.password, "global-pw");
-        assert_eq!(store.registry_credentials_for("reg.lan:5000", Some("d2")).unwrap().unwrap().password, "d2-pw");
-        assert_eq!(store.registry_credentials_for("nowhere", None).unwrap(), None);
-        assert!(!format!("{server:?}").contains("global-pw"));
+            let server = store.registry_credentials_for("reg.lan:5000", None).unwrap().unwrap();
+            assert_eq!(server.password, "global-pw");
+            assert_eq!(store.registry_credentials_for("reg.lan:5000", Some("d2")).unwrap().unwrap().password, "d2-pw");
+            assert_eq!(store.registry_credentials_for("nowhere", None).unwrap(), None);
+            assert!(!format!("{server:?}").contains("global-pw"));
 
-        // A new target moves the device off the registry.
-        target_on(&store, "d1", &["docker.io"]);
-        assert!(store.device_registry_credentials("d1").unwrap().is_empty());
-    }
+            // A new target moves the device off the registry.
+            target_on(&store, "d1", &["docker.io"]);
+            assert!(store.device_registry_credentials("d1").unwrap().is_empty());
+        }
 
-    #[test]
-    fn writes_replace_list_without_passwords_and_delete_by_scope() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.put_registry_credentials("reg.lan", &[], "a", "pw1").unwrap();
-        let first = store.registry_credentials_for("reg.lan", None).unwrap().unwrap();
-        store.put_registry_credentials("reg.lan", &[], "b", "pw2").unwrap();
-        let second = store.registry_credentials_for("reg.lan", None).unwrap().unwrap();
-        assert_eq!((second.entry.username.as_str(), second.password.as_str()), ("b", "pw2"));
-        assert_ne!(first.revision, second.revision);
-        store.put_registry_credentials("reg.lan", &["d1".into(), "d2".into()], "c", "pw3").unwrap();
-        let listed: Vec<_> =
-            store.registry_credential_entries().unwrap().into_iter().map(|e| (e.device, e.username)).collect();
-        assert_eq!(listed, [(None, "b".to_string()), (Some("d1".into()), "c".into()), (Some("d2".into()), "c".into())]);
-        assert!(store.delete_registry_credentials("reg.lan", Some("d1")).unwrap());
-        assert!(!store.delete_registry_credentials("reg.lan", Some("d1")).unwrap());
-        assert!(store.delete_registry_credentials("reg.lan", None).unwrap());
-        assert_eq!(store.registry_credential_entries().unwrap().len(), 1);
-    }
+        fn writes_replace_list_without_passwords_and_delete_by_scope(store) {
+            store.put_registry_credentials("reg.lan", &[], "a", "pw1").unwrap();
+            let first = store.registry_credentials_for("reg.lan", None).unwrap().unwrap();
+            store.put_registry_credentials("reg.lan", &[], "b", "pw2").unwrap();
+            let second = store.registry_credentials_for("reg.lan", None).unwrap().unwrap();
+            assert_eq!((second.entry.username.as_str(), second.password.as_str()), ("b", "pw2"));
+            assert_ne!(first.revision, second.revision);
+            store.put_registry_credentials("reg.lan", &["d1".into(), "d2".into()], "c", "pw3").unwrap();
+            let listed: Vec<_> =
+                store.registry_credential_entries().unwrap().into_iter().map(|e| (e.device, e.username)).collect();
+            assert_eq!(
+                listed,
+                [(None, "b".to_string()), (Some("d1".into()), "c".into()), (Some("d2".into()), "c".into())]
+            );
+            assert!(store.delete_registry_credentials("reg.lan", Some("d1")).unwrap());
+            assert!(!store.delete_registry_credentials("reg.lan", Some("d1")).unwrap());
+            assert!(store.delete_registry_credentials("reg.lan", None).unwrap());
+            assert_eq!(store.registry_credential_entries().unwrap().len(), 1);
+        }
 
-    #[test]
-    fn a_password_moved_to_another_row_does_not_open() {
-        let store = SqliteStore::in_memory().unwrap();
-        store.put_registry_credentials("a.lan", &[], "u", "pw-a").unwrap();
-        store.put_registry_credentials("b.lan", &[], "u", "pw-b").unwrap();
-        store
-            .conn()
-            .execute(
-                "UPDATE registry_credentials SET sealed_password =
-                     (SELECT sealed_password FROM registry_credentials WHERE host = 'a.lan') WHERE host = 'b.lan'",
-                [],
-            )
-            .unwrap();
-        let err = store.registry_credentials_for("b.lan", None).unwrap_err();
-        assert!(matches!(err, Error::Secrets { .. }), "{err}");
+        fn a_password_moved_to_another_row_does_not_open(store) {
+            store.put_registry_credentials("a.lan", &[], "u", "pw-a").unwrap();
+            store.put_registry_credentials("b.lan", &[], "u", "pw-b").unwrap();
+            store
+                .write("moving a password", Touches::Polls, |tx| {
+                    tx.execute(
+                        "UPDATE registry_credentials
+                         SET sealed_password = (SELECT sealed_password FROM registry_credentials WHERE host = 'a.lan')
+                         WHERE host = 'b.lan'",
+                        args![],
+                    )
+                    .map_err(db("moving a password"))
+                })
+                .unwrap();
+            let err = store.registry_credentials_for("b.lan", None).unwrap_err();
+            assert!(matches!(err, Error::Secrets { .. }), "{err}");
+        }
     }
 
     #[test]
@@ -374,7 +392,7 @@ mod tests {
         };
         remove();
         {
-            let store = SqliteStore::open(&path).unwrap();
+            let store = SqlStore::open(&path).unwrap();
             let state = r#"{"apps": {"1": {"services": [{"serviceName": "s", "imageName": "reg.lan:5000/app:v1"}]}}}"#;
             let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
             let target = NewTarget {
@@ -388,9 +406,13 @@ mod tests {
                 release: None,
             };
             store.set_target("old", &target).unwrap();
-            store.conn().execute_batch("DROP TABLE device_registries").unwrap();
+            store
+                .write("dropping a table", Touches::Polls, |tx| {
+                    tx.batch("DROP TABLE device_registries").map_err(db("dropping a table"))
+                })
+                .unwrap();
         }
-        let store = SqliteStore::open(&path).unwrap().with_secret_key(SecretKey::generate());
+        let store = SqlStore::open(&path).unwrap().with_secret_key(SecretKey::generate());
         store.put_registry_credentials("reg.lan:5000", &[], "u", "pw").unwrap();
         assert_eq!(store.device_registry_credentials("old").unwrap().len(), 1);
         drop(store);
@@ -400,12 +422,64 @@ mod tests {
     #[test]
     fn without_a_key_credentials_cannot_be_stored() {
         let path = std::env::temp_dir().join(format!("pinion-no-key-{}.db", std::process::id()));
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqlStore::open(&path).unwrap();
         let err = store.put_registry_credentials("a.lan", &[], "u", "pw").unwrap_err();
         assert!(matches!(err, Error::Secrets { .. }), "{err}");
         drop(store);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[test]
+    fn a_device_poll_reads_its_credentials_without_compiling_the_query_again() {
+        let store = crate::store::testing::sqlite();
+        target_on(&store, "d1", &["reg.lan"]);
+        let conn = store.sqlite().unwrap().writer();
+        let mut stmt = conn.prepare_cached(&device_credentials_query()).unwrap();
+        for uuid in ["d1", "d2", "d1"] {
+            stmt.query([uuid]).unwrap().next().unwrap();
+        }
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    #[test]
+    fn zz_experiment() {
+        for file in [false, true] {
+            let path = std::env::temp_dir().join(format!("pinion-exp-{}.db", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let store = if file {
+                SqlStore::open(&path).unwrap().with_secret_key(SecretKey::generate())
+            } else {
+                crate::store::testing::sqlite()
+            };
+            store.put_registry_credentials("reg.lan", &[], "u", "pw").unwrap();
+            store.put_registry_credentials("reg.lan", &["d2".into()], "u", "pw").unwrap();
+            for d in ["d1", "d2", "d3"] {
+                target_on(&store, d, &["reg.lan", "docker.io"]);
+            }
+            let conn = store.sqlite().unwrap().writer();
+            for w in ["?1", "+?1", "CAST(?1 AS TEXT)", "(?1)", "?1 || ''", "COALESCE(?1, '')"] {
+                let q = format!("SELECT {ROW_COLUMNS} FROM device_registries r
+                     JOIN registry_credentials c ON c.host = r.host AND (c.device_uuid = r.device_uuid OR c.device_uuid = '')
+                     WHERE r.device_uuid = {w}
+                     ORDER BY c.host, c.device_uuid = ''");
+                let mut stmt = conn.prepare(&q).unwrap();
+                let mut n = 0;
+                for uuid in ["d1", "d2", "d3", "d1"] {
+                    let mut rows = stmt.query([uuid]).unwrap();
+                    while rows.next().unwrap().is_some() {
+                        n += 1;
+                    }
+                }
+                eprintln!(
+                    "file={file} {w}: reprepare {} rows {n}",
+                    stmt.get_status(rusqlite::StatementStatus::RePrepare)
+                );
+            }
+            drop(conn);
+            drop(store);
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

@@ -3,11 +3,12 @@
 //! a fleet follows, and the event log. The decisions are elsewhere (`rollout/`,
 //! `fleets.rs`); this is only where they are kept, so that a restart loses none.
 
-use super::sqlite::{db, SqliteStore};
+use super::sql::{args, db, DbError, Row, Sql, SqlExt, ToValue};
+use super::sql_store::Touches;
+use super::SqlStore;
 use crate::rollout::{DeviceStatus, Observation, RolloutDevice, RolloutPlan, RolloutProgress, RolloutStatus};
 use crate::timefmt::rfc3339_now;
 use crate::Error;
-use rusqlite::{params, OptionalExtension, Row, Transaction};
 use std::collections::{BTreeMap, HashMap};
 
 /// The newest events kept; older ones are deleted as new ones come.
@@ -196,38 +197,38 @@ pub trait FleetStore {
 
 const FLEET_COLUMNS: &str = "name, description, update_policy, rollout_plan, current_release, created_at";
 
-fn fleet_from_row(row: &Row<'_>) -> rusqlite::Result<Fleet> {
+fn fleet_from_row(row: &Row) -> Result<Fleet, DbError> {
     Ok(Fleet {
         name: row.get(0)?,
         description: row.get(1)?,
         update_policy: row.get(2)?,
         rollout_plan: row.get(3)?,
-        current_release: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        current_release: row.get(4)?,
         created_at: row.get(5)?,
     })
 }
 
 const MEMBER_COLUMNS: &str = "uuid, fleet, labels, pinned, release_id, rollout_id, rollout_release";
 
-fn member_from_row(row: &Row<'_>) -> rusqlite::Result<Membership> {
+fn member_from_row(row: &Row) -> Result<Membership, DbError> {
     let labels: Option<String> = row.get(2)?;
     Ok(Membership {
         uuid: row.get(0)?,
         fleet: row.get(1)?,
         labels: labels.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
         pinned: row.get(3)?,
-        release_id: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-        rollout_id: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-        rollout_release: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        release_id: row.get(4)?,
+        rollout_id: row.get(5)?,
+        rollout_release: row.get(6)?,
     })
 }
 
 const RELEASE_COLUMNS: &str = "id, fleet, state, refs, source, note, created_at";
 
-fn release_from_row(row: &Row<'_>) -> rusqlite::Result<Release> {
+fn release_from_row(row: &Row) -> Result<Release, DbError> {
     let refs: String = row.get(3)?;
     Ok(Release {
-        id: row.get::<_, i64>(0)? as u64,
+        id: row.get(0)?,
         fleet: row.get(1)?,
         state: row.get(2)?,
         references: serde_json::from_str(&refs).unwrap_or_default(),
@@ -248,23 +249,23 @@ fn device_status_from(text: &str) -> DeviceStatus {
     serde_json::from_value(serde_json::Value::String(text.to_string())).unwrap_or(DeviceStatus::Pending)
 }
 
-fn rollout_from_row(row: &Row<'_>) -> rusqlite::Result<StoredRollout> {
+fn rollout_from_row(row: &Row) -> Result<StoredRollout, DbError> {
     let plan: String = row.get(4)?;
     let status: String = row.get(5)?;
     Ok(StoredRollout {
-        id: row.get::<_, i64>(0)? as u64,
+        id: row.get(0)?,
         fleet: row.get(1)?,
-        release: row.get::<_, i64>(2)? as u64,
-        previous_release: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+        release: row.get(2)?,
+        previous_release: row.get(3)?,
         // Stored from a checked plan; a row that no longer reads keeps the defaults.
         plan: serde_json::from_str(&plan).unwrap_or_default(),
         progress: RolloutProgress {
             status: status_from(&status),
-            current_wave: row.get::<_, Option<i64>>(6)?.map(|v| v as usize),
+            current_wave: row.get::<Option<i64>>(6)?.map(|v| v as usize),
             wave_started_at: row.get(7)?,
-            wave_count: row.get::<_, i64>(8)? as usize,
-            superseded_by: row.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-            failures_accepted: row.get::<_, i64>(10)? as u64,
+            wave_count: row.get::<i64>(8)? as usize,
+            superseded_by: row.get(9)?,
+            failures_accepted: row.get(10)?,
         },
         created_at: row.get(11)?,
         updated_at: row.get(12)?,
@@ -274,12 +275,12 @@ fn rollout_from_row(row: &Row<'_>) -> rusqlite::Result<StoredRollout> {
 const ROLLOUT_DEVICE_COLUMNS: &str = "device_uuid, wave, status, reason, updating_since, healthy_at, assigned, \
      running_since, fingerprint, previous_rollout, previous_release";
 
-fn rollout_device_from_row(row: &Row<'_>) -> rusqlite::Result<RolloutDeviceRow> {
+fn rollout_device_from_row(row: &Row) -> Result<RolloutDeviceRow, DbError> {
     let status: String = row.get(2)?;
     Ok(RolloutDeviceRow {
         device: RolloutDevice {
             uuid: row.get(0)?,
-            wave: row.get::<_, i64>(1)? as usize,
+            wave: row.get::<i64>(1)? as usize,
             status: device_status_from(&status),
             reason: row.get(3)?,
             updating_since: row.get(4)?,
@@ -289,12 +290,12 @@ fn rollout_device_from_row(row: &Row<'_>) -> rusqlite::Result<RolloutDeviceRow> 
             fingerprint: row.get(8)?,
             observation: Observation::Updating,
         },
-        previous_rollout: row.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-        previous_release: row.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+        previous_rollout: row.get(9)?,
+        previous_release: row.get(10)?,
     })
 }
 
-fn write_rollout_device(tx: &Transaction<'_>, rollout: u64, row: &RolloutDeviceRow) -> rusqlite::Result<()> {
+fn write_rollout_device(tx: &mut dyn Sql, rollout: u64, row: &RolloutDeviceRow) -> Result<(), DbError> {
     let d = &row.device;
     tx.execute(
         "INSERT INTO rollout_devices (rollout_id, device_uuid, wave, status, reason, updating_since, healthy_at,
@@ -304,10 +305,10 @@ fn write_rollout_device(tx: &Transaction<'_>, rollout: u64, row: &RolloutDeviceR
              reason = excluded.reason, updating_since = excluded.updating_since, healthy_at = excluded.healthy_at,
              assigned = excluded.assigned, running_since = excluded.running_since,
              fingerprint = excluded.fingerprint",
-        params![
-            rollout as i64,
+        args![
+            rollout,
             d.uuid,
-            d.wave as i64,
+            d.wave,
             d.status.as_str(),
             d.reason,
             d.updating_since,
@@ -315,41 +316,41 @@ fn write_rollout_device(tx: &Transaction<'_>, rollout: u64, row: &RolloutDeviceR
             d.assigned,
             d.running_since,
             d.fingerprint,
-            row.previous_rollout.map(|v| v as i64),
-            row.previous_release.map(|v| v as i64),
+            row.previous_rollout,
+            row.previous_release,
         ],
     )?;
     Ok(())
 }
 
-fn write_progress(tx: &Transaction<'_>, id: u64, progress: &RolloutProgress, now: &str) -> rusqlite::Result<usize> {
+fn write_progress(tx: &mut dyn Sql, id: u64, progress: &RolloutProgress, now: &str) -> Result<u64, DbError> {
     tx.execute(
         "UPDATE rollouts SET status = ?2, current_wave = ?3, wave_started_at = ?4, wave_count = ?5,
                              superseded_by = ?6, failures_accepted = ?7, updated_at = ?8
          WHERE id = ?1",
-        params![
-            id as i64,
+        args![
+            id,
             progress.status.as_str(),
-            progress.current_wave.map(|w| w as i64),
+            progress.current_wave,
             progress.wave_started_at,
-            progress.wave_count as i64,
-            progress.superseded_by.map(|v| v as i64),
-            progress.failures_accepted as i64,
+            progress.wave_count,
+            progress.superseded_by,
+            progress.failures_accepted,
             now,
         ],
     )
 }
 
-impl FleetStore for SqliteStore {
+impl FleetStore for SqlStore {
     fn create_fleet(&self, fleet: &Fleet) -> Result<(), Error> {
-        let inserted = self
-            .conn_outside_polls()
-            .execute(
-                "INSERT OR IGNORE INTO fleets (name, description, update_policy, rollout_plan, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![fleet.name, fleet.description, fleet.update_policy, fleet.rollout_plan, fleet.created_at],
+        let inserted = self.write("creating a fleet", Touches::NothingPolled, |tx| {
+            tx.execute(
+                "INSERT INTO fleets (name, description, update_policy, rollout_plan, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                args![fleet.name, fleet.description, fleet.update_policy, fleet.rollout_plan, fleet.created_at],
             )
-            .map_err(db("creating a fleet"))?;
+            .map_err(db("creating a fleet"))
+        })?;
         if inserted == 0 {
             return Err(Error::Conflict { reason: format!("fleet {} exists already", fleet.name) });
         }
@@ -357,143 +358,142 @@ impl FleetStore for SqliteStore {
     }
 
     fn fleet(&self, name: &str) -> Result<Option<Fleet>, Error> {
-        self.reader()?
-            .query_row(&format!("SELECT {FLEET_COLUMNS} FROM fleets WHERE name = ?1"), [name], fleet_from_row)
-            .optional()
-            .map_err(db("reading a fleet"))
+        self.read(|c| {
+            c.query_opt(&format!("SELECT {FLEET_COLUMNS} FROM fleets WHERE name = ?1"), args![name], fleet_from_row)
+                .map_err(db("reading a fleet"))
+        })
     }
 
     fn fleets(&self) -> Result<Vec<Fleet>, Error> {
-        let conn = self.reader()?;
-        let mut stmt =
-            conn.prepare(&format!("SELECT {FLEET_COLUMNS} FROM fleets ORDER BY name")).map_err(db("listing fleets"))?;
-        let rows = stmt.query_map([], fleet_from_row).map_err(db("listing fleets"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing fleets"))
+        self.read(|c| {
+            c.query_map(&format!("SELECT {FLEET_COLUMNS} FROM fleets ORDER BY name"), args![], fleet_from_row)
+                .map_err(db("listing fleets"))
+        })
     }
 
     fn update_fleet(&self, fleet: &Fleet) -> Result<bool, Error> {
-        let changed = self
-            .conn_outside_polls()
-            .execute(
+        let changed = self.write("updating a fleet", Touches::NothingPolled, |tx| {
+            tx.execute(
                 "UPDATE fleets SET description = ?2, update_policy = ?3, rollout_plan = ?4 WHERE name = ?1",
-                params![fleet.name, fleet.description, fleet.update_policy, fleet.rollout_plan],
+                args![fleet.name, fleet.description, fleet.update_policy, fleet.rollout_plan],
             )
-            .map_err(db("updating a fleet"))?;
+            .map_err(db("updating a fleet"))
+        })?;
         Ok(changed == 1)
     }
 
     fn delete_fleet(&self, name: &str) -> Result<bool, Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("deleting a fleet"))?;
-        let members: i64 = tx
-            .query_row("SELECT count(*) FROM devices WHERE fleet = ?1", [name], |r| r.get(0))
-            .map_err(db("deleting a fleet"))?;
-        if members > 0 {
-            return Err(Error::Conflict {
-                reason: format!(
-                    "fleet {name} still has {members} devices: move them out first (DELETE /devices/{{uuid}}/fleet)"
-                ),
-            });
-        }
-        tx.execute(
-            "DELETE FROM rollout_devices WHERE rollout_id IN (SELECT id FROM rollouts WHERE fleet = ?1)",
-            [name],
-        )
-        .map_err(db("deleting a fleet"))?;
-        tx.execute("UPDATE provisioning_keys SET fleet = NULL WHERE fleet = ?1", [name])
-            .map_err(db("deleting a fleet"))?;
-        let deleted = tx.execute("DELETE FROM fleets WHERE name = ?1", [name]).map_err(db("deleting a fleet"))?;
-        tx.commit().map_err(db("deleting a fleet"))?;
+        let failed = db("deleting a fleet");
+        let deleted = self.write("deleting a fleet", Touches::NothingPolled, |tx| {
+            let members: i64 = tx
+                .query_row("SELECT count(*) FROM devices WHERE fleet = ?1", args![name], |r| r.get(0))
+                .map_err(&failed)?;
+            if members > 0 {
+                return Err(Error::Conflict {
+                    reason: format!(
+                        "fleet {name} still has {members} devices: move them out first (DELETE /devices/{{uuid}}/fleet)"
+                    ),
+                });
+            }
+            tx.execute(
+                "DELETE FROM rollout_devices WHERE rollout_id IN (SELECT id FROM rollouts WHERE fleet = ?1)",
+                args![name],
+            )
+            .map_err(&failed)?;
+            tx.execute("UPDATE provisioning_keys SET fleet = NULL WHERE fleet = ?1", args![name]).map_err(&failed)?;
+            tx.execute("DELETE FROM fleets WHERE name = ?1", args![name]).map_err(&failed)
+        })?;
         Ok(deleted == 1)
     }
 
     fn fleet_members(&self, fleet: &str) -> Result<Vec<Membership>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {MEMBER_COLUMNS} FROM devices WHERE fleet = ?1 ORDER BY uuid"))
-            .map_err(db("listing a fleet's devices"))?;
-        let rows = stmt.query_map([fleet], member_from_row).map_err(db("listing a fleet's devices"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing a fleet's devices"))
+        self.read(|c| {
+            c.query_map(
+                &format!("SELECT {MEMBER_COLUMNS} FROM devices WHERE fleet = ?1 ORDER BY uuid"),
+                args![fleet],
+                member_from_row,
+            )
+            .map_err(db("listing a fleet's devices"))
+        })
     }
 
     fn membership(&self, uuid: &str) -> Result<Option<Membership>, Error> {
-        self.reader()?
-            .query_row(&format!("SELECT {MEMBER_COLUMNS} FROM devices WHERE uuid = ?1"), [uuid], member_from_row)
-            .optional()
-            .map_err(db("reading a device's fleet"))
+        self.read(|c| {
+            c.query_opt(&format!("SELECT {MEMBER_COLUMNS} FROM devices WHERE uuid = ?1"), args![uuid], member_from_row)
+                .map_err(db("reading a device's fleet"))
+        })
     }
 
     fn last_reports(&self, uuids: &[&str]) -> Result<HashMap<String, String>, Error> {
-        let conn = self.reader()?;
-        let mut reports = HashMap::new();
-        // SQLite binds at most 32,766 parameters; a few hundred per statement is plenty.
-        for chunk in uuids.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT uuid, current_state FROM devices WHERE current_state IS NOT NULL AND uuid IN ({marks})"
-                ))
+        self.read(|c| {
+            let mut reports = HashMap::new();
+            // SQLite binds at most 32,766 parameters, PostgreSQL 65,535; a few hundred per
+            // statement is plenty.
+            for chunk in uuids.chunks(500) {
+                let marks = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                c.query_each(
+                    &format!(
+                        "SELECT uuid, current_state FROM devices WHERE current_state IS NOT NULL AND uuid IN ({marks})"
+                    ),
+                    &chunk.iter().map(|uuid| uuid.to_value()).collect::<Vec<_>>(),
+                    &mut |row: Row| {
+                        reports.insert(row.get(0)?, row.get(1)?);
+                        Ok(())
+                    },
+                )
                 .map_err(db("reading reports"))?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(chunk.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db("reading reports"))?;
-            for row in rows {
-                let (uuid, report): (String, String) = row.map_err(db("reading reports"))?;
-                reports.insert(uuid, report);
             }
-        }
-        Ok(reports)
+            Ok(reports)
+        })
     }
 
     fn set_device_fleet(&self, uuid: &str, fleet: Option<&str>) -> Result<bool, Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("moving a device"))?;
-        if let Some(fleet) = fleet {
-            let exists: bool = tx
-                .query_row("SELECT count(*) > 0 FROM fleets WHERE name = ?1", [fleet], |r| r.get(0))
-                .map_err(db("moving a device"))?;
-            if !exists {
-                return Err(Error::NotFound { what: format!("fleet {fleet}") });
+        let failed = db("moving a device");
+        let changed = self.write("moving a device", Touches::NothingPolled, |tx| {
+            if let Some(fleet) = fleet {
+                let exists: bool = tx
+                    .query_row("SELECT count(*) > 0 FROM fleets WHERE name = ?1", args![fleet], |r| r.get(0))
+                    .map_err(&failed)?;
+                if !exists {
+                    return Err(Error::NotFound { what: format!("fleet {fleet}") });
+                }
             }
-        }
-        let changed = tx
-            .execute(
+            tx.execute(
                 "UPDATE devices SET fleet = ?2, pinned = 0, rollout_id = NULL, rollout_release = NULL WHERE uuid = ?1",
-                params![uuid, fleet],
+                args![uuid, fleet],
             )
-            .map_err(db("moving a device"))?;
-        tx.commit().map_err(db("moving a device"))?;
+            .map_err(&failed)
+        })?;
         Ok(changed == 1)
     }
 
     fn set_device_labels(&self, uuid: &str, labels: &BTreeMap<String, String>) -> Result<bool, Error> {
         let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
-        let changed = self
-            .conn_outside_polls()
-            .execute("UPDATE devices SET labels = ?2 WHERE uuid = ?1", params![uuid, json])
-            .map_err(db("labelling a device"))?;
+        let changed = self.write("labelling a device", Touches::NothingPolled, |tx| {
+            tx.execute("UPDATE devices SET labels = ?2 WHERE uuid = ?1", args![uuid, json])
+                .map_err(db("labelling a device"))
+        })?;
         Ok(changed == 1)
     }
 
     fn unpin(&self, uuid: &str) -> Result<bool, Error> {
-        let changed = self
-            .conn_outside_polls()
-            .execute("UPDATE devices SET pinned = 0 WHERE uuid = ?1", [uuid])
-            .map_err(db("unpinning a device"))?;
+        let changed = self.write("unpinning a device", Touches::NothingPolled, |tx| {
+            tx.execute("UPDATE devices SET pinned = 0 WHERE uuid = ?1", args![uuid]).map_err(db("unpinning a device"))
+        })?;
         Ok(changed == 1)
     }
 
     fn set_rollout_release(&self, uuids: &[String], rollout: Option<u64>, release: Option<u64>) -> Result<(), Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("assigning a release"))?;
-        for uuid in uuids {
-            tx.execute(
-                "UPDATE devices SET rollout_id = ?2, rollout_release = ?3 WHERE uuid = ?1",
-                params![uuid, rollout.map(|v| v as i64), release.map(|v| v as i64)],
-            )
-            .map_err(db("assigning a release"))?;
-        }
-        tx.commit().map_err(db("assigning a release"))
+        self.write("assigning a release", Touches::NothingPolled, |tx| {
+            for uuid in uuids {
+                tx.execute(
+                    "UPDATE devices SET rollout_id = ?2, rollout_release = ?3 WHERE uuid = ?1",
+                    args![uuid, rollout, release],
+                )
+                .map_err(db("assigning a release"))?;
+            }
+            Ok(())
+        })
     }
 
     fn create_release(
@@ -505,313 +505,309 @@ impl FleetStore for SqliteStore {
         note: Option<&str>,
     ) -> Result<u64, Error> {
         let refs = serde_json::to_string(references).unwrap_or_else(|_| "[]".into());
-        let id: i64 = self
-            .conn_outside_polls()
-            .query_row(
+        let now = rfc3339_now();
+        self.write("storing a release", Touches::NothingPolled, |tx| {
+            tx.query_row(
                 "INSERT INTO releases (fleet, state, refs, source, note, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  RETURNING id",
-                params![fleet, state, refs, source, note, rfc3339_now()],
+                args![fleet, state, refs, source, note, now],
                 |r| r.get(0),
             )
-            .map_err(db("storing a release"))?;
-        Ok(id as u64)
+            .map_err(db("storing a release"))
+        })
     }
 
     fn release(&self, fleet: &str, id: u64) -> Result<Option<Release>, Error> {
-        self.reader()?
-            .query_row(
+        self.read(|c| {
+            c.query_opt(
                 &format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE fleet = ?1 AND id = ?2"),
-                params![fleet, id as i64],
+                args![fleet, id.min(i64::MAX as u64)],
                 release_from_row,
             )
-            .optional()
             .map_err(db("reading a release"))
+        })
     }
 
     fn releases(&self, fleet: &str, before: Option<u64>, limit: usize) -> Result<Vec<Release>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {RELEASE_COLUMNS} FROM releases WHERE fleet = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
-            ))
-            .map_err(db("listing releases"))?;
         let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-        let rows = stmt
-            .query_map(params![fleet, before, limit.min(i64::MAX as usize) as i64], release_from_row)
-            .map_err(db("listing releases"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing releases"))
+        self.read(|c| {
+            c.query_map(
+                &format!(
+                    "SELECT {RELEASE_COLUMNS} FROM releases WHERE fleet = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
+                ),
+                args![fleet, before, limit],
+                release_from_row,
+            )
+            .map_err(db("listing releases"))
+        })
     }
 
     fn set_fleet_release(&self, fleet: &str, release: u64) -> Result<(), Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("setting a fleet's release"))?;
-        tx.execute("UPDATE fleets SET current_release = ?2 WHERE name = ?1", params![fleet, release as i64])
-            .map_err(db("setting a fleet's release"))?;
-        tx.execute("UPDATE devices SET rollout_id = NULL, rollout_release = NULL WHERE fleet = ?1", [fleet])
-            .map_err(db("setting a fleet's release"))?;
-        tx.commit().map_err(db("setting a fleet's release"))
+        let failed = db("setting a fleet's release");
+        self.write("setting a fleet's release", Touches::NothingPolled, |tx| {
+            tx.execute("UPDATE fleets SET current_release = ?2 WHERE name = ?1", args![fleet, release])
+                .map_err(&failed)?;
+            tx.execute("UPDATE devices SET rollout_id = NULL, rollout_release = NULL WHERE fleet = ?1", args![fleet])
+                .map_err(&failed)?;
+            Ok(())
+        })
     }
 
     fn set_fleet_references(&self, fleet: &str, references: &[String]) -> Result<(), Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("setting a fleet's tags"))?;
-        tx.execute("DELETE FROM fleet_images WHERE fleet = ?1", [fleet]).map_err(db("setting a fleet's tags"))?;
-        for reference in references {
-            tx.execute(
-                "INSERT OR IGNORE INTO fleet_images (fleet, reference) VALUES (?1, ?2)",
-                params![fleet, reference],
-            )
-            .map_err(db("setting a fleet's tags"))?;
-        }
-        tx.commit().map_err(db("setting a fleet's tags"))
+        let failed = db("setting a fleet's tags");
+        self.write("setting a fleet's tags", Touches::NothingPolled, |tx| {
+            tx.execute("DELETE FROM fleet_images WHERE fleet = ?1", args![fleet]).map_err(&failed)?;
+            for reference in references {
+                tx.execute(
+                    "INSERT INTO fleet_images (fleet, reference) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    args![fleet, reference],
+                )
+                .map_err(&failed)?;
+            }
+            Ok(())
+        })
     }
 
     fn fleets_following(&self, reference: &str) -> Result<Vec<String>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT fleet FROM fleet_images WHERE reference = ?1 ORDER BY fleet")
-            .map_err(db("listing fleets following a tag"))?;
-        let rows = stmt.query_map([reference], |r| r.get(0)).map_err(db("listing fleets following a tag"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing fleets following a tag"))
+        self.read(|c| {
+            c.query_map("SELECT fleet FROM fleet_images WHERE reference = ?1 ORDER BY fleet", args![reference], |r| {
+                r.get(0)
+            })
+            .map_err(db("listing fleets following a tag"))
+        })
     }
 
     fn put_fleet_update(&self, update: &FleetUpdate) -> Result<bool, Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("recording a fleet's moved tag"))?;
-        let known: Option<String> = tx
-            .query_row(
-                "SELECT digest FROM fleet_updates WHERE fleet = ?1 AND reference = ?2",
-                params![update.fleet, update.reference],
-                |r| r.get(0),
+        let failed = db("recording a fleet's moved tag");
+        self.write("recording a fleet's moved tag", Touches::NothingPolled, |tx| {
+            let known: Option<String> = tx
+                .query_opt(
+                    "SELECT digest FROM fleet_updates WHERE fleet = ?1 AND reference = ?2",
+                    args![update.fleet, update.reference],
+                    |r| r.get(0),
+                )
+                .map_err(&failed)?;
+            if known.as_deref() == Some(update.digest.as_str()) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO fleet_updates (fleet, reference, digest, detected_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (fleet, reference) DO UPDATE SET digest = excluded.digest, detected_at = excluded.detected_at",
+                args![update.fleet, update.reference, update.digest, update.detected_at],
             )
-            .optional()
-            .map_err(db("recording a fleet's moved tag"))?;
-        if known.as_deref() == Some(update.digest.as_str()) {
-            return Ok(false);
-        }
-        tx.execute(
-            "INSERT INTO fleet_updates (fleet, reference, digest, detected_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (fleet, reference) DO UPDATE SET digest = excluded.digest, detected_at = excluded.detected_at",
-            params![update.fleet, update.reference, update.digest, update.detected_at],
-        )
-        .map_err(db("recording a fleet's moved tag"))?;
-        tx.commit().map_err(db("recording a fleet's moved tag"))?;
-        Ok(true)
+            .map_err(&failed)?;
+            Ok(true)
+        })
     }
 
     fn fleet_updates(&self) -> Result<Vec<FleetUpdate>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT fleet, reference, digest, detected_at FROM fleet_updates ORDER BY fleet, reference")
-            .map_err(db("listing fleets' moved tags"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(FleetUpdate { fleet: r.get(0)?, reference: r.get(1)?, digest: r.get(2)?, detected_at: r.get(3)? })
-            })
-            .map_err(db("listing fleets' moved tags"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing fleets' moved tags"))
+        self.read(|c| {
+            c.query_map(
+                "SELECT fleet, reference, digest, detected_at FROM fleet_updates ORDER BY fleet, reference",
+                args![],
+                |r| {
+                    Ok(FleetUpdate {
+                        fleet: r.get(0)?,
+                        reference: r.get(1)?,
+                        digest: r.get(2)?,
+                        detected_at: r.get(3)?,
+                    })
+                },
+            )
+            .map_err(db("listing fleets' moved tags"))
+        })
     }
 
     fn delete_fleet_updates(&self, fleet: &str) -> Result<(), Error> {
-        self.conn_outside_polls()
-            .execute("DELETE FROM fleet_updates WHERE fleet = ?1", [fleet])
-            .map_err(db("dropping a fleet's moved tags"))?;
-        Ok(())
+        self.write("dropping a fleet's moved tags", Touches::NothingPolled, |tx| {
+            tx.execute("DELETE FROM fleet_updates WHERE fleet = ?1", args![fleet])
+                .map_err(db("dropping a fleet's moved tags"))?;
+            Ok(())
+        })
     }
 
     fn create_rollout(&self, rollout: &StoredRollout, devices: &[RolloutDeviceRow]) -> Result<u64, Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("creating a rollout"))?;
-        let active: Vec<(i64, String)> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT id, status FROM rollouts WHERE fleet = ?1 AND status IN ('running', 'paused', 'waiting')",
-                )
-                .map_err(db("creating a rollout"))?;
-            let rows =
-                stmt.query_map([&rollout.fleet], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db("creating a rollout"))?;
-            rows.collect::<Result<_, _>>().map_err(db("creating a rollout"))?
-        };
-        let superseding = rollout.progress.status == RolloutStatus::Waiting;
-        if let Some((id, status)) = active.iter().find(|(_, s)| s == "waiting") {
-            return Err(Error::Conflict {
-                reason: format!(
-                    "fleet {} has rollout {id} {status} to supersede the running one; abort it first",
-                    rollout.fleet
-                ),
-            });
-        }
-        let running = active.first();
-        match (running, superseding) {
-            (Some((id, status)), false) => {
-                return Err(Error::Conflict {
-                    reason: format!(
-                        "fleet {} has rollout {id} {status}: one rollout per fleet (\"supersede\": true starts this one at the end of its current wave)",
-                        rollout.fleet
-                    ),
-                })
-            }
-            (None, true) => {
-                return Err(Error::Conflict { reason: format!("fleet {} has no rollout to supersede", rollout.fleet) })
-            }
-            _ => {}
-        }
+        let failed = db("creating a rollout");
         let now = rfc3339_now();
         let plan = serde_json::to_string(&rollout.plan).unwrap_or_else(|_| "{}".into());
-        let id: i64 = tx
-            .query_row(
-                "INSERT INTO rollouts (fleet, release_id, previous_release, plan, status, current_wave,
-                                       wave_started_at, wave_count, superseded_by, failures_accepted,
-                                       created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, NULL, 0, ?7, ?7) RETURNING id",
-                params![
-                    rollout.fleet,
-                    rollout.release as i64,
-                    rollout.previous_release.map(|v| v as i64),
-                    plan,
-                    rollout.progress.status.as_str(),
-                    rollout.progress.wave_count as i64,
-                    now
-                ],
-                |r| r.get(0),
-            )
-            .map_err(db("creating a rollout"))?;
-        if let (Some((running_id, _)), true) = (running, superseding) {
-            tx.execute("UPDATE rollouts SET superseded_by = ?2 WHERE id = ?1", params![running_id, id])
-                .map_err(db("creating a rollout"))?;
-        }
-        for row in devices {
-            write_rollout_device(&tx, id as u64, row).map_err(db("creating a rollout"))?;
-        }
-        tx.commit().map_err(db("creating a rollout"))?;
-        Ok(id as u64)
+        self.write("creating a rollout", Touches::NothingPolled, |tx| {
+            let active: Vec<(u64, String)> = tx
+                .query_map(
+                    "SELECT id, status FROM rollouts WHERE fleet = ?1 AND status IN ('running', 'paused', 'waiting')",
+                    args![rollout.fleet],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(&failed)?;
+            let superseding = rollout.progress.status == RolloutStatus::Waiting;
+            if let Some((id, status)) = active.iter().find(|(_, s)| s == "waiting") {
+                return Err(Error::Conflict {
+                    reason: format!(
+                        "fleet {} has rollout {id} {status} to supersede the running one; abort it first",
+                        rollout.fleet
+                    ),
+                });
+            }
+            let running = active.first();
+            match (running, superseding) {
+                (Some((id, status)), false) => {
+                    return Err(Error::Conflict {
+                        reason: format!(
+                            "fleet {} has rollout {id} {status}: one rollout per fleet (\"supersede\": true starts this one at the end of its current wave)",
+                            rollout.fleet
+                        ),
+                    })
+                }
+                (None, true) => {
+                    return Err(Error::Conflict {
+                        reason: format!("fleet {} has no rollout to supersede", rollout.fleet),
+                    })
+                }
+                _ => {}
+            }
+            let id: u64 = tx
+                .query_row(
+                    "INSERT INTO rollouts (fleet, release_id, previous_release, plan, status, current_wave,
+                                           wave_started_at, wave_count, superseded_by, failures_accepted,
+                                           created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, ?6, NULL, 0, ?7, ?7) RETURNING id",
+                    args![
+                        rollout.fleet,
+                        rollout.release,
+                        rollout.previous_release,
+                        plan,
+                        rollout.progress.status.as_str(),
+                        rollout.progress.wave_count,
+                        now
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(&failed)?;
+            if let (Some((running_id, _)), true) = (running, superseding) {
+                tx.execute("UPDATE rollouts SET superseded_by = ?2 WHERE id = ?1", args![running_id, id])
+                    .map_err(&failed)?;
+            }
+            for row in devices {
+                write_rollout_device(tx, id, row).map_err(&failed)?;
+            }
+            Ok(id)
+        })
     }
 
     fn rollout(&self, id: u64) -> Result<Option<StoredRollout>, Error> {
-        self.reader()?
-            .query_row(
+        self.read(|c| {
+            c.query_opt(
                 &format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1"),
-                [id.min(i64::MAX as u64) as i64],
+                args![id.min(i64::MAX as u64)],
                 rollout_from_row,
             )
-            .optional()
             .map_err(db("reading a rollout"))
+        })
     }
 
     fn rollouts(&self, fleet: &str, limit: usize) -> Result<Vec<StoredRollout>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE fleet = ?1 ORDER BY id DESC LIMIT ?2"))
-            .map_err(db("listing rollouts"))?;
-        let rows = stmt
-            .query_map(params![fleet, limit.min(i64::MAX as usize) as i64], rollout_from_row)
-            .map_err(db("listing rollouts"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing rollouts"))
+        self.read(|c| {
+            c.query_map(
+                &format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE fleet = ?1 ORDER BY id DESC LIMIT ?2"),
+                args![fleet, limit],
+                rollout_from_row,
+            )
+            .map_err(db("listing rollouts"))
+        })
     }
 
     fn active_rollouts(&self) -> Result<Vec<StoredRollout>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE status IN ('running', 'paused', 'waiting') ORDER BY id"
-            ))
-            .map_err(db("listing rollouts"))?;
-        let rows = stmt.query_map([], rollout_from_row).map_err(db("listing rollouts"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing rollouts"))
+        self.read(|c| {
+            c.query_map(
+                &format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE status IN ('running', 'paused', 'waiting') ORDER BY id"
+                ),
+                args![],
+                rollout_from_row,
+            )
+            .map_err(db("listing rollouts"))
+        })
     }
 
     fn rollout_counts(&self) -> Result<Vec<(String, u64)>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare("SELECT status, COUNT(*) FROM rollouts GROUP BY status ORDER BY status")
-            .map_err(db("counting rollouts"))?;
-        let rows = stmt
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?.max(0) as u64)))
-            .map_err(db("counting rollouts"))?;
-        rows.collect::<Result<_, _>>().map_err(db("counting rollouts"))
+        self.read(|c| {
+            c.query_map("SELECT status, COUNT(*) FROM rollouts GROUP BY status ORDER BY status", args![], |row| {
+                Ok((row.get::<String>(0)?, row.get::<i64>(1)?.max(0) as u64))
+            })
+            .map_err(db("counting rollouts"))
+        })
     }
 
     fn rollout_devices(&self, id: u64) -> Result<Vec<RolloutDeviceRow>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {ROLLOUT_DEVICE_COLUMNS} FROM rollout_devices WHERE rollout_id = ?1 ORDER BY wave, device_uuid"
-            ))
-            .map_err(db("listing a rollout's devices"))?;
-        let rows = stmt
-            .query_map([id.min(i64::MAX as u64) as i64], rollout_device_from_row)
-            .map_err(db("listing a rollout's devices"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing a rollout's devices"))
+        self.read(|c| {
+            c.query_map(
+                &format!(
+                    "SELECT {ROLLOUT_DEVICE_COLUMNS} FROM rollout_devices WHERE rollout_id = ?1 ORDER BY wave, device_uuid"
+                ),
+                args![id.min(i64::MAX as u64)],
+                rollout_device_from_row,
+            )
+            .map_err(db("listing a rollout's devices"))
+        })
     }
 
     fn save_rollout(&self, id: u64, progress: &RolloutProgress, rows: &[RolloutDeviceRow]) -> Result<(), Error> {
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("saving a rollout"))?;
-        if write_progress(&tx, id, progress, &rfc3339_now()).map_err(db("saving a rollout"))? == 0 {
-            return Err(Error::NotFound { what: format!("rollout {id}") });
-        }
-        for row in rows {
-            write_rollout_device(&tx, id, row).map_err(db("saving a rollout"))?;
-        }
-        tx.commit().map_err(db("saving a rollout"))
+        let failed = db("saving a rollout");
+        let now = rfc3339_now();
+        self.write("saving a rollout", Touches::NothingPolled, |tx| {
+            if write_progress(tx, id, progress, &now).map_err(&failed)? == 0 {
+                return Err(Error::NotFound { what: format!("rollout {id}") });
+            }
+            for row in rows {
+                write_rollout_device(tx, id, row).map_err(&failed)?;
+            }
+            Ok(())
+        })
     }
 
     fn record_events(&self, events: &[Event]) -> Result<(), Error> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn_outside_polls();
-        let tx = conn.transaction().map_err(db("recording events"))?;
-        for e in events {
-            tx.execute(
-                "INSERT INTO events (at, fleet, device, rollout, release_id, kind, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    e.at,
-                    e.fleet,
-                    e.device,
-                    e.rollout.map(|v| v as i64),
-                    e.release.map(|v| v as i64),
-                    e.kind,
-                    e.message
-                ],
-            )
-            .map_err(db("recording events"))?;
-        }
-        tx.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1", [EVENTS_KEPT])
-            .map_err(db("pruning events"))?;
-        tx.commit().map_err(db("recording events"))
+        self.write("recording events", Touches::NothingPolled, |tx| {
+            for e in events {
+                tx.execute(
+                    "INSERT INTO events (at, fleet, device, rollout, release_id, kind, message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    args![e.at, e.fleet, e.device, e.rollout, e.release, e.kind, e.message],
+                )
+                .map_err(db("recording events"))?;
+            }
+            tx.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1", args![EVENTS_KEPT])
+                .map_err(db("pruning events"))?;
+            Ok(())
+        })
     }
 
     fn events(&self, filter: &EventFilter<'_>) -> Result<Vec<Event>, Error> {
-        let conn = self.reader()?;
-        let mut stmt = conn
-            .prepare(
+        let before = filter.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        self.read(|c| {
+            c.query_map(
                 "SELECT id, at, fleet, device, rollout, release_id, kind, message FROM events
-                 WHERE (?1 IS NULL OR fleet = ?1) AND (?2 IS NULL OR device = ?2) AND (?3 IS NULL OR at >= ?3)
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR fleet = ?1) AND (CAST(?2 AS TEXT) IS NULL OR device = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR at >= ?3)
                    AND id < ?4
                  ORDER BY id DESC LIMIT ?5",
-            )
-            .map_err(db("listing events"))?;
-        let before = filter.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-        let rows = stmt
-            .query_map(
-                params![filter.fleet, filter.device, filter.since, before, filter.limit.min(i64::MAX as usize) as i64],
+                args![filter.fleet, filter.device, filter.since, before, filter.limit],
                 |r| {
                     Ok(Event {
-                        id: r.get::<_, i64>(0)? as u64,
+                        id: r.get(0)?,
                         at: r.get(1)?,
                         fleet: r.get(2)?,
                         device: r.get(3)?,
-                        rollout: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                        release: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                        rollout: r.get(4)?,
+                        release: r.get(5)?,
                         kind: r.get(6)?,
                         message: r.get(7)?,
                     })
                 },
             )
-            .map_err(db("listing events"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing events"))
+            .map_err(db("listing events"))
+        })
     }
 }
 

@@ -1,14 +1,19 @@
-//! The numbered changes to the SQLite schema since its first version, applied in order,
-//! each in its own transaction with `user_version` moved to its number, so a database
-//! from any earlier pinion is brought up to date on open and a newer one is refused.
+//! The numbered changes to the schema since its first version, one list for both
+//! engines. SQLite applies each in its own transaction with `user_version` moved to its
+//! number, so a database from any earlier pinion is brought up to date on open and a
+//! newer one is refused. PostgreSQL starts at `postgres::schema::BASELINE_VERSION` (no
+//! PostgreSQL database is older) and applies the later ones' `postgres` text.
 
-use super::sqlite::db;
+use super::sqlite_engine::lite as db;
 use crate::Error;
 use rusqlite::Connection;
 
 pub(super) struct Migration {
     pub version: i64,
     pub sql: &'static str,
+    /// The same change for PostgreSQL; `None` only up to its baseline.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub postgres: Option<&'static str>,
 }
 
 /// Version 1 is the tables `CREATE TABLE IF NOT EXISTS` makes; every later change is here.
@@ -47,6 +52,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX device_metrics_by_device ON device_metrics(device_uuid, id);
     ",
+        postgres: None,
     },
     Migration {
         version: 3,
@@ -54,6 +60,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         // operator wrote a newer version is dropped, never applied over it. 0: unknown
         // (made before this version), applied as before.
         sql: "ALTER TABLE pending_updates ADD COLUMN from_version INTEGER NOT NULL DEFAULT 0;",
+        postgres: None,
     },
     Migration {
         version: 4,
@@ -67,6 +74,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE provisioning_keys ADD COLUMN expires_at TEXT;
         CREATE INDEX provisioning_keys_by_device ON provisioning_keys(device_uuid);
     ",
+        postgres: None,
     },
     Migration {
         version: 5,
@@ -161,6 +169,17 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX events_by_fleet ON events(fleet, id);
         CREATE INDEX events_by_device ON events(device, id);
     ",
+        postgres: None,
+    },
+    Migration {
+        version: 6,
+        // Facts every replica must agree on (`settings.rs`): a check value of the secret
+        // key that seals registry passwords, so a replica started with another key
+        // refuses to start instead of failing to open them later.
+        sql: "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        postgres: Some(
+            r#"CREATE TABLE settings (name TEXT COLLATE "C" PRIMARY KEY, value TEXT COLLATE "C" NOT NULL);"#,
+        ),
     },
 ];
 
@@ -169,9 +188,28 @@ pub(super) fn latest() -> i64 {
     MIGRATIONS.last().map_or(1, |m| m.version)
 }
 
+/// Brings a SQLite database to the latest version: makes the first version's tables if
+/// missing, then applies every later migration; refuses a database from a newer pinion.
+pub(super) fn migrate_sqlite(conn: &mut Connection) -> Result<(), Error> {
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db("reading the schema version"))?;
+    let latest = latest();
+    if version > latest {
+        return Err(Error::Store {
+            op: "opening the database",
+            reason: format!("schema version {version} is newer than this server ({latest}); upgrade pinion-server"),
+        });
+    }
+    conn.execute_batch(super::devices::SCHEMA).map_err(db("creating the schema"))?;
+    conn.execute_batch(super::images::SCHEMA).map_err(db("creating the schema"))?;
+    conn.execute_batch(super::policy::SCHEMA).map_err(db("creating the schema"))?;
+    super::credentials::create_schema(conn).map_err(db("creating the schema"))?;
+    migrate(conn)
+}
+
 /// Applies every migration newer than the database's `user_version` (0 counts as 1: a
 /// new database whose first-version tables were just made).
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
     for migration in MIGRATIONS {
         let tx = conn.transaction().map_err(db("migrating the schema"))?;
         let version: i64 =
@@ -195,9 +233,18 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "postgres")]
+    fn every_migration_past_the_postgres_baseline_has_its_postgres_text() {
+        let baseline = super::super::postgres::schema::BASELINE_VERSION;
+        for m in MIGRATIONS {
+            assert_eq!(m.postgres.is_some(), m.version > baseline, "migration {}", m.version);
+        }
+    }
+
+    #[test]
     fn a_version_1_database_gets_device_numbers_in_the_order_devices_came() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(super::super::sqlite::SCHEMA).unwrap();
+        conn.execute_batch(super::super::devices::SCHEMA).unwrap();
         conn.execute_batch(super::super::policy::SCHEMA).unwrap();
         conn.execute_batch(
             "INSERT INTO devices (uuid, created_at, api_key_hash, registered_at) VALUES ('b', 't', 'h', 't');

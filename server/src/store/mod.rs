@@ -1,15 +1,24 @@
 //! Where the server keeps devices, their target-state versions, their reports and the
 //! provisioning keys. A small trait, so that the SQLite store of a one-machine server
-//! and a PostgreSQL store for several replicas answer the API the same way.
+//! and the PostgreSQL one of several replicas (`SqlStore` both) answer the API the same way.
 
 mod credentials;
+mod devices;
 mod fleets;
 mod images;
 mod migrations;
 mod policy;
-mod sqlite;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod settings;
+pub(crate) mod sql;
+mod sql_store;
+mod sqlite_engine;
 mod status;
 mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod transfer;
 
 pub use credentials::{CredentialEntry, CredentialStore, RegistryCredential};
 pub use fleets::{
@@ -18,7 +27,11 @@ pub use fleets::{
 };
 pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
-pub use sqlite::{SqliteStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresOptions;
+pub use settings::SettingsStore;
+pub use sql_store::{is_postgres_url, redacted_url};
+pub use sql_store::{SqlStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
 pub use status::{DeviceHead, DeviceStatusRow, StatusStore};
 pub use telemetry::{CurrentReport, LogPage, MetricsSample, NewReport, TelemetryStore};
 
@@ -137,7 +150,7 @@ pub struct ProvisioningKey {
 }
 
 pub trait Store:
-    ImageStore + PolicyStore + CredentialStore + TelemetryStore + FleetStore + StatusStore + Send + Sync
+    ImageStore + PolicyStore + CredentialStore + TelemetryStore + FleetStore + StatusStore + SettingsStore + Send + Sync
 {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;
@@ -166,7 +179,7 @@ pub trait Store:
 
     /// Stores a new target-state version (creating the device if needed) with the poll
     /// answer derived from it; returns the new version number. Versions beyond the
-    /// store's history limit (`SqliteStore::with_history_limit`) are deleted, oldest first.
+    /// store's history limit (`SqlStore::with_history_limit`) are deleted, oldest first.
     fn set_target(&self, uuid: &str, target: &NewTarget<'_>) -> Result<u64, Error>;
     /// `set_target` for many devices in one transaction (a wave of a rollout); each
     /// device's new version, in order.
@@ -192,4 +205,9 @@ pub trait Store:
     /// in memory while it stands still (`api/poll_cache.rs`). `None`: this store cannot
     /// tell (several replicas writing one database), and every poll asks the store.
     fn poll_generation(&self) -> Option<u64>;
+
+    /// Whether this process runs the periodic work (tag refresh, pending updates,
+    /// rollout steps) now: always for a SQLite store; on PostgreSQL, the one replica
+    /// holding the database's lease on it, which passes to another when it dies.
+    fn lead(&self) -> Result<bool, Error>;
 }

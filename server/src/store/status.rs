@@ -4,11 +4,11 @@
 //! the details judged from (target state, last report, system facts) row by row, for the
 //! devices that need judging: one device's JSON at a time.
 
+use super::devices::device_from_row;
 use super::fleets::Membership;
-use super::sqlite::{db, device_from_row, SqliteStore};
-use super::DeviceRecord;
+use super::sql::{args, db, DbError, Row, SqlExt};
+use super::{DeviceRecord, SqlStore};
 use crate::Error;
-use rusqlite::Row;
 
 /// A device without its JSON documents.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,21 +45,21 @@ const HEAD_COLUMNS: &str = "d.uuid, d.device_name, d.device_type, d.api_key_hash
 const FROM: &str =
     "FROM devices d LEFT JOIN target_states t ON t.device_uuid = d.uuid AND t.version = d.target_version";
 
-fn head_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceHead> {
+fn head_from_row(row: &Row) -> Result<DeviceHead, DbError> {
     let device = device_from_row(row)?;
     let membership = Membership {
         uuid: device.uuid.clone(),
         fleet: device.fleet.clone(),
         labels: device.labels.clone(),
-        pinned: row.get::<_, Option<bool>>(12)?.unwrap_or(false),
-        release_id: row.get::<_, Option<i64>>(13)?.map(|v| v as u64),
-        rollout_id: row.get::<_, Option<i64>>(14)?.map(|v| v as u64),
-        rollout_release: row.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+        pinned: row.get::<Option<bool>>(12)?.unwrap_or(false),
+        release_id: row.get(13)?,
+        rollout_id: row.get(14)?,
+        rollout_release: row.get(15)?,
     };
     Ok(DeviceHead { device, membership, target_set_at: row.get(16)? })
 }
 
-fn status_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceStatusRow> {
+fn status_from_row(row: &Row) -> Result<DeviceStatusRow, DbError> {
     Ok(DeviceStatusRow {
         head: head_from_row(row)?,
         target: row.get(17)?,
@@ -68,33 +68,27 @@ fn status_from_row(row: &Row<'_>) -> rusqlite::Result<DeviceStatusRow> {
     })
 }
 
-impl StatusStore for SqliteStore {
+impl StatusStore for SqlStore {
     fn device_heads(&self) -> Result<Vec<DeviceHead>, Error> {
-        let reader = self.reader()?;
-        let mut stmt = reader
-            .prepare_cached(&format!("SELECT {HEAD_COLUMNS} {FROM} ORDER BY d.uuid"))
-            .map_err(db("listing device heads"))?;
-        let rows = stmt.query_map([], head_from_row).map_err(db("listing device heads"))?;
-        rows.collect::<Result<_, _>>().map_err(db("listing device heads"))
+        self.read(|c| {
+            c.query_map(&format!("SELECT {HEAD_COLUMNS} {FROM} ORDER BY d.uuid"), args![], head_from_row)
+                .map_err(db("listing device heads"))
+        })
     }
 
     fn visit_device_statuses(&self, uuid: Option<&str>, visit: &mut dyn FnMut(DeviceStatusRow)) -> Result<(), Error> {
-        let reader = self.reader()?;
         let columns = format!("SELECT {HEAD_COLUMNS}, t.state, d.current_state, d.system_info {FROM}");
         // Two statements: `?1 IS NULL OR d.uuid = ?1` would scan the table for one device.
-        let query = match uuid {
-            Some(_) => format!("{columns} WHERE d.uuid = ?1"),
-            None => format!("{columns} ORDER BY d.uuid"),
+        let (query, args) = match uuid {
+            Some(uuid) => (format!("{columns} WHERE d.uuid = ?1"), args![uuid]),
+            None => (format!("{columns} ORDER BY d.uuid"), args![]),
         };
-        let mut stmt = reader.prepare_cached(&query).map_err(db("reading device statuses"))?;
-        let mut rows = match uuid {
-            Some(uuid) => stmt.query([uuid]),
-            None => stmt.query([]),
-        }
-        .map_err(db("reading device statuses"))?;
-        while let Some(row) = rows.next().map_err(db("reading device statuses"))? {
-            visit(status_from_row(row).map_err(db("reading device statuses"))?);
-        }
-        Ok(())
+        self.read(|c| {
+            c.query_each(&query, args, &mut |row: Row| {
+                visit(status_from_row(&row)?);
+                Ok(())
+            })
+            .map_err(db("reading device statuses"))
+        })
     }
 }

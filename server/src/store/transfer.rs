@@ -1,0 +1,100 @@
+//! Moving a fleet's data between stores: `migrate-store` copies a SQLite database into
+//! an empty PostgreSQL one (every table, row for row, in one transaction), and `backup`
+//! copies a SQLite database that a server is using into a new file with SQLite's online
+//! backup API (a consistent snapshot; the server keeps writing meanwhile).
+
+use super::sql::{args, db, SqlExt};
+use super::sql_store::Touches;
+use super::SqlStore;
+use crate::Error;
+use std::path::Path;
+
+/// Every table, parents before the tables that refer to them.
+const TABLES: &[&str] = &[
+    "devices",
+    "target_states",
+    "device_images",
+    "provisioning_keys",
+    "counters",
+    "device_logs",
+    "device_metrics",
+    "image_digests",
+    "update_policies",
+    "pending_updates",
+    "registry_credentials",
+    "device_registries",
+    "fleets",
+    "releases",
+    "fleet_images",
+    "fleet_updates",
+    "rollouts",
+    "rollout_devices",
+    "events",
+    "settings",
+];
+
+/// Tables whose `id` the database numbers: after a copy, it numbers on from the largest.
+const NUMBERED: &[&str] = &["device_logs", "device_metrics", "releases", "rollouts", "events"];
+
+/// How many rows of each table were copied.
+pub type Copied = Vec<(&'static str, u64)>;
+
+/// Copies every row of the SQLite store `from` into the store `to`, which must hold no
+/// devices, provisioning keys, fleets or digests yet; all of it or, on any error,
+/// nothing.
+pub fn copy_store(from: &SqlStore, to: &SqlStore) -> Result<Copied, Error> {
+    let source =
+        from.sqlite().ok_or_else(|| Error::BadRequest { reason: "the source must be a SQLite database".into() })?;
+    let columns = TABLES
+        .iter()
+        .map(|table| source.columns(table).map(|columns| (*table, columns)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let op = "copying the database";
+    to.write(op, Touches::Polls, |tx| {
+        for table in ["devices", "provisioning_keys", "fleets", "image_digests"] {
+            let rows: i64 =
+                tx.query_row(&format!("SELECT count(*) FROM {table}"), args![], |r| r.get(0)).map_err(db(op))?;
+            if rows > 0 {
+                return Err(Error::Conflict {
+                    reason: format!("the target database is not empty ({rows} rows in {table}); migrate into a new one"),
+                });
+            }
+        }
+        // The new database's own rows (the device counter at 0) give way to the copied ones.
+        tx.execute("DELETE FROM counters", args![]).map_err(db(op))?;
+        let mut copied = Vec::new();
+        for (table, columns) in &columns {
+            let list = columns.join(", ");
+            let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+            let insert = format!("INSERT INTO {table} ({list}) VALUES ({marks})");
+            let mut rows = 0;
+            from.read(|source| {
+                source
+                    .query_each(&format!("SELECT {list} FROM {table}"), args![], &mut |row| {
+                        rows += 1;
+                        tx.execute(&insert, &row.values).map(drop)
+                    })
+                    .map_err(|e| Error::Store { op, reason: format!("table {table}: {e}") })
+            })?;
+            copied.push((*table, rows));
+        }
+        for table in NUMBERED.iter().filter(|_| to.is_postgres()) {
+            tx.execute(
+                &format!(
+                    "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(max(id), 0) + 1, false) FROM {table}"
+                ),
+                args![],
+            )
+            .map_err(db(op))?;
+        }
+        Ok(copied)
+    })
+}
+
+/// Copies the SQLite database of `store` into a new file `to` (made 0600, refused if it
+/// exists), as one consistent snapshot while the database stays in use.
+pub fn backup(store: &SqlStore, to: &Path) -> Result<(), Error> {
+    let source =
+        store.sqlite().ok_or_else(|| Error::BadRequest { reason: "backup is for a SQLite database".into() })?;
+    source.backup_to(to)
+}
