@@ -444,7 +444,16 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         .name("refresh".into())
         .spawn(move || refresher.run(refresh_interval, &refresh_queue))
         .map_err(|source| Error::Io { path: "refresh thread".into(), source })?;
-    let presence = Arc::new(crate::presence::Presence::new(std::time::Instant::now()));
+    let presence = match replicated {
+        false => Arc::new(crate::presence::Presence::new(std::time::Instant::now())),
+        true => {
+            let presence = Arc::new(crate::presence::Presence::shared(std::time::Instant::now()));
+            let every = crate::presence_sync::SHARE_EVERY;
+            crate::presence_sync::spawn(Arc::clone(&store), Arc::clone(&presence), every)
+                .map_err(|source| Error::Io { path: "presence thread".into(), source })?;
+            presence
+        }
+    };
     let rollout_lock = Arc::new(std::sync::Mutex::new(()));
     crate::rollout_driver::spawn(
         Arc::clone(&store),
@@ -454,6 +463,11 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         options.rollout_interval.unwrap_or(Duration::from_secs(5)),
     )
     .map_err(|source| Error::Io { path: "rollout thread".into(), source })?;
+    let session_lifetime = options.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME);
+    let sessions = Arc::new(match replicated {
+        false => Sessions::new(session_lifetime),
+        true => Sessions::shared(session_lifetime, Arc::clone(&store)),
+    });
     let api = Api {
         store,
         resolver,
@@ -469,7 +483,7 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         rollout_lock,
         metrics,
         metrics_access,
-        sessions: Arc::new(Sessions::new(options.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME))),
+        sessions,
         verdicts: Default::default(),
     };
     if !crate::policy::time_zone_database_found() {

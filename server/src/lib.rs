@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pinning;
 pub mod policy;
 pub mod presence;
+pub mod presence_sync;
 pub mod refresh;
 pub mod refresh_queue;
 pub mod registry;

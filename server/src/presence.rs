@@ -2,6 +2,7 @@
 //! polled for three of its poll intervals (`rollout_driver`). Polls answered from the poll
 //! cache count too, so this costs a map lookup per poll and no write to the store.
 //! The interval is what the device shows: the gap between its last two polls.
+//! Replicas on one database share their polls every few seconds (`presence_sync.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +49,8 @@ pub struct Presence {
     /// Devices not seen since the server started count as seen then.
     started: Instant,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Polls answered here and not yet shared with the other replicas; `None` alone.
+    unshared: Option<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Default for Presence {
@@ -58,12 +61,42 @@ impl Default for Presence {
 
 impl Presence {
     pub fn new(now: Instant) -> Presence {
-        Presence { started: now, seen: Mutex::new(HashMap::new()) }
+        Presence { started: now, seen: Mutex::new(HashMap::new()), unshared: None }
+    }
+
+    /// For one of several replicas: the polls it answers are kept for `take_unshared`.
+    pub fn shared(now: Instant) -> Presence {
+        Presence { unshared: Some(Mutex::default()), ..Presence::new(now) }
     }
 
     /// A poll by `uuid` (authenticated) at `now`.
     pub fn polled(&self, uuid: &str, now: Instant) {
+        if let Some(unshared) = &self.unshared {
+            unshared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(uuid.to_string(), now);
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Self::record(&mut seen, uuid, now);
+    }
+
+    /// A poll another replica answered at `at`, unless one as late is known here.
+    pub fn polled_elsewhere(&self, uuid: &str, at: Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.get(uuid).is_none_or(|entry| entry.last < at) {
+            Self::record(&mut seen, uuid, at);
+        }
+    }
+
+    /// The polls answered here since the last call (the latest of each device).
+    pub fn take_unshared(&self) -> Vec<(String, Instant)> {
+        match &self.unshared {
+            Some(unshared) => std::mem::take(&mut *unshared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn record(seen: &mut HashMap<String, Seen>, uuid: &str, now: Instant) {
         match seen.get_mut(uuid) {
             Some(entry) => {
                 let gap = now.saturating_duration_since(entry.last);
@@ -112,6 +145,25 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_shares_its_own_polls_and_takes_only_later_ones_from_elsewhere() {
+        let start = Instant::now();
+        let s = Duration::from_secs;
+        let presence = Presence::shared(start);
+        presence.polled("a", start + s(10));
+        presence.polled("a", start + s(20));
+        assert_eq!(presence.take_unshared(), [("a".to_string(), start + s(20))]);
+        assert!(presence.take_unshared().is_empty(), "each poll is shared once");
+        presence.polled_elsewhere("a", start + s(15)); // older than what is known here
+        assert_eq!(presence.connectivity("a", start + s(40)), (Connectivity::Online, Some(s(20))));
+        presence.polled_elsewhere("a", start + s(30));
+        presence.polled_elsewhere("b", start + s(30));
+        assert_eq!(presence.connectivity("a", start + s(40)), (Connectivity::Online, Some(s(10))));
+        assert!(presence.has_polled("b"));
+        assert!(presence.take_unshared().is_empty(), "polls from elsewhere are not shared back");
+        assert!(Presence::new(start).take_unshared().is_empty());
+    }
 
     #[test]
     fn a_device_is_stale_after_a_missed_poll_and_offline_after_three() {

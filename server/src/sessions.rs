@@ -2,11 +2,14 @@
 //! cookie stands for it until the session expires or is signed out. Kept in memory as
 //! SHA-256 hashes of the cookie (a server restart signs everyone out, which is the safe
 //! side), bounded in number so sign-ins cannot grow it without end. Pure: every call
-//! takes the time.
+//! takes the time. Replicas keep them in their database instead (`Sessions::shared`), so
+//! a cookie one gave works on all; there they end by the wall clock.
 
 use crate::keys::{hash_secret, new_secret};
+use crate::store::Store;
+use crate::Error;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The cookie's name.
@@ -38,6 +41,8 @@ pub struct Sessions {
     lifetime: Duration,
     /// Cookie hash → when the session ends.
     ends: Mutex<HashMap<String, Instant>>,
+    /// The database the replicas share, which then holds the sessions instead.
+    shared: Option<Arc<dyn Store>>,
 }
 
 impl Default for Sessions {
@@ -49,7 +54,12 @@ impl Default for Sessions {
 impl Sessions {
     /// Sessions of `lifetime`, at most `MAX_LIFETIME`.
     pub fn new(lifetime: Duration) -> Sessions {
-        Sessions { lifetime: lifetime.min(MAX_LIFETIME), ends: Mutex::new(HashMap::new()) }
+        Sessions { lifetime: lifetime.min(MAX_LIFETIME), ends: Mutex::new(HashMap::new()), shared: None }
+    }
+
+    /// Sessions of `lifetime` kept in `store`, for replicas sharing it.
+    pub fn shared(lifetime: Duration, store: Arc<dyn Store>) -> Sessions {
+        Sessions { shared: Some(store), ..Sessions::new(lifetime) }
     }
 
     pub fn lifetime(&self) -> Duration {
@@ -57,8 +67,15 @@ impl Sessions {
     }
 
     /// A new session from `now`: its cookie value (256 random bits, hex).
-    pub fn open(&self, now: Instant) -> String {
+    pub fn open(&self, now: Instant) -> Result<String, Error> {
         let secret = new_secret();
+        if let Some(store) = &self.shared {
+            let wall = unix_millis();
+            let ends = wall.saturating_add(self.lifetime.as_millis() as i64);
+            let forget_before = wall - REMEMBER_EXPIRED.as_millis() as i64;
+            store.open_session(&hash_secret(&secret), ends, forget_before, MAX_SESSIONS)?;
+            return Ok(secret);
+        }
         let mut ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         ends.retain(|_, end| now.saturating_duration_since(*end) < REMEMBER_EXPIRED);
         while ends.len() >= MAX_SESSIONS {
@@ -66,10 +83,23 @@ impl Sessions {
             ends.remove(&oldest);
         }
         ends.insert(hash_secret(&secret), now + self.lifetime);
-        secret
+        Ok(secret)
     }
 
     pub fn check(&self, cookie: &str, now: Instant) -> SessionCheck {
+        if let Some(store) = &self.shared {
+            return match store.session_end(&hash_secret(cookie)) {
+                Ok(Some(end)) => match end - unix_millis() {
+                    left if left > 0 => SessionCheck::Valid { remaining: Duration::from_millis(left as u64) },
+                    _ => SessionCheck::Expired,
+                },
+                Ok(None) => SessionCheck::Unknown,
+                Err(e) => {
+                    log::error!("{e}");
+                    SessionCheck::Unknown
+                }
+            };
+        }
         let ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match ends.get(&hash_secret(cookie)) {
             Some(end) if now < *end => SessionCheck::Valid { remaining: *end - now },
@@ -93,10 +123,17 @@ impl Sessions {
     }
 
     /// Signs a session out; true if it was signed in.
-    pub fn close(&self, cookie: &str, now: Instant) -> bool {
+    pub fn close(&self, cookie: &str, now: Instant) -> Result<bool, Error> {
+        if let Some(store) = &self.shared {
+            return Ok(store.close_session(&hash_secret(cookie))?.is_some_and(|end| end > unix_millis()));
+        }
         let mut ends = self.ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        ends.remove(&hash_secret(cookie)).is_some_and(|end| now < end)
+        Ok(ends.remove(&hash_secret(cookie)).is_some_and(|end| now < end))
     }
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The session cookie's values among a request's `Cookie` headers, in order.
@@ -121,10 +158,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_session_one_replica_opened_works_on_another_until_signed_out_there() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqlStore::in_memory().unwrap());
+        let (a, b) =
+            (Sessions::shared(DEFAULT_LIFETIME, Arc::clone(&store)), Sessions::shared(DEFAULT_LIFETIME, store));
+        let now = Instant::now();
+        let cookie = a.open(now).unwrap();
+        assert!(matches!(b.check(&cookie, now), SessionCheck::Valid { remaining } if remaining > DEFAULT_LIFETIME / 2));
+        assert!(b.close(&cookie, now).unwrap());
+        assert_eq!(a.check(&cookie, now), SessionCheck::Unknown);
+        assert_eq!(a.check("never-opened", now), SessionCheck::Unknown);
+    }
+
+    #[test]
     fn a_session_is_valid_until_its_lifetime_then_expired_then_forgotten() {
         let start = Instant::now();
         let sessions = Sessions::new(Duration::from_secs(60));
-        let cookie = sessions.open(start);
+        let cookie = sessions.open(start).unwrap();
         assert_eq!(cookie.len(), 64);
         assert_eq!(sessions.check(&cookie, start), SessionCheck::Valid { remaining: Duration::from_secs(60) });
         assert!(matches!(sessions.check(&cookie, start + Duration::from_secs(59)), SessionCheck::Valid { .. }));
@@ -132,7 +182,7 @@ mod tests {
         assert_eq!(sessions.check("0".repeat(64).as_str(), start), SessionCheck::Unknown);
         // Opening another session later drops the long-expired one.
         let later = start + Duration::from_secs(60) + REMEMBER_EXPIRED;
-        let other = sessions.open(later);
+        let other = sessions.open(later).unwrap();
         assert_eq!(sessions.check(&cookie, later), SessionCheck::Unknown);
         assert!(matches!(sessions.check(&other, later), SessionCheck::Valid { .. }));
     }
@@ -141,10 +191,10 @@ mod tests {
     fn signing_out_ends_only_that_session() {
         let now = Instant::now();
         let sessions = Sessions::new(DEFAULT_LIFETIME);
-        let (a, b) = (sessions.open(now), sessions.open(now));
+        let (a, b) = (sessions.open(now).unwrap(), sessions.open(now).unwrap());
         assert_ne!(a, b);
-        assert!(sessions.close(&a, now));
-        assert!(!sessions.close(&a, now));
+        assert!(sessions.close(&a, now).unwrap());
+        assert!(!sessions.close(&a, now).unwrap());
         assert_eq!(sessions.check(&a, now), SessionCheck::Unknown);
         assert!(matches!(sessions.check(&b, now), SessionCheck::Valid { .. }));
     }
@@ -153,8 +203,8 @@ mod tests {
     fn a_stale_cookie_before_the_valid_one_does_not_hide_it() {
         let now = Instant::now();
         let sessions = Sessions::new(Duration::from_secs(10));
-        let old = sessions.open(now);
-        let valid = sessions.open(now + Duration::from_secs(5));
+        let old = sessions.open(now).unwrap();
+        let valid = sessions.open(now + Duration::from_secs(5)).unwrap();
         let later = now + Duration::from_secs(12);
         let check = |cookies: &[&str]| sessions.check_any(cookies.iter().copied(), later);
         assert!(matches!(check(&["bad", old.as_str(), valid.as_str()]), SessionCheck::Valid { .. }));
@@ -167,9 +217,9 @@ mod tests {
     fn sign_ins_cannot_grow_the_table_without_end() {
         let now = Instant::now();
         let sessions = Sessions::new(DEFAULT_LIFETIME);
-        let first = sessions.open(now);
+        let first = sessions.open(now).unwrap();
         for i in 1..=MAX_SESSIONS as u64 {
-            sessions.open(now + Duration::from_millis(i));
+            sessions.open(now + Duration::from_millis(i)).unwrap();
         }
         assert_eq!(sessions.ends.lock().unwrap().len(), MAX_SESSIONS);
         assert_eq!(sessions.check(&first, now), SessionCheck::Unknown, "the oldest went first");

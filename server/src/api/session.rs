@@ -35,7 +35,7 @@ pub(super) fn sign_in(api: &Api, request: &Request) -> Result<Response, Error> {
     if token.trim().is_empty() || !constant_time_eq(hash.as_bytes(), api.admin_token_hash.as_bytes()) {
         return Err(Error::Unauthorized { reason: "that is not the admin token".into() });
     }
-    let cookie = api.sessions.open(Instant::now());
+    let cookie = api.sessions.open(Instant::now())?;
     let lifetime = api.sessions.lifetime();
     log::info!("dashboard: signed in from {}", client(request));
     Ok(Response::json(200, &json!({"expiresAt": expires_at(lifetime)}))
@@ -64,7 +64,8 @@ pub(super) fn sign_out(api: &Api, request: &Request) -> Result<Response, Error> 
     }
     let now = Instant::now();
     // Every session cookie it sends is signed out, not only the first.
-    let closed: Vec<bool> = session_cookies(request).map(|cookie| api.sessions.close(cookie, now)).collect();
+    let closed: Vec<bool> =
+        session_cookies(request).map(|cookie| api.sessions.close(cookie, now)).collect::<Result<_, _>>()?;
     let signed_out = closed.contains(&true);
     if signed_out {
         log::info!("dashboard: signed out from {}", client(request));

@@ -2,8 +2,8 @@
 //! every device or for named ones, and the registry hosts each device's current target
 //! pulls from. The server resolves tags with the global ones; a device's own poll
 //! carries those of the registries its target uses, its own entry winning over the
-//! global one. Passwords are sealed (`secrets.rs`) before they reach SQLite, bound to
-//! their host, device and user: no listing ever returns them.
+//! global one. Passwords are sealed (`secrets.rs`) before they reach the database, bound
+//! to their host, device and user: no listing ever returns them.
 
 use super::sql::{args, db, DbError, Row, Sql, SqlExt};
 use super::sql_store::Touches;
@@ -173,11 +173,11 @@ fn read_row(row: &Row) -> Result<StoredRow, DbError> {
 
 const ROW_COLUMNS: &str = "c.host, c.device_uuid, c.username, c.sealed_password, c.revision, c.updated_at";
 
-/// A device's rows, by host, its own entry before the global one. `CAST(?1 AS TEXT)`,
-/// not a bare `?1`: SQLite would propagate the value into the join and compile the
-/// statement again at every run (`StatementStatus::RePrepare`; 30 % of a 304 poll's CPU
-/// in BENCHMARKS.md, where `+?1` fixed it, which PostgreSQL does not take for text); the
-/// index is used either way.
+/// A device's rows, by host, its own entry before the global one. `CAST(?1 AS TEXT)`, not
+/// a bare `?1`: SQLite would propagate the value into the join and compile the statement
+/// again at every run (`StatementStatus::RePrepare`; 30 % of a 304 poll's CPU in
+/// BENCHMARKS.md). A value with an affinity is not propagated; `+?1`, which fixed it
+/// first, is no text on PostgreSQL. The index is used either way.
 fn device_credentials_query() -> String {
     format!(
         "SELECT {ROW_COLUMNS} FROM device_registries r
@@ -428,58 +428,6 @@ mod tests {
         drop(store);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
-    }
-
-    #[test]
-    fn a_device_poll_reads_its_credentials_without_compiling_the_query_again() {
-        let store = crate::store::testing::sqlite();
-        target_on(&store, "d1", &["reg.lan"]);
-        let conn = store.sqlite().unwrap().writer();
-        let mut stmt = conn.prepare_cached(&device_credentials_query()).unwrap();
-        for uuid in ["d1", "d2", "d1"] {
-            stmt.query([uuid]).unwrap().next().unwrap();
-        }
-        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
-    }
-
-    #[test]
-    fn zz_experiment() {
-        for file in [false, true] {
-            let path = std::env::temp_dir().join(format!("pinion-exp-{}.db", std::process::id()));
-            let _ = std::fs::remove_file(&path);
-            let store = if file {
-                SqlStore::open(&path).unwrap().with_secret_key(SecretKey::generate())
-            } else {
-                crate::store::testing::sqlite()
-            };
-            store.put_registry_credentials("reg.lan", &[], "u", "pw").unwrap();
-            store.put_registry_credentials("reg.lan", &["d2".into()], "u", "pw").unwrap();
-            for d in ["d1", "d2", "d3"] {
-                target_on(&store, d, &["reg.lan", "docker.io"]);
-            }
-            let conn = store.sqlite().unwrap().writer();
-            for w in ["?1", "+?1", "CAST(?1 AS TEXT)", "(?1)", "?1 || ''", "COALESCE(?1, '')"] {
-                let q = format!("SELECT {ROW_COLUMNS} FROM device_registries r
-                     JOIN registry_credentials c ON c.host = r.host AND (c.device_uuid = r.device_uuid OR c.device_uuid = '')
-                     WHERE r.device_uuid = {w}
-                     ORDER BY c.host, c.device_uuid = ''");
-                let mut stmt = conn.prepare(&q).unwrap();
-                let mut n = 0;
-                for uuid in ["d1", "d2", "d3", "d1"] {
-                    let mut rows = stmt.query([uuid]).unwrap();
-                    while rows.next().unwrap().is_some() {
-                        n += 1;
-                    }
-                }
-                eprintln!(
-                    "file={file} {w}: reprepare {} rows {n}",
-                    stmt.get_status(rusqlite::StatementStatus::RePrepare)
-                );
-            }
-            drop(conn);
-            drop(store);
-            let _ = std::fs::remove_file(&path);
         }
     }
 }

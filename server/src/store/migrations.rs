@@ -175,10 +175,28 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 6,
         // Facts every replica must agree on (`settings.rs`): a check value of the secret
         // key that seals registry passwords, so a replica started with another key
-        // refuses to start instead of failing to open them later.
-        sql: "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        // refuses to start instead of failing to open them later. When each device last
+        // polled, and the dashboard's sessions, shared by replicas (`presence.rs`,
+        // `sessions.rs`).
+        sql: "
+        CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE device_presence (
+            uuid          TEXT PRIMARY KEY REFERENCES devices(uuid) ON DELETE CASCADE,
+            last_poll_ms  INTEGER NOT NULL
+        );
+        CREATE INDEX device_presence_by_time ON device_presence(last_poll_ms);
+        CREATE TABLE sessions (hash TEXT PRIMARY KEY, ends_ms INTEGER NOT NULL);
+    ",
         postgres: Some(
-            r#"CREATE TABLE settings (name TEXT COLLATE "C" PRIMARY KEY, value TEXT COLLATE "C" NOT NULL);"#,
+            r#"
+        CREATE TABLE settings (name TEXT COLLATE "C" PRIMARY KEY, value TEXT COLLATE "C" NOT NULL);
+        CREATE TABLE device_presence (
+            uuid          TEXT COLLATE "C" PRIMARY KEY REFERENCES devices(uuid) ON DELETE CASCADE,
+            last_poll_ms  BIGINT NOT NULL
+        );
+        CREATE INDEX device_presence_by_time ON device_presence(last_poll_ms);
+        CREATE TABLE sessions (hash TEXT COLLATE "C" PRIMARY KEY, ends_ms BIGINT NOT NULL);
+    "#,
         ),
     },
 ];

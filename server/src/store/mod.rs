@@ -10,6 +10,8 @@ mod migrations;
 mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod presence;
+mod sessions;
 mod settings;
 pub(crate) mod sql;
 mod sql_store;
@@ -29,6 +31,8 @@ pub use images::{ImageStore, TrackedImage};
 pub use policy::{PendingUpdate, PolicyStore};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresOptions;
+pub use presence::PresenceStore;
+pub use sessions::SessionStore;
 pub use settings::SettingsStore;
 pub use sql_store::{is_postgres_url, redacted_url};
 pub use sql_store::{SqlStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
@@ -150,7 +154,17 @@ pub struct ProvisioningKey {
 }
 
 pub trait Store:
-    ImageStore + PolicyStore + CredentialStore + TelemetryStore + FleetStore + StatusStore + SettingsStore + Send + Sync
+    ImageStore
+    + PolicyStore
+    + CredentialStore
+    + TelemetryStore
+    + FleetStore
+    + StatusStore
+    + SettingsStore
+    + PresenceStore
+    + SessionStore
+    + Send
+    + Sync
 {
     fn device(&self, uuid: &str) -> Result<Option<DeviceRecord>, Error>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, Error>;

@@ -92,3 +92,49 @@ impl StatusStore for SqlStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::both_engines;
+    use crate::store::{NewReport, NewTarget, PollAnswer, Store, TelemetryStore};
+
+    both_engines! {
+        fn heads_and_statuses_come_in_uuid_order_with_their_documents(store) {
+            let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
+            for (uuid, state) in [("d2", r#"{"v":2}"#), ("d1", r#"{"v":1}"#)] {
+                let target = NewTarget {
+                    state,
+                    poll: &poll,
+                    references: &[],
+                    registries: &[],
+                    source: "operator",
+                    expected_version: None,
+                    supersedes_pending: true,
+                    release: None,
+                };
+                store.set_target(uuid, &target).unwrap();
+            }
+            let report = NewReport { state: r#"{"r":1}"#, known: "{}", sample: None, now: 100 };
+            store.record_report("d1", &report).unwrap();
+
+            let heads = store.device_heads().unwrap();
+            assert_eq!(heads.iter().map(|h| h.device.uuid.as_str()).collect::<Vec<_>>(), ["d1", "d2"]);
+            assert!(heads[0].membership.pinned, "an operator's target pins the device");
+            assert_eq!((heads[0].membership.release_id, heads[0].membership.rollout_id), (None, None));
+            assert!(heads[0].target_set_at.is_some());
+
+            let mut rows = Vec::new();
+            store.visit_device_statuses(None, &mut |row| rows.push(row)).unwrap();
+            assert_eq!(rows.len(), 2);
+            assert_eq!(rows[0].head, heads[0]);
+            assert_eq!(rows[0].target.as_deref(), Some(r#"{"v":1}"#));
+            assert_eq!(rows[0].report.as_deref(), Some(r#"{"r":1}"#));
+            assert_eq!(rows[1].report, None);
+            let mut one = Vec::new();
+            store.visit_device_statuses(Some("d2"), &mut |row| one.push(row)).unwrap();
+            assert_eq!(one, [rows[1].clone()]);
+            store.visit_device_statuses(Some("nope"), &mut |_| panic!("no such device")).unwrap();
+        }
+    }
+}

@@ -169,10 +169,13 @@ impl TelemetryStore for SqlStore {
 
     fn logs(&self, uuid: &str, service: Option<&str>, limit: usize, offset: usize) -> Result<LogPage, Error> {
         let failed = db("reading device logs");
+        // `CAST(?2 AS TEXT)`: PostgreSQL types a placeholder where it first meets it, and
+        // `?2 IS NULL` alone says nothing of its type.
         self.read(|c| {
             let total: i64 = c
                 .query_row(
-                    "SELECT count(*) FROM device_logs WHERE device_uuid = ?1 AND (?2 IS NULL OR service_name = ?2)",
+                    "SELECT count(*) FROM device_logs
+                     WHERE device_uuid = ?1 AND (CAST(?2 AS TEXT) IS NULL OR service_name = ?2)",
                     args![uuid, service],
                     |r| r.get(0),
                 )
@@ -180,7 +183,7 @@ impl TelemetryStore for SqlStore {
             let lines = c
                 .query_map(
                     "SELECT line, received_at FROM device_logs
-                     WHERE device_uuid = ?1 AND (?2 IS NULL OR service_name = ?2)
+                     WHERE device_uuid = ?1 AND (CAST(?2 AS TEXT) IS NULL OR service_name = ?2)
                      ORDER BY id DESC LIMIT ?3 OFFSET ?4",
                     args![uuid, service, limit, offset],
                     |r| Ok((r.get(0)?, r.get(1)?)),

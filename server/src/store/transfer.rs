@@ -31,6 +31,7 @@ const TABLES: &[&str] = &[
     "rollout_devices",
     "events",
     "settings",
+    "device_presence",
 ];
 
 /// Tables whose `id` the database numbers: after a copy, it numbers on from the largest.

@@ -1,0 +1,73 @@
+//! When each device last polled, shared by replicas: each one writes the polls it
+//! answered, a few seconds at a time, and reads the others' (`presence_sync.rs`), so
+//! that the replica stepping rollouts and every dashboard see every device's polls.
+
+use super::sql::{args, db, SqlExt};
+use super::sql_store::Touches;
+use super::SqlStore;
+use crate::Error;
+
+pub trait PresenceStore {
+    /// Records polls (device, unix milliseconds): each device keeps its latest.
+    fn record_polls(&self, polls: &[(String, i64)]) -> Result<(), Error>;
+    /// Every device's latest poll recorded at or after `since` (unix milliseconds).
+    fn polls_since(&self, since: i64) -> Result<Vec<(String, i64)>, Error>;
+}
+
+impl PresenceStore for SqlStore {
+    fn record_polls(&self, polls: &[(String, i64)]) -> Result<(), Error> {
+        let failed = db("recording polls");
+        self.write("recording polls", Touches::NothingPolled, |tx| {
+            for (uuid, at) in polls {
+                // A device deleted meanwhile is left out (its row would outlive it).
+                tx.execute(
+                    "INSERT INTO device_presence (uuid, last_poll_ms)
+                     SELECT uuid, ?2 FROM devices WHERE uuid = ?1
+                     ON CONFLICT (uuid) DO UPDATE SET last_poll_ms = CASE
+                         WHEN excluded.last_poll_ms > device_presence.last_poll_ms THEN excluded.last_poll_ms
+                         ELSE device_presence.last_poll_ms END",
+                    args![uuid, at],
+                )
+                .map_err(&failed)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn polls_since(&self, since: i64) -> Result<Vec<(String, i64)>, Error> {
+        self.read(|c| {
+            c.query_map("SELECT uuid, last_poll_ms FROM device_presence WHERE last_poll_ms >= ?1", args![since], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db("reading polls"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::both_engines;
+    use crate::store::{NewTarget, PollAnswer, Store};
+
+    both_engines! {
+        fn each_device_keeps_its_latest_poll_and_unknown_devices_are_left_out(store) {
+            let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
+            for uuid in ["a", "b"] {
+                let target = NewTarget {
+                    state: "{}", poll: &poll, references: &[], registries: &[], source: "operator",
+                    expected_version: None, supersedes_pending: true, release: None,
+                };
+                store.set_target(uuid, &target).unwrap();
+            }
+            store.record_polls(&[("a".into(), 2_000), ("b".into(), 1_000), ("gone".into(), 5_000)]).unwrap();
+            store.record_polls(&[("a".into(), 1_500)]).unwrap(); // an older one, from a slower replica
+            let mut polls = store.polls_since(0).unwrap();
+            polls.sort();
+            assert_eq!(polls, [("a".to_string(), 2_000), ("b".to_string(), 1_000)]);
+            assert_eq!(store.polls_since(1_500).unwrap(), [("a".to_string(), 2_000)]);
+            store.delete_device("a").unwrap();
+            assert_eq!(store.polls_since(1_500).unwrap(), []);
+        }
+    }
+}
