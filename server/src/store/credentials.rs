@@ -408,7 +408,7 @@ mod tests {
             store.set_target("old", &target).unwrap();
             store
                 .write("dropping a table", Touches::Polls, |tx| {
-                    tx.batch("DROP TABLE device_registries").map_err(db("dropping a table"))
+                    tx.execute("DROP TABLE device_registries", args![]).map_err(db("dropping a table"))
                 })
                 .unwrap();
         }

@@ -21,6 +21,7 @@ pub enum Value {
 }
 
 /// What a failed statement means for its caller.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbErrorKind {
     /// A unique, foreign-key or not-null constraint refused the write.
@@ -239,8 +240,6 @@ pub trait Sql {
         args: &[Value],
         each: &mut dyn FnMut(Row) -> Result<(), DbError>,
     ) -> Result<(), DbError>;
-    /// Runs statements without arguments (schema changes).
-    fn batch(&mut self, sql: &str) -> Result<(), DbError>;
 }
 
 /// The usual shapes of a query, for any `Sql`.
@@ -299,6 +298,7 @@ macro_rules! args {
 }
 pub(crate) use args;
 
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 /// `?N` placeholders as PostgreSQL numbers them (`$N`), leaving quoted text alone.
 pub fn numbered_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());

@@ -202,10 +202,6 @@ impl Sql for Lite<'_> {
         }
         Ok(())
     }
-
-    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.0.execute_batch(sql).map_err(DbError::from)
-    }
 }
 
 fn value_from_sqlite(value: ValueRef<'_>) -> Value {

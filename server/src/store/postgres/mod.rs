@@ -312,10 +312,6 @@ impl<C: GenericClient> Sql for PgSql<'_, C> {
         })();
         outcome.map_err(|e| self.failed(e))?
     }
-
-    fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.client.batch_execute(sql).map_err(|e| self.failed(e))
-    }
 }
 
 #[cfg(test)]
