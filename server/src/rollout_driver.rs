@@ -571,8 +571,15 @@ pub fn spawn(
         });
         if leads {
             let _one_at_a_time = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let ctx = RolloutContext { store: store.as_ref(), presence: &presence, default_policy: &default_policy };
-            tick(&ctx);
+            // And no decision on another replica (an operator's command) meanwhile.
+            match store.lock_rollouts() {
+                Ok(_across_replicas) => {
+                    let ctx =
+                        RolloutContext { store: store.as_ref(), presence: &presence, default_policy: &default_policy };
+                    tick(&ctx);
+                }
+                Err(e) => log::error!("{e}"),
+            }
         }
         std::thread::sleep(interval);
     })

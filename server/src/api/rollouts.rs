@@ -20,6 +20,7 @@ impl Api {
         run: impl FnOnce(&RolloutContext<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let _one_at_a_time = self.rollout_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _across_replicas = self.store.lock_rollouts()?;
         run(&RolloutContext {
             store: self.store.as_ref(),
             presence: &self.presence,

@@ -512,6 +512,10 @@ impl Store for SqlStore {
     fn lead(&self) -> Result<bool, Error> {
         self.lead_periodic_work()
     }
+
+    fn lock_rollouts(&self) -> Result<Option<Box<dyn Send + '_>>, Error> {
+        self.lock_rollouts_across_replicas()
+    }
 }
 
 #[cfg(test)]

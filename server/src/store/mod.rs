@@ -224,4 +224,9 @@ pub trait Store:
     /// rollout steps) now: always for a SQLite store; on PostgreSQL, the one replica
     /// holding the database's lease on it, which passes to another when it dies.
     fn lead(&self) -> Result<bool, Error>;
+
+    /// Waits until no other replica makes a rollout decision and holds that until the
+    /// guard drops (a decision reads and writes through several calls). `None` for a
+    /// SQLite store, whose one process serializes its decisions in memory.
+    fn lock_rollouts(&self) -> Result<Option<Box<dyn Send + '_>>, Error>;
 }

@@ -144,6 +144,15 @@ impl SqlStore {
         !matches!(self.engine, Engine::Sqlite(_))
     }
 
+    /// `Store::lock_rollouts`.
+    pub(super) fn lock_rollouts_across_replicas(&self) -> Result<Option<Box<dyn Send + '_>>, Error> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(None),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.lock_rollouts().map(Some),
+        }
+    }
+
     /// The SQLite engine, for what only it has (online backup, tests of its pool).
     pub(super) fn sqlite(&self) -> Option<&SqliteEngine> {
         match &self.engine {

@@ -23,6 +23,8 @@ const MIGRATION_LOCK: i64 = 0x7069_6e69_6f6e_0001;
 /// Held by the replica that runs the periodic work (tag refresh, rollout steps), on a
 /// connection of its own: it goes with the replica, however the replica ends.
 const LEADER_LOCK: i64 = 0x7069_6e69_6f6e_0002;
+/// Held while one rollout decision is made (`Store::lock_rollouts`), on whichever replica.
+const ROLLOUT_LOCK: i64 = 0x7069_6e69_6f6e_0003;
 /// A write given up this many times for concurrent ones fails with its last error.
 const MAX_ATTEMPTS: u32 = 20;
 /// How long a request waits for a connection when every one is busy.
@@ -73,15 +75,17 @@ impl PgEngine {
         let deadline = std::time::Instant::now() + CHECKOUT_WAIT;
         loop {
             if let Some(conn) = pool.idle.pop() {
-                return Ok(Checkout { conn: Some(conn), engine: self });
+                return Ok(Checkout { conn: Some(conn), engine: self, unlock: None });
             }
             if pool.open < self.max_connections {
                 pool.open += 1;
                 drop(pool);
                 return match self.connector.connect() {
-                    Ok(client) => {
-                        Ok(Checkout { conn: Some(PgConn { client, statements: HashMap::new() }), engine: self })
-                    }
+                    Ok(client) => Ok(Checkout {
+                        conn: Some(PgConn { client, statements: HashMap::new() }),
+                        engine: self,
+                        unlock: None,
+                    }),
                     Err(e) => {
                         self.pool().open -= 1;
                         self.returned.notify_one();
@@ -150,6 +154,21 @@ impl PgEngine {
             // Apart a little, so that the same two writers do not collide again at once.
             std::thread::sleep(Duration::from_millis(u64::from(attempt) * 3));
         }
+    }
+
+    /// Waits for the database's rollout lock and holds it (on a pooled connection) until
+    /// the returned guard drops; a replica that dies holding it lets it go with the
+    /// connection.
+    pub(super) fn lock_rollouts(&self) -> Result<Box<dyn Send + '_>, Error> {
+        let op = "taking the rollout lock";
+        let mut checkout = self.checkout().map_err(db(op))?;
+        checkout
+            .conn()
+            .client
+            .query_one("SELECT pg_advisory_lock($1)", &[&ROLLOUT_LOCK])
+            .map_err(|e| db(op)(e.into()))?;
+        checkout.unlock = Some(ROLLOUT_LOCK);
+        Ok(Box::new(checkout))
     }
 
     /// Whether this replica runs the periodic work now: it holds `LEADER_LOCK` on a live
@@ -232,6 +251,8 @@ impl PgEngine {
 struct Checkout<'a> {
     conn: Option<PgConn>,
     engine: &'a PgEngine,
+    /// An advisory lock this connection holds, let go before it returns to the pool.
+    unlock: Option<i64>,
 }
 
 impl Checkout<'_> {
@@ -246,6 +267,11 @@ impl Checkout<'_> {
 
 impl Drop for Checkout<'_> {
     fn drop(&mut self) {
+        if let (Some(key), Some(conn)) = (self.unlock, self.conn.as_mut()) {
+            if conn.client.query_one("SELECT pg_advisory_unlock($1)", &[&key]).is_err() {
+                self.conn = None; // closing the connection lets the lock go
+            }
+        }
         let mut pool = self.engine.pool();
         match self.conn.take() {
             Some(conn) if !conn.client.is_closed() => pool.idle.push(conn),
@@ -343,6 +369,24 @@ mod tests {
         let options = PostgresOptions::new("postgres://pinion@127.0.0.1:1/pinion");
         let e = SqlStore::connect(&options).err().expect("nothing listens on port 1");
         assert!(matches!(e, Error::StoreUnavailable { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn the_rollout_lock_is_held_by_one_replica_at_a_time() {
+        let url = new_postgres_database();
+        let connect = || SqlStore::connect(&PostgresOptions::new(&url)).unwrap();
+        let (first, second) = (connect(), connect());
+        let held = first.lock_rollouts().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _second = second.lock_rollouts().unwrap();
+                tx.send(()).unwrap();
+            });
+            assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "the second waits while the first holds it");
+            drop(held);
+            rx.recv_timeout(Duration::from_secs(10)).expect("the second takes it once the first lets go");
+        });
     }
 
     #[test]
