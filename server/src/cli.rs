@@ -444,16 +444,25 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
         .name("refresh".into())
         .spawn(move || refresher.run(refresh_interval, &refresh_queue))
         .map_err(|source| Error::Io { path: "refresh thread".into(), source })?;
-    let presence = match replicated {
-        false => Arc::new(crate::presence::Presence::new(std::time::Instant::now())),
-        true => {
-            let presence = Arc::new(crate::presence::Presence::shared(std::time::Instant::now()));
-            let every = crate::presence_sync::SHARE_EVERY;
-            crate::presence_sync::spawn(Arc::clone(&store), Arc::clone(&presence), every)
-                .map_err(|source| Error::Io { path: "presence thread".into(), source })?;
-            presence
-        }
-    };
+    let presence = Arc::new(match replicated {
+        false => crate::presence::Presence::new(std::time::Instant::now()),
+        true => crate::presence::Presence::shared(std::time::Instant::now()),
+    });
+    let limits = ClientLimits::per_minute(
+        options.auth_failures_per_minute.unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
+        options.registrations_per_minute.unwrap_or(DEFAULT_REGISTRATIONS_PER_MINUTE),
+    );
+    let limits = Arc::new(if replicated { limits.shared() } else { limits });
+    if replicated {
+        let sync = crate::replica_sync::ReplicaSync {
+            store: Arc::clone(&store),
+            presence: Arc::clone(&presence),
+            limits: Arc::clone(&limits),
+            replica: crate::keys::new_id(),
+        };
+        sync.spawn(crate::replica_sync::SHARE_EVERY)
+            .map_err(|source| Error::Io { path: "replica sync thread".into(), source })?;
+    }
     let rollout_lock = Arc::new(std::sync::Mutex::new(()));
     crate::rollout_driver::spawn(
         Arc::clone(&store),
@@ -493,10 +502,6 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let database = if replicated { crate::store::redacted_url(&db) } else { db };
     log::info!("pinion-server {} listening on {} (database {database})", env!("CARGO_PKG_VERSION"), listen);
     pinion_systemd::ready();
-    let limits = ClientLimits::per_minute(
-        options.auth_failures_per_minute.unwrap_or(DEFAULT_AUTH_FAILURES_PER_MINUTE),
-        options.registrations_per_minute.unwrap_or(DEFAULT_REGISTRATIONS_PER_MINUTE),
-    );
     let server_limits = options.server_limits();
     api::serve(listener, api, limits, server_limits).map_err(|source| Error::Io { path: listen.into(), source })?;
     Ok(ExitCode::SUCCESS)

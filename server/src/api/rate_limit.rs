@@ -77,6 +77,11 @@ impl RateLimiter {
         }
     }
 
+    /// The events a client may have at once (its limit per minute).
+    pub fn burst(&self) -> u32 {
+        (self.tolerance.as_nanos() / self.interval.as_nanos().max(1)) as u32 + 1
+    }
+
     /// Addresses remembered now.
     pub fn tracked(&self) -> usize {
         self.arrivals.len()
@@ -123,6 +128,33 @@ pub struct ClientLimits {
     /// devices and operators cannot lock them out. Any other credential from there is
     /// still refused before it is looked at: a guess learns nothing.
     known_good: Mutex<HashMap<(IpAddr, u64), Instant>>,
+    /// Events counted here and not yet shared with the other replicas (`replica_sync`),
+    /// by kind and client; `None` for a server alone.
+    unshared: Option<Mutex<HashMap<(LimitKind, IpAddr), u32>>>,
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    AuthFailure,
+    Registration,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::AuthFailure => "auth_failure",
+            LimitKind::Registration => "registration",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<LimitKind> {
+        match kind {
+            "auth_failure" => Some(LimitKind::AuthFailure),
+            "registration" => Some(LimitKind::Registration),
+            _ => None,
+        }
+    }
 }
 
 impl ClientLimits {
@@ -133,6 +165,40 @@ impl ClientLimits {
             auth_failures: limiter(auth_failures),
             registrations: limiter(registrations),
             known_good: Mutex::new(HashMap::new()),
+            unshared: None,
+        }
+    }
+
+    /// For one of several replicas: what it counts is kept for `take_unshared`.
+    pub fn shared(self) -> ClientLimits {
+        ClientLimits { unshared: Some(Mutex::default()), ..self }
+    }
+
+    /// The events counted here since the last call, by kind and client.
+    pub fn take_unshared(&self) -> Vec<(LimitKind, IpAddr, u32)> {
+        let Some(unshared) = &self.unshared else { return Vec::new() };
+        let taken = std::mem::take(&mut *unshared.lock().unwrap_or_else(|p| p.into_inner()));
+        taken.into_iter().map(|((kind, client), count)| (kind, client, count)).collect()
+    }
+
+    /// Counts `count` events another replica counted (at most a minute's worth: more
+    /// cannot change a decision).
+    pub fn counted_elsewhere(&self, kind: LimitKind, client: IpAddr, count: u32, now: Instant) {
+        let limiter = match kind {
+            LimitKind::AuthFailure => &self.auth_failures,
+            LimitKind::Registration => &self.registrations,
+        };
+        if let Some(limiter) = limiter {
+            let mut limiter = lock(limiter);
+            for _ in 0..count.min(limiter.burst()) {
+                limiter.record(client, now);
+            }
+        }
+    }
+
+    fn counted(&self, kind: LimitKind, client: IpAddr) {
+        if let Some(unshared) = &self.unshared {
+            *unshared.lock().unwrap_or_else(|p| p.into_inner()).entry((kind, client_key(client))).or_default() += 1;
         }
     }
 
@@ -168,6 +234,7 @@ impl ClientLimits {
         }
         if let (true, Some(limiter)) = (registering, &self.registrations) {
             lock(limiter).take(client, now).map_err(|wait| refused("registrations", wait))?;
+            self.counted(LimitKind::Registration, client);
         }
         Ok(())
     }
@@ -205,6 +272,7 @@ impl ClientLimits {
     pub fn record_failure(&self, peer: Option<SocketAddr>, now: Instant) {
         if let (Some(peer), Some(limiter)) = (peer, &self.auth_failures) {
             lock(limiter).record(peer.ip(), now);
+            self.counted(LimitKind::AuthFailure, peer.ip());
         }
     }
 }
@@ -230,6 +298,28 @@ fn lock(limiter: &Mutex<RateLimiter>) -> std::sync::MutexGuard<'_, RateLimiter> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_counts_what_another_counted_and_shares_only_its_own() {
+        let now = Instant::now();
+        let (a, b) = (ClientLimits::per_minute(3, 30).shared(), ClientLimits::per_minute(3, 30).shared());
+        let guesser = Some(SocketAddr::from(([192, 0, 2, 7], 40000)));
+        for _ in 0..3 {
+            a.record_failure(guesser, now);
+        }
+        assert!(a.admit(guesser, false, None, now).is_err(), "over the limit on a");
+        assert!(b.admit(guesser, false, None, now).is_ok(), "b has not heard yet");
+        let shared = a.take_unshared();
+        assert_eq!(shared, [(LimitKind::AuthFailure, ip(7), 3)]);
+        assert!(a.take_unshared().is_empty(), "shared once");
+        for (kind, client, count) in shared {
+            b.counted_elsewhere(kind, client, count, now);
+        }
+        assert!(b.admit(guesser, false, None, now).is_err(), "over the limit on b too");
+        assert!(b.take_unshared().is_empty(), "what came from elsewhere is not shared back");
+        assert_eq!(RateLimiter::per_minute(20, 1).unwrap().burst(), 20);
+        assert_eq!(LimitKind::parse(LimitKind::Registration.as_str()), Some(LimitKind::Registration));
+    }
     use std::net::Ipv4Addr;
 
     fn ip(last: u8) -> IpAddr {

@@ -6,10 +6,11 @@ use super::http::{Request, Response};
 use super::{handle_limited, refuse_before_body, Api, ClientLimits};
 use crate::http_server::{self, Limits, Service};
 use std::net::TcpListener;
+use std::sync::Arc;
 
 struct ApiService {
     api: Api,
-    limits: ClientLimits,
+    limits: Arc<ClientLimits>,
 }
 
 impl Service for ApiService {
@@ -23,6 +24,6 @@ impl Service for ApiService {
 }
 
 /// Serves until the process ends.
-pub fn serve(listener: TcpListener, api: Api, limits: ClientLimits, server_limits: Limits) -> std::io::Result<()> {
+pub fn serve(listener: TcpListener, api: Api, limits: Arc<ClientLimits>, server_limits: Limits) -> std::io::Result<()> {
     http_server::serve(listener, server_limits, ApiService { api, limits })
 }

@@ -11,6 +11,7 @@ mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod presence;
+mod rate_events;
 mod sessions;
 mod settings;
 pub(crate) mod sql;
@@ -32,6 +33,7 @@ pub use policy::{PendingUpdate, PolicyStore};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresOptions;
 pub use presence::PresenceStore;
+pub use rate_events::{RateEventStore, RateEvents};
 pub use sessions::SessionStore;
 pub use settings::SettingsStore;
 pub use sql_store::{is_postgres_url, redacted_url};
@@ -163,6 +165,7 @@ pub trait Store:
     + SettingsStore
     + PresenceStore
     + SessionStore
+    + RateEventStore
     + Send
     + Sync
 {
