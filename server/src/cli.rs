@@ -53,7 +53,8 @@ SERVE OPTIONS:
                                made (mode 0600) on first start; keep it with the database, and
                                give every replica on one PostgreSQL the same file
                                [env PINION_SECRET_KEY_FILE, default DB with extension .secret-key;
-                               with PostgreSQL ./pinion-server.secret-key]
+                               with PostgreSQL $STATE_DIRECTORY/server.secret-key under systemd,
+                               else ./pinion-server.secret-key]
     --replace-admin-token      on PostgreSQL, every replica must have the same admin token
                                (PINION_ADMIN_TOKEN, or the file beside the key); this one's
                                becomes the token the others must have
@@ -508,8 +509,8 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
 }
 
 /// The store `--db` names; where the files kept beside it go (the secret key, the admin
-/// token: beside a SQLite file, in the working directory for PostgreSQL); and whether it
-/// is PostgreSQL, which replicas may share.
+/// token: beside a SQLite file; for PostgreSQL in systemd's `STATE_DIRECTORY` or the
+/// working directory); and whether it is PostgreSQL, which replicas may share.
 fn open_store(options: &Options, db: &str) -> Result<(SqlStore, PathBuf, bool), Error> {
     if crate::store::is_postgres_url(db) {
         #[cfg(feature = "postgres")]
@@ -517,7 +518,12 @@ fn open_store(options: &Options, db: &str) -> Result<(SqlStore, PathBuf, bool), 
             let mut postgres = crate::store::PostgresOptions::new(db);
             postgres.ca_file = options.db_ca_file.clone();
             postgres.max_connections = options.db_connections.unwrap_or(postgres.max_connections);
-            return Ok((SqlStore::connect(&postgres)?, PathBuf::from("pinion-server.db"), true));
+            // The key and token files: in systemd's state directory, else the working one.
+            let beside = match std::env::var_os("STATE_DIRECTORY") {
+                Some(dir) => PathBuf::from(dir).join("server.db"),
+                None => PathBuf::from("pinion-server.db"),
+            };
+            return Ok((SqlStore::connect(&postgres)?, beside, true));
         }
         #[cfg(not(feature = "postgres"))]
         return Err(usage("this pinion-server was built without PostgreSQL (cargo feature postgres)"));

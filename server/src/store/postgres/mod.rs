@@ -365,6 +365,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_to_postgres_verifies_the_server_certificate_against_the_ca_file() {
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("{name} is not set: start the test cluster with scripts/postgres-cluster"))
+        };
+        let (tls_url, ca) = (var("PINION_TEST_POSTGRES_TLS"), var("PINION_TEST_POSTGRES_CA"));
+        let name = new_postgres_database().rsplit('/').next().unwrap().to_string();
+        let url = crate::store::testing::with_database(&tls_url, &name);
+        let mut options = PostgresOptions::new(&url);
+        options.ca_file = Some(ca.into());
+        let store = SqlStore::connect(&options).unwrap_or_else(|e| panic!("TLS with the CA file: {e}"));
+        assert_eq!(store.devices().unwrap(), []);
+        let e = SqlStore::connect(&PostgresOptions::new(&url)).err().expect("a certificate no known CA signed");
+        assert!(matches!(e, Error::StoreUnavailable { .. }) && e.to_string().contains("certificate"), "{e}");
+        let plain = url.replace("sslmode=require", "sslmode=disable");
+        SqlStore::connect(&PostgresOptions::new(&plain)).expect("the same database without TLS, when asked");
+    }
+
+    #[test]
     fn a_database_that_does_not_answer_is_unavailable() {
         let options = PostgresOptions::new("postgres://pinion@127.0.0.1:1/pinion");
         let e = SqlStore::connect(&options).err().expect("nothing listens on port 1");
