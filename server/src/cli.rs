@@ -10,7 +10,7 @@ use crate::policy::{UpdatePolicy, UpdateWindow};
 use crate::refresh::Refresher;
 use crate::registry::{CredentialSource, Credentials, RegistryAccess, Resolver, ResolverConfig};
 use crate::registry_auth::StoredCredentials;
-use crate::secrets::{default_key_path, SecretKey, SECRET_KEY_FILE_ENV};
+use crate::secrets::{default_key_path, SECRET_KEY_FILE_ENV};
 use crate::sessions::{Sessions, DEFAULT_LIFETIME as DEFAULT_SESSION_LIFETIME};
 use crate::store::{SqlStore, Store};
 use crate::{admin_token, Error};
@@ -412,8 +412,8 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     let secret_key_file =
         options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
     let secret_key_file = secret_key_file.unwrap_or_else(|| default_key_path(&files_beside));
-    let secret_key = SecretKey::load_or_create(&secret_key_file)?;
-    crate::replicas::check_secret_key(&store, &secret_key, &secret_key_file)?;
+    let secret_key = crate::replicas::load_secret_key(&store, &secret_key_file, replicated)?;
+    crate::replicas::check_secret_key(&store, &secret_key, &secret_key_file, replicated)?;
     let admin_token_hash = admin_token::load_or_create(&files_beside)?;
     if replicated && options.replace_admin_token {
         crate::replicas::replace_admin_token(&store, &admin_token_hash)?;

@@ -87,6 +87,12 @@ impl SimulatedDevice {
         Some(state)
     }
 
+    /// The device key it registered with (`X-Device-API-Key`), for requests of its own
+    /// to another server on the same data (a migrated or restored database).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The last target polled.
     pub fn target(&self) -> Option<&Value> {
         self.target.as_ref()

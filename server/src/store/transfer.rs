@@ -9,7 +9,8 @@ use super::SqlStore;
 use crate::Error;
 use std::path::Path;
 
-/// Every table, parents before the tables that refer to them.
+/// Every table, parents before the tables that refer to them (`tests::every_table_is_copied`
+/// holds this to the schema).
 const TABLES: &[&str] = &[
     "devices",
     "target_states",
@@ -32,16 +33,19 @@ const TABLES: &[&str] = &[
     "events",
     "settings",
     "device_presence",
+    "sessions",
+    "rate_events",
 ];
 
 /// Tables whose `id` the database numbers: after a copy, it numbers on from the largest.
-const NUMBERED: &[&str] = &["device_logs", "device_metrics", "releases", "rollouts", "events"];
+const NUMBERED: &[&str] = &["device_logs", "device_metrics", "releases", "rollouts", "events", "rate_events"];
 
 /// How many rows of each table were copied.
 pub type Copied = Vec<(&'static str, u64)>;
 
 /// Copies every row of the SQLite store `from` into the store `to`, which must hold no
-/// devices, provisioning keys, fleets or digests yet; all of it or, on any error,
+/// rows yet (but its own device counter): no server may have run on it, not even one
+/// that only recorded its key and token in `settings`; all of it or, on any error,
 /// nothing.
 pub fn copy_store(from: &SqlStore, to: &SqlStore) -> Result<Copied, Error> {
     let source =
@@ -52,7 +56,7 @@ pub fn copy_store(from: &SqlStore, to: &SqlStore) -> Result<Copied, Error> {
         .collect::<Result<Vec<_>, Error>>()?;
     let op = "copying the database";
     to.write(op, Touches::Polls, |tx| {
-        for table in ["devices", "provisioning_keys", "fleets", "image_digests"] {
+        for table in TABLES.iter().filter(|table| **table != "counters") {
             let rows: i64 =
                 tx.query_row(&format!("SELECT count(*) FROM {table}"), args![], |r| r.get(0)).map_err(db(op))?;
             if rows > 0 {
@@ -98,4 +102,54 @@ pub fn backup(store: &SqlStore, to: &Path) -> Result<(), Error> {
     let source =
         store.sqlite().ok_or_else(|| Error::BadRequest { reason: "backup is for a SQLite database".into() })?;
     source.backup_to(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ProvisioningKey, SettingsStore, Store};
+
+    fn key(id: &str) -> ProvisioningKey {
+        ProvisioningKey {
+            id: id.into(),
+            description: None,
+            created_at: "2026-12-07T10:00:00Z".into(),
+            revoked_at: None,
+            devices_registered: 0,
+            device: None,
+            single_use: false,
+            expires_at: None,
+            fleet: None,
+        }
+    }
+
+    #[test]
+    fn every_table_of_the_schema_is_copied() {
+        let store = SqlStore::in_memory().unwrap();
+        let sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name";
+        let mut schema: Vec<String> =
+            store.read(|tx| tx.query_map(sql, args![], |row| row.get(0)).map_err(db("listing the tables"))).unwrap();
+        let mut copied: Vec<&str> = TABLES.to_vec();
+        copied.sort_unstable();
+        schema.sort_unstable();
+        assert_eq!(schema, copied, "a table migrate-store would leave behind, or copy that does not exist");
+    }
+
+    #[test]
+    fn a_target_a_server_has_run_on_is_refused_as_not_empty_and_left_alone() {
+        let from = SqlStore::in_memory().unwrap();
+        from.create_provisioning_key(&key("k1"), "hash-1").unwrap();
+        // A replica started on the target first: it recorded its key check, nothing else.
+        let to = SqlStore::in_memory().unwrap();
+        to.agree_setting("secret_key_check", "theirs").unwrap();
+        let e = copy_store(&from, &to).unwrap_err().to_string();
+        assert!(e.contains("not empty") && e.contains("settings"), "{e}");
+        assert!(to.provisioning_keys().unwrap().is_empty());
+        assert_eq!(to.agree_setting("secret_key_check", "mine").unwrap(), "theirs");
+
+        let empty = SqlStore::in_memory().unwrap();
+        let copied = copy_store(&from, &empty).unwrap();
+        assert!(copied.contains(&("provisioning_keys", 1)), "{copied:?}");
+        assert_eq!(empty.provisioning_keys().unwrap(), from.provisioning_keys().unwrap());
+    }
 }
