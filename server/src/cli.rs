@@ -528,6 +528,18 @@ fn open_store(options: &Options, db: &str) -> Result<(SqlStore, PathBuf, bool), 
         #[cfg(not(feature = "postgres"))]
         return Err(usage("this pinion-server was built without PostgreSQL (cargo feature postgres)"));
     }
+    if crate::store::is_conninfo(db) {
+        return Err(usage(
+            "--db: that is a libpq connection string (host=… dbname=…); give PostgreSQL as a URL: \
+             postgres://USER:PASSWORD@HOST:PORT/DBNAME",
+        ));
+    }
+    if let Some(scheme) = crate::store::url_scheme(db) {
+        return Err(usage(format!(
+            "--db {}: a {scheme}:// URL is neither a SQLite file nor a postgres:// URL",
+            crate::store::redacted_url(db)
+        )));
+    }
     if options.db_ca_file.is_some() || options.db_connections.is_some() {
         return Err(usage("--db-ca-file and --db-connections are for a PostgreSQL --db"));
     }
@@ -554,10 +566,9 @@ fn backup(options: Options) -> Result<ExitCode, Error> {
         return Err(usage("backup is for a SQLite database; back PostgreSQL up with pg_dump"));
     }
     if !std::path::Path::new(&db).exists() {
-        return Err(usage(format!("{db}: no such database file")));
+        return Err(usage(format!("{}: no such database file", crate::store::redacted_url(&db))));
     }
-    let store = SqlStore::open(std::path::Path::new(&db))?;
-    crate::store::transfer::backup(&store, std::path::Path::new(&to))?;
+    crate::store::transfer::backup(std::path::Path::new(&db), std::path::Path::new(&to))?;
     eprintln!(
         "pinion-server: {db} backed up to {to}; its registry passwords open only with the secret key file \
          ({}), so keep a copy of that too",
@@ -569,11 +580,12 @@ fn backup(options: Options) -> Result<ExitCode, Error> {
 fn migrate_store(options: Options) -> Result<ExitCode, Error> {
     let from = options.from.clone().ok_or_else(|| usage("migrate-store needs --from PATH (the SQLite database)"))?;
     let to = options.to.clone().ok_or_else(|| usage("migrate-store needs --to URL (the PostgreSQL database)"))?;
+    let redacted = crate::store::redacted_url;
     if !crate::store::is_postgres_url(&to) {
-        return Err(usage(format!("--to {to}: not a postgres:// URL")));
+        return Err(usage(format!("--to {}: not a postgres:// URL", redacted(&to))));
     }
     if !std::path::Path::new(&from).exists() {
-        return Err(usage(format!("--from {from}: no such database file")));
+        return Err(usage(format!("--from {}: no such database file", redacted(&from))));
     }
     let source = SqlStore::open(std::path::Path::new(&from))?;
     let (target, _, _) = open_store(&options, &to)?;
@@ -619,4 +631,64 @@ fn image_resolve(input: &str, options: Options) -> Result<ExitCode, Error> {
     });
     println!("{line}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fails(args: &[&str]) -> String {
+        let args = args.iter().map(Into::into).collect();
+        run(args).expect_err("refused").to_string()
+    }
+
+    /// A database password never reaches a message: `POSTGRES://` was taken for a SQLite
+    /// file name (and printed whole when it could not be opened), and the paths of
+    /// `migrate-store` were printed as given.
+    #[test]
+    fn a_database_password_is_never_printed() {
+        let cases: &[&[&str]] = &[
+            &["serve", "--listen", "127.0.0.1:0", "--db", "POSTGRES://pinion:hunter2@127.0.0.1:1/fleet"],
+            &["serve", "--listen", "127.0.0.1:0", "--db", "postgress://pinion:hunter2@127.0.0.1:1/fleet"],
+            &["serve", "--listen", "127.0.0.1:0", "--db", "postgres://pinion:hun/ter2@127.0.0.1:1/fleet"],
+            &["serve", "--listen", "127.0.0.1:0", "--db", "postgres://127.0.0.1:1/fleet?password=hunter2&sslmode=x"],
+            &["migrate-store", "--from", "postgres://pinion:hunter2@127.0.0.1:1/a", "--to", "postgres://127.0.0.1:1/b"],
+            &["migrate-store", "--from", "/nonexistent/server.db", "--to", "mysql://pinion:hunter2@db/fleet"],
+            &["backup", "--db", "postgresql://pinion:hunter2@db/fleet", "--to", "/nonexistent/backup.db"],
+            // libpq's other form: a SQLite file of that name, the password in the log.
+            &["serve", "--listen", "127.0.0.1:0", "--db", "host=/nonexistent dbname=fleet password=hunter2"],
+        ];
+        for args in cases {
+            let message = fails(args);
+            assert!(!message.contains("hunter2") && !message.contains("ter2"), "{args:?}: {message}");
+        }
+    }
+
+    /// `backup` opened the database as the server does, migrating its schema: a backup
+    /// taken with a newer binary (before restarting the server) changed the live
+    /// database under the server, and one of a database a newer pinion wrote was refused.
+    #[test]
+    fn backup_copies_a_database_of_any_schema_version_and_leaves_it_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("pinion-cli-backup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("server.db");
+        drop(SqlStore::open(&db).unwrap());
+        let version = |path: &std::path::Path| -> i64 {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+        };
+        let set_version = |sql: &str| rusqlite::Connection::open(&db).unwrap().execute_batch(sql).unwrap();
+        set_version(
+            "DROP TABLE rate_events; DROP TABLE sessions; DROP TABLE device_presence; DROP TABLE settings;
+             PRAGMA user_version = 5;",
+        );
+        for (n, expected) in [(1, 5), (2, 99)] {
+            let copy = dir.join(format!("copy-{n}.db"));
+            let args = ["backup", "--db", db.to_str().unwrap(), "--to", copy.to_str().unwrap()];
+            run(args.iter().map(Into::into).collect()).unwrap_or_else(|e| panic!("backup of version {expected}: {e}"));
+            assert_eq!((version(&db), version(&copy)), (expected, expected), "the database and its copy as they were");
+            set_version("PRAGMA user_version = 99;");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -144,12 +144,18 @@ fn parse_line(raw: &str, now_ms: i64) -> Result<LogLine, String> {
     Ok(LogLine { json: Value::Object(line).to_string(), service_name })
 }
 
-/// A short string field, if present.
+/// A short printable string field, if present (a service's name is stored as a column
+/// of its own, where PostgreSQL refuses a NUL character).
 fn optional_name(fields: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
     match fields.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= MAX_NAME_BYTES => Ok(Some(s.clone())),
-        Some(Value::String(_)) => Err(format!("\"{key}\" is longer than {MAX_NAME_BYTES} bytes")),
+        Some(Value::String(s)) if s.len() > MAX_NAME_BYTES => {
+            Err(format!("\"{key}\" is longer than {MAX_NAME_BYTES} bytes"))
+        }
+        Some(Value::String(s)) if !crate::text::is_printable(s) => {
+            Err(format!("\"{key}\" must be printable: no control or bidirectional-override characters"))
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(format!("\"{key}\" must be a string")),
     }
 }
@@ -223,6 +229,20 @@ mod tests {
         let line = &parse_log_lines(br#"{"message":"a\nb\u0000c"}"#, 0).unwrap()[0];
         assert!(!line.json.contains('\n') && !line.json.contains('\0'), "{}", line.json);
         assert_eq!(serde_json::from_str::<Value>(&line.json).unwrap()["message"], "a\nb\u{0}c");
+    }
+
+    /// A NUL in a name was stored on SQLite and a 500 on PostgreSQL (its text holds no
+    /// NUL): names are printable on both.
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        for body in [
+            r#"{"message":"m","serviceName":"we\u0000b"}"#,
+            r#"{"message":"m","source":{"type":"container","name":"a\u0000"}}"#,
+            r#"{"message":"m","containerId":"c\u001b[2J"}"#,
+        ] {
+            let error = parse_log_lines(body.as_bytes(), 0).expect_err(body).to_string();
+            assert!(error.contains("printable"), "{body}: {error}");
+        }
     }
 
     #[test]

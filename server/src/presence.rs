@@ -2,7 +2,7 @@
 //! polled for three of its poll intervals (`rollout_driver`). Polls answered from the poll
 //! cache count too, so this costs a map lookup per poll and no write to the store.
 //! The interval is what the device shows: the gap between its last two polls.
-//! Replicas on one database share their polls every few seconds (`presence_sync.rs`).
+//! Replicas on one database share their polls every few seconds (`replica_sync.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -136,7 +136,10 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits, reading_bodies: &Ato
             if head.expect_continue && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
                 return None;
             }
-            match read_body(&mut conn, &head, limits) {
+            let read = read_body(&mut conn, &head, limits);
+            // The write timeout is for writing: it runs from when the answer is ready.
+            conn.write_deadline = Instant::now() + limits.write_timeout;
+            match read {
                 Ok(bytes) => bytes,
                 Err(BodyError::TooLarge { limit }) => {
                     let response =
@@ -162,6 +165,8 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits, reading_bodies: &Ato
         }
     };
     let response = guarded(|| service.handle(&request)).unwrap_or_else(panicked);
+    // However long answering took (a database connection waited for, a slow registry).
+    conn.write_deadline = Instant::now() + limits.write_timeout;
     let keep_alive = head.keep_alive && response.header("connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
     if !write_answer(&mut conn, &request, &response, keep_alive, started) {
         return None;
@@ -371,6 +376,36 @@ mod tests {
         let answered = guarded(|| -> Response { panic!("a bug") }).unwrap_or_else(panicked);
         assert_eq!(answered.status, 500);
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&answered.body).unwrap()["error"], "internal_error");
+    }
+
+    /// A service slower than the write timeout (a store waiting for a database
+    /// connection, a registry near the resolve deadline): its answer is still written.
+    /// The deadline ran from when the worker took the request, so a 503 after a 10 s
+    /// wait for a PostgreSQL connection, or a target stored after 10 s of resolving,
+    /// reached the client as a closed connection and no answer.
+    #[test]
+    fn an_answer_slower_than_the_write_timeout_is_still_written() {
+        use std::io::BufRead;
+        struct Slow;
+        impl Service for Slow {
+            fn refuse_before_body(&self, _: &Request) -> Option<Response> {
+                None
+            }
+            fn handle(&self, _: &Request) -> Response {
+                std::thread::sleep(std::time::Duration::from_millis(600));
+                Response::json(503, &json!({"error": "store_unavailable"}))
+            }
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits { write_timeout: std::time::Duration::from_millis(200), workers: 1, ..Limits::default() };
+        std::thread::spawn(move || super::super::serve(listener, limits, Slow));
+        let mut client = std::net::TcpStream::connect(address).unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        client.write_all(b"GET /api/v1/devices HTTP/1.1\r\nHost: pinion\r\n\r\n").unwrap();
+        let mut status = String::new();
+        std::io::BufReader::new(&client).read_line(&mut status).unwrap();
+        assert_eq!(status.trim_end(), "HTTP/1.1 503 Service Unavailable", "the answer, not a closed connection");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use presence::PresenceStore;
 pub use rate_events::{RateEventStore, RateEvents};
 pub use sessions::SessionStore;
 pub use settings::SettingsStore;
-pub use sql_store::{is_postgres_url, redacted_url};
+pub use sql_store::{is_conninfo, is_postgres_url, redacted_url, url_scheme};
 pub use sql_store::{SqlStore, DEFAULT_HISTORY_LIMIT, MIN_HISTORY_LIMIT};
 pub use status::{DeviceHead, DeviceStatusRow, StatusStore};
 pub use telemetry::{CurrentReport, LogPage, MetricsSample, NewReport, TelemetryStore};

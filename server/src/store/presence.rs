@@ -1,5 +1,5 @@
 //! When each device last polled, shared by replicas: each one writes the polls it
-//! answered, a few seconds at a time, and reads the others' (`presence_sync.rs`), so
+//! answered, a few seconds at a time, and reads the others' (`replica_sync.rs`), so
 //! that the replica stepping rollouts and every dashboard see every device's polls.
 
 use super::sql::{args, db, SqlExt};

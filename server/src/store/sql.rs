@@ -31,6 +31,9 @@ pub enum DbErrorKind {
     Retry,
     /// The database cannot be reached (refused, closed, timed out): a 503, not a 500.
     Unavailable,
+    /// A value the database cannot hold (text with a NUL character, on PostgreSQL): the
+    /// request's fault, a 400.
+    Unstorable,
     Other,
 }
 
@@ -57,10 +60,12 @@ impl fmt::Display for DbError {
 }
 
 /// Maps a failed statement to the crate's error, naming what was being done. A database
-/// that cannot be reached is `StoreUnavailable` (503), anything else `Store` (500).
+/// that cannot be reached is `StoreUnavailable` (503), a value it cannot hold
+/// `BadRequest` (400), anything else `Store` (500).
 pub fn db(op: &'static str) -> impl Fn(DbError) -> crate::Error {
     move |e| match e.kind {
         DbErrorKind::Unavailable => crate::Error::StoreUnavailable { op, reason: e.message },
+        DbErrorKind::Unstorable => crate::Error::BadRequest { reason: format!("{op}: {}", e.message) },
         _ => crate::Error::Store { op, reason: e.message },
     }
 }

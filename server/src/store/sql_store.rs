@@ -163,25 +163,56 @@ impl SqlStore {
     }
 }
 
-/// Whether `db` (a `--db` value) names a PostgreSQL database rather than a SQLite file.
+/// Whether `db` (a `--db` value) names a PostgreSQL database rather than a SQLite file
+/// (the scheme in any case, as URL schemes are).
 pub fn is_postgres_url(db: &str) -> bool {
-    db.starts_with("postgres://") || db.starts_with("postgresql://")
+    url_scheme(db).is_some_and(|s| s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql"))
 }
 
-/// A database URL without its password, for logs and messages.
+/// The scheme of `db` when it is written as a URL (`scheme://…`): no SQLite file of
+/// pinion's is named so, and one that is not PostgreSQL's is a mistake to refuse.
+pub fn url_scheme(db: &str) -> Option<&str> {
+    let (scheme, _) = db.split_once("://")?;
+    let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then_some(scheme)
+}
+
+/// Whether `db` is a libpq connection string (`host=db dbname=fleet …`), which pinion
+/// does not read: taken for a SQLite file name, it made a new database of that name
+/// and wrote the password to the log.
+pub fn is_conninfo(db: &str) -> bool {
+    const KEYWORDS: &[&str] =
+        &["host", "hostaddr", "port", "dbname", "user", "password", "passfile", "sslmode", "service", "options"];
+    db.split_whitespace().next().and_then(|first| first.split_once('=')).is_some_and(|(key, _)| KEYWORDS.contains(&key))
+}
+
+/// A database URL without its password, for logs and messages: the user information up
+/// to the last `@` (a password may hold `@`, `/` or `?` unescaped) and a `password=`
+/// parameter. In doubt, more goes than the password.
 pub fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
+    let rest = match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => rest.to_string(),
         },
-        None => url.to_string(),
-    }
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((base, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", parameters.join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 #[cfg(test)]
@@ -197,5 +228,15 @@ mod tests {
         assert_eq!(redacted_url("postgres://pinion@db.lan/fleet"), "postgres://pinion@db.lan/fleet");
         assert_eq!(redacted_url("postgres://db.lan/fleet"), "postgres://db.lan/fleet");
         assert!(is_postgres_url("postgresql://h/d") && !is_postgres_url("./postgres.db"));
+        assert!(is_postgres_url("POSTGRES://h/d") && !is_postgres_url("mysql://h/d"));
+        assert_eq!(url_scheme("mysql://u:p@h/d"), Some("mysql"));
+        assert_eq!(url_scheme("./db://x"), None);
+        assert!(is_conninfo("host=db.lan dbname=fleet") && is_conninfo("dbname=fleet"));
+        assert!(!is_conninfo("./fleet.db") && !is_conninfo("/var/lib/pinion/a=b.db"));
+        assert_eq!(redacted_url("postgres://pinion:a/b?c@db.lan/fleet"), "postgres://pinion:***@db.lan/fleet");
+        assert_eq!(
+            redacted_url("postgres://db.lan/fleet?sslmode=require&password=s3cret"),
+            "postgres://db.lan/fleet?sslmode=require&password=***"
+        );
     }
 }

@@ -9,8 +9,8 @@ use super::SqlStore;
 use crate::Error;
 use std::path::Path;
 
-/// Every table, parents before the tables that refer to them (`tests::every_table_is_copied`
-/// holds this to the schema).
+/// Every table, parents before the tables that refer to them
+/// (`tests::every_table_of_the_schema_is_copied` holds this to the schema).
 const TABLES: &[&str] = &[
     "devices",
     "target_states",
@@ -96,12 +96,12 @@ pub fn copy_store(from: &SqlStore, to: &SqlStore) -> Result<Copied, Error> {
     })
 }
 
-/// Copies the SQLite database of `store` into a new file `to` (made 0600, refused if it
-/// exists), as one consistent snapshot while the database stays in use.
-pub fn backup(store: &SqlStore, to: &Path) -> Result<(), Error> {
-    let source =
-        store.sqlite().ok_or_else(|| Error::BadRequest { reason: "backup is for a SQLite database".into() })?;
-    source.backup_to(to)
+/// Copies the SQLite database `db` into a new file `to` (made 0600, refused if it
+/// exists), as one consistent snapshot while the database stays in use. The database is
+/// opened as it is, never migrated: a backup changes nothing of what it copies, and
+/// copies a database of any schema version.
+pub fn backup(db: &Path, to: &Path) -> Result<(), Error> {
+    super::sqlite_engine::SqliteEngine::open(db)?.backup_to(to)
 }
 
 #[cfg(test)]

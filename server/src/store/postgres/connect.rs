@@ -16,6 +16,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Connections opened at most per replica unless told otherwise (`--db-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// The longest one statement may run, or wait for a lock someone else holds (a table an
+/// operator locked, another replica's rollout decision): then it fails, a 503, rather
+/// than hold a worker for as long as the lock is held. Every statement of the store
+/// takes milliseconds; migrations run without it.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -26,17 +31,33 @@ pub struct PostgresOptions {
     /// PEM certificates that may sign the server's (instead of the Mozilla roots).
     pub ca_file: Option<PathBuf>,
     pub max_connections: usize,
+    /// How long one statement may run or wait for a lock (`STATEMENT_TIMEOUT`).
+    pub statement_timeout: Duration,
 }
 
 impl PostgresOptions {
     pub fn new(url: &str) -> PostgresOptions {
-        PostgresOptions { url: url.to_string(), ca_file: None, max_connections: DEFAULT_MAX_CONNECTIONS }
+        PostgresOptions {
+            url: url.to_string(),
+            ca_file: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            statement_timeout: STATEMENT_TIMEOUT,
+        }
     }
 }
+
+/// How PostgreSQL probes an idle TCP connection of pinion's (seconds; a socket
+/// directory's connections ignore them): a replica whose machine vanished without
+/// closing its connections is found gone within half a minute, and the leader's lease
+/// and the rollout lock it held go with them. PostgreSQL's default is the kernel's,
+/// two hours, during which no replica would lead.
+const KEEPALIVES: &str = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
 
 pub(super) struct Connector {
     config: Config,
     tls: Option<MakeRustlsConnect>,
+    /// `SET` on every new connection: the statement timeout and `KEEPALIVES`.
+    session: String,
 }
 
 impl Connector {
@@ -49,7 +70,16 @@ impl Connector {
             .url
             .replace("sslmode=verify-full", "sslmode=require")
             .replace("sslmode=verify-ca", "sslmode=require");
-        let mut config = Config::from_str(&url).map_err(|e| bad(e.to_string()))?;
+        // And its schemes in lower case only (`POSTGRES://` is the same URL).
+        let url = match url.split_once("://") {
+            Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            None => url,
+        };
+        // Its message alone is "invalid connection string"; which option, its source says.
+        let mut config = Config::from_str(&url).map_err(|e| {
+            use std::error::Error as _;
+            bad(e.source().map_or_else(|| e.to_string(), |why| format!("{e}: {why}")))
+        })?;
         if config.get_hosts().is_empty() {
             return Err(
                 bad("no host: name one, or a socket directory (postgres://user@%2Frun%2Fpostgresql/db)".into()),
@@ -72,7 +102,8 @@ impl Connector {
                 None
             }
         };
-        Ok(Connector { config, tls })
+        let session = format!("SET statement_timeout = {}; {KEEPALIVES}", options.statement_timeout.as_millis().max(1));
+        Ok(Connector { config, tls, session })
     }
 
     pub(super) fn connect(&self) -> Result<Client, DbError> {
@@ -80,15 +111,19 @@ impl Connector {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
         };
-        connected.map_err(|e| {
-            let mut e = DbError::from(e);
-            // Refused, reset, timed out, TLS: whatever it was, the database is not there.
-            if e.kind == DbErrorKind::Other {
-                e.kind = DbErrorKind::Unavailable;
-            }
-            e
-        })
+        let mut client = connected.map_err(unavailable)?;
+        client.batch_execute(&self.session).map_err(unavailable)?;
+        Ok(client)
     }
+}
+
+/// Refused, reset, timed out, TLS: whatever failed while connecting, the database is not there.
+fn unavailable(e: postgres::Error) -> DbError {
+    let mut e = DbError::from(e);
+    if e.kind == DbErrorKind::Other {
+        e.kind = DbErrorKind::Unavailable;
+    }
+    e
 }
 
 fn client_config(options: &PostgresOptions) -> Result<rustls::ClientConfig, Error> {
@@ -137,6 +172,6 @@ mod tests {
         let e = Connector::new(&options).err().unwrap().to_string();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
         let e = Connector::new(&PostgresOptions::new("postgres://db.lan/fleet?sslmode=sometimes")).err().unwrap();
-        assert!(e.to_string().contains("sslmode"), "{e}");
+        assert!(e.to_string().contains("invalid value for option `sslmode`"), "which option, not only where: {e}");
     }
 }

@@ -201,6 +201,8 @@ impl PgEngine {
         let op = "migrating the schema";
         let mut client = self.connector.connect().map_err(db(op))?;
         let pg = |e: postgres::Error| db(op)(e.into());
+        // However long another replica's migration holds the lock, or a migration takes.
+        client.batch_execute("SET statement_timeout = 0").map_err(pg)?;
         client.query_one("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(pg)?;
         client.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").map_err(pg)?;
         let stored: Option<i64> =
@@ -388,6 +390,58 @@ mod tests {
         let options = PostgresOptions::new("postgres://pinion@127.0.0.1:1/pinion");
         let e = SqlStore::connect(&options).err().expect("nothing listens on port 1");
         assert!(matches!(e, Error::StoreUnavailable { .. }), "{e:?}");
+    }
+
+    /// A lock held in the database (an operator's `LOCK TABLE`, a long migration) made
+    /// every request wait on it for as long as it was held: the workers hung, `/health`
+    /// with them, and the answers came never. A statement now gives up after
+    /// `statement_timeout`, and that is a 503, not a 500.
+    #[test]
+    fn a_statement_stuck_behind_a_lock_gives_up_as_unavailable() {
+        let url = new_postgres_database();
+        let mut options = PostgresOptions::new(&url);
+        options.statement_timeout = Duration::from_millis(300);
+        let store = SqlStore::connect(&options).unwrap();
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE").unwrap();
+        let started = std::time::Instant::now();
+        let e = store.devices().expect_err("the table is locked");
+        assert!(matches!(e, Error::StoreUnavailable { .. }) && e.to_string().contains("timeout"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+        tx.rollback().unwrap();
+        assert_eq!(store.devices().unwrap(), [], "and works again once the lock is let go");
+    }
+
+    /// The leader's lease (and the rollout lock) go with the connection holding them; a
+    /// replica whose machine vanishes (power, network) closes nothing, and PostgreSQL kept
+    /// the lease for the kernel's keepalive time, two hours, with no replica leading. Every
+    /// connection asks PostgreSQL to probe it within seconds.
+    #[test]
+    fn every_connection_is_probed_so_a_vanished_replica_lets_its_locks_go() {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+        let name = new_postgres_database().rsplit('/').next().unwrap().to_string();
+        let url = crate::store::testing::with_database(&var("PINION_TEST_POSTGRES_TLS"), &name)
+            .replace("sslmode=require", "sslmode=disable");
+        let connector = connect::Connector::new(&PostgresOptions::new(&url)).unwrap();
+        let mut client = connector.connect().unwrap();
+        let row = client
+            .query_one("SELECT current_setting('tcp_keepalives_idle'), current_setting('tcp_keepalives_count')", &[])
+            .unwrap();
+        let (idle, count): (String, String) = (row.get(0), row.get(1));
+        assert!(idle.parse::<u32>().is_ok_and(|s| (1..=30).contains(&s)), "tcp_keepalives_idle {idle}");
+        assert!(count.parse::<u32>().is_ok_and(|n| n >= 1), "tcp_keepalives_count {count}");
+    }
+
+    /// PostgreSQL's text holds no NUL character, which SQLite's does: a string with one
+    /// is the request's fault (400) wherever it comes from, not a database error (500).
+    #[test]
+    fn text_with_a_nul_character_is_a_bad_request_not_a_store_error() {
+        use crate::store::TelemetryStore;
+        let store = crate::store::testing::postgres();
+        let e = store.logs("d1", Some("we\0b"), 10, 0).expect_err("PostgreSQL cannot compare it");
+        assert!(matches!(e, Error::BadRequest { .. }) && e.to_string().contains("NUL"), "{e:?}");
+        assert_eq!(store.logs("d1", Some("web"), 10, 0).unwrap().total, 0, "the pool goes on");
     }
 
     #[test]

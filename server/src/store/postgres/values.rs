@@ -29,6 +29,7 @@ impl ToSql for Value {
                 Type::FLOAT4 => (*v as f32).to_sql(ty, out),
                 _ => Err(format!("a real number cannot be bound as {ty}").into()),
             },
+            Value::Text(v) if v.contains('\0') => Err(Box::new(NulInText)),
             Value::Text(v) => match *ty {
                 Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => v.as_str().to_sql(ty, out),
                 _ => Err(format!("text cannot be bound as {ty}").into()),
@@ -81,14 +82,33 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+/// Text with a NUL character, refused before it is sent: PostgreSQL's text cannot hold
+/// one (SQLite's can), and its own refusal names only an encoding.
+#[derive(Debug)]
+struct NulInText;
+
+impl std::fmt::Display for NulInText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("text with a NUL character (\\u0000), which PostgreSQL cannot store")
+    }
+}
+
+impl StdError for NulInText {}
+
 impl From<postgres::Error> for DbError {
     fn from(e: postgres::Error) -> DbError {
+        if let Some(nul) = e.source().and_then(|s| s.downcast_ref::<NulInText>()) {
+            return DbError::new(DbErrorKind::Unstorable, nul.to_string());
+        }
         let kind = match e.code() {
             Some(code) if code.code().starts_with("23") => DbErrorKind::Constraint,
+            Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE) => DbErrorKind::Unstorable,
             Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::T_R_DEADLOCK_DETECTED) => DbErrorKind::Retry,
             // The server shutting down or out of connections; the cluster restarting.
             Some(code) if code.code().starts_with("57P") || code.code().starts_with("08") => DbErrorKind::Unavailable,
             Some(&SqlState::TOO_MANY_CONNECTIONS | &SqlState::CANNOT_CONNECT_NOW) => DbErrorKind::Unavailable,
+            // `statement_timeout`: stuck behind a lock, or the database overloaded.
+            Some(&SqlState::QUERY_CANCELED) => DbErrorKind::Unavailable,
             Some(_) => DbErrorKind::Other,
             // No SQLSTATE: the connection failed or closed below SQL.
             None if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) => DbErrorKind::Unavailable,
