@@ -3,7 +3,7 @@
 //! copies a SQLite database that a server is using into a new file with SQLite's online
 //! backup API (a consistent snapshot; the server keeps writing meanwhile).
 
-use super::sql::{args, db, SqlExt};
+use super::sql::{args, db, Sql, SqlExt};
 use super::sql_store::Touches;
 use super::SqlStore;
 use crate::Error;
@@ -67,22 +67,16 @@ pub fn copy_store(from: &SqlStore, to: &SqlStore) -> Result<Copied, Error> {
         }
         // The new database's own rows (the device counter at 0) give way to the copied ones.
         tx.execute("DELETE FROM counters", args![]).map_err(db(op))?;
-        let mut copied = Vec::new();
-        for (table, columns) in &columns {
-            let list = columns.join(", ");
-            let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-            let insert = format!("INSERT INTO {table} ({list}) VALUES ({marks})");
-            let mut rows = 0;
-            from.read(|source| {
-                source
-                    .query_each(&format!("SELECT {list} FROM {table}"), args![], &mut |row| {
-                        rows += 1;
-                        tx.execute(&insert, &row.values).map(drop)
-                    })
-                    .map_err(|e| Error::Store { op, reason: format!("table {table}: {e}") })
-            })?;
-            copied.push((*table, rows));
-        }
+        // Every table from one snapshot of the source (one read transaction), should a
+        // server still be writing it.
+        let copied = from.read(|source| {
+            source.execute("BEGIN", args![]).map_err(db(op))?;
+            let copied = copy_tables(source, tx, &columns);
+            // Ended either way: the connection goes back to the pool.
+            source.execute(if copied.is_ok() { "COMMIT" } else { "ROLLBACK" }, args![]).map_err(db(op))?;
+            copied
+        })?;
+
         for table in NUMBERED.iter().filter(|_| to.is_postgres()) {
             tx.execute(
                 &format!(
@@ -94,6 +88,29 @@ pub fn copy_store(from: &SqlStore, to: &SqlStore) -> Result<Copied, Error> {
         }
         Ok(copied)
     })
+}
+
+/// Every row of each table of `columns` from `source` into `target`; rows per table.
+fn copy_tables(
+    source: &mut dyn Sql,
+    target: &mut dyn Sql,
+    columns: &[(&'static str, Vec<String>)],
+) -> Result<Copied, Error> {
+    let mut copied = Vec::new();
+    for (table, columns) in columns {
+        let list = columns.join(", ");
+        let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let insert = format!("INSERT INTO {table} ({list}) VALUES ({marks})");
+        let mut rows = 0;
+        source
+            .query_each(&format!("SELECT {list} FROM {table}"), args![], &mut |row| {
+                rows += 1;
+                target.execute(&insert, &row.values).map(drop)
+            })
+            .map_err(|e| Error::Store { op: "copying the database", reason: format!("table {table}: {e}") })?;
+        copied.push((*table, rows));
+    }
+    Ok(copied)
 }
 
 /// Copies the SQLite database `db` into a new file `to` (made 0600, refused if it
