@@ -15,8 +15,11 @@ pub mod dockerd;
 pub mod fake;
 pub mod fleet_api;
 pub mod image;
+pub mod nginx;
+pub mod postgres;
 pub mod raw_http;
 pub mod registry;
+pub mod replicas;
 pub mod server;
 pub mod simulated;
 pub mod tls;
@@ -32,6 +35,6 @@ pub use image::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST,
 };
 pub use registry::{Auth, Options as RegistryOptions, Registry};
-pub use server::{run_cli, run_cli_within, server_binary, ApiReply, CliOutput, Server};
+pub use server::{run_cli, run_cli_with_env, run_cli_within, server_binary, ApiReply, CliOutput, Server};
 pub use token::TokenServer;
 pub use util::{docker_config_json, sha256_digest, TempDir};

@@ -6,7 +6,8 @@
 //! own target dir and profile (`workspace_binary`); `PINION_SERVER_BIN` overrides it.
 //! `start_with_open_files` starts it under a given open-files limit (soft and hard), as
 //! systemd's default 1024 would, for the flood tests; `start_with_env` with environment
-//! variables set or removed (`RUST_LOG=trace`, no `JOURNAL_STREAM`) for the log tests.
+//! variables set or removed (`RUST_LOG=trace`, no `JOURNAL_STREAM`) for the log tests;
+//! `start_replica` one of several replicas on a PostgreSQL database (`replicas`).
 
 use crate::util::{free_port, random_hex, tail_of_file, wait_for, TempDir};
 use serde_json::Value;
@@ -133,10 +134,17 @@ pub fn run_cli(args: &[&str]) -> CliOutput {
 
 /// Runs `pinion-server <args>`; kills it if still running after `deadline`.
 pub fn run_cli_within(args: &[&str], deadline: Duration) -> CliOutput {
+    run_cli_with_env(args, &[], deadline)
+}
+
+/// `run_cli_within` with environment variables set (`PINION_ADMIN_TOKEN` for a `serve`
+/// expected to refuse to start).
+pub fn run_cli_with_env(args: &[&str], env: &[(&str, &str)], deadline: Duration) -> CliOutput {
     let binary = server_binary();
     let start = Instant::now();
     let mut child = Command::new(&binary)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -180,9 +188,16 @@ pub struct ApiReply {
     pub status: u16,
     pub body: String,
     pub elapsed: Duration,
+    /// Response headers, names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
 }
 
 impl ApiReply {
+    /// The first header `name` (any case), e.g. a poll's `ETag`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON; panics with the body otherwise.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
@@ -211,14 +226,24 @@ impl Server {
     /// `pinion-server serve --listen 127.0.0.1:<port> --db <tmp>/server.db <extra_args>`
     /// with a random `PINION_ADMIN_TOKEN`; returns once the port accepts connections.
     pub fn start(extra_args: &[&str]) -> Server {
-        Server::start_inner(extra_args, None, &[])
+        Server::start_inner(extra_args, None, &[], None)
+    }
+
+    /// A replica on a shared database: `start` with `--db db_url --secret-key-file
+    /// secret_key_file <extra_args>` (a later `--db` wins over the SQLite file) and
+    /// `PINION_ADMIN_TOKEN=admin_token`; every replica of one database needs the same key
+    /// file and token. Kept on `restart`.
+    pub fn start_replica(db_url: &str, admin_token: &str, secret_key_file: &Path, extra_args: &[&str]) -> Server {
+        let key_file = secret_key_file.display().to_string();
+        let args = [&["--db", db_url, "--secret-key-file", key_file.as_str()][..], extra_args].concat();
+        Server::start_inner(&args, None, &[], Some(admin_token))
     }
 
     /// `start` with the open-files limit set to `limit`, soft and hard (`setrlimit` in
     /// the child before `exec`), so the server cannot raise it: systemd's default for a
     /// service without `LimitNOFILE` is 1024. Kept on `restart`.
     pub fn start_with_open_files(limit: u64, extra_args: &[&str]) -> Server {
-        Server::start_inner(extra_args, Some(limit), &[])
+        Server::start_inner(extra_args, Some(limit), &[], None)
     }
 
     /// `start` with environment variables set (`Some`) or removed (`None`), e.g.
@@ -226,13 +251,18 @@ impl Server {
     /// defaults (`RUST_LOG=info` unless the test's environment has one). Kept on
     /// `restart`.
     pub fn start_with_env(env: &[(&str, Option<&str>)], extra_args: &[&str]) -> Server {
-        Server::start_inner(extra_args, None, env)
+        Server::start_inner(extra_args, None, env, None)
     }
 
-    fn start_inner(extra_args: &[&str], open_files: Option<u64>, env: &[(&str, Option<&str>)]) -> Server {
+    fn start_inner(
+        extra_args: &[&str],
+        open_files: Option<u64>,
+        env: &[(&str, Option<&str>)],
+        admin_token: Option<&str>,
+    ) -> Server {
         let binary = server_binary();
         let dir = TempDir::new("server");
-        let admin_token = random_hex(24);
+        let admin_token = admin_token.map_or_else(|| random_hex(24), str::to_string);
         let log_path = dir.join("server.log");
         let mut server = Server {
             child: None,
@@ -430,8 +460,9 @@ impl Server {
         let mut response =
             result.unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nserver output:\n{}", self.log()));
         let status = response.status().as_u16();
+        let headers = header_list(response.headers());
         let body = response.body_mut().read_to_string().unwrap_or_default();
-        ApiReply { status, body, elapsed: start.elapsed() }
+        ApiReply { status, body, elapsed: start.elapsed(), headers }
     }
 
     /// Any body with exactly the headers given (gzip, NDJSON, a device's own headers).
@@ -447,8 +478,9 @@ impl Server {
             .run(builder.body(body).expect("valid request"))
             .unwrap_or_else(|e| panic!("{method} {url} failed: {e}\nserver output:\n{}", self.log()));
         let status = response.status().as_u16();
+        let headers = header_list(response.headers());
         let body = response.body_mut().read_to_string().unwrap_or_default();
-        ApiReply { status, body, elapsed: start.elapsed() }
+        ApiReply { status, body, elapsed: start.elapsed(), headers }
     }
 
     /// `POST /api/v1/devices/{uuid}/target-state` as the operator.
@@ -500,6 +532,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Response headers as (lower-case name, value) pairs; values that are not text as "".
+fn header_list(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or_default().to_string())).collect()
 }
 
 enum Spawn {

@@ -3,14 +3,10 @@
 //! `nginx` terminating TLS on a loopback port and proxying to a `pinion-server`. Both
 //! tools are required: a machine without them fails with the `apt-get install` line.
 
-use crate::util::{free_port, random_hex, require_tool, tail_of_file, wait_for, TempDir};
-use std::net::TcpStream;
+use crate::nginx::Nginx;
+use crate::util::{random_hex, require_tool, TempDir};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-/// How long nginx may take to accept TCP connections.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+use std::process::{Command, Stdio};
 
 /// A CA and a server certificate it signed, as PEM files in a temp dir.
 pub struct FleetPki {
@@ -91,9 +87,7 @@ fn openssl(dir: &TempDir, args: &[&str], more: &[&str]) {
 /// nginx serving https on a loopback port with a certificate, proxying every request to
 /// `http://127.0.0.1:<upstream>`; killed on drop.
 pub struct TlsProxy {
-    child: Child,
-    port: u16,
-    dir: TempDir,
+    nginx: Nginx,
 }
 
 impl TlsProxy {
@@ -106,83 +100,31 @@ impl TlsProxy {
 
     /// `start` with more directives in its `location` (`proxy_bind 127.0.0.2;`).
     pub fn start_with(upstream: &str, cert: &Path, key: &Path, directives: &str) -> TlsProxy {
-        let binary = require_tool("nginx", "nginx");
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            let dir = TempDir::new("nginx");
-            let port = free_port();
-            let d = dir.path().display();
-            let config = format!(
-                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-                 events {{ worker_connections 64; }}\n\
-                 http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  \
-                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
-                 scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    \
+        let nginx = Nginx::start(64, |port| {
+            format!(
+                "  server {{\n    listen 127.0.0.1:{port} ssl;\n    \
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n    location / {{\n      \
                  proxy_pass {upstream};\n      proxy_http_version 1.1;\n      proxy_set_header Host $host;\n      \
-                 {directives}\n    }}\n  }}\n}}\n",
+                 {directives}\n    }}\n  }}",
                 cert = cert.display(),
                 key = key.display(),
-            );
-            let config_path = dir.write("nginx.conf", config);
-            let log = std::fs::File::create(dir.join("stderr.log")).expect("creating the nginx log");
-            let mut child = Command::new(&binary)
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-c")
-                .arg(&config_path)
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("cloning the log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-            let up = wait_for(STARTUP_DEADLINE, || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Some(Err(format!("nginx exited with {status}")));
-                }
-                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| Ok(()))
-            });
-            let proxy = TlsProxy { child, port, dir };
-            match up {
-                Some(Ok(())) => return proxy,
-                Some(Err(why)) => {
-                    last_log = format!("{why}:\n{}", proxy.log());
-                    assert!(last_log.contains("Address already in use"), "nginx did not start: {last_log}");
-                }
-                None => panic!(
-                    "nginx did not accept connections on port {port} within {STARTUP_DEADLINE:?}:\n{}",
-                    proxy.log()
-                ),
-            }
-        }
-        panic!("nginx could not bind a free port in 5 attempts; last output:\n{last_log}");
+            )
+        });
+        TlsProxy { nginx }
     }
 
     /// `https://localhost:PORT`, which the certificate names.
     pub fn url(&self) -> String {
-        format!("https://localhost:{}", self.port)
+        format!("https://localhost:{}", self.nginx.port())
     }
 
     /// nginx's error log and stderr.
     pub fn log(&self) -> String {
-        format!(
-            "{}\n{}",
-            tail_of_file(&self.dir.join("stderr.log"), 4000),
-            tail_of_file(&self.dir.join("error.log"), 8000)
-        )
+        self.nginx.log()
     }
 
     /// The requests nginx proxied (its access log).
     pub fn access_log(&self) -> String {
-        tail_of_file(&self.dir.join("access.log"), 16_000)
-    }
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.nginx.access_log()
     }
 }
