@@ -108,7 +108,7 @@ fn unix_millis(at: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewTarget, PollAnswer, SqlStore};
+    use crate::store::SqlStore;
 
     #[test]
     fn a_limit_reached_through_one_replica_holds_on_the_other_after_a_round() {
@@ -133,18 +133,7 @@ mod tests {
     #[test]
     fn a_poll_answered_by_one_replica_is_known_to_the_other_after_a_round() {
         let store = SqlStore::in_memory().unwrap();
-        let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
-        let target = NewTarget {
-            state: "{}",
-            poll: &poll,
-            references: &[],
-            registries: &[],
-            source: "operator",
-            expected_version: None,
-            supersedes_pending: true,
-            release: None,
-        };
-        store.set_target("d1", &target).unwrap();
+        crate::store::testing::add_devices(&store, &["d1"]);
         let start = Instant::now();
         let (a, b) = (Presence::shared(start), Presence::shared(start));
         a.polled("d1", Instant::now());

@@ -301,16 +301,7 @@ mod tests {
     fn target_on(store: &SqlStore, uuid: &str, hosts: &[&str]) {
         let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-        let target = NewTarget {
-            state: "{}",
-            poll: &poll,
-            references: &[],
-            registries: &hosts,
-            source: "operator",
-            expected_version: None,
-            supersedes_pending: true,
-            release: None,
-        };
+        let target = NewTarget { registries: &hosts, ..crate::store::testing::operator_target("{}", &poll) };
         store.set_target(uuid, &target).unwrap();
     }
 
@@ -395,17 +386,7 @@ mod tests {
             let store = SqlStore::open(&path).unwrap();
             let state = r#"{"apps": {"1": {"services": [{"serviceName": "s", "imageName": "reg.lan:5000/app:v1"}]}}}"#;
             let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
-            let target = NewTarget {
-                state,
-                poll: &poll,
-                references: &[],
-                registries: &[],
-                source: "operator",
-                expected_version: None,
-                supersedes_pending: true,
-                release: None,
-            };
-            store.set_target("old", &target).unwrap();
+            store.set_target("old", &crate::store::testing::operator_target(state, &poll)).unwrap();
             store
                 .write("dropping a table", Touches::Polls, |tx| {
                     tx.execute("DROP TABLE device_registries", args![]).map_err(db("dropping a table"))

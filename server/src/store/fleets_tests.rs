@@ -2,7 +2,7 @@
 //! active rollout per fleet, moved tags and the event log.
 
 use super::*;
-use crate::store::testing::both_engines;
+use crate::store::testing::{add_devices, both_engines};
 use crate::store::Store;
 
 fn fleet(name: &str) -> Fleet {
@@ -33,23 +33,6 @@ fn rollout(fleet: &str, release: u64, status: RolloutStatus) -> StoredRollout {
         },
         created_at: "t".into(),
         updated_at: "t".into(),
-    }
-}
-
-fn add_devices(store: &SqlStore, uuids: &[&str]) {
-    let poll = crate::store::PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
-    for uuid in uuids {
-        let target = crate::store::NewTarget {
-            state: "{}",
-            poll: &poll,
-            references: &[],
-            registries: &[],
-            source: "operator",
-            expected_version: None,
-            supersedes_pending: true,
-            release: None,
-        };
-        store.set_target(uuid, &target).unwrap();
     }
 }
 
@@ -92,14 +75,9 @@ both_engines! {
         assert!(store.membership("d1").unwrap().unwrap().pinned);
         let poll = crate::store::PollAnswer { etag: "\"r\"".into(), body: "{\"release\":1}".into() };
         let target = crate::store::NewTarget {
-            state: "{}",
-            poll: &poll,
-            references: &[],
-            registries: &[],
             source: "rollout",
-            expected_version: None,
-            supersedes_pending: true,
             release: Some(1),
+            ..crate::store::testing::operator_target("{}", &poll)
         };
         assert_eq!(store.set_targets(&[("d1", target)]).unwrap(), [1], "still version 1");
         assert_eq!(store.poll("d1").unwrap().unwrap().etag, "\"e\"");

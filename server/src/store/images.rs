@@ -183,16 +183,7 @@ mod tests {
             let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
             let refs = [nginx.clone()];
             for uuid in ["d2", "d1"] {
-                let target = NewTarget {
-                    state: "{}",
-                    poll: &poll,
-                    references: &refs,
-                    registries: &[],
-                    source: "operator",
-                    expected_version: None,
-                    supersedes_pending: true,
-                    release: None,
-                };
+                let target = NewTarget { references: &refs, ..crate::store::testing::operator_target("{}", &poll) };
                 store.set_target(uuid, &target).unwrap();
             }
             let tracked = store.tracked_images().unwrap();

@@ -48,18 +48,11 @@ impl PresenceStore for SqlStore {
 mod tests {
     use super::*;
     use crate::store::testing::both_engines;
-    use crate::store::{NewTarget, PollAnswer, Store};
+    use crate::store::Store;
 
     both_engines! {
         fn each_device_keeps_its_latest_poll_and_unknown_devices_are_left_out(store) {
-            let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
-            for uuid in ["a", "b"] {
-                let target = NewTarget {
-                    state: "{}", poll: &poll, references: &[], registries: &[], source: "operator",
-                    expected_version: None, supersedes_pending: true, release: None,
-                };
-                store.set_target(uuid, &target).unwrap();
-            }
+            crate::store::testing::add_devices(&store, &["a", "b"]);
             store.record_polls(&[("a".into(), 2_000), ("b".into(), 1_000), ("gone".into(), 5_000)]).unwrap();
             store.record_polls(&[("a".into(), 1_500)]).unwrap(); // an older one, from a slower replica
             let mut polls = store.polls_since(0).unwrap();

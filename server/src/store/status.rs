@@ -97,23 +97,13 @@ impl StatusStore for SqlStore {
 mod tests {
     use super::*;
     use crate::store::testing::both_engines;
-    use crate::store::{NewReport, NewTarget, PollAnswer, Store, TelemetryStore};
+    use crate::store::{NewReport, PollAnswer, Store, TelemetryStore};
 
     both_engines! {
         fn heads_and_statuses_come_in_uuid_order_with_their_documents(store) {
             let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
             for (uuid, state) in [("d2", r#"{"v":2}"#), ("d1", r#"{"v":1}"#)] {
-                let target = NewTarget {
-                    state,
-                    poll: &poll,
-                    references: &[],
-                    registries: &[],
-                    source: "operator",
-                    expected_version: None,
-                    supersedes_pending: true,
-                    release: None,
-                };
-                store.set_target(uuid, &target).unwrap();
+                store.set_target(uuid, &crate::store::testing::operator_target(state, &poll)).unwrap();
             }
             let report = NewReport { state: r#"{"r":1}"#, known: "{}", sample: None, now: 100 };
             store.record_report("d1", &report).unwrap();

@@ -3,9 +3,31 @@
 //! that `PINION_TEST_POSTGRES` names (`scripts/postgres-cluster` starts a private one;
 //! `scripts/test` does so itself). Without it the PostgreSQL half fails, saying so.
 
-use super::SqlStore;
+use super::{NewTarget, PollAnswer, SqlStore, Store};
 use crate::secrets::SecretKey;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// An operator's target of `state` (no followed tags, no registries), as tests store it.
+pub fn operator_target<'a>(state: &'a str, poll: &'a PollAnswer) -> NewTarget<'a> {
+    NewTarget {
+        state,
+        poll,
+        references: &[],
+        registries: &[],
+        source: "operator",
+        expected_version: None,
+        supersedes_pending: true,
+        release: None,
+    }
+}
+
+/// Devices `uuids`, each with an operator's target `{}`.
+pub fn add_devices(store: &SqlStore, uuids: &[&str]) {
+    let poll = PollAnswer { etag: "\"e\"".into(), body: "{}".into() };
+    for uuid in uuids {
+        store.set_target(uuid, &operator_target("{}", &poll)).unwrap();
+    }
+}
 
 /// The variable naming a maintenance database of the test cluster.
 pub const POSTGRES_ENV: &str = "PINION_TEST_POSTGRES";
