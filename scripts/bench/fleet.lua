@@ -5,7 +5,7 @@
 -- PATH ETAG: the same per-request work (a random device, its key in a header) sent to
 -- another server's static PATH, so that nginx is measured with the very same load
 -- generator. Counts answers whose status is not the one MODE expects and prints them at
--- the end.
+-- the end, by status.
 
 local devices, n = {}, 0
 local mode, prefix, suffix
@@ -34,7 +34,7 @@ function init(args)
         f:close()
     end
     math.randomseed(id * 7919)
-    unexpected = 0
+    unexpected = {}
 end
 
 function request()
@@ -54,16 +54,24 @@ end
 
 function response(status, headers, body)
     if status ~= expected[mode] then
-        unexpected = unexpected + 1
+        unexpected[status] = (unexpected[status] or 0) + 1
     end
 end
 
 function done(summary, latency, requests)
-    local total = 0
+    local total, by_status = 0, {}
     for _, thread in ipairs(threads) do
-        total = total + (thread:get("unexpected") or 0)
+        for status, count in pairs(thread:get("unexpected") or {}) do
+            total = total + count
+            by_status[status] = (by_status[status] or 0) + count
+        end
     end
     if total > 0 then
-        io.write("unexpected status: " .. total .. " answers\n")
+        local parts = {}
+        for status, count in pairs(by_status) do
+            table.insert(parts, status .. " ×" .. count)
+        end
+        table.sort(parts)
+        io.write("unexpected status: " .. total .. " answers (" .. table.concat(parts, ", ") .. ")\n")
     end
 end

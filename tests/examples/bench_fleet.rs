@@ -1,7 +1,7 @@
 //! Benchmark set-up, not a test: provisions a fleet on a running pinion-server through
 //! its API, for `scripts/bench/polls` and `scripts/bench/reports` to load with wrk. Each
-//! device gets a realistic target state (5 apps, 10 services, pinned digests, so no
-//! registry is asked), registers with a provisioning key and its own device key, and is
+//! device registers with a provisioning key and its own device key, gets a realistic
+//! target state (5 apps, 10 services, pinned digests, so no registry is asked), and is
 //! polled once for its ETag. Writes `fleet.txt` (`uuid key etag` per line) and
 //! `report.json` (an agent's current-state report with `@UUID@` for the device) to DIR.
 //! Run: `cargo run --release -p pinion-tests --example bench_fleet -- URL ADMIN_TOKEN N DIR`
@@ -122,10 +122,8 @@ fn main() {
                         }
                         let uuid = format!("bench-{i:05}");
                         let key = format!("{:064x}", 0xbe7c_0000_0000_u64 + i as u64);
-                        let path = format!("{url}/api/v1/devices/{uuid}/target-state");
-                        let (status, _, body) =
-                            send(&agent, "POST", &path, &[("Authorization", &admin_auth)], Some(&state));
-                        assert_eq!(status, 200, "{body}");
+                        // Registered first: since issue 12 a uuid the operator made (by
+                        // setting its target) takes no general provisioning key.
                         let registration =
                             json!({"uuid": uuid, "deviceName": uuid, "deviceType": "bench", "deviceApiKey": key})
                                 .to_string();
@@ -134,6 +132,10 @@ fn main() {
                             send(&agent, "POST", &path, &[("Authorization", &provisioning)], Some(&registration));
                         // 200 since issue 10 (the original agent's registration answer), 201 before.
                         assert!(matches!(status, 200 | 201), "{status}: {body}");
+                        let path = format!("{url}/api/v1/devices/{uuid}/target-state");
+                        let (status, _, body) =
+                            send(&agent, "POST", &path, &[("Authorization", &admin_auth)], Some(&state));
+                        assert_eq!(status, 200, "{body}");
                         let path = format!("{url}/api/v1/device/{uuid}/state");
                         let (status, etag, body) = send(&agent, "GET", &path, &[("X-Device-API-Key", &key)], None);
                         assert_eq!(status, 200, "{body}");

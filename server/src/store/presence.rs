@@ -2,8 +2,7 @@
 //! answered, a few seconds at a time, and reads the others' (`replica_sync.rs`), so
 //! that the replica stepping rollouts and every dashboard see every device's polls.
 
-use super::sql::{args, db, SqlExt};
-use super::sql_store::Touches;
+use super::sql::{args, db, DbError, Sql, SqlExt};
 use super::SqlStore;
 use crate::Error;
 
@@ -14,24 +13,33 @@ pub trait PresenceStore {
     fn polls_since(&self, since: i64) -> Result<Vec<(String, i64)>, Error>;
 }
 
+/// Polls written in one transaction at most.
+const POLLS_PER_WRITE: usize = 500;
+
+/// Records one batch of polls inside `tx`.
+fn record_batch(tx: &mut dyn Sql, polls: &[(String, i64)]) -> Result<(), DbError> {
+    for (uuid, at) in polls {
+        // A device deleted meanwhile is left out (its row would outlive it).
+        tx.execute(
+            "INSERT INTO device_presence (uuid, last_poll_ms)
+             SELECT uuid, ?2 FROM devices WHERE uuid = ?1
+             ON CONFLICT (uuid) DO UPDATE SET last_poll_ms = CASE
+                 WHEN excluded.last_poll_ms > device_presence.last_poll_ms THEN excluded.last_poll_ms
+                 ELSE device_presence.last_poll_ms END",
+            args![uuid, at],
+        )?;
+    }
+    Ok(())
+}
+
 impl PresenceStore for SqlStore {
     fn record_polls(&self, polls: &[(String, i64)]) -> Result<(), Error> {
         let failed = db("recording polls");
-        self.write("recording polls", Touches::NothingPolled, |tx| {
-            for (uuid, at) in polls {
-                // A device deleted meanwhile is left out (its row would outlive it).
-                tx.execute(
-                    "INSERT INTO device_presence (uuid, last_poll_ms)
-                     SELECT uuid, ?2 FROM devices WHERE uuid = ?1
-                     ON CONFLICT (uuid) DO UPDATE SET last_poll_ms = CASE
-                         WHEN excluded.last_poll_ms > device_presence.last_poll_ms THEN excluded.last_poll_ms
-                         ELSE device_presence.last_poll_ms END",
-                    args![uuid, at],
-                )
-                .map_err(&failed)?;
-            }
-            Ok(())
-        })
+        // A few hundred a transaction: each short, whatever a burst of polls left to share.
+        for batch in polls.chunks(POLLS_PER_WRITE) {
+            self.write_bookkeeping("recording polls", |tx| record_batch(tx, batch).map_err(&failed))?;
+        }
+        Ok(())
     }
 
     fn polls_since(&self, since: i64) -> Result<Vec<(String, i64)>, Error> {

@@ -6,7 +6,6 @@
 //! commits after a later-numbered one was read is not counted elsewhere.
 
 use super::sql::{args, db, SqlExt};
-use super::sql_store::Touches;
 use super::SqlStore;
 use crate::Error;
 
@@ -27,7 +26,7 @@ pub trait RateEventStore {
 impl RateEventStore for SqlStore {
     fn record_rate_events(&self, replica: &str, events: &RateEvents, at_ms: i64) -> Result<(), Error> {
         let failed = db("recording rate-limit events");
-        self.write("recording rate-limit events", Touches::NothingPolled, |tx| {
+        self.write_bookkeeping("recording rate-limit events", |tx| {
             tx.execute("DELETE FROM rate_events WHERE at_ms < ?1", args![at_ms - KEPT_MS]).map_err(&failed)?;
             for (kind, client, count) in events {
                 tx.execute(

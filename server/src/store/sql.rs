@@ -64,7 +64,8 @@ impl fmt::Display for DbError {
 /// `BadRequest` (400), anything else `Store` (500).
 pub fn db(op: &'static str) -> impl Fn(DbError) -> crate::Error {
     move |e| match e.kind {
-        DbErrorKind::Unavailable => crate::Error::StoreUnavailable { op, reason: e.message },
+        // A write given up for concurrent ones again and again: busy, so try again soon.
+        DbErrorKind::Unavailable | DbErrorKind::Retry => crate::Error::StoreUnavailable { op, reason: e.message },
         DbErrorKind::Unstorable => crate::Error::BadRequest { reason: format!("{op}: {}", e.message) },
         _ => crate::Error::Store { op, reason: e.message },
     }

@@ -116,7 +116,23 @@ impl SqlStore {
                 }
             }),
             #[cfg(feature = "postgres")]
-            Engine::Postgres(engine) => engine.write(op, &mut work),
+            Engine::Postgres(engine) => engine.write(op, postgres::IsolationLevel::Serializable, &mut work),
+        }
+    }
+
+    /// `write` for the replicas' bookkeeping (polls seen, rate-limit events): nothing a
+    /// poll answers, and each statement right on its own, so on PostgreSQL it runs read
+    /// committed. Serializable, a batch of thousands of upserts that reads `devices`
+    /// took a lock on the whole table and had every report that overlapped it cancelled.
+    pub(super) fn write_bookkeeping<T>(
+        &self,
+        op: &'static str,
+        mut work: impl FnMut(&mut dyn Sql) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match &self.engine {
+            Engine::Sqlite(_) => self.write(op, Touches::NothingPolled, work),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.write(op, postgres::IsolationLevel::ReadCommitted, &mut work),
         }
     }
 

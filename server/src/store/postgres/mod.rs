@@ -116,11 +116,13 @@ impl PgEngine {
         work(&mut PgSql { client, statements, retry: false })
     }
 
-    /// Runs `work` in one serializable transaction, again (up to `MAX_ATTEMPTS` times)
-    /// while PostgreSQL gives it up for a concurrent one.
+    /// Runs `work` in one transaction of `isolation` (serializable for the store's own
+    /// data), again (up to `MAX_ATTEMPTS` times) while PostgreSQL gives it up for a
+    /// concurrent one.
     pub(super) fn write<T>(
         &self,
         op: &'static str,
+        isolation: IsolationLevel,
         work: &mut dyn FnMut(&mut dyn Sql) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut attempt = 0;
@@ -133,7 +135,7 @@ impl PgEngine {
                 continue;
             }
             let PgConn { client, statements } = checkout.conn();
-            let started = client.build_transaction().isolation_level(IsolationLevel::Serializable).start();
+            let started = client.build_transaction().isolation_level(isolation).start();
             let mut tx = started.map_err(|e| db(op)(DbError::from(e)))?;
             let mut sql = PgSql { client: &mut tx, statements, retry: false };
             let result = work(&mut sql);
