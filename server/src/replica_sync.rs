@@ -72,7 +72,10 @@ impl ReplicaSync {
 }
 
 /// One round of polls: writes this replica's, takes every poll recorded since `read_from`
-/// (unix ms) less a margin for replicas that write late; returns where the next starts.
+/// (unix ms) less a margin for replicas that write late; returns where the next starts:
+/// the latest poll read (never back, never past this replica's clock). Not this replica's clock alone:
+/// stepped forward (NTP catching up), it would have the next rounds skip every poll the
+/// others record with their right time.
 pub fn share(store: &dyn Store, presence: &Presence, read_from: i64, every: Duration) -> i64 {
     let (wall, now) = (unix_millis(SystemTime::now()), Instant::now());
     let mine: Vec<(String, i64)> = presence
@@ -88,11 +91,12 @@ pub fn share(store: &dyn Store, presence: &Presence, read_from: i64, every: Dura
     let margin = 3 * every.as_millis() as i64;
     match store.polls_since(read_from - margin) {
         Ok(polls) => {
+            let latest = polls.iter().map(|(_, at)| *at).max();
             for (uuid, at) in polls {
                 let ago = Duration::from_millis(wall.saturating_sub(at).max(0) as u64);
                 presence.polled_elsewhere(&uuid, now.checked_sub(ago).unwrap_or(now));
             }
-            wall
+            latest.map_or(read_from, |latest| latest.min(wall).max(read_from))
         }
         Err(e) => {
             log::warn!("reading the other replicas' polls: {e}");
@@ -108,7 +112,7 @@ fn unix_millis(at: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqlStore;
+    use crate::store::{PresenceStore, SqlStore};
 
     #[test]
     fn a_limit_reached_through_one_replica_holds_on_the_other_after_a_round() {
@@ -144,5 +148,15 @@ mod tests {
         let (_, since) = b.connectivity("d1", Instant::now());
         assert!(since.unwrap() < Duration::from_secs(5), "{since:?}");
         assert!(read_from > 0);
+    }
+
+    #[test]
+    fn the_next_round_reads_on_from_the_latest_poll_not_from_this_replicas_clock() {
+        let store = SqlStore::in_memory().unwrap();
+        crate::store::testing::add_devices(&store, &["d1"]);
+        store.record_polls(&[("d1".to_string(), 1_000)]).unwrap();
+        let b = Presence::shared(Instant::now());
+        assert_eq!(share(&store, &b, 0, SHARE_EVERY), 1_000, "where the data is, whatever the clock says");
+        assert_eq!(share(&store, &b, 5_000, SHARE_EVERY), 5_000, "nothing new: stays");
     }
 }

@@ -198,7 +198,13 @@ impl ClientLimits {
 
     fn counted(&self, kind: LimitKind, client: IpAddr) {
         if let Some(unshared) = &self.unshared {
-            *unshared.lock().unwrap_or_else(|p| p.into_inner()).entry((kind, client_key(client))).or_default() += 1;
+            let mut unshared = unshared.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded as the limiters are: a flood from more addresses than that within
+            // one round is counted here but not all of it shared.
+            let key = (kind, client_key(client));
+            if unshared.len() < MAX_TRACKED_CLIENTS || unshared.contains_key(&key) {
+                *unshared.entry(key).or_default() += 1;
+            }
         }
     }
 

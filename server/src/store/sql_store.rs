@@ -130,7 +130,7 @@ impl SqlStore {
         mut work: impl FnMut(&mut dyn Sql) -> Result<T, Error>,
     ) -> Result<T, Error> {
         match &self.engine {
-            Engine::Sqlite(_) => self.write(op, Touches::NothingPolled, work),
+            Engine::Sqlite(_) => self.write(op, Touches::NothingPolled, &mut work),
             #[cfg(feature = "postgres")]
             Engine::Postgres(engine) => engine.write(op, postgres::IsolationLevel::ReadCommitted, &mut work),
         }
