@@ -42,6 +42,13 @@ USAGE:
 
 SERVE OPTIONS:
     --listen ADDR              address to listen on [env PINION_LISTEN, default 0.0.0.0:3002]
+    --tls-cert FILE            serve https with this PEM certificate chain (leaf first, as
+                               certbot's fullchain.pem) instead of plain http; needs --tls-key.
+                               Checked at start (readable, valid now, matching the key: else
+                               the server does not start); a changed file is served to new
+                               connections within seconds, no restart [env PINION_TLS_CERT]
+    --tls-key FILE             its PEM private key (PKCS#8, RSA or EC; certbot's privkey.pem)
+                               [env PINION_TLS_KEY]
     --db PATH|URL              SQLite database file, or a PostgreSQL URL for several replicas
                                (postgres://USER:PASSWORD@HOST:PORT/DBNAME?sslmode=require;
                                a socket directory as HOST: postgres://USER@%2Frun%2Fpostgresql/DB)
@@ -235,6 +242,8 @@ struct Options {
     rollout_interval: Option<Duration>,
     session_lifetime: Option<Duration>,
     webhook_token: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     workers: Option<usize>,
     max_body: Option<usize>,
     max_connections: Option<usize>,
@@ -295,6 +304,8 @@ impl Options {
                 self.session_lifetime = Some(lifetime);
             }
             "webhook-token" => self.webhook_token = Some(value),
+            "tls-cert" => self.tls_cert = Some(value.into()),
+            "tls-key" => self.tls_key = Some(value.into()),
             "workers" => self.workers = Some(number(&value)?),
             "max-body" => self.max_body = Some(number(&value)?),
             "max-connections" => self.max_connections = Some(number(&value)?),
@@ -373,6 +384,22 @@ impl Options {
     }
 }
 
+/// `--tls-cert` and `--tls-key` (or `PINION_TLS_CERT`, `PINION_TLS_KEY`; empty is unset):
+/// both or neither.
+fn tls_files(options: &Options) -> Result<Option<crate::tls::TlsFiles>, Error> {
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let cert = options.tls_cert.clone().or_else(|| from_env("PINION_TLS_CERT"));
+    let key = options.tls_key.clone().or_else(|| from_env("PINION_TLS_KEY"));
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(usage("--tls-cert needs --tls-key (PINION_TLS_KEY): the certificate's private key")),
+        (None, Some(_)) => {
+            Err(usage("--tls-key needs --tls-cert (PINION_TLS_CERT): the certificate chain it belongs to"))
+        }
+    }
+}
+
 /// Shortest webhook (and metrics) token accepted: guessing it must be as hard as any key's.
 const MIN_WEBHOOK_TOKEN_LEN: usize = 16;
 
@@ -408,6 +435,8 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
             )));
         }
     }
+    // Checked before anything is opened: a certificate that cannot be served stops the start.
+    let tls = tls_files(&options)?.map(crate::tls::server_config).transpose()?;
     let (store, files_beside, replicated) = open_store(&options, &db)?;
     let secret_key_file =
         options.secret_key_file.clone().or_else(|| std::env::var_os(SECRET_KEY_FILE_ENV).map(PathBuf::from));
@@ -501,10 +530,12 @@ fn serve(options: Options) -> Result<ExitCode, Error> {
     }
     let listener = crate::listener::bind(&listen)?;
     let database = if replicated { crate::store::redacted_url(&db) } else { db };
-    log::info!("pinion-server {} listening on {} (database {database})", env!("CARGO_PKG_VERSION"), listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    log::info!("pinion-server {} listening on {listen} ({scheme}; database {database})", env!("CARGO_PKG_VERSION"));
     pinion_systemd::ready();
     let server_limits = options.server_limits();
-    api::serve(listener, api, limits, server_limits).map_err(|source| Error::Io { path: listen.into(), source })?;
+    api::serve(listener, api, limits, server_limits, tls)
+        .map_err(|source| Error::Io { path: listen.into(), source })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -69,6 +69,10 @@ pub enum Error {
     StoreUnavailable { op: &'static str, reason: String },
     /// A file the server reads or writes.
     Io { path: PathBuf, source: std::io::Error },
+    /// The certificate or key file of the server's own https (`--tls-cert`, `--tls-key`)
+    /// that cannot be served: unreadable, not PEM, expired or not yet valid, a key that
+    /// does not match the certificate.
+    Tls { path: PathBuf, reason: String },
     /// A stored secret that cannot be sealed or opened (no key, a wrong key file, an
     /// altered value), or a key file that is not a key.
     Secrets { reason: String },
@@ -137,6 +141,7 @@ impl fmt::Display for Error {
             Store { op, reason } => write!(f, "database error while {op}: {reason}"),
             StoreUnavailable { op, reason } => write!(f, "the database is unavailable ({op}): {reason}"),
             Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Tls { path, reason } => write!(f, "{}: {reason}", path.display()),
             Secrets { reason } => write!(f, "{reason}"),
             Usage { reason } => write!(f, "{reason}"),
         }

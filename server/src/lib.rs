@@ -36,6 +36,7 @@ pub mod targets;
 pub mod telemetry;
 pub mod text;
 pub mod timefmt;
+pub mod tls;
 pub mod verdicts;
 
 pub use error::Error;

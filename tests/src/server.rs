@@ -7,7 +7,8 @@
 //! `start_with_open_files` starts it under a given open-files limit (soft and hard), as
 //! systemd's default 1024 would, for the flood tests; `start_with_env` with environment
 //! variables set or removed (`RUST_LOG=trace`, no `JOURNAL_STREAM`) for the log tests;
-//! `start_replica` one of several replicas on a PostgreSQL database (`replicas`).
+//! `start_replica` one of several replicas on a PostgreSQL database (`replicas`);
+//! `start_https` with the server's own https (`--tls-cert`), asked as `https://localhost`.
 
 use crate::util::{free_port, random_hex, tail_of_file, wait_for, TempDir};
 use serde_json::Value;
@@ -219,6 +220,8 @@ pub struct Server {
     env: Vec<(String, Option<String>)>,
     log_path: PathBuf,
     agent: ureq::Agent,
+    /// `http://127.0.0.1`, or `https://localhost` (the name the test certificates carry).
+    origin: &'static str,
     dir: TempDir,
 }
 
@@ -244,6 +247,25 @@ impl Server {
     /// service without `LimitNOFILE` is 1024. Kept on `restart`.
     pub fn start_with_open_files(limit: u64, extra_args: &[&str]) -> Server {
         Server::start_inner(extra_args, Some(limit), &[], None)
+    }
+
+    /// `start` serving https with `cert` and `key` (`--tls-cert`, `--tls-key`) before
+    /// `extra_args`: `url` is `https://localhost:PORT`, and `request` trusts `ca_pem`.
+    pub fn start_https(cert: &Path, key: &Path, ca_pem: &Path, extra_args: &[&str]) -> Server {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let args = [&["--tls-cert", cert.as_str(), "--tls-key", key.as_str()][..], extra_args].concat();
+        let mut server = Server::start_inner(&args, None, &[], None);
+        let ca = std::fs::read(ca_pem).unwrap_or_else(|e| panic!("{}: {e}", ca_pem.display()));
+        let ca = ureq::tls::Certificate::from_pem(&ca).expect("a PEM CA certificate").to_owned();
+        let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[ca])).build();
+        server.agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .tls_config(tls)
+            .build()
+            .new_agent();
+        server.origin = "https://localhost";
+        server
     }
 
     /// `start` with environment variables set (`Some`) or removed (`None`), e.g.
@@ -274,6 +296,7 @@ impl Server {
             env: env.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect(),
             log_path,
             agent: crate::util::http_agent(Duration::from_secs(120)),
+            origin: "http://127.0.0.1",
             dir,
         };
         let mut last_log = String::new();
@@ -403,9 +426,9 @@ impl Server {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` from `start_https`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}:{}", self.origin, self.port)
     }
 
     pub fn admin_token(&self) -> &str {

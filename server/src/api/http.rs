@@ -17,6 +17,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The client's address, for logs and the per-address limits (`rate_limit`).
     pub peer: Option<std::net::SocketAddr>,
+    /// It came over the server's own https (`--tls-cert`).
+    pub tls: bool,
 }
 
 impl Request {

@@ -1,9 +1,10 @@
 //! Where a browser's request comes from: a signed-in dashboard's cookie goes with every
 //! request to this server, so a state-changing one must come from a page of this server
 //! (its `Origin` names the host it was sent to), and the cookie is `Secure` when the
-//! browser reached the server over https. Behind a trusted reverse proxy
-//! (`--trusted-proxy`) the proxy's `X-Forwarded-Host`/`Forwarded: host=` and `proto=`
-//! name what the browser saw. Pure: headers in, a yes or no out.
+//! browser reached the server over https: the server's own (`--tls-cert`), or behind a
+//! trusted reverse proxy (`--trusted-proxy`) the proxy's, whose
+//! `X-Forwarded-Host`/`Forwarded: host=` and `proto=` name what the browser saw. Pure:
+//! headers in, a yes or no out.
 
 use super::client_address::TrustedProxy;
 use super::http::Request;
@@ -30,14 +31,20 @@ pub fn same_origin(request: &Request, trusted: &[TrustedProxy]) -> bool {
     hosts.iter().any(|host| host.trim().eq_ignore_ascii_case(authority))
 }
 
-/// Whether the browser reached the server over https: only a trusted proxy can say so
-/// (`X-Forwarded-Proto: https`, `Forwarded: proto=https`), as the server speaks plain
-/// http itself.
+/// Whether the browser reached the server over https: a trusted proxy's word
+/// (`X-Forwarded-Proto: https`, `Forwarded: proto=https`) when it gives one, as the
+/// browser spoke to the proxy (which may reach this server over https while its own
+/// clients use http: a `Secure` cookie would then never come back), else whether the
+/// request came over the server's own https.
 pub fn over_https(request: &Request, trusted: &[TrustedProxy]) -> bool {
-    from_trusted_proxy(request, trusted)
-        && forwarded_values(request, "x-forwarded-proto", "proto")
-            .last()
-            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+    let forwarded = match from_trusted_proxy(request, trusted) {
+        true => forwarded_values(request, "x-forwarded-proto", "proto").last().copied(),
+        false => None,
+    };
+    match forwarded {
+        Some(proto) => proto.trim().eq_ignore_ascii_case("https"),
+        None => request.tls,
+    }
 }
 
 fn from_trusted_proxy(request: &Request, trusted: &[TrustedProxy]) -> bool {
@@ -127,5 +134,14 @@ mod tests {
         assert!(!over_https(&request("10.0.0.1:5", &[("x-forwarded-proto", "http")]), &proxies()));
         assert!(over_https(&request("10.0.0.1:5", &[("forwarded", "for=1.2.3.4;proto=https")]), &proxies()));
         assert!(!over_https(&request("10.0.0.1:5", &[]), &proxies()));
+    }
+
+    #[test]
+    fn the_servers_own_https_is_https_unless_a_trusted_proxy_says_its_client_used_http() {
+        let own = |peer: &str, headers: &[(&str, &str)]| Request { tls: true, ..request(peer, headers) };
+        assert!(over_https(&own("192.0.2.7:5", &[]), &[]));
+        assert!(over_https(&own("192.0.2.7:5", &[("x-forwarded-proto", "http")]), &proxies()), "not a trusted proxy");
+        assert!(!over_https(&own("10.0.0.1:5", &[("x-forwarded-proto", "http")]), &proxies()));
+        assert!(over_https(&own("10.0.0.1:5", &[]), &proxies()), "a trusted proxy that says nothing");
     }
 }

@@ -31,7 +31,7 @@ pub fn status_of(error: &Error) -> (u16, &'static str) {
         | RegistryCredentials { .. } => (502, "registry_error"),
         Store { .. } => (500, "store_error"),
         StoreUnavailable { .. } => (503, "store_unavailable"),
-        Io { .. } => (500, "internal_error"),
+        Io { .. } | Tls { .. } => (500, "internal_error"),
         Secrets { .. } => (500, "secrets_error"),
     }
 }

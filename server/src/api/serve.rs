@@ -23,7 +23,13 @@ impl Service for ApiService {
     }
 }
 
-/// Serves until the process ends.
-pub fn serve(listener: TcpListener, api: Api, limits: Arc<ClientLimits>, server_limits: Limits) -> std::io::Result<()> {
-    http_server::serve(listener, server_limits, ApiService { api, limits })
+/// Serves until the process ends: https with `tls`, else plain http.
+pub fn serve(
+    listener: TcpListener,
+    api: Api,
+    limits: Arc<ClientLimits>,
+    server_limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    http_server::serve(listener, server_limits, ApiService { api, limits }, tls)
 }

@@ -2,9 +2,9 @@
 //! limit and a deadline, from the bytes already buffered and then the socket. Whatever
 //! is read past the body stays buffered: it is the next request of a pipelining client.
 
+use super::transport::Transport;
 use std::io::{self, Read};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A chunk-size line or a trailer line longer than this is malformed.
 const MAX_LINE: usize = 4096;
@@ -145,26 +145,16 @@ impl<S: Read> Incoming<S> {
     }
 }
 
-/// A socket whose every read gives up at one deadline: a body trickled a byte at a time
-/// still ends when its time is up.
-pub struct DeadlineStream<'a> {
-    pub stream: &'a TcpStream,
+/// A connection whose every read gives up at one deadline: a body trickled a byte at a
+/// time (or a TLS record trickled a byte at a time) still ends when its time is up.
+pub(super) struct DeadlineStream<'a> {
+    pub transport: &'a mut Transport,
     pub deadline: Instant,
 }
 
 impl Read for DeadlineStream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the request took longer than its time"));
-        }
-        self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-        match self.stream.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "the request took longer than its time"))
-            }
-            other => other,
-        }
+        self.transport.read_before(buf, self.deadline)
     }
 }
 

@@ -6,11 +6,17 @@
 //! At the connection limit the connections that have waited longest (idle, or with a
 //! head still trickling in) are closed to make room, as nginx reuses its idle
 //! keep-alive connections: a flood of idle sockets cannot keep a device out.
+//!
+//! Over TLS (`--tls-cert`) the handshake happens here too, without blocking, within the
+//! head timeout of a new connection: a client that never finishes it is closed like one
+//! that never finishes its head, and holds no worker meanwhile.
 
 use super::epoll::{Epoll, Wakeup};
 use super::head::{parse_head, BodyFraming, Head, HeadError, MAX_HEAD_BYTES};
+use super::transport::{Arrived, Transport};
 use super::worker::{self, Body, Job};
 use super::{Limits, Service, SMALL_BODY};
+use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -35,7 +41,7 @@ const LINGER_BYTES: usize = 4 << 20;
 
 /// One client connection and what it has sent that is not yet answered.
 pub(super) struct Conn {
-    pub stream: TcpStream,
+    pub transport: Transport,
     pub peer: Option<SocketAddr>,
     pub buf: Vec<u8>,
     /// By when the answer being written must be written whole.
@@ -48,10 +54,14 @@ pub(super) struct Conn {
     deadline: Instant,
     /// The count of open connections, one less when this one is dropped (closed).
     open: Arc<AtomicUsize>,
+    /// Watched for writability too: TLS bytes wait for room in the socket.
+    watching_writes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// A new TLS connection whose handshake is under way.
+    Handshake,
     /// Waiting for the first byte of a request.
     Idle,
     /// Part of a head has come.
@@ -67,7 +77,7 @@ impl Conn {
     /// Marks an answered connection whose request body was not read: the loop drains
     /// and closes it instead of reading another request.
     pub fn linger(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.transport.shutdown_write();
         self.phase = Phase::Linger { dropped: 0 };
     }
 }
@@ -99,13 +109,20 @@ struct Loop {
     open: Arc<AtomicUsize>,
     handback: Arc<Handback>,
     jobs: std::sync::mpsc::Sender<Job>,
+    /// With `--tls-cert`: every connection speaks TLS.
+    tls: Option<Arc<ServerConfig>>,
     /// Accepting paused (out of descriptors) until then.
     paused_until: Option<Instant>,
     /// The last time running out of descriptors was logged.
     logged_exhaustion: Option<Instant>,
 }
 
-pub(super) fn run(listener: TcpListener, limits: Limits, service: Arc<dyn Service>) -> io::Result<()> {
+pub(super) fn run(
+    listener: TcpListener,
+    limits: Limits,
+    service: Arc<dyn Service>,
+    tls: Option<Arc<ServerConfig>>,
+) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new()?;
     let handback = Arc::new(Handback { conns: Mutex::new(Vec::new()), wakeup: Wakeup::new()? });
@@ -113,7 +130,8 @@ pub(super) fn run(listener: TcpListener, limits: Limits, service: Arc<dyn Servic
     epoll.add(handback.wakeup.raw_fd(), WAKE)?;
     let jobs = worker::start(&limits, service, Arc::clone(&handback))?;
     log::info!(
-        "serving with {} workers, at most {} connections (head {:?}, body {:?}, idle {:?})",
+        "serving {} with {} workers, at most {} connections (head {:?}, body {:?}, idle {:?})",
+        if tls.is_some() { "https" } else { "http" },
         limits.workers,
         limits.max_connections,
         limits.head_timeout,
@@ -128,6 +146,7 @@ pub(super) fn run(listener: TcpListener, limits: Limits, service: Arc<dyn Servic
         open: Arc::new(AtomicUsize::new(0)),
         handback,
         jobs,
+        tls,
         paused_until: None,
         logged_exhaustion: None,
     };
@@ -190,37 +209,52 @@ impl Loop {
             );
             return;
         }
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::debug!("connection from {peer}: {e}");
+            return;
+        }
+        let (transport, phase) = match &self.tls {
+            None => (Transport::Plain(stream), Phase::Idle),
+            Some(config) => match rustls::ServerConnection::new(Arc::clone(config)) {
+                Ok(session) => (Transport::tls(stream, session), Phase::Handshake),
+                Err(e) => {
+                    log::warn!("connection from {peer}: no TLS session: {e}");
+                    return;
+                }
+            },
+        };
         self.open.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let conn = Conn {
-            stream,
+            transport,
             peer: Some(peer),
             buf: Vec::new(),
             write_deadline: now,
             head_request: false,
-            phase: Phase::Idle,
+            phase,
             waiting_since: now,
-            // A new connection has the head's time to send it.
+            // A new connection has the head's time to send it (and its TLS handshake).
             deadline: now + self.limits.head_timeout,
             open: Arc::clone(&self.open),
+            watching_writes: false,
         };
-        if let Err(e) = conn.stream.set_nonblocking(true) {
-            log::debug!("connection from {peer}: {e}");
-            return;
-        }
         self.watch(conn);
     }
 
-    /// Puts a connection in the epoll set and the table; reads what it already sent.
-    fn watch(&mut self, conn: Conn) {
-        let fd = conn.stream.as_raw_fd();
+    /// Puts a connection in the epoll set and the table; reads what it already sent (over
+    /// TLS also what the session decrypted but nobody read: no socket event would say so).
+    fn watch(&mut self, mut conn: Conn) {
+        let fd = conn.transport.tcp().as_raw_fd();
+        conn.watching_writes = false;
         if let Err(e) = self.epoll.add(fd, fd as u64) {
             log::warn!("watching a connection: {e}");
             return;
         }
-        let pending = !conn.buf.is_empty();
+        let (pending, tls) = (!conn.buf.is_empty(), conn.transport.is_tls());
         self.conns.insert(fd as u64, conn);
-        if pending {
+        if tls {
+            self.read_ready(fd as u64);
+        } else if pending {
             self.advance(fd as u64);
         }
     }
@@ -270,7 +304,7 @@ impl Loop {
         let conns = std::mem::take(&mut *self.handback.conns.lock().unwrap_or_else(|p| p.into_inner()));
         let now = Instant::now();
         for mut conn in conns {
-            if conn.stream.set_nonblocking(true).is_err() {
+            if conn.transport.tcp().set_nonblocking(true).is_err() {
                 continue;
             }
             conn.waiting_since = now;
@@ -291,10 +325,11 @@ impl Loop {
 
     fn read_ready(&mut self, fd: u64) {
         let Some(conn) = self.conns.get_mut(&fd) else { return };
-        let mut chunk = [0u8; 16 * 1024];
         if let Phase::Linger { dropped } = &mut conn.phase {
+            // Raw bytes, dropped unread (over TLS too: nothing in them is answered).
+            let mut chunk = [0u8; 16 * 1024];
             loop {
-                match conn.stream.read(&mut chunk) {
+                match conn.transport.tcp().read(&mut chunk) {
                     Ok(0) => break,
                     Ok(n) if *dropped + n < LINGER_BYTES => *dropped += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -305,29 +340,61 @@ impl Loop {
             self.conns.remove(&fd);
             return;
         }
-        let mut ended = false;
-        while conn.buf.len() < READ_AHEAD {
-            let room = (READ_AHEAD - conn.buf.len()).min(chunk.len());
-            match conn.stream.read(&mut chunk[..room]) {
-                Ok(0) => {
-                    ended = true;
-                    break;
+        let ended = match conn.transport.read_available(&mut conn.buf, READ_AHEAD) {
+            Arrived::Open => false,
+            Arrived::Ended => true,
+            Arrived::PlainHttp => return self.refuse_plain_http(fd),
+            Arrived::Failed(e) => {
+                if conn.phase == Phase::Handshake {
+                    log::debug!(
+                        "TLS handshake with {} failed: {e}",
+                        conn.peer.map(|p| p.to_string()).unwrap_or_default()
+                    );
                 }
-                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.conns.remove(&fd);
-                    return;
-                }
+                self.conns.remove(&fd);
+                return;
             }
+        };
+        if conn.phase == Phase::Handshake && !conn.transport.is_handshaking() {
+            // Its head time still runs from the opening: the handshake took part of it.
+            conn.phase = Phase::Idle;
         }
+        self.watch_writes(fd);
         self.advance(fd);
         if ended {
             // A client that sent its request and shut its side still gets its answer
             // (the request went to a worker); anything short of a request is dropped.
             self.conns.remove(&fd);
         }
+    }
+
+    /// Watches a TLS connection for room in its socket while the session has bytes the
+    /// socket did not take (a handshake flight larger than the socket's buffer), and
+    /// stops once they went: a socket with room is always writable.
+    fn watch_writes(&mut self, fd: u64) {
+        let Some(conn) = self.conns.get_mut(&fd) else { return };
+        let wants = conn.transport.wants_write();
+        if wants != conn.watching_writes {
+            conn.watching_writes = wants;
+            if let Err(e) = self.epoll.watch_writes(fd as i32, fd, wants) {
+                log::debug!("watching a connection for writing: {e}");
+                self.conns.remove(&fd);
+            }
+        }
+    }
+
+    /// A plain http request on the TLS port: answered in plain http over the TCP stream,
+    /// saying so, and closed (nginx answers such a request 400 too).
+    fn refuse_plain_http(&mut self, fd: u64) {
+        let Some(conn) = self.conns.get_mut(&fd) else { return };
+        let message = "this port speaks https: use https:// instead of http://";
+        let response = worker::error_response(400, "bad_request", message);
+        let mut tcp = conn.transport.tcp();
+        if tcp.write_all(&worker::serialize(&response, false, false)).is_err() {
+            self.conns.remove(&fd);
+            return;
+        }
+        self.close_after_answer(fd);
     }
 
     /// Moves a connection's request on with what it has sent: a complete request goes
@@ -376,7 +443,7 @@ impl Loop {
         let _ = self.epoll.remove(fd as i32);
         let consumed = head.len + if let Body::Read(bytes) = &body { bytes.len() } else { 0 };
         conn.buf.drain(..consumed);
-        if conn.stream.set_nonblocking(false).is_err() {
+        if conn.transport.tcp().set_nonblocking(false).is_err() {
             return;
         }
         // The workers live as long as the process; a send fails only while it exits.
@@ -397,10 +464,15 @@ impl Loop {
     fn answer_and_close(&mut self, fd: u64, status: u16, code: &str, message: &str) {
         let Some(conn) = self.conns.get_mut(&fd) else { return };
         let response = worker::error_response(status, code, message);
-        if conn.stream.write_all(&worker::serialize(&response, false, false)).is_err() {
+        if conn.transport.write_now(&worker::serialize(&response, false, false)).is_err() {
             self.conns.remove(&fd);
             return;
         }
+        self.close_after_answer(fd);
+    }
+
+    fn close_after_answer(&mut self, fd: u64) {
+        let Some(conn) = self.conns.get_mut(&fd) else { return };
         conn.linger();
         conn.buf = Vec::new();
         conn.deadline = Instant::now() + LINGER;
@@ -414,6 +486,7 @@ impl Loop {
                     "closed {} after its {} timeout",
                     conn.peer.map(|p| p.to_string()).unwrap_or_default(),
                     match conn.phase {
+                        Phase::Handshake => "handshake (counted in the head's)",
                         Phase::Idle => "idle",
                         Phase::Head => "head",
                         Phase::Body => "body",

@@ -1,5 +1,5 @@
 //! The few Linux calls the connection loop needs: an epoll set that says which sockets
-//! have bytes to read, and an eventfd that wakes it when a worker hands a connection
+//! have bytes to read (or, for TLS bytes waiting, room to write), and an eventfd that wakes it when a worker hands a connection
 //! back. Each `unsafe` block is one system call on descriptors this module owns or was
 //! lent; nothing else in the server touches raw descriptors.
 
@@ -30,6 +30,17 @@ impl Epoll {
     /// Watches `fd` for readability (and hang-up), reported with `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+    }
+
+    /// Watches `fd` (added with `token`) for room to write as well, or no longer.
+    pub fn watch_writes(&self, fd: RawFd, token: u64, writes: bool) -> io::Result<()> {
+        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        if writes {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: a valid epoll descriptor, and a pointer to an event that outlives the call.
+        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) }).map(|_| ())
     }
 
     /// Stops watching `fd`. Closing a descriptor also removes it.

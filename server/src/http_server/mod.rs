@@ -12,6 +12,8 @@
 //! at most a body's deadline.
 //! A panic in the service fails its request with a 500, never the process (the server
 //! is built with `panic = "unwind"`, the `release-server` profile).
+//! With a TLS configuration every connection speaks https (`transport.rs`): the
+//! handshake is made in the connection loop, the session travels with the connection.
 //!
 //! It replaces tiny_http 0.12, which aborted the process when descriptors ran out (its
 //! issue #195), had no timeouts, and let 16 slow clients hold all of its workers.
@@ -20,6 +22,7 @@ pub mod body;
 mod connections;
 mod epoll;
 pub mod head;
+mod transport;
 mod worker;
 
 pub use head::MAX_HEAD_BYTES;
@@ -110,7 +113,12 @@ pub fn connection_limit(wanted: Option<usize>) -> usize {
     }
 }
 
-/// Serves `service` on `listener` until the process ends.
-pub fn serve(listener: TcpListener, limits: Limits, service: impl Service) -> std::io::Result<()> {
-    connections::run(listener, limits, std::sync::Arc::new(service))
+/// Serves `service` on `listener` until the process ends: https with `tls`, else http.
+pub fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    service: impl Service,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    connections::run(listener, limits, std::sync::Arc::new(service), tls)
 }

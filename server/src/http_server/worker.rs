@@ -111,6 +111,7 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits, reading_bodies: &Ato
         headers: head.headers.clone(),
         body: Vec::new(),
         peer: conn.peer,
+        tls: conn.transport.is_tls(),
     };
     conn.write_deadline = started + limits.write_timeout;
     conn.head_request = head.method == "HEAD";
@@ -133,7 +134,8 @@ fn answer(job: Job, service: &dyn Service, limits: &Limits, reading_bodies: &Ato
                     .with_header("Retry-After", "1");
                 return refused(conn, &request, &busy, started);
             };
-            if head.expect_continue && conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+            let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if head.expect_continue && conn.transport.write_before(go_ahead, conn.write_deadline).is_err() {
                 return None;
             }
             let read = read_body(&mut conn, &head, limits);
@@ -204,7 +206,7 @@ fn read_body(conn: &mut Conn, head: &Head, limits: &Limits) -> Result<Vec<u8>, B
     let mut incoming = Incoming {
         buf: std::mem::take(&mut conn.buf),
         pos: 0,
-        source: DeadlineStream { stream: &conn.stream, deadline },
+        source: DeadlineStream { transport: &mut conn.transport, deadline },
     };
     let body = match head.body {
         super::head::BodyFraming::Length(n) => incoming.read_length(n, limits.max_body),
@@ -246,7 +248,7 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Response> {
 /// Writes the answer; true if it was written whole.
 fn write_answer(conn: &mut Conn, request: &Request, response: &Response, keep_alive: bool, started: Instant) -> bool {
     let bytes = serialize(response, keep_alive, conn.head_request);
-    let written = write_before(&conn.stream, &bytes, conn.write_deadline);
+    let written = conn.transport.write_before(&bytes, conn.write_deadline);
     if log::log_enabled!(log::Level::Debug) {
         // The path only: a query may carry a token (`?token=` of a webhook).
         let peer = conn.peer.map(|p| p.to_string()).unwrap_or_default();
@@ -276,26 +278,6 @@ pub(super) fn error_response(status: u16, code: &str, message: &str) -> Response
 
 /// Status line, headers (with `Content-Length` and, when closing, `Connection: close`)
 /// and body, as one buffer: one write, one packet for a small answer.
-/// Writes all of `bytes` by `deadline` (a timeout per write would let a client that
-/// reads a byte now and then hold a worker for ever).
-fn write_before(mut stream: &std::net::TcpStream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
-    let mut written = 0;
-    while written < bytes.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read the answer in time"));
-        }
-        stream.set_write_timeout(Some(left))?;
-        match stream.write(&bytes[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// For an answer to `HEAD`, `head_only`: the head as a GET's would be, without the body.
 pub(super) fn serialize(response: &Response, keep_alive: bool, head_only: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + response.body.len());
@@ -399,7 +381,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let limits = Limits { write_timeout: std::time::Duration::from_millis(200), workers: 1, ..Limits::default() };
-        std::thread::spawn(move || super::super::serve(listener, limits, Slow));
+        std::thread::spawn(move || super::super::serve(listener, limits, Slow, None));
         let mut client = std::net::TcpStream::connect(address).unwrap();
         client.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
         client.write_all(b"GET /api/v1/devices HTTP/1.1\r\nHost: pinion\r\n\r\n").unwrap();
