@@ -1,6 +1,7 @@
 //! The `pinion-agent` binary as a process: `run` against a test server and the test
-//! dockerd, with its own SQLite file, restartable on the same database, killable with
-//! SIGKILL, and killed on drop.
+//! dockerd (or another engine's socket: a private Podman service, `podman.rs`), with its
+//! own SQLite file, restartable on the same database, killable with SIGKILL, and killed
+//! on drop.
 
 use crate::docker::Docker;
 use crate::server::workspace_binary;
@@ -33,6 +34,17 @@ impl Agent {
         docker: &Docker,
         extra: &[(&str, &str)],
     ) -> Agent {
+        Agent::start_on(docker.socket(), server_url, provisioning_key, uuid, extra)
+    }
+
+    /// `start_with_env` for the engine whose Docker API socket is `engine_socket`.
+    pub fn start_on(
+        engine_socket: &std::path::Path,
+        server_url: &str,
+        provisioning_key: &str,
+        uuid: &str,
+        extra: &[(&str, &str)],
+    ) -> Agent {
         let dir = TempDir::new("agent");
         let mut env = vec![
             ("PINION_SERVER".to_string(), server_url.to_string()),
@@ -40,7 +52,7 @@ impl Agent {
             ("PINION_UUID".to_string(), uuid.to_string()),
             ("PINION_POLL_INTERVAL".to_string(), "1".to_string()),
             ("PINION_REPORT_INTERVAL".to_string(), "30".to_string()),
-            ("PINION_DOCKER_SOCKET".to_string(), docker.socket().display().to_string()),
+            ("PINION_DOCKER_SOCKET".to_string(), engine_socket.display().to_string()),
             ("PINION_DB".to_string(), dir.join("agent.db").display().to_string()),
             ("RUST_LOG".to_string(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         ];

@@ -1,7 +1,8 @@
 //! pinion-tests: the end-to-end test harness. Real parts wherever a user has them — the
 //! Debian `docker-registry` as a child process (anonymous, htpasswd or token auth),
 //! images pushed over the registry HTTP API, `pinion-server` and `pinion-agent` run as
-//! processes, a real dockerd driven with the docker CLI, a headless Chromium through
+//! processes, a real dockerd driven with the docker CLI (and a private Podman service
+//! with the podman CLI: `podman`, the agent's `story` on both), a headless Chromium through
 //! chromedriver for the dashboard (`browser`) — and hand-written fakes (`FakeRegistry`)
 //! only for faults a real registry cannot produce.
 //! Everything listens on 127.0.0.1 with its own port and temp dir, so tests run in
@@ -12,16 +13,19 @@ pub mod browser;
 pub mod client;
 pub mod docker;
 pub mod dockerd;
+pub mod engines;
 pub mod fake;
 pub mod fleet_api;
 pub mod image;
 pub mod nginx;
+pub mod podman;
 pub mod postgres;
 pub mod raw_http;
 pub mod registry;
 pub mod replicas;
 pub mod server;
 pub mod simulated;
+pub mod story;
 pub mod tls;
 pub mod token;
 pub mod util;

@@ -7,7 +7,7 @@
 
 use pinion_tests::docker::{take_turn, MANAGED};
 use pinion_tests::util::unique;
-use pinion_tests::{Agent, Auth, Docker, Registry, Server};
+use pinion_tests::{story, Agent, Auth, Docker, Registry, Server};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -53,6 +53,13 @@ fn running(docker: &Docker, app_id: u32, name: &str) -> Vec<Value> {
 fn runs_exactly(docker: &Docker, app_id: u32, name: &str, image: &str) -> bool {
     let containers = running(docker, app_id, name);
     containers.len() == 1 && containers[0]["Config"]["Image"] == image && containers[0]["State"]["Running"] == true
+}
+
+/// The agent's whole story (`pinion_tests::story`), as `agent_podman` runs it on Podman.
+#[test]
+fn the_agents_story_on_docker() {
+    let turn = take_turn();
+    story::run(&turn.docker, &turn.docker);
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! The real `Engine`: the Docker Engine API over Docker's unix socket, spoken with ureq
 //! and the connector in `unix.rs`. `connect` negotiates the API version once; every call
 //! after it goes to `/v<version>/…`, and Docker's `{"message": …}` errors become
-//! `Error::Docker` naming the operation and its object.
+//! `Error::Docker` naming the operation and its object. Podman's Docker-compatible
+//! service is spoken to the same way; where it answers differently, `podman.rs` makes
+//! its answer read as Docker's, and the spot here says what differs.
 
 use super::log_stream::LogTail;
+use super::podman::{self, EngineKind};
 use super::unix::{NoResolver, UnixConnector};
 use super::{pull, Container, ContainerHealth, Engine, LogLine, PullProgress};
 use crate::Error;
@@ -17,7 +20,8 @@ use ureq::RequestExt as _;
 
 /// The oldest Engine API the agent speaks (Docker 19.03).
 const API_OLDEST: (u32, u32) = (1, 40);
-/// The newest Engine API the agent asks for; newer engines answer it too.
+/// The newest Engine API the agent asks for; newer engines answer it too. (Podman 4.3
+/// offers 1.41, so it is spoken to in 1.41.)
 const API_NEWEST: (u32, u32) = (1, 43);
 /// Every call but a pull, including Docker's own work (a stop adds its grace period).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,8 +44,10 @@ pub struct DockerEngine {
     http: ureq::Agent,
     /// `1.41`: what every path is prefixed with (`/v1.41/…`).
     api_version: String,
-    /// Docker's own version (`20.10.24+dfsg1`), for logs.
+    /// Docker's own version (`20.10.24+dfsg1`), or Podman's (`4.3.1`), for logs.
     engine_version: String,
+    /// dockerd or Podman's Docker-compatible service.
+    kind: EngineKind,
 }
 
 /// How long a request may take.
@@ -64,9 +70,12 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
-    /// Docker refused `op`: its `{"message"}`, else whatever text it sent.
+    /// Docker refused `op`: its `{"message"}`, else whatever text it sent. The status is
+    /// the one Docker would have answered: Podman answers 500 where Docker says 400 (an
+    /// invalid config), and says why in a `cause` (`podman::docker_status`).
     fn refused(&self, op: impl Into<String>) -> Error {
-        Error::Docker { op: op.into(), status: self.status, message: docker_message(&self.body) }
+        let status = podman::docker_status(self.status, &self.body);
+        Error::Docker { op: op.into(), status, message: docker_message(&self.body) }
     }
 }
 
@@ -132,6 +141,7 @@ impl DockerEngine {
             http,
             api_version: String::new(),
             engine_version: String::new(),
+            kind: EngineKind::Docker,
         };
         let reply = engine.call("version", "GET", "/version", None)?;
         if reply.status != 200 {
@@ -150,13 +160,20 @@ impl DockerEngine {
         let (major, minor) = number.min(API_NEWEST);
         engine.api_version = format!("{major}.{minor}");
         engine.engine_version = version["Version"].as_str().unwrap_or("unknown").to_string();
-        log::debug!("Docker {} at {}, API {}", engine.engine_version, socket.display(), engine.api_version);
+        engine.kind = EngineKind::of(&version);
+        let name = engine.kind.name();
+        log::info!("{name} {} at {}, API {}", engine.engine_version, socket.display(), engine.api_version);
         Ok(engine)
     }
 
-    /// Docker's own version, e.g. `20.10.24+dfsg1`.
+    /// Docker's own version, e.g. `20.10.24+dfsg1` (Podman's: `4.3.1`).
     pub fn engine_version(&self) -> &str {
         &self.engine_version
+    }
+
+    /// Whether dockerd or Podman answers.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
     }
 
     /// The negotiated Engine API version, e.g. `1.41`.
@@ -241,6 +258,29 @@ impl DockerEngine {
         self.call_within(op, method, path, json, CALL_TIMEOUT)
     }
 
+    /// Runs a Podman container's healthcheck once (libpod's endpoint, under the same
+    /// version prefix, which Podman accepts); whether it ran. Podman records the result
+    /// in the container's `State.Health`, as its own timer would. A failure to run it is
+    /// logged, not an error: probation then judges by what Podman said before.
+    fn run_podman_healthcheck(&self, id: &str) -> bool {
+        let op = format!("healthcheck {id}");
+        let path = format!("/libpod/containers/{}/healthcheck", segment(id));
+        match self.call(&op, "GET", &path, None) {
+            Ok(reply) if reply.status == 200 => {
+                log::debug!("{op}: {}", reply.json()["Status"].as_str().unwrap_or("?"));
+                true
+            }
+            Ok(reply) => {
+                log::warn!("{}", reply.refused(op));
+                false
+            }
+            Err(e) => {
+                log::warn!("{e}");
+                false
+            }
+        }
+    }
+
     /// The id of the network named exactly `name` (Docker also matches id prefixes).
     fn find_network(&self, op: &str, name: &str) -> Result<Option<String>, Error> {
         let reply = self.call(op, "GET", &format!("/networks/{}", segment(name)), None)?;
@@ -254,6 +294,12 @@ impl DockerEngine {
             _ => Err(reply.refused(op)),
         }
     }
+}
+
+/// Now on the wall clock, in ms since the epoch: compared with Podman's own timestamps
+/// of the same host (a step of the clock only moves when the next healthcheck runs).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A listed container, or `None` for an entry without an id.
@@ -272,7 +318,7 @@ fn container_from_listing(item: &Value) -> Option<Container> {
         id,
         name: name.trim_start_matches('/').to_string(),
         image: text("Image"),
-        state: text("State"),
+        state: podman::docker_state(&text("State")).to_string(),
         status: text("Status"),
         labels,
     })
@@ -282,7 +328,7 @@ fn container_from_listing(item: &Value) -> Option<Container> {
 fn health_from_inspect(c: &Value) -> ContainerHealth {
     let state = &c["State"];
     ContainerHealth {
-        state: state["Status"].as_str().unwrap_or_default().to_string(),
+        state: podman::docker_state(state["Status"].as_str().unwrap_or_default()).to_string(),
         exit_code: state["ExitCode"].as_i64().unwrap_or(0),
         restart_count: c["RestartCount"].as_u64().map_or(0, |n| n.min(u32::MAX.into()) as u32),
         health: state["Health"]["Status"].as_str().filter(|s| !s.is_empty()).map(String::from),
@@ -334,6 +380,8 @@ impl Engine for DockerEngine {
             return Err(reply.refused(op));
         }
         let info = reply.json();
+        // Podman's compat `/info` names its GraphRoot (`podman info`'s `store.graphRoot`)
+        // `DockerRootDir` too: where its images are, as dockerd's data root is.
         let Some(root) = info["DockerRootDir"].as_str() else { return Ok(None) };
         Ok(crate::disk::free_bytes(Path::new(root)).ok())
     }
@@ -382,7 +430,17 @@ impl Engine for DockerEngine {
     }
 
     fn inspect(&self, id: &str) -> Result<Option<ContainerHealth>, Error> {
-        Ok(self.inspect_container(id)?.as_ref().map(health_from_inspect))
+        let inspected = self.inspect_container(id)?;
+        // Podman runs healthchecks from systemd timers only: without systemd, none runs
+        // and the health stays `starting`. The agent runs a due one itself (only while
+        // it watches a deployment in probation, which is when it inspects).
+        if self.kind == EngineKind::Podman
+            && inspected.as_ref().is_some_and(|c| podman::healthcheck_due(c, wall_clock_ms()))
+            && self.run_podman_healthcheck(id)
+        {
+            return Ok(self.inspect_container(id)?.as_ref().map(health_from_inspect));
+        }
+        Ok(inspected.as_ref().map(health_from_inspect))
     }
 
     fn stop(&self, id: &str, timeout_secs: u32) -> Result<(), Error> {
@@ -416,6 +474,8 @@ impl Engine for DockerEngine {
         match reply.status {
             // 409: created by someone else since we looked.
             200 | 201 | 409 => Ok(()),
+            // Podman answers that with a 500 ("network already exists"): look again.
+            _ if self.find_network(&op, name)?.is_some() => Ok(()),
             _ => Err(reply.refused(op)),
         }
     }
@@ -473,7 +533,8 @@ impl Engine for DockerEngine {
             return Ok(());
         }
         // A running container already there is a 403 ("endpoint with name … already
-        // exists"); what counts is whether it is connected, not how Docker words it.
+        // exists"; Podman: a 500, "network is already connected"); what counts is
+        // whether it is connected, not how the engine words it.
         let connected =
             self.inspect_container(container)?.is_some_and(|c| !c["NetworkSettings"]["Networks"][network].is_null());
         if connected {

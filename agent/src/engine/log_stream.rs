@@ -177,7 +177,7 @@ impl LogTail {
 }
 
 /// `2024-01-02T03:04:05.123456789Z` (or with `±hh:mm`) in ms since the epoch.
-fn timestamp_ms(text: &str) -> Option<u64> {
+pub(super) fn timestamp_ms(text: &str) -> Option<u64> {
     let b = text.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;

@@ -1,13 +1,17 @@
 //! What the agent needs from a container engine, as a small trait: the real one speaks
-//! the Docker Engine API over the unix socket (`docker.rs`); tests record calls instead.
+//! the Docker Engine API over the unix socket (`docker.rs`), to dockerd or to Podman's
+//! Docker-compatible service (`podman.rs`: where that answers differently); tests
+//! record calls instead.
 
 mod docker;
 mod log_stream;
+mod podman;
 mod pull;
 mod unix;
 
 pub use docker::DockerEngine;
 pub use log_stream::LogLine;
+pub use podman::EngineKind;
 
 use crate::Error;
 use serde_json::Value;
