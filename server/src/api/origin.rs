@@ -11,15 +11,20 @@ use super::http::Request;
 
 /// Whether `request` was sent by a page of this server: its `Origin` is `http(s)://` and
 /// the host the request was sent to (`Host`, or behind a trusted proxy the host it
-/// forwarded). Without `Origin`, only `Sec-Fetch-Site: same-origin` says so; `Origin:
-/// null` (a sandboxed frame, a redirect across origins) never does.
+/// forwarded), and `https://` when the request came over https (`over_https`): a page
+/// at `http://` the same host and port is anyone's on the network path, and browsers
+/// that ignore the scheme for `SameSite` send the cookie with its requests. Without
+/// `Origin`, only `Sec-Fetch-Site: same-origin` says so; `Origin: null` (a sandboxed
+/// frame, a redirect across origins) never does.
 pub fn same_origin(request: &Request, trusted: &[TrustedProxy]) -> bool {
     let Some(origin) = request.header("origin") else {
         return request.header("sec-fetch-site").is_some_and(|site| site.trim().eq_ignore_ascii_case("same-origin"));
     };
     let origin = origin.trim();
-    let Some(authority) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else {
-        return false;
+    let authority = match (origin.strip_prefix("https://"), origin.strip_prefix("http://")) {
+        (Some(authority), _) => authority,
+        (None, Some(authority)) if !over_https(request, trusted) => authority,
+        _ => return false,
     };
     if authority.is_empty() || authority.contains(['/', '@', '?', '#']) {
         return false;
@@ -134,6 +139,25 @@ mod tests {
         assert!(!over_https(&request("10.0.0.1:5", &[("x-forwarded-proto", "http")]), &proxies()));
         assert!(over_https(&request("10.0.0.1:5", &[("forwarded", "for=1.2.3.4;proto=https")]), &proxies()));
         assert!(!over_https(&request("10.0.0.1:5", &[]), &proxies()));
+    }
+
+    /// Over https, a page at `http://` the same host (injected by anyone on the path)
+    /// is another origin: it was taken as this server's own.
+    #[test]
+    fn over_https_only_an_https_origin_is_the_same_origin() {
+        let own = |peer: &str, headers: &[(&str, &str)]| Request { tls: true, ..request(peer, headers) };
+        let host = ("host", "fleet.example:3002");
+        assert!(same_origin(&own("192.0.2.7:5", &[host, ("origin", "https://fleet.example:3002")]), &[]));
+        assert!(!same_origin(&own("192.0.2.7:5", &[host, ("origin", "http://fleet.example:3002")]), &[]));
+        let forwarded = |proto: &str| {
+            let headers =
+                [("host", "backend"), ("origin", "http://fleet.example"), ("x-forwarded-host", "fleet.example")];
+            request("10.0.0.1:5", &[&headers[..], &[("x-forwarded-proto", proto)]].concat())
+        };
+        assert!(!same_origin(&forwarded("https"), &proxies()), "the proxy's client used https");
+        assert!(same_origin(&forwarded("http"), &proxies()), "the proxy's client used http");
+        let plain = request("192.0.2.7:5", &[host, ("origin", "http://fleet.example:3002")]);
+        assert!(same_origin(&plain, &[]), "plain http, or a proxy that does not say: either scheme");
     }
 
     #[test]
