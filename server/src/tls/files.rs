@@ -9,6 +9,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,8 +70,33 @@ pub fn load(files: &TlsFiles, provider: &CryptoProvider, now: i64) -> Result<Loa
     Ok(Loaded { certified: Arc::new(certified), facts })
 }
 
+/// Larger than any certificate chain or key (certbot's `fullchain.pem` is about 5 KB, a
+/// chain of RSA-4096 certificates some 10 KB).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A regular file of at most `MAX_FILE_BYTES`. Read whole, a link to `/dev/zero` or a
+/// huge file took all memory (every 2 s in the reload thread, the server's with it),
+/// and opening a FIFO waited for a writer for ever (and the reload thread with it: no
+/// renewal was served again); so it is opened without blocking and checked first.
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| refused(path, format!("{flag}: {e}")))
+    let failed = |e: std::io::Error| refused(path, format!("{flag}: {e}"));
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(failed)?;
+    let kind = file.metadata().map_err(failed)?.file_type();
+    if !kind.is_file() {
+        let what = match () {
+            _ if kind.is_dir() => "a directory",
+            _ if kind.is_fifo() => "a FIFO",
+            _ if kind.is_char_device() || kind.is_block_device() => "a device",
+            _ => "a socket",
+        };
+        return Err(refused(path, format!("{flag}: {what}, not a PEM file")));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(failed)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(refused(path, format!("{flag}: larger than {MAX_FILE_BYTES} bytes, not a PEM certificate or key")));
+    }
+    Ok(bytes)
 }
 
 /// A PEM error without the key bytes a `Debug` of it could hold.
@@ -81,5 +108,48 @@ fn pem_error(error: &pem::Error) -> String {
         pem::Error::Io(e) => e.to_string(),
         pem::Error::NoItemsFound => "nothing in it".into(),
         _ => "malformed PEM".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read` on another thread; its error, or a failure if it has not returned within a
+    /// minute (it would block for ever).
+    fn read_error(path: &Path) -> String {
+        let (sender, answer) = std::sync::mpsc::channel();
+        let owned = path.to_path_buf();
+        std::thread::spawn(move || sender.send(read(&owned, "--tls-cert").map(|b| b.len())));
+        match answer.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Err(error)) => error.to_string(),
+            Ok(Ok(len)) => panic!("{}: read {len} bytes", path.display()),
+            Err(_) => panic!("reading {} never returned", path.display()),
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_small_regular_file_is_refused_without_reading_it_all_or_waiting() {
+        let dir = std::env::temp_dir().join(format!("pinion-tls-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let zero = dir.join("zero.pem");
+        let _ = std::fs::remove_file(&zero);
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_error(&zero).contains("--tls-cert: a device, not a PEM file"), "{}", read_error(&zero));
+        let fifo = dir.join("fifo.pem");
+        let _ = std::fs::remove_file(&fifo);
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that lives through the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+        assert!(read_error(&fifo).contains("a FIFO, not a PEM file"), "{}", read_error(&fifo));
+        assert!(read_error(&dir).contains("a directory"), "{}", read_error(&dir));
+        // A sparse file: 16 GiB, as read whole, none of it on disk.
+        let huge = dir.join("huge.pem");
+        std::fs::File::create(&huge).unwrap().set_len(16 << 30).unwrap();
+        let error = read_error(&huge);
+        assert!(error.contains(&format!("{}: --tls-cert: larger than 1048576 bytes", huge.display())), "{error}");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_FILE_BYTES).unwrap();
+        assert_eq!(read(&huge, "--tls-cert").unwrap().len() as u64, MAX_FILE_BYTES, "at the limit: read");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
