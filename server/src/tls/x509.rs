@@ -229,6 +229,8 @@ mod tests {
         }
         assert!(read_facts(b"-----BEGIN CERTIFICATE-----").is_err());
         assert!(read_facts(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err(), "a length of five bytes");
+        assert!(read_facts(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x30]).is_err(), "a length past the end");
+        assert!(read_facts(&[0x30, 0x80, 0x30, 0x00, 0x00, 0x00]).is_err(), "an indefinite length (BER, not DER)");
     }
 
     #[test]
