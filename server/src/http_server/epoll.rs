@@ -1,7 +1,8 @@
 //! The few Linux calls the connection loop needs: an epoll set that says which sockets
-//! have bytes to read (or, for TLS bytes waiting, room to write), and an eventfd that wakes it when a worker hands a connection
-//! back. Each `unsafe` block is one system call on descriptors this module owns or was
-//! lent; nothing else in the server touches raw descriptors.
+//! have bytes to read (or, for TLS bytes waiting, room to write), and an eventfd that
+//! wakes it when a worker hands a connection back. Each `unsafe` block is one system
+//! call on descriptors this module owns or was lent; nothing else in the server touches
+//! raw descriptors.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -10,6 +11,9 @@ use std::time::Duration;
 pub struct Epoll {
     fd: OwnedFd,
 }
+
+/// Bytes to read, or the peer's end (level-triggered).
+const READS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -29,27 +33,22 @@ impl Epoll {
 
     /// Watches `fd` for readability (and hang-up), reported with `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, READS)
     }
 
     /// Watches `fd` (added with `token`) for room to write as well, or no longer.
     pub fn watch_writes(&self, fd: RawFd, token: u64, writes: bool) -> io::Result<()> {
-        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        if writes {
-            events |= libc::EPOLLOUT as u32;
-        }
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: a valid epoll descriptor, and a pointer to an event that outlives the call.
-        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) }).map(|_| ())
+        let events = if writes { READS | libc::EPOLLOUT as u32 } else { READS };
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
     }
 
     /// Stops watching `fd`. Closing a descriptor also removes it.
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, 0)
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, READS)
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: token };
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: a valid epoll descriptor, and a pointer to an event that outlives the call.
         check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) }).map(|_| ())
     }

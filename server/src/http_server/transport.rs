@@ -21,8 +21,8 @@ pub(super) enum Transport {
 }
 
 pub(super) struct Tls {
-    pub tcp: TcpStream,
-    pub session: ServerConnection,
+    tcp: TcpStream,
+    session: ServerConnection,
     /// Whether anything has arrived yet: the first bytes tell a TLS client from one
     /// speaking plain http to this port.
     started: bool,
@@ -96,11 +96,15 @@ impl Transport {
     }
 
     /// Ends the sending side: a TLS `close_notify` once the handshake is done (if the
-    /// socket takes it now), then the TCP shutdown.
+    /// socket takes it now), then the TCP shutdown. Leaves the socket non-blocking, as the
+    /// connection loop that lingers on it wants it.
     pub fn shutdown_write(&mut self) {
         match self {
             Transport::Tls(tls) if !tls.session.is_handshaking() => {
                 tls.session.send_close_notify();
+                // A worker's socket blocks: a client that stopped reading once its answer
+                // filled the socket's buffer held the worker a write timeout more here.
+                let _ = tls.tcp.set_nonblocking(true);
                 let _ = tls.session.write_tls(&mut tls.tcp);
             }
             _ => {}
