@@ -1,7 +1,8 @@
 //! https without a proxy (issue 17): `pinion-server serve --tls-cert --tls-key` with
 //! certificates from a private fleet CA (made with `openssl`). An agent trusting the CA
 //! registers, polls and reports through it; the API answers over https, pipelined
-//! requests and large bodies included; plain http to the port is told so; a certificate
+//! requests and large bodies included; the dashboard's cookie is `Secure` and changes
+//! nothing from an `http://` page; plain http to the port is told so; a certificate
 //! changed on disk is served to new connections without a restart, a broken one is not;
 //! a certificate that cannot be served stops the start; handshakes left unfinished hold
 //! no worker and end at the head timeout, and idle TLS connections at the connection
@@ -132,16 +133,32 @@ fn the_api_answers_over_https_pipelined_requests_and_large_bodies_included() {
 }
 
 #[test]
-fn a_dashboard_session_over_the_servers_https_gets_a_secure_cookie() {
+fn a_dashboard_session_over_the_servers_https_gets_a_secure_cookie_taken_only_from_https_pages() {
     let pki = FleetPki::generate("pinion cookie");
     let server = Server::start_https(&pki.server_cert(), &pki.server_key(), &pki.ca_pem(), &[]);
     let reply = server.request("POST", "/api/v1/session", Some(&json!({"token": server.admin_token()})), None);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let cookie = reply.header("set-cookie").unwrap_or_else(|| panic!("no cookie: {:?}", reply.headers));
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // A state change with it comes from this server's https:// page; a page at http://
+    // the same host and port (anyone's on the network path) is another origin.
+    let session = cookie.split(';').next().expect("the cookie's name=value");
+    let https_origin = format!("https://localhost:{}", server.address().port());
+    let http_origin = format!("http://localhost:{}", server.address().port());
+    let create_key = |origin: &str| {
+        let headers = [("Cookie", session), ("Origin", origin)];
+        server.request_with("POST", "/api/v1/provisioning-keys", Some(&json!({})), None, &headers)
+    };
+    let reply = create_key(&https_origin);
+    assert_eq!(reply.status, 201, "from the server's own page: {}", reply.body);
+    let reply = create_key(&http_origin);
+    assert_eq!(reply.status, 403, "from http:// the same host: {}", reply.body);
+
     let plain = Server::start(&[]);
     let reply = plain.request("POST", "/api/v1/session", Some(&json!({"token": plain.admin_token()})), None);
-    assert!(!reply.header("set-cookie").unwrap_or_default().contains("Secure"), "plain http: {:?}", reply.headers);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let cookie = reply.header("set-cookie").unwrap_or_else(|| panic!("no cookie: {:?}", reply.headers));
+    assert!(!cookie.contains("Secure"), "plain http: {cookie}");
 }
 
 /// Everything `stream` receives until the server closes it (or 10 s pass).
@@ -374,6 +391,59 @@ fn handshakes_never_finished_hold_no_worker_and_end_at_the_head_timeout() {
     let open = slow.iter().filter(|s| !closed_by_server(s)).count();
     assert!(closed.is_some(), "{open} of 60 still open {:?} after they opened", opened.elapsed());
     assert_eq!(server.request("GET", "/api/v1/health", None, None).status, 200);
+}
+
+/// A body whose TLS record comes a byte at a time: each socket read returns within any
+/// per-read timeout, so only a deadline over the whole body ends it (rustls's own
+/// `Stream` reads until a record is whole, which would take this one 400 s).
+#[test]
+fn a_body_trickled_a_tls_byte_at_a_time_ends_at_the_body_timeout_and_frees_its_worker() {
+    let pki = FleetPki::generate("pinion trickle");
+    let server = Server::start_https(
+        &pki.server_cert(),
+        &pki.server_key(),
+        &pki.ca_pem(),
+        &["--workers", "2", "--body-timeout", "3s", "--head-timeout", "600s", "--idle-timeout", "600s"],
+    );
+    let client = TlsClient::trusting(&pki.ca_pem());
+    let mut connection = client.connect(server.address()).expect("a TLS connection");
+    let head = format!(
+        "POST /api/v1/devices/{}/target-state HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+        unique("trickled"),
+        server.admin_token()
+    );
+    connection.session.writer().write_all(head.as_bytes()).unwrap();
+    connection.session.write_tls(&mut connection.tcp).expect("sending the head");
+    // Past the 8 KiB read with the head: a worker reads it.
+    let mut record = Vec::new();
+    connection.session.writer().write_all(&[b' '; 4000]).unwrap();
+    connection.session.write_tls(&mut record).unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut answered_meanwhile = false;
+    while sent < record.len() && started.elapsed() < Duration::from_secs(60) {
+        if connection.tcp.write_all(&record[sent..sent + 1]).is_err() || closed_by_server(&connection.tcp) {
+            break;
+        }
+        sent += 1;
+        if !answered_meanwhile && sent == 10 {
+            let reply = server.request("GET", "/api/v1/health", None, None);
+            assert_eq!(reply.status, 200, "the other worker answers meanwhile: {}", reply.body);
+            answered_meanwhile = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered_meanwhile, "closed after {sent} bytes, before the request meanwhile");
+    assert!(
+        sent < record.len() && closed_by_server(&connection.tcp),
+        "{sent} of the record's {} bytes sent in {:?} and the connection is open",
+        record.len(),
+        started.elapsed()
+    );
+    for _ in 0..3 {
+        assert_eq!(server.request("GET", "/api/v1/health", None, None).status, 200, "both workers free");
+    }
 }
 
 #[test]

@@ -96,8 +96,8 @@ impl Transport {
     }
 
     /// Ends the sending side: a TLS `close_notify` once the handshake is done (if the
-    /// socket takes it now), then the TCP shutdown. Leaves the socket non-blocking, as the
-    /// connection loop that lingers on it wants it.
+    /// socket takes it now: the socket is left non-blocking, as the connection loop that
+    /// lingers on it wants it), then the TCP shutdown.
     pub fn shutdown_write(&mut self) {
         match self {
             Transport::Tls(tls) if !tls.session.is_handshaking() => {
