@@ -66,19 +66,25 @@ pub fn docker_state(state: &str) -> &str {
 /// `OCI runtime attempted to invoke a command that was not found` (older releases:
 /// `OCI runtime command not found error`), `OCI permission denied` (older: `OCI runtime
 /// permission denied error`), and a generic `OCI runtime error` saying `not a
-/// directory`. Everything else keeps its status (a `500` stays the host's fault).
+/// directory`. Podman gives the permission cause to `operation not permitted` (EPERM)
+/// too: a seccomp, capability or cgroup refusal, the host's, which Docker leaves a
+/// `500`; so, as Docker does, only a `permission denied` (EACCES) is the image's.
+/// Everything else keeps its status (a `500` stays the host's fault).
 pub fn docker_status(status: u16, body: &[u8]) -> u16 {
     if status != 500 {
         return status;
     }
     let Ok(reply) = serde_json::from_slice::<Value>(body) else { return status };
     let Some(cause) = reply["cause"].as_str() else { return status };
+    // The message ends with `: <cause>`, which says `permission denied` whatever the
+    // runtime said: only what comes before it tells. crun capitalises (`Permission
+    // denied`), runc does not.
     let message = reply["message"].as_str().unwrap_or_default();
+    let message = message.strip_suffix(cause).and_then(|m| m.strip_suffix(": ")).unwrap_or(message);
+    let message = message.to_ascii_lowercase();
     let invalid = match cause {
-        "OCI runtime attempted to invoke a command that was not found"
-        | "OCI runtime command not found error"
-        | "OCI permission denied"
-        | "OCI runtime permission denied error" => true,
+        "OCI runtime attempted to invoke a command that was not found" | "OCI runtime command not found error" => true,
+        "OCI permission denied" | "OCI runtime permission denied error" => message.contains("permission denied"),
         "OCI runtime error" => message.contains("not a directory"),
         _ => false,
     };
@@ -166,13 +172,23 @@ mod tests {
              /nonexistent: no such file or directory: OCI runtime attempted to invoke a command that was not found",
         );
         assert_eq!(docker_status(500, &not_found), 400);
-        assert_eq!(docker_status(500, &refusal("OCI permission denied", "exec: \"/version\": permission denied")), 400);
+        let not_executable = "runc: runc create failed: unable to start container process: exec: \"/etc\": \
+                              permission denied: OCI permission denied";
+        assert_eq!(docker_status(500, &refusal("OCI permission denied", not_executable)), 400);
+        let by_crun = "crun: open executable: Permission denied: OCI permission denied";
+        assert_eq!(docker_status(500, &refusal("OCI permission denied", by_crun)), 400);
         let onto_file = refusal("OCI runtime error", "mount /etc/hostname:/bin (via /proc/self/fd/6): not a directory");
         assert_eq!(docker_status(500, &onto_file), 400);
         // The host's faults stay 500: a name taken, a runtime error of another kind.
         let taken = refusal("that name is already in use", "the container name \"web_1\" is already in use");
         assert_eq!(docker_status(500, &taken), 500);
         assert_eq!(docker_status(500, &refusal("OCI runtime error", "cgroup: no space left on device")), 500);
+        // Podman's permission cause also wraps EPERM, a refusal by the host (here a
+        // `nofile` above the host's hard limit, podman 4.3.1 with runc); Docker: a 500.
+        let over_the_limit = "runc: runc create failed: unable to start container process: error during \
+                              container init: error setting rlimits for ready process: error setting rlimit \
+                              type 7: operation not permitted: OCI permission denied";
+        assert_eq!(docker_status(500, &refusal("OCI permission denied", over_the_limit)), 500);
         // Docker's own replies carry no cause and keep their status.
         assert_eq!(docker_status(500, br#"{"message":"OCI permission denied"}"#), 500);
         assert_eq!(docker_status(404, &refusal("no such container", "no container with name")), 404);
