@@ -8,10 +8,8 @@
 //! so, never skips. Stopped, unmounted and its bridge deleted on drop.
 
 use crate::docker::Docker;
-use crate::util::{random_hex, require_tool, tail_of_file, wait_for, TempDir};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use crate::util::{answers_ping, random_hex, require_tool, tail_of_file, wait_for, TempDir};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -160,7 +158,7 @@ impl PrivateDockerd {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(Err(format!("dockerd exited with {status}")));
             }
-            ping(&socket).then_some(Ok(()))
+            answers_ping(&socket).then_some(Ok(()))
         });
         match outcome {
             Some(Ok(())) => {
@@ -198,18 +196,6 @@ fn make_bridge() -> Result<String, String> {
         }
     }
     Ok(name)
-}
-
-/// `GET /_ping` answered with 200.
-fn ping(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
 }
 
 impl Drop for PrivateDockerd {

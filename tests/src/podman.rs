@@ -22,10 +22,8 @@
 //! on the shared dockerd (`docker::take_turn`). Needs root and `podman`; it panics saying
 //! so, never skips.
 
-use crate::util::{require_tool, tail_of_file, wait_for, TempDir};
+use crate::util::{answers_ping, require_tool, tail_of_file, wait_for, TempDir};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -181,7 +179,7 @@ runroot = "{dir}/run"
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(Err(format!("it exited with {status}")));
             }
-            ping(&self.socket).then_some(Ok(()))
+            answers_ping(&self.socket).then_some(Ok(()))
         });
         *self.watchdog.lock().unwrap_or_else(|p| p.into_inner()) = Some((child, stdin));
         match outcome {
@@ -209,18 +207,6 @@ impl Drop for PodmanService {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// `GET /_ping` answered with 200.
-fn ping(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
 }
 
 /// This test binary's service, started on first use; it lives until the binary exits.
