@@ -13,7 +13,8 @@
 //! 4. v3 crashes at once: rolled back in probation, v2 runs again;
 //! 5. v4's command does not exist: it cannot start, and is rolled back as invalid (not
 //!    as a fault of the host, which would be retried);
-//! 6. v5 runs but its healthcheck fails: rolled back as unhealthy;
+//! 6. v5 runs but its healthcheck fails: rolled back as unhealthy; so is v6, whose
+//!    healthcheck hangs past its timeout (Podman 4.3 never ends such a check itself);
 //! 7. once no deployment is in probation, the image no deployment uses any more (v1) is
 //!    removed from the engine.
 //!
@@ -146,6 +147,13 @@ pub fn run(engine: &dyn Engine, pusher: &Docker) {
     story.deploy(&v5);
     story.rolled_back(&v5, &v2, &v2_before, "unhealthy");
 
+    // 6b. v6's healthcheck never ends: its timeout makes it a failure.
+    let healthcheck = r#"HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD ["/bin/sleep", "1000"]"#;
+    let v6 = story.push("v6", RUNS, Some(healthcheck));
+    let v2_before = story.container_id();
+    story.deploy(&v6);
+    story.rolled_back(&v6, &v2, &v2_before, "unhealthy");
+
     // 7. Image collection: v1 is neither in place nor what a rollback would put back.
     assert!(engine.try_run(&["image", "inspect", &v2]), "v2 runs: its image is there");
     story.converge("v1's image removed", |s| !s.engine.try_run(&["image", "inspect", &v1]));
@@ -228,7 +236,10 @@ impl Story<'_> {
         }
         self.engine.try_run(&["network", "rm", &format!("{APP}_backend")]);
         self.engine.try_run(&["volume", "rm", "--force", &format!("{APP}_data")]);
-        assert!(!self.engine.try_run(&["volume", "inspect", &format!("{APP}_data")]), "the story's volume stays");
+        assert!(
+            !self.engine.try_run(&["volume", "inspect", &format!("{APP}_data")]),
+            "the story's volume is still there after its removal"
+        );
     }
 
     fn exec(&self, id: &str, script: &str) -> String {

@@ -2,7 +2,8 @@
 //! Docker Engine API on a socket of the test's own (`pinion_tests::podman`), and the
 //! agent's whole story on it (`pinion_tests::story`: private registry pulls with
 //! credentials, an app network and a named volume, the restart policy, v1 → v2, then a
-//! crashing v3, an unstartable v4 and an unhealthy v5 each rolled back in probation).
+//! crashing v3, an unstartable v4, an unhealthy v5 and a v6 whose healthcheck hangs
+//! each rolled back in probation).
 //! The same story runs on the shared dockerd in `agent_e2e`. Images are built and pushed
 //! with the shared dockerd's CLI; only the agent runs on Podman.
 

@@ -11,10 +11,11 @@ use super::unix::{NoResolver, UnixConnector};
 use super::{pull, Container, ContainerHealth, Engine, LogLine, PullProgress};
 use crate::Error;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use ureq::http::{Request, Response};
 use ureq::RequestExt as _;
 
@@ -48,6 +49,19 @@ pub struct DockerEngine {
     engine_version: String,
     /// dockerd or Podman's Docker-compatible service.
     kind: EngineKind,
+    /// Podman only: the containers whose last healthchecks run by the agent hung, and
+    /// how many in a row (`podman::healthcheck_wait`).
+    hung_healthchecks: Mutex<HashMap<String, u32>>,
+}
+
+/// What became of a Podman healthcheck the agent ran.
+enum HealthcheckRun {
+    /// Podman recorded its result in the container's `State.Health`.
+    Ran,
+    /// No result within the check's timeout (`podman::healthcheck_wait`).
+    Hung,
+    /// Not due, or it could not be run (logged).
+    NotRun,
 }
 
 /// How long a request may take.
@@ -142,6 +156,7 @@ impl DockerEngine {
             api_version: String::new(),
             engine_version: String::new(),
             kind: EngineKind::Docker,
+            hung_healthchecks: Mutex::new(HashMap::new()),
         };
         let reply = engine.call("version", "GET", "/version", None)?;
         if reply.status != 200 {
@@ -259,26 +274,61 @@ impl DockerEngine {
     }
 
     /// Runs a Podman container's healthcheck once (libpod's endpoint, under the same
-    /// version prefix, which Podman accepts); whether it ran. Podman records the result
-    /// in the container's `State.Health`, as its own timer would. A failure to run it is
-    /// logged, not an error: probation then judges by what Podman said before.
-    fn run_podman_healthcheck(&self, id: &str) -> bool {
+    /// version prefix, which Podman accepts), waiting at most `wait`. Podman records the
+    /// result in the container's `State.Health`, as its own timer would. A failure to
+    /// run it is logged, not an error: probation then judges by what Podman said before.
+    fn run_podman_healthcheck(&self, id: &str, wait: Duration) -> HealthcheckRun {
         let op = format!("healthcheck {id}");
         let path = format!("/libpod/containers/{}/healthcheck", segment(id));
-        match self.call(&op, "GET", &path, None) {
+        let started = Instant::now();
+        match self.call_within(&op, "GET", &path, None, wait) {
             Ok(reply) if reply.status == 200 => {
                 log::debug!("{op}: {}", reply.json()["Status"].as_str().unwrap_or("?"));
-                true
+                HealthcheckRun::Ran
             }
             Ok(reply) => {
                 log::warn!("{}", reply.refused(op));
-                false
+                HealthcheckRun::NotRun
+            }
+            Err(_) if started.elapsed() >= wait => {
+                log::warn!("{op}: no result within {wait:?}: counted as a failed check");
+                HealthcheckRun::Hung
             }
             Err(e) => {
                 log::warn!("{e}");
-                false
+                HealthcheckRun::NotRun
             }
         }
+    }
+
+    /// Podman's health of a container in probation, with a due healthcheck run by the
+    /// agent (`podman::healthcheck_due`): Podman runs them from systemd timers only, so
+    /// without systemd none runs and the health stays `starting`. A check that hangs is
+    /// counted here, as Podman 4.3 records nothing for it (`podman::healthcheck_wait`).
+    fn podman_health(&self, id: &str, inspected: Value) -> Result<Option<ContainerHealth>, Error> {
+        let run = if podman::healthcheck_due(&inspected, wall_clock_ms()) {
+            self.run_podman_healthcheck(id, podman::healthcheck_wait(&inspected))
+        } else {
+            HealthcheckRun::NotRun
+        };
+        let inspected = match run {
+            HealthcheckRun::Ran => self.inspect_container(id)?,
+            HealthcheckRun::Hung | HealthcheckRun::NotRun => Some(inspected),
+        };
+        let mut hung = self.hung_healthchecks.lock().unwrap_or_else(|p| p.into_inner());
+        match (&run, &inspected) {
+            (_, None) | (HealthcheckRun::Ran, _) => drop(hung.remove(id)),
+            (HealthcheckRun::Hung, Some(container)) if podman::hung_check_counts(container, wall_clock_ms()) => {
+                *hung.entry(id.to_string()).or_default() += 1
+            }
+            (HealthcheckRun::Hung | HealthcheckRun::NotRun, _) => {}
+        }
+        let Some(container) = inspected else { return Ok(None) };
+        let mut health = health_from_inspect(&container);
+        if podman::unhealthy_after_hung_checks(&container, hung.get(id).copied().unwrap_or(0)) {
+            health.health = Some("unhealthy".into());
+        }
+        Ok(Some(health))
     }
 
     /// The id of the network named exactly `name` (Docker also matches id prefixes).
@@ -434,13 +484,10 @@ impl Engine for DockerEngine {
         // Podman runs healthchecks from systemd timers only: without systemd, none runs
         // and the health stays `starting`. The agent runs a due one itself (only while
         // it watches a deployment in probation, which is when it inspects).
-        if self.kind == EngineKind::Podman
-            && inspected.as_ref().is_some_and(|c| podman::healthcheck_due(c, wall_clock_ms()))
-            && self.run_podman_healthcheck(id)
-        {
-            return Ok(self.inspect_container(id)?.as_ref().map(health_from_inspect));
+        match inspected {
+            Some(container) if self.kind == EngineKind::Podman => self.podman_health(id, container),
+            _ => Ok(inspected.as_ref().map(health_from_inspect)),
         }
-        Ok(inspected.as_ref().map(health_from_inspect))
     }
 
     fn stop(&self, id: &str, timeout_secs: u32) -> Result<(), Error> {

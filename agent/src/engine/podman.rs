@@ -13,6 +13,7 @@
 //! Docker before API 1.42); `DockerRootDir` in `/info` (Podman's GraphRoot).
 
 use serde_json::Value;
+use std::time::Duration;
 
 /// Which engine answers on the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +138,45 @@ pub fn healthcheck_due(inspected: &Value, now_ms: u64) -> bool {
     }
 }
 
+/// Docker's healthcheck timeout and retries when the image sets none.
+const DEFAULT_HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTHCHECK_RETRIES: u32 = 3;
+/// The longest the agent waits for a check it runs: its probation loop waits meanwhile.
+const LONGEST_HEALTHCHECK_WAIT: Duration = Duration::from_secs(30);
+/// What a check's exec adds to its own timeout before it is taken as hung.
+const HEALTHCHECK_EXEC_SLACK: Duration = Duration::from_secs(2);
+
+/// How long the agent waits for a healthcheck it runs (`healthcheck_due`). Podman 4.3's
+/// `healthcheck run` does not stop a check at its timeout (Docker kills it and counts a
+/// failure): a check that hangs holds the request, and no result is ever recorded, so
+/// the health would stay `starting` for good. The agent waits for the check's timeout
+/// and a little more (at most `LONGEST_HEALTHCHECK_WAIT`), then counts it as hung.
+pub fn healthcheck_wait(inspected: &Value) -> Duration {
+    let timeout = match inspected["Config"]["Healthcheck"]["Timeout"].as_u64() {
+        Some(0) | None => DEFAULT_HEALTHCHECK_TIMEOUT,
+        Some(ns) => Duration::from_nanos(ns),
+    };
+    timeout.min(LONGEST_HEALTHCHECK_WAIT) + HEALTHCHECK_EXEC_SLACK
+}
+
+/// Whether a check that hung now counts, as a timeout does on Docker: not within the
+/// container's start period (`StartPeriod`, from its start), when failures do not count.
+pub fn hung_check_counts(inspected: &Value, now_ms: u64) -> bool {
+    let start_period_ms = inspected["Config"]["Healthcheck"]["StartPeriod"].as_u64().unwrap_or(0) / 1_000_000;
+    let started = inspected["State"]["StartedAt"].as_str().and_then(super::log_stream::timestamp_ms);
+    started.is_none_or(|started| now_ms >= started.saturating_add(start_period_ms))
+}
+
+/// Whether `hung` checks in a row (`healthcheck_wait`) make the container unhealthy, as
+/// that many timeouts would on Docker: its `Retries` of them (Docker's 3 when unset).
+pub fn unhealthy_after_hung_checks(inspected: &Value, hung: u32) -> bool {
+    let retries = match inspected["Config"]["Healthcheck"]["Retries"].as_u64() {
+        Some(0) | None => DEFAULT_HEALTHCHECK_RETRIES,
+        Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+    };
+    hung >= retries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +259,36 @@ mod tests {
         let default = container("running", check.clone(), 0, Value::Null);
         assert!(!healthcheck_due(&default, started + 29_999));
         assert!(healthcheck_due(&default, started + 30_000));
+    }
+
+    #[test]
+    fn a_hung_podman_healthcheck_is_waited_for_its_timeout_then_counts_as_a_failure() {
+        let with = |check: Value| json!({"Config": {"Healthcheck": check}});
+        let one_second = with(json!({"Test": ["CMD", "sleep", "1000"], "Timeout": 1_000_000_000u64, "Retries": 1}));
+        assert_eq!(healthcheck_wait(&one_second), Duration::from_secs(3));
+        assert!(!unhealthy_after_hung_checks(&one_second, 0));
+        assert!(unhealthy_after_hung_checks(&one_second, 1));
+        // Docker's defaults: 30 s, 3 retries.
+        let unset = with(json!({"Test": ["CMD", "sleep", "1000"]}));
+        assert_eq!(healthcheck_wait(&unset), Duration::from_secs(32));
+        assert!(!unhealthy_after_hung_checks(&unset, 2));
+        assert!(unhealthy_after_hung_checks(&unset, 3));
+        // An hour's timeout would hold the agent's loop for an hour.
+        let an_hour = with(json!({"Test": ["CMD", "true"], "Timeout": 3_600_000_000_000u64, "Retries": 1u64 << 40}));
+        assert_eq!(healthcheck_wait(&an_hour), Duration::from_secs(32));
+        assert!(!unhealthy_after_hung_checks(&an_hour, u32::MAX - 1));
+    }
+
+    #[test]
+    fn a_hung_podman_healthcheck_counts_only_after_the_start_period() {
+        let started = 1_796_684_967_270; // 2026-12-07T23:09:27.270Z
+        let with_period = json!({"State": {"StartedAt": "2026-12-07T23:09:27.270716131Z"},
+                                 "Config": {"Healthcheck": {"Test": ["CMD", "true"], "StartPeriod": 60_000_000_000u64}}});
+        assert!(!hung_check_counts(&with_period, started + 59_999));
+        assert!(hung_check_counts(&with_period, started + 60_000));
+        let without = json!({"State": {"StartedAt": "2026-12-07T23:09:27.270716131Z"},
+                             "Config": {"Healthcheck": {"Test": ["CMD", "true"]}}});
+        assert!(hung_check_counts(&without, started));
     }
 
     #[test]
