@@ -1,6 +1,7 @@
 //! The agent's side of the wire contract: register with a provisioning key, poll the
 //! target state with `If-None-Match`, report the current state, and send log lines.
 
+use crate::resolver::AddressOrName;
 use crate::Error;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -9,6 +10,11 @@ use std::time::Duration;
 const MAX_TARGET_BYTES: u64 = 4 << 20;
 /// Sending logs is a side errand of reconciling: it may not hold it up for long.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each connection ureq keeps alive holds an input and an output buffer of this size
+/// (two pairs under TLS), zeroed when first used: ureq's 128 KiB each was 512 KiB of the
+/// agent's memory over https. Response headers must fit in the input buffer; bodies
+/// stream through both in pieces.
+pub const CONNECTION_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The answer to a poll.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,16 +34,19 @@ impl ServerClient {
     /// A client of the server at `base` (checked by `Config::server_url`), trusting for
     /// https what `tls` (`tls::server_trust`) holds.
     pub fn new(base: &str, timeout: Duration, tls: ureq::tls::TlsConfig) -> ServerClient {
-        let http = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .tls_config(tls)
             .http_status_as_error(false)
             // Never follow a redirect: it would carry the device key (ureq strips only
             // `Authorization`) to whatever scheme and host the answer names.
             .max_redirects(0)
+            .input_buffer_size(CONNECTION_BUFFER_BYTES)
+            .output_buffer_size(CONNECTION_BUFFER_BYTES)
             .user_agent(format!("pinion-agent/{}", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let connector = ureq::unversioned::transport::DefaultConnector::new();
+        let http = ureq::Agent::with_parts(config, connector, AddressOrName::default());
         ServerClient { base: base.trim_end_matches('/').to_string(), http }
     }
 

@@ -17,14 +17,17 @@ pub mod failure_logs;
 pub mod host_limits;
 pub mod identity;
 pub mod image_gc;
+pub mod memory;
 pub mod ownership;
 pub mod plan;
 pub mod probation;
 pub mod registry_auth;
 pub mod report;
+mod resolver;
 pub mod run;
 pub mod spec;
 pub mod store;
+pub mod target_services;
 pub mod tls;
 
 pub use error::Error;

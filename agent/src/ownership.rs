@@ -92,8 +92,16 @@ fn usable_machine_id(path: &Path) -> Option<String> {
         .then(|| id.to_string())
 }
 
+/// Lowercase hex, written digit by digit: every container's token is checked each
+/// cycle, and a `format!` per byte was most of that.
 fn hex_sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for byte in Sha256::digest(text.as_bytes()) {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    hex
 }
 
 /// Writes `secret` to a new file only its owner can read.
@@ -147,6 +155,9 @@ mod tests {
         assert_eq!(ids(&owned), ["mine", "from-before"]);
         assert_eq!(ids(&foreign), ["image-labelled", "forged", "elsewhere", "committed"]);
         assert_eq!(owner.token_for("/web_1"), owner.token_for("web_1"), "Docker's leading slash");
+        // As `sha256sum` writes them.
+        assert_eq!(hex_sha256(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(hex_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl Probation {
     /// reboot interrupted: how much of them ran is not known.
     fn keep_probation_clocks(&self, store: &AgentStore, now: &Moment) {
         let Ok(records) = store.services() else { return };
-        for record in records {
+        for record in records.iter() {
             let Some(since) = &record.probation_since else { continue };
             match since.seconds_until(now) {
                 None => {
@@ -209,7 +209,7 @@ impl Probation {
     /// rejected deployment is tried again, and judged again in its probation.
     fn expire_rollbacks(&mut self, store: &AgentStore, now: &Moment) {
         let Ok(records) = store.services() else { return };
-        for record in records {
+        for record in records.iter() {
             let Some(rollback) = &record.rollback else { continue };
             if rollback.since.as_ref().is_some_and(|since| since.after(rollback.holds_for).is_after(now)) {
                 continue;

@@ -21,13 +21,15 @@ use crate::plan::{container_key, plan, PlanInput, Step};
 use crate::probation::Probation;
 use crate::registry_auth::RegistryAuth;
 use crate::report::{build_report, local_ip, os_version, DeviceInfo, ReportInput};
-use crate::spec::{desired_services, DesiredService, ServiceKey};
+use crate::spec::{DesiredService, ServiceKey};
 use crate::store::{unix_now, AgentStore, Identity, ServiceRecord};
+use crate::target_services::TargetServices;
+use crate::tls::Trust;
 use crate::Error;
-use pinion_model::TargetState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use ureq::tls::TlsConfig;
 
 /// Timeout of each request to the server.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,9 +43,17 @@ const PROBATION_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Runs until the process is stopped. Errors here are the ones the agent cannot go on
 /// from (no server configured, no identity, its database unusable).
 pub fn run(config: Config) -> Result<(), Error> {
+    crate::memory::tune_allocator();
     // Both refuse before anything is opened or connected (exit 78).
     let server = config.server_url()?.to_string();
-    let trust = crate::tls::server_trust(config.ca_file.as_deref(), &crate::tls::system_ca_bundle())?;
+    let trust = match &config.ca_file {
+        // Plain http (loopback, or allowed): no CA is ever asked, and the system bundle
+        // (150 KB of certificates, kept for the process's life) is not read.
+        None if !server.to_ascii_lowercase().starts_with("https:") => {
+            Trust { config: TlsConfig::default(), description: "no CA: plain http".into() }
+        }
+        ca_file => crate::tls::server_trust(ca_file.as_deref(), &crate::tls::system_ca_bundle())?,
+    };
     let store = AgentStore::open(&config.db)?;
     let client = ServerClient::new(&server, SERVER_TIMEOUT, trust.config);
     log::info!(
@@ -76,6 +86,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         poll_failures: 0,
         next_poll: clock::since_boot(),
         last_report: None,
+        worked: true,
+        target_services: TargetServices::default(),
     };
     loop {
         agent.cycle();
@@ -137,6 +149,11 @@ struct Agent {
     next_poll: Duration,
     /// The last report delivered, and when.
     last_report: Option<(String, Duration)>,
+    /// The stored target's services, made once per target.
+    target_services: TargetServices,
+    /// Something was done since the heap was last trimmed (a new target, steps applied,
+    /// the start): what that work freed goes back to the kernel (`memory.rs`).
+    worked: bool,
 }
 
 impl Agent {
@@ -172,6 +189,9 @@ impl Agent {
         if !self.server_away() {
             self.failure_logs.send(&self.client, &self.identity.uuid, &self.identity.device_key);
         }
+        if std::mem::take(&mut self.worked) {
+            crate::memory::release_free_memory();
+        }
     }
 
     /// Sleeps until the next cycle, reconciling every few seconds meanwhile while a
@@ -186,11 +206,12 @@ impl Agent {
     }
 
     fn poll(&mut self) {
-        let etag = self.store.target().ok().flatten().and_then(|t| t.etag);
+        let etag = self.store.target().ok().flatten().and_then(|t| t.etag.clone());
         match self.client.poll(&self.identity.uuid, &self.identity.device_key, etag.as_deref()) {
             Ok(Poll::NotModified) => self.poll_succeeded(),
             Ok(Poll::Changed { etag, state }) => {
                 log::info!("new target state (ETag {})", etag.as_deref().unwrap_or("none"));
+                self.worked = true;
                 match self.store.save_target(etag.as_deref(), &state) {
                     Ok(()) => {
                         let _ = self.store.log_event("info", &format!("new target {}", etag.unwrap_or_default()));
@@ -225,12 +246,7 @@ impl Agent {
     }
 
     fn reconcile(&mut self) -> Result<(), Error> {
-        let target = match self.store.target()? {
-            Some(stored) => serde_json::from_str::<TargetState>(&stored.state)
-                .map_err(|e| Error::InvalidTarget { reason: format!("stored target is not a target state: {e}") })?,
-            None => TargetState::default(),
-        };
-        let (target_services, mut invalid) = desired_services(&target);
+        let (target_services, mut invalid) = self.target_services.of(self.store.target()?)?;
         // What this gateway refuses is never created: held and reported like an invalid service.
         let limits = self.config.host_limits();
         let target_services = host_limits::enforce(&limits, target_services, &mut invalid, &host_limits::real_path);
@@ -250,7 +266,7 @@ impl Agent {
         let records = self.store.services()?;
         let containers = self.owned_containers(&records)?;
         let mut holding: BTreeSet<ServiceKey> = invalid.iter().map(|(key, _)| key.clone()).collect();
-        for record in &records {
+        for record in records.iter() {
             let same_attempt = desired
                 .iter()
                 .any(|d| d.key == record.key && d.image == record.image && d.config_hash == record.config_hash);
@@ -272,6 +288,7 @@ impl Agent {
         }
         let mut activities = short_of_disk;
         if !steps.is_empty() {
+            self.worked = true;
             log::info!("applying {} step(s)", steps.len());
             activities.extend(self.apply(&steps, &desired, &invalid, &containers));
         }

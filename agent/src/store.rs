@@ -3,6 +3,12 @@
 //! images it pulled (only those are ever collected), and a bounded event log. After a
 //! reboot without network the agent runs from here.
 //!
+//! The agent reads the target and the service rows many times a cycle and writes them
+//! rarely, so `AgentStore` keeps a copy of what it last read of them, dropped by every
+//! write it makes (whether the write succeeded or not): an idle cycle reads the database
+//! once, and what is on disk stays the only state that counts after a restart. Nothing
+//! else writes the database (`pinion-agent status` only reads it).
+//!
 //! Each service row also keeps the deployment now in place and the one before it (as the
 //! `DesiredService` JSON they were created from), when the current one's probation
 //! started on the boot clock (`clock.rs`; cleared once it passed), when a failed service
@@ -11,8 +17,10 @@
 use crate::clock::{self, Moment};
 use crate::spec::{DesiredService, ServiceKey};
 use crate::Error;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Params};
+use std::cell::RefCell;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Events kept in the log; older ones are dropped.
@@ -187,6 +195,10 @@ pub struct Event {
 
 pub struct AgentStore {
     conn: Connection,
+    /// The target row as last read, until the next write (module doc).
+    target: RefCell<Option<Option<Rc<StoredTarget>>>>,
+    /// The service rows as last read, until the next write.
+    services: RefCell<Option<Rc<[ServiceRecord]>>>,
 }
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
@@ -281,7 +293,15 @@ impl AgentStore {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db("writing the schema version"))?;
             tx.commit().map_err(db("migrating the schema"))?;
         }
-        Ok(AgentStore { conn })
+        Ok(AgentStore { conn, target: RefCell::new(None), services: RefCell::new(None) })
+    }
+
+    /// Runs a write, first dropping what is kept of earlier reads: after it, the next
+    /// read is from the database (also when the write failed, and changed who knows what).
+    fn execute(&self, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
+        self.target.replace(None);
+        self.services.replace(None);
+        self.conn.execute(sql, params)
     }
 
     pub fn identity(&self) -> Result<Option<Identity>, Error> {
@@ -294,42 +314,61 @@ impl AgentStore {
     }
 
     pub fn save_identity(&self, identity: &Identity) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "INSERT INTO identity (id, uuid, device_key, registered_at) VALUES (1, ?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET uuid = excluded.uuid, device_key = excluded.device_key,
-                                               registered_at = excluded.registered_at",
-                params![identity.uuid, identity.device_key, identity.registered.then(|| unix_now() as i64)],
-            )
-            .map_err(db("saving the identity"))?;
+        self.execute(
+            "INSERT INTO identity (id, uuid, device_key, registered_at) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET uuid = excluded.uuid, device_key = excluded.device_key,
+                                           registered_at = excluded.registered_at",
+            params![identity.uuid, identity.device_key, identity.registered.then(|| unix_now() as i64)],
+        )
+        .map_err(db("saving the identity"))?;
         Ok(())
     }
 
-    pub fn target(&self) -> Result<Option<StoredTarget>, Error> {
-        self.conn
-            .query_row("SELECT etag, state, fetched_at FROM target WHERE id = 1", [], |r| {
-                Ok(StoredTarget { etag: r.get(0)?, state: r.get(1)?, fetched_at: r.get::<_, i64>(2)? as u64 })
+    /// The stored target; shared with the copy kept until the next write.
+    pub fn target(&self) -> Result<Option<Rc<StoredTarget>>, Error> {
+        if let Some(kept) = &*self.target.borrow() {
+            return Ok(kept.clone());
+        }
+        let target = self
+            .conn
+            .prepare_cached("SELECT etag, state, fetched_at FROM target WHERE id = 1")
+            .and_then(|mut stmt| {
+                stmt.query_row([], |r| {
+                    Ok(StoredTarget { etag: r.get(0)?, state: r.get(1)?, fetched_at: r.get::<_, i64>(2)? as u64 })
+                })
+                .optional()
             })
-            .optional()
-            .map_err(db("reading the target"))
+            .map_err(db("reading the target"))?
+            .map(Rc::new);
+        self.target.replace(Some(target.clone()));
+        Ok(target)
     }
 
     pub fn save_target(&self, etag: Option<&str>, state: &str) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "INSERT INTO target (id, etag, state, fetched_at) VALUES (1, ?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET etag = excluded.etag, state = excluded.state,
-                                               fetched_at = excluded.fetched_at",
-                params![etag, state, unix_now() as i64],
-            )
-            .map_err(db("saving the target"))?;
+        self.execute(
+            "INSERT INTO target (id, etag, state, fetched_at) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET etag = excluded.etag, state = excluded.state,
+                                           fetched_at = excluded.fetched_at",
+            params![etag, state, unix_now() as i64],
+        )
+        .map_err(db("saving the target"))?;
         Ok(())
     }
 
-    pub fn services(&self) -> Result<Vec<ServiceRecord>, Error> {
+    /// The service rows, in key order; shared with the copy kept until the next write.
+    pub fn services(&self) -> Result<Rc<[ServiceRecord]>, Error> {
+        if let Some(kept) = &*self.services.borrow() {
+            return Ok(Rc::clone(kept));
+        }
+        let services: Rc<[ServiceRecord]> = self.read_services()?.into();
+        self.services.replace(Some(Rc::clone(&services)));
+        Ok(services)
+    }
+
+    fn read_services(&self) -> Result<Vec<ServiceRecord>, Error> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT app_id, service_name, image, config_hash, container_id, failures, retry_at, last_error,
                         deployed_at, rollback_image, rollback_config_hash, rollback_spec, rollback_reason, rollback_at,
                         probation_boot, probation_since, retry_boot, retry_uptime, rollback_boot, rollback_uptime,
@@ -379,34 +418,33 @@ impl AgentStore {
         let key = &wanted.key;
         let now = clock::now();
         let moved_on = self.deployments(key)?.current.is_none_or(|current| !current.same_deployment(wanted));
-        self.conn
-            .execute(
-                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
-                                       last_error, updated_at, deployed_spec, deployed_at, probation_boot,
-                                       probation_since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6, ?7, ?6, ?9, ?10)
-                 ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
-                     config_hash = excluded.config_hash, container_id = excluded.container_id,
-                     failures = 0, retry_at = 0, retry_boot = NULL, retry_uptime = NULL, last_error = NULL,
-                     updated_at = excluded.updated_at, deployed_spec = excluded.deployed_spec,
-                     previous_spec = CASE WHEN ?8 THEN services.deployed_spec ELSE services.previous_spec END,
-                     deployed_at = CASE WHEN ?8 THEN excluded.deployed_at ELSE services.deployed_at END,
-                     probation_boot = CASE WHEN ?8 THEN ?9 ELSE services.probation_boot END,
-                     probation_since = CASE WHEN ?8 THEN ?10 ELSE services.probation_since END",
-                params![
-                    key.app_id,
-                    key.service_name,
-                    wanted.image,
-                    wanted.config_hash,
-                    container_id,
-                    unix_now() as i64,
-                    spec_json(wanted),
-                    moved_on,
-                    now.boot,
-                    now.uptime as i64
-                ],
-            )
-            .map_err(db("recording a deployed service"))?;
+        self.execute(
+            "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
+                                   last_error, updated_at, deployed_spec, deployed_at, probation_boot,
+                                   probation_since)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, NULL, ?6, ?7, ?6, ?9, ?10)
+             ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
+                 config_hash = excluded.config_hash, container_id = excluded.container_id,
+                 failures = 0, retry_at = 0, retry_boot = NULL, retry_uptime = NULL, last_error = NULL,
+                 updated_at = excluded.updated_at, deployed_spec = excluded.deployed_spec,
+                 previous_spec = CASE WHEN ?8 THEN services.deployed_spec ELSE services.previous_spec END,
+                 deployed_at = CASE WHEN ?8 THEN excluded.deployed_at ELSE services.deployed_at END,
+                 probation_boot = CASE WHEN ?8 THEN ?9 ELSE services.probation_boot END,
+                 probation_since = CASE WHEN ?8 THEN ?10 ELSE services.probation_since END",
+            params![
+                key.app_id,
+                key.service_name,
+                wanted.image,
+                wanted.config_hash,
+                container_id,
+                unix_now() as i64,
+                spec_json(wanted),
+                moved_on,
+                now.boot,
+                now.uptime as i64
+            ],
+        )
+        .map_err(db("recording a deployed service"))?;
         Ok(())
     }
 
@@ -414,12 +452,10 @@ impl AgentStore {
     pub fn deployments(&self, key: &ServiceKey) -> Result<Deployments, Error> {
         let specs = self
             .conn
-            .query_row(
-                "SELECT deployed_spec, previous_spec FROM services WHERE app_id = ?1 AND service_name = ?2",
-                params![key.app_id, key.service_name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            .prepare_cached("SELECT deployed_spec, previous_spec FROM services WHERE app_id = ?1 AND service_name = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![key.app_id, key.service_name], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+            })
             .map_err(db("reading deployments"))?;
         Ok(match specs {
             Some((current, previous)) => {
@@ -433,45 +469,43 @@ impl AgentStore {
     /// `rollback.to` runs instead, until the target asks for something else or the
     /// rollback's hold runs out.
     pub fn record_rollback(&self, key: &ServiceKey, rollback: &Rollback) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "UPDATE services SET rollback_image = ?3, rollback_config_hash = ?4, rollback_spec = ?5,
-                     rollback_reason = ?6, rollback_at = ?7, rollback_boot = ?8, rollback_uptime = ?9,
-                     rollback_holds = ?10
-                 WHERE app_id = ?1 AND service_name = ?2",
-                params![
-                    key.app_id,
-                    key.service_name,
-                    rollback.from_image,
-                    rollback.from_config_hash,
-                    spec_json(&rollback.to),
-                    rollback.reason,
-                    rollback.at as i64,
-                    rollback.since.as_ref().map(|m| m.boot.clone()),
-                    rollback.since.as_ref().map(|m| m.uptime as i64),
-                    rollback.holds_for.as_secs() as i64
-                ],
-            )
-            .map_err(db("recording a rollback"))?;
+        self.execute(
+            "UPDATE services SET rollback_image = ?3, rollback_config_hash = ?4, rollback_spec = ?5,
+                 rollback_reason = ?6, rollback_at = ?7, rollback_boot = ?8, rollback_uptime = ?9,
+                 rollback_holds = ?10
+             WHERE app_id = ?1 AND service_name = ?2",
+            params![
+                key.app_id,
+                key.service_name,
+                rollback.from_image,
+                rollback.from_config_hash,
+                spec_json(&rollback.to),
+                rollback.reason,
+                rollback.at as i64,
+                rollback.since.as_ref().map(|m| m.boot.clone()),
+                rollback.since.as_ref().map(|m| m.uptime as i64),
+                rollback.holds_for.as_secs() as i64
+            ],
+        )
+        .map_err(db("recording a rollback"))?;
         Ok(())
     }
 
     /// The rollback in force for `key`, if any.
     pub fn rollback_of(&self, key: &ServiceKey) -> Result<Option<Rollback>, Error> {
-        Ok(self.services()?.into_iter().find(|s| &s.key == key).and_then(|s| s.rollback))
+        Ok(self.services()?.iter().find(|s| &s.key == key).and_then(|s| s.rollback.clone()))
     }
 
     /// Forgets `key`'s rollback: the target moved on from the rejected deployment.
     pub fn clear_rollback(&self, key: &ServiceKey) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "UPDATE services SET rollback_image = NULL, rollback_config_hash = NULL, rollback_spec = NULL,
-                     rollback_reason = NULL, rollback_at = NULL, rollback_boot = NULL, rollback_uptime = NULL,
-                     rollback_holds = NULL
-                 WHERE app_id = ?1 AND service_name = ?2",
-                params![key.app_id, key.service_name],
-            )
-            .map_err(db("clearing a rollback"))?;
+        self.execute(
+            "UPDATE services SET rollback_image = NULL, rollback_config_hash = NULL, rollback_spec = NULL,
+                 rollback_reason = NULL, rollback_at = NULL, rollback_boot = NULL, rollback_uptime = NULL,
+                 rollback_holds = NULL
+             WHERE app_id = ?1 AND service_name = ?2",
+            params![key.app_id, key.service_name],
+        )
+        .map_err(db("clearing a rollback"))?;
         Ok(())
     }
 
@@ -485,7 +519,7 @@ impl AgentStore {
         error: &str,
         backoff: &dyn Fn(u32) -> Duration,
     ) -> Result<ServiceRecord, Error> {
-        let previous = self.services()?.into_iter().find(|s| &s.key == key);
+        let previous = self.services()?.iter().find(|s| &s.key == key).cloned();
         let failures = match &previous {
             Some(p) if p.image == image && p.config_hash == config_hash => p.failures + 1,
             _ => 1,
@@ -494,30 +528,29 @@ impl AgentStore {
         let retry_at = unix_now() + wait.as_secs();
         let retry_after = clock::now().after(wait);
         let container_id = previous.as_ref().and_then(|p| p.container_id.clone());
-        self.conn
-            .execute(
-                "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
-                                       last_error, updated_at, retry_boot, retry_uptime)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
-                     config_hash = excluded.config_hash, failures = excluded.failures,
-                     retry_at = excluded.retry_at, last_error = excluded.last_error, updated_at = excluded.updated_at,
-                     retry_boot = excluded.retry_boot, retry_uptime = excluded.retry_uptime",
-                params![
-                    key.app_id,
-                    key.service_name,
-                    image,
-                    config_hash,
-                    container_id,
-                    failures as i64,
-                    retry_at as i64,
-                    error,
-                    unix_now() as i64,
-                    retry_after.boot,
-                    retry_after.uptime as i64
-                ],
-            )
-            .map_err(db("recording a failed service"))?;
+        self.execute(
+            "INSERT INTO services (app_id, service_name, image, config_hash, container_id, failures, retry_at,
+                                   last_error, updated_at, retry_boot, retry_uptime)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (app_id, service_name) DO UPDATE SET image = excluded.image,
+                 config_hash = excluded.config_hash, failures = excluded.failures,
+                 retry_at = excluded.retry_at, last_error = excluded.last_error, updated_at = excluded.updated_at,
+                 retry_boot = excluded.retry_boot, retry_uptime = excluded.retry_uptime",
+            params![
+                key.app_id,
+                key.service_name,
+                image,
+                config_hash,
+                container_id,
+                failures as i64,
+                retry_at as i64,
+                error,
+                unix_now() as i64,
+                retry_after.boot,
+                retry_after.uptime as i64
+            ],
+        )
+        .map_err(db("recording a failed service"))?;
         Ok(ServiceRecord {
             key: key.clone(),
             image: image.to_string(),
@@ -536,45 +569,41 @@ impl AgentStore {
     /// Starts the probation of `key`'s deployment in place again at `now`: the gateway
     /// rebooted before it passed, and how much of it ran is not known.
     pub fn restart_probation(&self, key: &ServiceKey, now: &Moment) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "UPDATE services SET probation_boot = ?3, probation_since = ?4 WHERE app_id = ?1 AND service_name = ?2",
-                params![key.app_id, key.service_name, now.boot, now.uptime as i64],
-            )
-            .map_err(db("restarting a probation"))?;
+        self.execute(
+            "UPDATE services SET probation_boot = ?3, probation_since = ?4 WHERE app_id = ?1 AND service_name = ?2",
+            params![key.app_id, key.service_name, now.boot, now.uptime as i64],
+        )
+        .map_err(db("restarting a probation"))?;
         Ok(())
     }
 
     /// `key`'s deployment in place passed its probation: it is never judged again.
     pub fn end_probation(&self, key: &ServiceKey) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "UPDATE services SET probation_boot = NULL, probation_since = NULL WHERE app_id = ?1 AND service_name = ?2",
-                params![key.app_id, key.service_name],
-            )
-            .map_err(db("ending a probation"))?;
+        self.execute(
+            "UPDATE services SET probation_boot = NULL, probation_since = NULL WHERE app_id = ?1 AND service_name = ?2",
+            params![key.app_id, key.service_name],
+        )
+        .map_err(db("ending a probation"))?;
         Ok(())
     }
 
     /// Forgets a service that is no longer in the target.
     pub fn forget_service(&self, key: &ServiceKey) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "DELETE FROM services WHERE app_id = ?1 AND service_name = ?2",
-                params![key.app_id, key.service_name],
-            )
-            .map_err(db("forgetting a service"))?;
+        self.execute(
+            "DELETE FROM services WHERE app_id = ?1 AND service_name = ?2",
+            params![key.app_id, key.service_name],
+        )
+        .map_err(db("forgetting a service"))?;
         Ok(())
     }
 
     /// Remembers that the agent pulled `image`: only such images are ever collected.
     pub fn record_pulled(&self, image: &str) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "INSERT INTO pulled_images (image, pulled_at) VALUES (?1, ?2) ON CONFLICT (image) DO NOTHING",
-                params![image, unix_now() as i64],
-            )
-            .map_err(db("recording a pulled image"))?;
+        self.execute(
+            "INSERT INTO pulled_images (image, pulled_at) VALUES (?1, ?2) ON CONFLICT (image) DO NOTHING",
+            params![image, unix_now() as i64],
+        )
+        .map_err(db("recording a pulled image"))?;
         Ok(())
     }
 
@@ -590,22 +619,18 @@ impl AgentStore {
 
     /// Forgets a pulled image: it was removed.
     pub fn forget_pulled(&self, image: &str) -> Result<(), Error> {
-        self.conn
-            .execute("DELETE FROM pulled_images WHERE image = ?1", [image])
-            .map_err(db("forgetting a pulled image"))?;
+        self.execute("DELETE FROM pulled_images WHERE image = ?1", [image]).map_err(db("forgetting a pulled image"))?;
         Ok(())
     }
 
     /// Appends to the event log, dropping the oldest beyond `EVENT_LOG_LIMIT`.
     pub fn log_event(&self, level: &str, message: &str) -> Result<(), Error> {
-        self.conn
-            .execute(
-                "INSERT INTO events (at, level, message) VALUES (?1, ?2, ?3)",
-                params![unix_now() as i64, level, message],
-            )
-            .map_err(db("logging an event"))?;
-        self.conn
-            .execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", params![EVENT_LOG_LIMIT])
+        self.execute(
+            "INSERT INTO events (at, level, message) VALUES (?1, ?2, ?3)",
+            params![unix_now() as i64, level, message],
+        )
+        .map_err(db("logging an event"))?;
+        self.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", params![EVENT_LOG_LIMIT])
             .map_err(db("trimming the event log"))?;
         Ok(())
     }
@@ -650,6 +675,27 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+
+    #[test]
+    fn what_is_kept_of_a_read_goes_with_every_write_even_one_that_failed() {
+        let store = AgentStore::in_memory().unwrap();
+        assert!(store.services().unwrap().is_empty() && store.target().unwrap().is_none());
+        store.record_deployed(&DesiredService::example("web", "a@1", "h1"), "c1").unwrap();
+        store.save_target(Some("\"e1\""), "{}").unwrap();
+        let (services, target) = (store.services().unwrap(), store.target().unwrap().unwrap());
+        assert_eq!((services[0].container_id.as_deref(), target.etag.as_deref()), (Some("c1"), Some("\"e1\"")));
+        assert!(Rc::ptr_eq(&services, &store.services().unwrap()), "read once while nothing is written");
+        assert!(Rc::ptr_eq(&target, &store.target().unwrap().unwrap()));
+        // Written behind the store's back (nothing does, outside tests): not seen yet.
+        store.conn.execute("UPDATE services SET container_id = 'c2'", []).unwrap();
+        store.conn.execute("UPDATE target SET etag = 'e2'", []).unwrap();
+        assert_eq!(store.services().unwrap()[0].container_id.as_deref(), Some("c1"));
+        // Any write of the store's, also one that fails, makes the next reads the database's.
+        store.conn.execute_batch("DROP TABLE pulled_images").unwrap();
+        assert!(store.record_pulled("a@1").is_err());
+        assert_eq!(store.services().unwrap()[0].container_id.as_deref(), Some("c2"));
+        assert_eq!(store.target().unwrap().unwrap().etag.as_deref(), Some("e2"));
     }
 
     #[test]

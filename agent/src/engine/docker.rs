@@ -147,6 +147,8 @@ impl DockerEngine {
             // One request at a time: one idle connection (and its buffers) is enough.
             .max_idle_connections(1)
             .max_idle_connections_per_host(1)
+            .input_buffer_size(crate::client::CONNECTION_BUFFER_BYTES)
+            .output_buffer_size(crate::client::CONNECTION_BUFFER_BYTES)
             .user_agent(concat!("pinion-agent/", env!("CARGO_PKG_VERSION")))
             .build();
         let http = ureq::Agent::with_parts(config, UnixConnector { path: socket.to_path_buf() }, NoResolver);
