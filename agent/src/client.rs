@@ -12,7 +12,8 @@ const MAX_TARGET_BYTES: u64 = 4 << 20;
 const LOGS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each connection ureq keeps alive holds an input and an output buffer of this size
 /// (two pairs under TLS), zeroed when first used: ureq's 128 KiB each was 512 KiB of the
-/// agent's memory over https. Response headers must fit in the input buffer; bodies
+/// agent's memory over https. Response headers must fit in the input buffer (a head
+/// beyond it fails as "Peer disconnected", where ureq's default allowed 64 KiB); bodies
 /// stream through both in pieces.
 pub const CONNECTION_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -198,5 +199,73 @@ mod tests {
         assert!(reason.contains("unknown issuer") && reason.contains("ca_file"), "{reason}");
         let other = tls_reason("invalid peer certificate: Expired");
         assert!(other.contains("Expired") && !other.contains("ca_file"), "{other}");
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// One connection on loopback: reads a request (head and Content-Length body),
+    /// answers `head_padding` bytes of extra header and `body`; gives the request body.
+    fn serve(head_padding: usize, body: String) -> (String, std::thread::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut got = vec![0; length];
+            reader.read_exact(&mut got).unwrap();
+            let mut out = stream;
+            let pad = "x".repeat(head_padding);
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nX-Pad: {pad}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            length
+        });
+        (base, handle)
+    }
+
+    #[test]
+    fn bodies_far_bigger_than_the_buffers_go_both_ways() {
+        let filler = "y".repeat(300 * 1024);
+        let (base, server) = serve(0, json!({"u": {"apps": {}, "filler": filler}}).to_string());
+        let client = ServerClient::new(&base, Duration::from_secs(10), ureq::tls::TlsConfig::default());
+        match client.poll("u", "k", None).unwrap() {
+            Poll::Changed { state, .. } => assert!(state.len() > 300 * 1024),
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
+        let (base, server) = serve(0, "{}".into());
+        let client = ServerClient::new(&base, Duration::from_secs(10), ureq::tls::TlsConfig::default());
+        client.report("k", &"z".repeat(200 * 1024)).unwrap();
+        assert_eq!(server.join().unwrap(), 200 * 1024);
+    }
+
+    #[test]
+    fn a_response_head_of_twelve_kib_fits_the_input_buffer() {
+        // Heads over CONNECTION_BUFFER_BYTES fail ("Peer disconnected"); 12 KiB is more
+        // than proxies in front of a server add (nginx answers at most 8 KiB by default).
+        let (base, server) = serve(12 * 1024, json!({"u": {"apps": {}}}).to_string());
+        let client = ServerClient::new(&base, Duration::from_secs(10), ureq::tls::TlsConfig::default());
+        let result = client.poll("u", "k", None);
+        server.join().unwrap();
+        assert!(matches!(result, Ok(Poll::Changed { .. })), "{result:?}");
     }
 }
