@@ -14,7 +14,7 @@ use pinion_tests::docker::take_turn;
 use pinion_tests::util::unique;
 use pinion_tests::{Agent, Auth, Docker, Registry, Server};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const METRICS_TOKEN: &str = "idle-metrics-token-0123456789abcdef";
 const SERVICES: [&str; 3] = ["web", "worker", "cache"];
@@ -80,9 +80,12 @@ fn written(agent: &Agent) -> u64 {
         .expect("write_bytes in /proc/PID/io")
 }
 
+/// Each of the agent's files with its length and modification time (`None`: none).
+type Files = Vec<(String, Option<(u64, SystemTime)>)>;
+
 /// Length and modification time of the agent's database files and its log: a change
 /// the kernel's count may miss (a line appended to a log page already dirty).
-fn files(agent: &Agent) -> Vec<(String, Option<(u64, std::time::SystemTime)>)> {
+fn files(agent: &Agent) -> Files {
     let db = agent.db().display().to_string();
     let paths = [db.clone(), format!("{db}-wal"), format!("{db}-shm"), agent.log_path().display().to_string()];
     paths
@@ -92,6 +95,18 @@ fn files(agent: &Agent) -> Vec<(String, Option<(u64, std::time::SystemTime)>)> {
             (path, seen)
         })
         .collect()
+}
+
+/// Nothing written over the idle window (`idle` bytes counted by the kernel), and the
+/// agent's files as they were; otherwise both, and the agent's log, in the failure.
+fn assert_at_rest(agent: &Agent, idle: u64, files_before: &Files, when: &str) {
+    let files_after = files(agent);
+    assert!(
+        idle == 0 && files_after == *files_before,
+        "at rest ({when}) over {IDLE_POLLS} idle cycles, the agent wrote {idle} bytes (write_bytes); its files \
+         before:\n{files_before:?}\nafter:\n{files_after:?}\nits log:\n{}",
+        agent.log()
+    );
 }
 
 /// Every service reported running `images` (in `SERVICES` order), its probation passed.
@@ -144,8 +159,7 @@ fn an_agent_at_rest_writes_nothing_to_disk_and_an_update_writes_once() {
     let files_at_rest = files(&agent);
     until_counted(&server, &agent, IDLE_POLLS, 1.0);
     let idle = written(&agent) - at_rest;
-    assert_eq!(idle, 0, "the agent wrote {idle} bytes over {IDLE_POLLS} idle cycles; its log:\n{}", agent.log());
-    assert_eq!(files(&agent), files_at_rest, "the agent's files changed at rest; its log:\n{}", agent.log());
+    assert_at_rest(&agent, idle, &files_at_rest, "converged");
 
     // An update of one service writes (the new target, the deployment, its probation
     // passing, events), once; at rest again, nothing.
@@ -162,6 +176,5 @@ fn an_agent_at_rest_writes_nothing_to_disk_and_an_update_writes_once() {
     let files_at_rest = files(&agent);
     until_counted(&server, &agent, IDLE_POLLS, 1.0);
     let idle = written(&agent) - after_update;
-    assert_eq!(idle, 0, "the agent wrote {idle} bytes at rest after an update; its log:\n{}", agent.log());
-    assert_eq!(files(&agent), files_at_rest, "the agent's files changed at rest after an update");
+    assert_at_rest(&agent, idle, &files_at_rest, "after an update");
 }
