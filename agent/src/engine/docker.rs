@@ -354,25 +354,39 @@ fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// One entry of `GET /containers/json`, read straight into the fields the agent uses:
+/// the rest of each entry (ports, mounts, networks, host config) is skipped unread. This
+/// listing is most of an idle cycle's work, and a `Value` tree of it was most of that
+/// work's allocations. `null` reads as absent in each field.
+#[derive(serde::Deserialize)]
+struct Listed {
+    #[serde(rename = "Id")]
+    id: Option<String>,
+    #[serde(rename = "Names")]
+    names: Option<Vec<String>>,
+    #[serde(rename = "Image")]
+    image: Option<String>,
+    #[serde(rename = "State")]
+    state: Option<String>,
+    #[serde(rename = "Status")]
+    status: Option<String>,
+    #[serde(rename = "Labels")]
+    labels: Option<BTreeMap<String, String>>,
+}
+
 /// A listed container, or `None` for an entry without an id.
-fn container_from_listing(item: &Value) -> Option<Container> {
-    let id = item["Id"].as_str()?.to_string();
-    let names: Vec<&str> =
-        item["Names"].as_array().map(|n| n.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+fn container_from_listing(item: Listed) -> Option<Container> {
+    let id = item.id?;
+    let names = item.names.unwrap_or_default();
     // Legacy links add `/other/alias` names; the container's own has one slash.
-    let name = names.iter().find(|n| n.rfind('/').is_none_or(|i| i == 0)).or(names.first()).copied().unwrap_or("");
-    let text = |key: &str| item[key].as_str().unwrap_or_default().to_string();
-    let labels = item["Labels"]
-        .as_object()
-        .map(|labels| labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
+    let name = names.iter().find(|n| n.rfind('/').is_none_or(|i| i == 0)).or(names.first()).map_or("", |n| n.as_str());
     Some(Container {
         id,
         name: name.trim_start_matches('/').to_string(),
-        image: text("Image"),
-        state: podman::docker_state(&text("State")).to_string(),
-        status: text("Status"),
-        labels,
+        image: item.image.unwrap_or_default(),
+        state: podman::docker_state(item.state.as_deref().unwrap_or_default()).to_string(),
+        status: item.status.unwrap_or_default(),
+        labels: item.labels.unwrap_or_default(),
     })
 }
 
@@ -396,12 +410,12 @@ impl Engine for DockerEngine {
         if reply.status != 200 {
             return Err(reply.refused(op));
         }
-        match reply.json() {
-            Value::Array(items) => Ok(items.iter().filter_map(container_from_listing).collect()),
-            other => Err(Error::Docker {
+        match serde_json::from_slice::<Vec<Listed>>(&reply.body) {
+            Ok(items) => Ok(items.into_iter().filter_map(container_from_listing).collect()),
+            Err(e) => Err(Error::Docker {
                 op: op.into(),
                 status: 200,
-                message: format!("expected a JSON array, got {other:.100}"),
+                message: format!("expected a JSON array of containers: {e}"),
             }),
         }
     }
@@ -646,10 +660,20 @@ mod tests {
 
     #[test]
     fn listing_without_names_or_labels_does_not_fail() {
-        let c = container_from_listing(&json!({"Id": "abc", "Names": ["/x/link", "/web_1"], "Labels": null})).unwrap();
-        assert_eq!((c.name.as_str(), c.labels.len()), ("web_1", 0));
-        assert!(container_from_listing(&json!({"Names": ["/web"]})).is_none());
-        assert!(container_from_listing(&json!("garbage")).is_none());
+        let listed = |text: &str| serde_json::from_str::<Listed>(text).map(container_from_listing);
+        let c = listed(r#"{"Id": "abc", "Names": ["/x/link", "/web_1"], "Labels": null, "State": null}"#).unwrap().unwrap();
+        assert_eq!((c.name.as_str(), c.labels.len(), c.state.as_str()), ("web_1", 0, ""));
+        assert!(listed(r#"{"Names": ["/web"]}"#).unwrap().is_none());
+        assert!(listed(r#""garbage""#).is_err(), "not an entry: the listing is refused, not read as empty");
+        let c = listed(
+            r#"{"Id": "d", "Names": ["/web"], "Image": "app@sha256:00", "State": "stopped", "Status": "Exited (0)",
+                "Labels": {"io.pinion.app-id": "1"}, "Ports": [{"PrivatePort": 80}], "Mounts": [],
+                "NetworkSettings": {"Networks": {"bridge": {}}}, "HostConfig": {"NetworkMode": "default"}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((c.image.as_str(), c.state.as_str(), c.status.as_str()), ("app@sha256:00", "exited", "Exited (0)"));
+        assert_eq!(c.labels.get("io.pinion.app-id").map(String::as_str), Some("1"));
     }
 
     #[test]
