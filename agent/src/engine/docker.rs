@@ -661,7 +661,8 @@ mod tests {
     #[test]
     fn listing_without_names_or_labels_does_not_fail() {
         let listed = |text: &str| serde_json::from_str::<Listed>(text).map(container_from_listing);
-        let c = listed(r#"{"Id": "abc", "Names": ["/x/link", "/web_1"], "Labels": null, "State": null}"#).unwrap().unwrap();
+        let c =
+            listed(r#"{"Id": "abc", "Names": ["/x/link", "/web_1"], "Labels": null, "State": null}"#).unwrap().unwrap();
         assert_eq!((c.name.as_str(), c.labels.len(), c.state.as_str()), ("web_1", 0, ""));
         assert!(listed(r#"{"Names": ["/web"]}"#).unwrap().is_none());
         assert!(listed(r#""garbage""#).is_err(), "not an entry: the listing is refused, not read as empty");
