@@ -33,9 +33,9 @@ bin_dir() {
 }
 # The Rust target a package of a Debian architecture is built for. The agent is static
 # (musl) wherever rustup has a musl target: it then maps no libc.so and no ld.so, which
-# on x86_64 takes its RSS at rest from 5.0 to 3.2 MB (BENCHMARKS.md, issue 17), and it
-# does not use glibc's malloc knobs for a busy process. armv7 has no musl target here:
-# glibc. The server keeps glibc (its malloc under many threads).
+# on x86_64 takes its RSS at rest from 4.9 to 3.2 MB (BENCHMARKS.md, issue 17). armv7
+# has no musl target here: glibc. The server keeps glibc, whose malloc serves its many
+# threads faster than musl's.
 # Usage: deb_target ARCH PACKAGE      (ARCH amd64, armhf or arm64; PACKAGE agent or server)
 deb_target() {
     case $1/${2#pinion-} in
